@@ -1,0 +1,57 @@
+"""Keras callbacks: per-epoch training throughput in images per second.
+
+The clock is a parameter so tests can check the arithmetic with a fake clock.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import keras
+from absl import logging
+
+
+class ThroughputCallback(keras.callbacks.Callback):
+    """Logs training images/s for every epoch and adds it to the epoch's logs.
+
+    The training phase of an epoch runs from `on_epoch_begin` to the start of validation
+    (`on_test_begin`), or to `on_epoch_end` when there is no validation, so validation time
+    does not dilute the figure.
+
+    Attributes:
+      epoch_seconds: Training-phase seconds of each finished epoch.
+      images_per_second: num_images / epoch_seconds of each finished epoch.
+    """
+
+    def __init__(self, num_images: int, *, clock: Callable[[], float] = time.perf_counter, log_name: str = "train"):
+        super().__init__()
+        self.num_images = num_images
+        self.clock = clock
+        self.log_name = log_name
+        self.epoch_seconds: list[float] = []
+        self.images_per_second: list[float] = []
+        self._start: float | None = None
+        self._training_end: float | None = None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._start = self.clock()
+        self._training_end = None
+
+    def on_test_begin(self, logs=None):
+        # Validation inside fit; a standalone evaluate() call has no epoch in progress.
+        if self._start is not None and self._training_end is None:
+            self._training_end = self.clock()
+
+    def on_epoch_end(self, epoch, logs=None):
+        end = self._training_end if self._training_end is not None else self.clock()
+        seconds = max(end - self._start, 1e-9)
+        rate = self.num_images / seconds
+        self.epoch_seconds.append(seconds)
+        self.images_per_second.append(rate)
+        if logs is not None:
+            logs["images_per_second"] = rate
+        logging.info(
+            "epoch %d: %s %d images in %.2f s, %.1f images/s", epoch + 1, self.log_name, self.num_images, seconds, rate
+        )
+        self._start = None

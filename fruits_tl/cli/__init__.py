@@ -1,0 +1,1 @@
+"""absl binaries. The only package that defines flags; nothing imports it."""

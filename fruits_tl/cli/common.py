@@ -1,0 +1,83 @@
+"""Flags shared by several binaries, defined once, and the error handling every binary uses.
+
+absl flags live in one global registry, so a flag used by two binaries is defined here, once;
+each binary module defines only its own. `run_main` turns UserInputError into one clear
+paragraph on stderr and exit code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import textwrap
+
+# Quiet TensorFlow's C++ INFO and WARNING lines (cuda probing, rendezvous aborts on a
+# deliberately undecodable file) unless the user asked for them.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from absl import app, flags  # noqa: E402
+
+from fruits_tl.errors import UserInputError  # noqa: E402
+
+FLAGS = flags.FLAGS
+
+flags.DEFINE_string("data_dir", None, "Folder holding <train_subdir>/<class>/* and <test_subdir>/<class>/*.")
+flags.DEFINE_string("train_subdir", "Training", "Training folder inside --data_dir; its class folders define the labels.")
+flags.DEFINE_string("test_subdir", "Test", "Test folder inside --data_dir; checked against the training classes.")
+flags.DEFINE_float("validation_split", 0.0, "Fraction of each training class held out (seeded) for validation; 0 validates on the test folder.")
+flags.DEFINE_integer("image_size", 128, "Images are resized to image_size x image_size.")
+flags.DEFINE_integer("batch_size", 32, "Global batch size, split across replicas.")
+flags.DEFINE_float("alpha", 1.0, "MobileNet width multiplier (ImageNet weights exist for 0.25, 0.5, 0.75, 1.0).")
+flags.DEFINE_string(
+    "weights", "imagenet",
+    "Backbone weights: 'imagenet' (Keras download and cache), 'none' (random), or a path to a "
+    "MobileNet no-top .h5 weights file for this alpha.",
+)
+flags.DEFINE_enum("strategy", "auto", ["auto", "default", "one_device", "mirrored"], "tf.distribute strategy; auto: mirrored on several GPUs, one_device on one, default on CPU.")
+flags.DEFINE_string(
+    "cache", "memory",
+    "Cache of decoded uint8 images: 'memory', 'none', or a file path prefix (files "
+    "<prefix>-<split>-<fingerprint>.*; an interrupted cache is detected and rebuilt).",
+)
+flags.DEFINE_integer("seed", 42, "Seed for the validation split, the shuffle and the head initialisation.")
+flags.DEFINE_bool("skip_bad_images", False, "Leave out undecodable images (listed in model_dir/skipped_images.txt) instead of stopping.")
+
+
+def fail(program: str, message: str) -> None:
+    """Prints one wrapped paragraph `program: error: message` to stderr and exits with 2."""
+    text = textwrap.fill(f"{program}: error: {message}", width=100, break_long_words=False, break_on_hyphens=False)
+    print(text, file=sys.stderr)
+    sys.exit(2)
+
+
+def guarded(program: str, main):
+    """Wraps a binary's main so that UserInputError becomes a clear message and exit code 2."""
+
+    def wrapped(argv):
+        try:
+            return main(argv)
+        except UserInputError as error:
+            fail(program, str(error))
+
+    return wrapped
+
+
+def require(flag_names: list[str]) -> None:
+    """Fails with a clear message if a required flag was not given."""
+    missing = [f"--{name}" for name in flag_names if getattr(FLAGS, name) in (None, "")]
+    if missing:
+        raise UserInputError(f"missing required flag(s): {', '.join(missing)}.")
+
+
+def resolved_flags_text(module_names: list[str]) -> str:
+    """The resolved values of the flags of the given modules, as a reusable --flagfile."""
+    lines = []
+    for module_name in module_names:
+        for flag in FLAGS.get_flags_for_module(module_name):
+            lines.append(flag.serialize())
+    return "\n".join(line for line in lines if line) + "\n"
+
+
+def main_runner(main):
+    """The console-script entry point: parse flags with absl and run `main`."""
+    return lambda: app.run(main)

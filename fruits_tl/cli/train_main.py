@@ -1,0 +1,78 @@
+"""fruits-tl-train: train the frozen-MobileNet classifier on an image folder.
+
+Example:
+  fruits-tl-train --data_dir=/data/fruits-360 --model_dir=runs/mobilenet
+
+Defaults are the tutorial's recipe (MobileNet 1.0 at 128x128 on ImageNet weights, batch 32,
+RMSprop 1e-4, 25 epochs), with softmax cross-entropy instead of sigmoid + binary cross-entropy.
+"""
+
+from __future__ import annotations
+
+from absl import flags
+
+from fruits_tl.cli import common
+
+flags.DEFINE_string("model_dir", None, "Where model.keras, labels.txt, metrics.json, history.csv and flags.txt are written.")
+flags.DEFINE_integer("epochs", 25, "Passes over the training images.")
+flags.DEFINE_float("learning_rate", 1e-4, "Optimizer learning rate.")
+flags.DEFINE_enum("optimizer", "rmsprop", ["rmsprop", "adam", "sgd"], "Optimizer for the head.")
+flags.DEFINE_float("dropout", 0.0, "Dropout before the Dense head (0 for none).")
+flags.DEFINE_integer("shuffle_buffer", 0, "Shuffle buffer in images; 0 shuffles the whole training split.")
+flags.DEFINE_bool("save_h5", False, "Also write the legacy Keras .h5 model file.")
+flags.DEFINE_integer("verbose", 2, "Keras fit verbosity: 0 silent, 1 progress bar, 2 one line per epoch.")
+
+FLAGS = flags.FLAGS
+PROGRAM = "fruits-tl-train"
+
+
+def build_config():
+    """Builds the TrainConfig from the flags (validation happens in the dataclasses)."""
+    from fruits_tl.config import DataConfig, ModelConfig, TrainConfig
+
+    common.require(["data_dir", "model_dir"])
+    return TrainConfig(
+        data=DataConfig(
+            data_dir=FLAGS.data_dir,
+            train_subdir=FLAGS.train_subdir,
+            test_subdir=FLAGS.test_subdir,
+            validation_split=FLAGS.validation_split,
+            image_size=FLAGS.image_size,
+            cache=FLAGS.cache,
+            shuffle_buffer_size=FLAGS.shuffle_buffer,
+            seed=FLAGS.seed,
+            skip_bad_images=FLAGS.skip_bad_images,
+        ),
+        model=ModelConfig(alpha=FLAGS.alpha, weights=FLAGS.weights, dropout=FLAGS.dropout),
+        model_dir=FLAGS.model_dir,
+        batch_size=FLAGS.batch_size,
+        epochs=FLAGS.epochs,
+        learning_rate=FLAGS.learning_rate,
+        optimizer=FLAGS.optimizer,
+        save_h5=FLAGS.save_h5,
+        verbose=FLAGS.verbose,
+    )
+
+
+def _main(argv):
+    if len(argv) > 1:
+        raise common.UserInputError(f"unexpected arguments: {' '.join(argv[1:])} (all options are --flags).")
+    config = build_config()
+    from fruits_tl import distribute, train
+
+    strategy = distribute.get_strategy(FLAGS.strategy)
+    flags_text = common.resolved_flags_text([common.__name__, __name__])
+    result = train.train(config, strategy=strategy, extra_text_files={"flags.txt": flags_text})
+    metrics = result.metrics
+    print(
+        f"test_accuracy={metrics['test_accuracy']:.4f} test_top5_accuracy={metrics['test_top5_accuracy']:.4f} "
+        f"train_images_per_second={metrics['train_images_per_second']:.1f} model_dir={result.model_dir}"
+    )
+    return 0
+
+
+main = common.guarded(PROGRAM, _main)
+run = common.main_runner(main)
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,134 @@
+"""Frozen, validated configuration dataclasses: what the binaries build from their flags.
+
+Validation happens in `__post_init__`, so a config that exists is a config that is usable;
+every message names the field, which is also the name of the binary's flag.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+from fruits_tl.errors import UserInputError
+
+OPTIMIZERS = ("rmsprop", "adam", "sgd")
+# Sizes and widths for which Keras publishes ImageNet MobileNet v1 weights.
+IMAGENET_IMAGE_SIZES = (128, 160, 192, 224)
+IMAGENET_ALPHAS = (0.25, 0.5, 0.75, 1.0)
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise UserInputError(message)
+
+
+def check_cache(cache: str) -> None:
+    """Checks a cache setting: "memory", "none", or a file path prefix."""
+    _require(bool(cache), "cache must be 'memory', 'none' or a file path prefix, got ''.")
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """Where the images are and how the input route treats them.
+
+    Attributes:
+      data_dir: Folder holding `train_subdir/<class>/*` and usually `test_subdir/<class>/*`.
+      train_subdir: Training folder name inside `data_dir`; its sub-folders define the classes.
+      test_subdir: Test folder name inside `data_dir`; checked against the training classes.
+      validation_split: Fraction of training images (seeded, class-mixed) held out for
+        validation. 0 validates on the test folder.
+      image_size: Images are resized to image_size x image_size.
+      cache: "memory" (default), "none", or a file path prefix for a tf.data file cache.
+      shuffle_buffer_size: Shuffle buffer in images; 0 means the whole split (a full shuffle,
+        cheap after a memory cache since only references are buffered).
+      seed: Seed for the validation split and the shuffle.
+      skip_bad_images: Leave out undecodable files instead of stopping.
+    """
+
+    data_dir: str
+    train_subdir: str = "Training"
+    test_subdir: str = "Test"
+    validation_split: float = 0.0
+    image_size: int = 128
+    cache: str = "memory"
+    shuffle_buffer_size: int = 0
+    seed: int = 42
+    skip_bad_images: bool = False
+
+    def __post_init__(self) -> None:
+        _require(bool(self.data_dir), "data_dir is required: the folder holding Training/ and Test/.")
+        _require(bool(self.train_subdir), "train_subdir must not be empty.")
+        _require(
+            0.0 <= self.validation_split < 1.0 and not math.isnan(self.validation_split),
+            f"validation_split must be in [0, 1), got {self.validation_split}.",
+        )
+        _require(
+            isinstance(self.image_size, int) and 8 <= self.image_size <= 1024,
+            f"image_size must be an integer from 8 to 1024, got {self.image_size}.",
+        )
+        check_cache(self.cache)
+        _require(
+            self.shuffle_buffer_size >= 0,
+            f"shuffle_buffer must be >= 0 (0 = whole split), got {self.shuffle_buffer_size}.",
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """The frozen MobileNet v1 backbone and the new head.
+
+    Attributes:
+      alpha: MobileNet width multiplier.
+      weights: "imagenet" (Keras's own download and cache), "none" (random), or a path to a
+        weights file for `MobileNet(alpha, include_top=False)` at this image size.
+      dropout: Dropout rate before the Dense head; 0 for none.
+    """
+
+    alpha: float = 1.0
+    weights: str = "imagenet"
+    dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        _require(0.0 < self.alpha <= 4.0, f"alpha must be in (0, 4], got {self.alpha}.")
+        _require(0.0 <= self.dropout < 1.0, f"dropout must be in [0, 1), got {self.dropout}.")
+        _require(bool(self.weights), "weights must be 'imagenet', 'none' or a file path.")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """One training job.
+
+    Attributes:
+      data: The input data settings.
+      model: The backbone and head settings.
+      model_dir: Where the model and its reports are written.
+      batch_size: The global batch size (split across replicas).
+      epochs: Passes over the training split.
+      learning_rate: Optimizer learning rate.
+      optimizer: One of OPTIMIZERS.
+      save_h5: Also write the legacy Keras `.h5` file.
+      verbose: Keras fit verbosity (0 silent, 1 progress bar, 2 one line per epoch).
+    """
+
+    data: DataConfig
+    model: ModelConfig
+    model_dir: str
+    batch_size: int = 32
+    epochs: int = 25
+    learning_rate: float = 1e-4
+    optimizer: str = "rmsprop"
+    save_h5: bool = False
+    verbose: int = 2
+
+    def __post_init__(self) -> None:
+        _require(bool(self.model_dir), "model_dir is required: where the model is written.")
+        _require(1 <= self.batch_size <= 65536, f"batch_size must be in [1, 65536], got {self.batch_size}.")
+        _require(1 <= self.epochs <= 100000, f"epochs must be >= 1, got {self.epochs}.")
+        _require(
+            0.0 < self.learning_rate <= 10.0,
+            f"learning_rate must be in (0, 10], got {self.learning_rate}.",
+        )
+        _require(
+            self.optimizer in OPTIMIZERS,
+            f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}.",
+        )

@@ -1,0 +1,506 @@
+"""Image folders: listing, checking and loading `<split>/<class>/<image>` trees.
+
+This module owns the first step of the one data route. File listing is kept apart from
+decoding (as in tensorflow_datasets' image-folder reader): `list_image_files` and the label-map
+checks touch only the file system; `find_bad_images` decodes every file once with TensorFlow's
+own decoder, in parallel, before any training starts; `load_split` wraps
+`keras.utils.image_dataset_from_directory(batch_size=None)` and hands back an `ImageFolder`:
+unbatched `(uint8 image, int32 label)` elements in the order of its `file_paths`.
+
+Listing rules are Keras's own (so the files we check are the files Keras loads): class folders
+are the non-hidden sub-folders; images are found recursively below each class folder with a
+case-insensitive extension in IMAGE_EXTENSIONS.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import os
+import re
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from fruits_tl import preprocess
+from fruits_tl.errors import UserInputError
+
+# The extensions `keras.utils.image_dataset_from_directory` accepts (its ALLOWLIST_FORMATS).
+IMAGE_EXTENSIONS = (".bmp", ".gif", ".jpeg", ".jpg", ".png")
+# Bumped whenever the decoded pixels for the same file could change (decoder, resize, cast);
+# part of every cache and feature fingerprint.
+DECODE_VERSION = "keras-idfd-bilinear-round-uint8-v1"
+
+
+@dataclasses.dataclass(frozen=True)
+class BadImage:
+    """A file that TensorFlow's image decoder cannot read."""
+
+    path: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.reason}"
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageFolder:
+    """One split: an unbatched dataset plus what `.map()` would otherwise lose.
+
+    Attributes:
+      dataset: Unbatched `(image, label)`: uint8 [image_size, image_size, 3] and int32 scalar,
+        in the order of `file_paths`, with a known cardinality.
+      class_names: Class names in label-index order (always the training classes).
+      file_paths: The image files, element for element.
+      labels: The int labels, element for element (a NumPy int32 array).
+      name: The split's name ("train", "validation", "test"), used in logs and cache names.
+      image_size: Images are image_size x image_size.
+      fingerprint: Digest of the listing (paths, sizes, modification times), image size and
+        decode version: equal fingerprints mean equal decoded elements.
+    """
+
+    dataset: tf.data.Dataset
+    class_names: tuple[str, ...]
+    file_paths: tuple[str, ...]
+    labels: np.ndarray
+    name: str
+    image_size: int
+    fingerprint: str
+
+    def __len__(self) -> int:
+        return len(self.file_paths)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+
+@dataclasses.dataclass(frozen=True)
+class Splits:
+    """The splits of one data folder, sharing one label map.
+
+    Attributes:
+      train: The training split.
+      validation: What is evaluated after every epoch.
+      test: What the final metrics are computed on.
+      class_names: The label map, from the training folder.
+      bad_images: Files left out by `skip_bad_images`.
+      warnings: Things worth telling the user that do not stop the job.
+      validation_source: "test folder" or "validation_split".
+    """
+
+    train: ImageFolder
+    validation: ImageFolder
+    test: ImageFolder
+    class_names: tuple[str, ...]
+    bad_images: tuple[BadImage, ...]
+    warnings: tuple[str, ...]
+    validation_source: str
+
+
+def list_classes(directory: str, *, role: str = "image") -> list[str]:
+    """Returns the sorted non-hidden sub-folder names of `directory`.
+
+    Args:
+      directory: A split folder such as `<data_dir>/Training`.
+      role: Word used in error messages ("training", "test").
+
+    Raises:
+      UserInputError: `directory` does not exist, is not a folder, or has no class folders.
+    """
+    if not os.path.exists(directory):
+        raise UserInputError(f"The {role} folder '{directory}' does not exist.")
+    if not os.path.isdir(directory):
+        raise UserInputError(f"The {role} folder '{directory}' is a file, not a folder.")
+    names = sorted(
+        entry.name
+        for entry in os.scandir(directory)
+        if entry.is_dir() and not entry.name.startswith(".")
+    )
+    if not names:
+        raise UserInputError(
+            f"The {role} folder '{directory}' has no class folders: expected one sub-folder per "
+            "class, each holding that class's images (hidden folders such as "
+            ".ipynb_checkpoints are not classes)."
+        )
+    return names
+
+
+def list_image_files(directory: str, class_names: list[str] | tuple[str, ...]) -> dict[str, list[str]]:
+    """Lists the image files of each class, with Keras's rules and in Keras's order.
+
+    Args:
+      directory: A split folder.
+      class_names: The class folders to list.
+
+    Returns:
+      A dict from class name to the sorted list of its image paths (recursive).
+    """
+    listing: dict[str, list[str]] = {}
+    for class_name in class_names:
+        paths = []
+        for root, _, files in sorted(os.walk(os.path.join(directory, class_name)), key=lambda x: x[0]):
+            for file_name in sorted(files):
+                if file_name.lower().endswith(IMAGE_EXTENSIONS):
+                    paths.append(os.path.join(root, file_name))
+        listing[class_name] = paths
+    return listing
+
+
+def closest_name(name: str, candidates: list[str] | tuple[str, ...]) -> str | None:
+    """Returns the candidate closest to `name` (case-insensitive), or None if none is close."""
+    lowered = {candidate.lower(): candidate for candidate in candidates}
+    matches = difflib.get_close_matches(name.lower(), list(lowered), n=1, cutoff=0.5)
+    return lowered[matches[0]] if matches else None
+
+
+def check_label_map(
+    train_classes: list[str], test_classes: list[str], *, test_dir: str
+) -> list[str]:
+    """Checks a test folder's classes against the training label map.
+
+    Args:
+      train_classes: Class names from the training folder (the label map).
+      test_classes: Class folder names found in the test folder.
+      test_dir: The test folder, for messages.
+
+    Returns:
+      Warnings (training classes absent from the test folder).
+
+    Raises:
+      UserInputError: The test folder has classes that training does not; the message names
+        each one and the closest training class name.
+    """
+    train_set = set(train_classes)
+    extra = [name for name in test_classes if name not in train_set]
+    if extra:
+        described = []
+        for name in extra:
+            suggestion = closest_name(name, train_classes)
+            hint = f" (closest training class: '{suggestion}')" if suggestion else ""
+            described.append(f"'{name}'{hint}")
+        raise UserInputError(
+            f"The test folder '{test_dir}' has {len(extra)} class folder(s) that the training "
+            f"folder does not: {', '.join(described)}. Train and test must share one label map: "
+            "rename or remove these folders."
+        )
+    missing = [name for name in train_classes if name not in set(test_classes)]
+    if missing:
+        return [
+            f"{len(missing)} training class(es) have no folder in '{test_dir}' and will not be "
+            f"tested: {', '.join(missing)}."
+        ]
+    return []
+
+
+def listing_fingerprint(file_paths, *, image_size: int, extra: str = "") -> str:
+    """Digest of a file listing (paths, sizes, modification times) and the decode settings."""
+    digest = hashlib.sha256()
+    digest.update(f"{DECODE_VERSION}|{image_size}|{extra}\n".encode())
+    for path in file_paths:
+        stat = os.stat(path)
+        digest.update(f"{os.path.abspath(path)}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()[:16]
+
+
+def _decode_error_reason(path: str) -> str:
+    """Describes why TensorFlow cannot decode `path`, in one line."""
+    try:
+        size = os.path.getsize(path)
+    except OSError as error:
+        return f"cannot be read ({error.strerror})"
+    if size == 0:
+        return "empty file (0 bytes)"
+    try:
+        tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
+    except (tf.errors.OpError, ValueError) as error:
+        message = getattr(error, "message", str(error))
+        # Drop TensorFlow's "{{function_node ...}}" prefix; keep the decoder's own words.
+        message = re.sub(r"\{\{[^}]*\}\}\s*", "", message).strip().splitlines()[0]
+        return f"cannot be decoded as an image ({message})"
+    return "cannot be decoded as an image"
+
+
+def find_bad_images(file_paths: list[str] | tuple[str, ...]) -> tuple[BadImage, ...]:
+    """Decodes every file with TensorFlow's decoder, in parallel, and returns the failures.
+
+    The decode call is the one Keras's loader makes (`decode_image(channels=3,
+    expand_animations=False)`), so a file that passes here loads in training. Grayscale, CMYK,
+    progressive JPEG and PNG with alpha all decode to RGB and pass.
+
+    Args:
+      file_paths: Files to check.
+
+    Returns:
+      The files that failed, with a reason each, in input order.
+    """
+    paths = list(file_paths)
+    if not paths:
+        return ()
+
+    def probe(index, path):
+        image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
+        # Returning the shape keeps the decode from being pruned as dead code.
+        return index, tf.shape(image)
+
+    dataset = tf.data.Dataset.from_tensor_slices((tf.range(len(paths), dtype=tf.int64), paths))
+    dataset = dataset.map(probe, num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)
+    dataset = dataset.ignore_errors().batch(4096)
+    decoded = np.zeros(len(paths), dtype=bool)
+    for indices, shapes in dataset.as_numpy_iterator():
+        good = np.all(shapes > 0, axis=1)
+        decoded[indices[good]] = True
+    return tuple(
+        BadImage(path, _decode_error_reason(path)) for path, ok in zip(paths, decoded) if not ok
+    )
+
+
+def _validation_mask(labels: np.ndarray, validation_split: float, seed: int) -> np.ndarray:
+    """A seeded, class-stratified boolean mask selecting about validation_split of each class."""
+    rng = np.random.default_rng(seed)
+    mask = np.zeros(len(labels), dtype=bool)
+    for label in np.unique(labels):
+        (indices,) = np.nonzero(labels == label)
+        count = int(round(validation_split * len(indices)))
+        if len(indices) >= 2:
+            count = min(max(count, 1), len(indices) - 1)
+        else:
+            count = 0
+        mask[rng.permutation(indices)[:count]] = True
+    return mask
+
+
+def load_split(
+    directory: str,
+    *,
+    class_names: list[str] | tuple[str, ...],
+    image_size: int,
+    name: str,
+    exclude: frozenset[str] | set[str] = frozenset(),
+    expected_files: list[str] | None = None,
+) -> ImageFolder:
+    """Loads one split folder with `image_dataset_from_directory(batch_size=None)`.
+
+    Args:
+      directory: The split folder.
+      class_names: The label map (training classes). Classes without a folder here are
+        allowed (they get no elements); labels always index into this list.
+      image_size: Output images are image_size x image_size (bilinear, as Keras resizes).
+      name: Split name for logs and cache files.
+      exclude: Paths of files known to be undecodable; they are dropped.
+      expected_files: The listing the caller checked; a mismatch with Keras's own listing is an
+        error rather than silently unchecked files.
+
+    Returns:
+      The split as an ImageFolder with uint8 images.
+    """
+    present = [c for c in class_names if os.path.isdir(os.path.join(directory, c))]
+    dataset = keras.utils.image_dataset_from_directory(
+        directory,
+        labels="inferred",
+        label_mode="int",
+        class_names=present,
+        color_mode="rgb",
+        batch_size=None,
+        image_size=(image_size, image_size),
+        shuffle=False,
+        interpolation="bilinear",
+        verbose=False,
+    )
+    file_paths = list(dataset.file_paths)
+    if expected_files is not None and sorted(file_paths) != sorted(expected_files):
+        raise RuntimeError(
+            f"Keras listed different files in '{directory}' than fruits_tl checked; the listing "
+            "rules in fruits_tl.data no longer match this Keras version."
+        )
+    present_index = {c: i for i, c in enumerate(present)}
+    labels_in_present = np.asarray(
+        [present_index[os.path.relpath(p, directory).split(os.sep)[0]] for p in file_paths],
+        dtype=np.int32,
+    )
+    to_label_map = np.asarray([list(class_names).index(c) for c in present], dtype=np.int32)
+    labels = to_label_map[labels_in_present] if len(file_paths) else labels_in_present
+    remap = tf.constant(to_label_map)
+
+    def to_uint8(image, label):
+        # Keras resizes to float32; values stay in [0, 255] under bilinear resizing, so round
+        # and saturate: the cache then holds 1 byte per channel instead of 4.
+        return preprocess.to_uint8(image), tf.gather(remap, label)
+
+    dataset = dataset.map(to_uint8, num_parallel_calls=tf.data.AUTOTUNE)
+    if exclude:
+        keep = np.asarray([p not in exclude for p in file_paths], dtype=bool)
+        # Keras's loader cannot be told to leave files out, so the known-bad files (exactly the
+        # ones its own decoder rejects, found by find_bad_images with the same call) are
+        # dropped by ignore_errors; assert_cardinality below catches any mismatch.
+        dataset = dataset.ignore_errors()
+        file_paths = [p for p, k in zip(file_paths, keep) if k]
+        labels = labels[keep]
+    dataset = dataset.apply(tf.data.experimental.assert_cardinality(len(file_paths)))
+    return ImageFolder(
+        dataset=dataset,
+        class_names=tuple(class_names),
+        file_paths=tuple(file_paths),
+        labels=labels,
+        name=name,
+        image_size=image_size,
+        fingerprint=listing_fingerprint(file_paths, image_size=image_size, extra=",".join(class_names)),
+    )
+
+
+def select(folder: ImageFolder, mask: np.ndarray, *, name: str) -> ImageFolder:
+    """Returns the elements of `folder` where `mask` is true, keeping file paths aligned."""
+    keep = tf.constant(mask)
+    dataset = folder.dataset.enumerate().filter(lambda index, element: keep[index])
+    dataset = dataset.map(lambda index, element: element)
+    file_paths = tuple(p for p, k in zip(folder.file_paths, mask) if k)
+    dataset = dataset.apply(tf.data.experimental.assert_cardinality(len(file_paths)))
+    return dataclasses.replace(
+        folder,
+        dataset=dataset,
+        file_paths=file_paths,
+        labels=folder.labels[mask],
+        name=name,
+        fingerprint=hashlib.sha256(
+            (folder.fingerprint + name + np.packbits(mask).tobytes().hex()).encode()
+        ).hexdigest()[:16],
+    )
+
+
+def _describe_bad_images(bad: tuple[BadImage, ...]) -> str:
+    return "; ".join(str(item) for item in bad)
+
+
+def load_dataset(
+    data_dir: str,
+    *,
+    train_subdir: str = "Training",
+    test_subdir: str = "Test",
+    validation_split: float = 0.0,
+    image_size: int = 128,
+    seed: int = 42,
+    skip_bad_images: bool = False,
+) -> Splits:
+    """Checks a data folder and loads its splits under one label map.
+
+    Every check runs before any decoding for training: missing folders, class folders that do
+    not match, empty class folders, and (by decoding every file once, in parallel)
+    undecodable files.
+
+    Args:
+      data_dir: Folder holding `train_subdir` and usually `test_subdir`.
+      train_subdir: The training folder; its class folders define the label map.
+      test_subdir: The test folder. Absent, `validation_split` must be > 0.
+      validation_split: Fraction of training images per class held out for validation.
+      image_size: Images are resized to image_size x image_size.
+      seed: Seed for the validation split.
+      skip_bad_images: Leave out undecodable files (reported in Splits.bad_images).
+
+    Returns:
+      The Splits.
+
+    Raises:
+      UserInputError: With a message naming the folder, class or files at fault.
+    """
+    if not os.path.exists(data_dir):
+        raise UserInputError(f"The data directory '{data_dir}' does not exist (--data_dir).")
+    if not os.path.isdir(data_dir):
+        raise UserInputError(f"The data directory '{data_dir}' is a file, not a folder (--data_dir).")
+    train_dir = os.path.join(data_dir, train_subdir)
+    if not os.path.isdir(train_dir):
+        found = sorted(e.name for e in os.scandir(data_dir) if e.is_dir() and not e.name.startswith("."))
+        shown = ", ".join(found[:10]) + (", ..." if len(found) > 10 else "") if found else "none"
+        raise UserInputError(
+            f"The training folder '{train_dir}' does not exist: --data_dir must hold "
+            f"'{train_subdir}/<class>/<images>' (set --train_subdir if it has another name). "
+            f"Sub-folders of '{data_dir}': {shown}."
+        )
+    train_classes = list_classes(train_dir, role="training")
+    test_dir = os.path.join(data_dir, test_subdir) if test_subdir else ""
+    has_test = bool(test_dir) and os.path.isdir(test_dir)
+    if not has_test and validation_split <= 0:
+        raise UserInputError(
+            f"There is no test folder '{test_dir or '(none)'}' and --validation_split is 0: "
+            "nothing to validate on. Set --test_subdir to your test folder's name, or "
+            "--validation_split=0.2 to hold out a seeded, class-mixed part of training."
+        )
+    warnings: list[str] = []
+    test_classes: list[str] = []
+    if has_test:
+        test_classes = list_classes(test_dir, role="test")
+        warnings += check_label_map(train_classes, test_classes, test_dir=test_dir)
+
+    train_files = list_image_files(train_dir, train_classes)
+    test_files = list_image_files(test_dir, test_classes) if has_test else {}
+    empty = [os.path.join(train_dir, c) for c, p in train_files.items() if not p]
+    empty += [os.path.join(test_dir, c) for c, p in test_files.items() if not p]
+    if empty:
+        raise UserInputError(
+            f"{len(empty)} class folder(s) hold no images (extensions "
+            f"{', '.join(IMAGE_EXTENSIONS)}): {', '.join(empty)}. Add images or remove the folders."
+        )
+
+    all_train = [p for paths in train_files.values() for p in paths]
+    all_test = [p for paths in test_files.values() for p in paths]
+    bad = find_bad_images(all_train + all_test)
+    if bad and not skip_bad_images:
+        raise UserInputError(
+            f"{len(bad)} file(s) cannot be decoded by TensorFlow: {_describe_bad_images(bad)}. "
+            "Fix or remove them, or pass --skip_bad_images to leave them out (the list is "
+            "then written to skipped_images.txt in --model_dir)."
+        )
+    excluded = {item.path for item in bad}
+    emptied = [
+        os.path.join(directory, c)
+        for directory, listing in ((train_dir, train_files), (test_dir, test_files))
+        for c, paths in listing.items()
+        if paths and all(p in excluded for p in paths)
+    ]
+    if emptied:
+        raise UserInputError(
+            f"After leaving out undecodable files, {len(emptied)} class folder(s) hold no "
+            f"images: {', '.join(emptied)}."
+        )
+
+    train = load_split(
+        train_dir,
+        class_names=train_classes,
+        image_size=image_size,
+        name="train",
+        exclude=excluded,
+        expected_files=all_train,
+    )
+    test = None
+    if has_test:
+        test = load_split(
+            test_dir,
+            class_names=train_classes,
+            image_size=image_size,
+            name="test",
+            exclude=excluded,
+            expected_files=all_test,
+        )
+    if validation_split > 0:
+        mask = _validation_mask(train.labels, validation_split, seed)
+        if not mask.any():
+            raise UserInputError(
+                f"--validation_split={validation_split} selects no images: every class needs at "
+                "least 2 training images for a class-mixed validation set."
+            )
+        validation = select(train, mask, name="validation")
+        train = select(train, ~mask, name="train")
+        source = "validation_split"
+    else:
+        validation = test
+        source = "test folder"
+    return Splits(
+        train=train,
+        validation=validation,
+        test=test if test is not None else validation,
+        class_names=tuple(train_classes),
+        bad_images=bad,
+        warnings=tuple(warnings),
+        validation_source=source,
+    )

@@ -1,0 +1,225 @@
+"""Keras models: the frozen MobileNet v1 backbone, the new head, and their assembly.
+
+Every model here takes raw pixels (uint8, or float in [0, 255]) and applies the package's one
+preprocessing function in its first layer, so a saved model cannot be served with the wrong
+preprocessing. Build models inside `strategy.scope()`.
+"""
+
+from __future__ import annotations
+
+import os
+
+import keras
+import tensorflow as tf
+
+from fruits_tl import preprocess
+from fruits_tl.config import IMAGENET_ALPHAS, IMAGENET_IMAGE_SIZES, OPTIMIZERS
+from fruits_tl.errors import UserInputError
+
+# Where Keras publishes MobileNet v1 weights (keras.applications.mobilenet.BASE_WEIGHT_PATH).
+IMAGENET_WEIGHTS_URL = "https://storage.googleapis.com/tensorflow/keras-applications/mobilenet/"
+HEAD_LAYER_NAMES = ("head_pool", "head_dropout", "head_dense")
+BACKBONE_NAME = "backbone"
+
+
+@keras.saving.register_keras_serializable(package="fruits_tl")
+class MobileNetPreprocessing(keras.layers.Layer):
+    """Applies `fruits_tl.preprocess.mobilenet_inputs`: raw pixels to float32 in [-1, 1]."""
+
+    def __init__(self, **kwargs):
+        kwargs.setdefault("dtype", "float32")
+        super().__init__(**kwargs)
+
+    def call(self, inputs):
+        return preprocess.mobilenet_inputs(inputs)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+
+def imagenet_weights_file_name(*, alpha: float, image_size: int, include_top: bool = False) -> str:
+    """The file name Keras uses for MobileNet v1 ImageNet weights, e.g. mobilenet_2_5_128_tf_no_top.h5."""
+    alpha_text = {1.0: "1_0", 0.75: "7_5", 0.5: "5_0", 0.25: "2_5"}[float(alpha)]
+    return f"mobilenet_{alpha_text}_{image_size}_tf{'' if include_top else '_no_top'}.h5"
+
+
+def fetch_imagenet_weights(
+    *, alpha: float, image_size: int, include_top: bool = False, cache_dir: str | None = None
+) -> str:
+    """Returns a local path to Keras's MobileNet v1 ImageNet weights, downloading if needed.
+
+    Uses Keras's own download and cache (`keras.utils.get_file`, `~/.keras/models` or
+    `$KERAS_HOME/models`, or `cache_dir/models`): the same file `MobileNet(weights="imagenet")`
+    would fetch.
+
+    Raises:
+      UserInputError: alpha or image_size has no published weights, or the download failed
+        (offline); the message says how to pass a local file instead.
+    """
+    if float(alpha) not in IMAGENET_ALPHAS:
+        raise UserInputError(
+            f"ImageNet MobileNet weights exist only for alpha in {IMAGENET_ALPHAS}, got "
+            f"--alpha={alpha}. Use one of those, or --weights=none or a weights file."
+        )
+    if image_size not in IMAGENET_IMAGE_SIZES:
+        raise UserInputError(
+            f"ImageNet MobileNet weights exist only for image sizes {IMAGENET_IMAGE_SIZES}, got "
+            f"--image_size={image_size}. Use one of those, or --weights=none or a weights file."
+        )
+    file_name = imagenet_weights_file_name(alpha=alpha, image_size=image_size, include_top=include_top)
+    try:
+        return keras.utils.get_file(
+            file_name, IMAGENET_WEIGHTS_URL + file_name, cache_subdir="models", cache_dir=cache_dir
+        )
+    except Exception as error:  # Keras wraps every network failure in a bare Exception.
+        raise UserInputError(
+            f"Could not download the ImageNet weights '{file_name}' from "
+            f"{IMAGENET_WEIGHTS_URL} ({type(error).__name__}: {str(error).splitlines()[0][:200]}). "
+            "This machine may be offline. Download the file elsewhere and pass "
+            f"--weights=/path/to/{file_name}, place it in ~/.keras/models/, or use "
+            "--weights=none for random (untrained) backbone weights."
+        ) from None
+
+
+def build_backbone(*, image_size: int, alpha: float, weights: str = "imagenet", cache_dir: str | None = None) -> keras.Model:
+    """Builds MobileNet v1 without its top, frozen, on preprocessed float32 inputs.
+
+    Args:
+      image_size: Input is image_size x image_size x 3.
+      alpha: Width multiplier.
+      weights: "imagenet", "none", or a path to a weights file for this architecture.
+      cache_dir: Keras cache folder for "imagenet" (default: Keras's own).
+
+    Returns:
+      The frozen backbone model, named "backbone", outputting the last feature map.
+
+    Raises:
+      UserInputError: The weights cannot be had or do not fit the architecture.
+    """
+    if weights == "imagenet":
+        weights_path = fetch_imagenet_weights(alpha=alpha, image_size=image_size, cache_dir=cache_dir)
+    elif weights in ("none", "", None):
+        weights_path = None
+    else:
+        weights_path = weights
+        if not os.path.isfile(weights_path):
+            raise UserInputError(
+                f"The weights file '{weights_path}' does not exist (--weights takes 'imagenet', "
+                "'none' or a path to a MobileNet .h5 weights file)."
+            )
+    backbone = keras.applications.MobileNet(
+        input_shape=(image_size, image_size, 3),
+        alpha=alpha,
+        include_top=False,
+        weights=None,
+        name=BACKBONE_NAME,
+    )
+    if weights_path is not None:
+        try:
+            backbone.load_weights(weights_path)
+        except Exception as error:  # h5py, ValueError and others, from deep inside Keras.
+            detail = str(error).splitlines()[0][:300] if str(error) else type(error).__name__
+            raise UserInputError(
+                f"The weights file '{weights_path}' does not fit MobileNet(alpha={alpha}, "
+                f"input_shape=({image_size}, {image_size}, 3), include_top=False): {detail}. "
+                "Pass the no-top weights file for this alpha, e.g. "
+                f"{imagenet_weights_file_name(alpha=alpha, image_size=image_size) if float(alpha) in IMAGENET_ALPHAS and image_size in IMAGENET_IMAGE_SIZES else 'mobilenet_<alpha>_<size>_tf_no_top.h5'}."
+            ) from None
+    backbone.trainable = False
+    return backbone
+
+
+def build_feature_extractor(backbone: keras.Model, *, image_size: int) -> keras.Model:
+    """Raw pixels -> preprocessing -> frozen backbone -> global average pool: the features."""
+    inputs = keras.Input((image_size, image_size, 3), dtype="uint8", name="pixels")
+    x = MobileNetPreprocessing(name="preprocessing")(inputs)
+    x = backbone(x, training=False)
+    outputs = keras.layers.GlobalAveragePooling2D(name="head_pool")(x)
+    return keras.Model(inputs, outputs, name="feature_extractor")
+
+
+def build_classifier(
+    num_classes: int,
+    *,
+    image_size: int,
+    alpha: float,
+    weights: str = "imagenet",
+    dropout: float = 0.0,
+    cache_dir: str | None = None,
+) -> keras.Model:
+    """Builds the tutorial's model, fixed: raw pixels in, class probabilities out.
+
+    pixels (uint8) -> MobileNetPreprocessing -> frozen MobileNet(training=False)
+    -> GlobalAveragePooling2D -> [Dropout] -> Dense(num_classes, softmax).
+
+    Softmax with sparse categorical cross-entropy, not the tutorial's sigmoid with binary
+    cross-entropy (whose "accuracy" is per-output binary accuracy: about 99% for a model that
+    predicts nothing, with 100 classes).
+
+    Args:
+      num_classes: Number of classes.
+      image_size: Input images are image_size x image_size x 3.
+      alpha: MobileNet width multiplier.
+      weights: "imagenet", "none" or a weights file path.
+      dropout: Dropout rate before the Dense layer (0 for none).
+      cache_dir: Keras cache folder for "imagenet".
+
+    Returns:
+      An uncompiled Keras model whose backbone is frozen.
+    """
+    if num_classes < 2:
+        raise UserInputError(f"A classifier needs at least 2 classes, got {num_classes}.")
+    backbone = build_backbone(image_size=image_size, alpha=alpha, weights=weights, cache_dir=cache_dir)
+    inputs = keras.Input((image_size, image_size, 3), dtype="uint8", name="pixels")
+    x = MobileNetPreprocessing(name="preprocessing")(inputs)
+    x = backbone(x, training=False)
+    x = keras.layers.GlobalAveragePooling2D(name="head_pool")(x)
+    if dropout > 0:
+        x = keras.layers.Dropout(dropout, name="head_dropout")(x)
+    outputs = keras.layers.Dense(num_classes, activation="softmax", name="head_dense")(x)
+    return keras.Model(inputs, outputs, name="mobilenet_transfer")
+
+
+def build_optimizer(name: str, *, learning_rate: float) -> keras.optimizers.Optimizer:
+    """Returns a Keras optimizer by name (rmsprop, adam, sgd)."""
+    if name == "rmsprop":
+        return keras.optimizers.RMSprop(learning_rate=learning_rate)
+    if name == "adam":
+        return keras.optimizers.Adam(learning_rate=learning_rate)
+    if name == "sgd":
+        return keras.optimizers.SGD(learning_rate=learning_rate, momentum=0.9)
+    raise UserInputError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {name!r}.")
+
+
+def compile_classifier(model: keras.Model, *, optimizer: str, learning_rate: float, num_classes: int) -> None:
+    """Compiles with sparse categorical cross-entropy, accuracy and top-5 accuracy.
+
+    Call inside the strategy's scope (the optimizer creates variables).
+    """
+    model.compile(
+        optimizer=build_optimizer(optimizer, learning_rate=learning_rate),
+        loss=keras.losses.SparseCategoricalCrossentropy(),
+        metrics=[
+            keras.metrics.SparseCategoricalAccuracy(name="accuracy"),
+            keras.metrics.SparseTopKCategoricalAccuracy(k=min(5, num_classes), name="top5_accuracy"),
+        ],
+    )
+
+
+def load_model(path: str) -> keras.Model:
+    """Loads a `.keras` model saved by this package, with a clear error if it cannot."""
+    if os.path.isdir(path):
+        path = os.path.join(path, "model.keras")
+    if not os.path.isfile(path):
+        raise UserInputError(f"There is no model file at '{path}' (--model takes a model_dir or a .keras file).")
+    try:
+        return keras.saving.load_model(path, compile=False)
+    except Exception as error:
+        raise UserInputError(f"The model file '{path}' cannot be loaded: {str(error).splitlines()[0][:300]}") from None
+
+
+def count_parameters(model: keras.Model) -> dict[str, int]:
+    """Trainable and frozen parameter counts."""
+    trainable = sum(int(tf.size(w)) for w in model.trainable_weights)
+    frozen = sum(int(tf.size(w)) for w in model.non_trainable_weights)
+    return {"trainable": trainable, "frozen": frozen}

@@ -1,0 +1,302 @@
+"""The tf.data route every job takes, and the public API for embedding it.
+
+The order is written once, here (after big_vision's input_pipeline):
+
+1. shard (only for `input_fn`, before the cache, so each input pipeline caches its own part);
+2. cache the unbatched uint8 elements (memory, or a file prefix): the first epoch decodes, the
+   rest replay decoded pixels. uint8, never float32: a float32 cache is 4x the memory;
+3. shuffle (training only), reshuffled every epoch with a seeded generator. The buffer defaults
+   to the whole split: Fruits-360 folders are sorted by class, so a small buffer would feed
+   batches of one or two classes. After a memory cache the buffer holds references, not copies;
+4. batch with the global batch size (`input_fn`: the per-replica size);
+5. optionally map `preprocess.mobilenet_inputs` (float32 in [-1, 1]) for embedding users. The
+   package's own models take the uint8 batches and preprocess in their first layer: 4x fewer
+   bytes written per image on the host and copied to an accelerator;
+6. prefetch(AUTOTUNE), so the next batch is ready while the model runs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import glob
+import os
+import socket
+from collections.abc import Callable
+
+import tensorflow as tf
+from absl import logging
+
+from fruits_tl import data, files, preprocess
+from fruits_tl.errors import UserInputError
+
+OUTPUTS = ("uint8", "float32")
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def get_cache_prefix(cache: str, folder: data.ImageFolder, *, num_shards: int = 1, shard_index: int = 0) -> str:
+    """The file-cache prefix for one split: the user's prefix plus the split's fingerprint.
+
+    A different listing, image size or class map gives a different prefix, so a stale cache is
+    never read as if it were current.
+    """
+    shard = f"-shard{shard_index}of{num_shards}" if num_shards > 1 else ""
+    return f"{cache}-{folder.name}-{folder.fingerprint}{shard}"
+
+
+def _fill_file_cache(dataset: tf.data.Dataset, prefix: str, *, expected: int) -> None:
+    """Writes the tf.data file cache at `prefix` in one full pass, then marks it complete.
+
+    tf.data's file cache leaves a lockfile and temporary files behind when the writing process
+    is killed, and later runs then fail with AlreadyExistsError. Here a cache counts only with
+    the `.complete` marker written (atomically) after a full pass; anything else under the
+    prefix is a leftover and is removed, unless a live process still owns it.
+    """
+    owner_path = prefix + ".owner"
+    if os.path.exists(owner_path):
+        try:
+            host, pid_text = open(owner_path, encoding="utf-8").read().split()
+            pid = int(pid_text)
+        except (OSError, ValueError):
+            host, pid = "", -1
+        if host == socket.gethostname() and pid != os.getpid() and _process_alive(pid):
+            raise UserInputError(
+                f"The file cache '{prefix}' is being written by process {pid} on this machine. "
+                "Wait for it to finish, or pass another --cache path."
+            )
+    leftovers = glob.glob(glob.escape(prefix) + ".*") + glob.glob(glob.escape(prefix) + "_*")
+    if leftovers:
+        logging.warning(
+            "Removing an incomplete file cache left by an interrupted run: %s", ", ".join(sorted(leftovers))
+        )
+        for path in leftovers:
+            os.unlink(path)
+    files.write_text(owner_path, f"{socket.gethostname()} {os.getpid()}\n")
+    try:
+        count = int(dataset.cache(prefix).reduce(tf.constant(0, tf.int64), lambda n, _: n + 1))
+        if count != expected:
+            raise RuntimeError(f"file cache {prefix} holds {count} elements, expected {expected}")
+        files.write_text(prefix + ".complete", f"{count}\n")
+    finally:
+        os.unlink(owner_path)
+
+
+def apply_cache(dataset: tf.data.Dataset, cache: str, *, prefix: str, expected: int) -> tf.data.Dataset:
+    """Applies the cache setting to an unbatched dataset.
+
+    Args:
+      dataset: Unbatched uint8 elements.
+      cache: "memory", "none", or a file path prefix.
+      prefix: The full file-cache prefix for this split (from get_cache_prefix).
+      expected: Number of elements, to verify a file cache after writing it.
+
+    Returns:
+      The cached (or uncached) dataset.
+    """
+    if cache == "none":
+        return dataset
+    if cache == "memory":
+        return dataset.cache()
+    os.makedirs(os.path.dirname(os.path.abspath(prefix)), exist_ok=True)
+    if not (os.path.exists(prefix + ".complete") and os.path.exists(prefix + ".index")):
+        logging.info("Writing the file cache %s", prefix)
+        _fill_file_cache(dataset, prefix, expected=expected)
+    else:
+        logging.info("Reading the complete file cache %s", prefix)
+    return dataset.cache(prefix)
+
+
+def make_batches(
+    folder: data.ImageFolder,
+    *,
+    batch_size: int,
+    training: bool,
+    cache: str = "memory",
+    shuffle_buffer_size: int = 0,
+    seed: int | None = 42,
+    output: str = "uint8",
+    num_shards: int = 1,
+    shard_index: int = 0,
+    drop_remainder: bool = False,
+) -> tf.data.Dataset:
+    """Assembles the data route for one split: cache, shuffle, batch, (preprocess,) prefetch.
+
+    Args:
+      folder: The split from `data.load_split` or `data.load_dataset`.
+      batch_size: Images per batch: the global batch size when the dataset goes to
+        `model.fit` under a strategy, the per-replica size inside an `input_fn`.
+      training: Shuffle (reshuffled every epoch). Evaluation keeps file order.
+      cache: "memory", "none", or a file path prefix (see get_cache_prefix).
+      shuffle_buffer_size: Shuffle buffer; 0 means the whole split.
+      seed: Shuffle seed; None for a different order every run.
+      output: "uint8" raw pixels (for the package's models, which preprocess inside) or
+        "float32" pixels mapped to [-1, 1] by `preprocess.mobilenet_inputs`.
+      num_shards: Split the elements into this many shards (by element index) ...
+      shard_index: ... and keep this one.
+      drop_remainder: Drop a last partial batch (static batch shapes).
+
+    Returns:
+      A dataset of `(images, labels)` batches.
+    """
+    if output not in OUTPUTS:
+        raise UserInputError(f"output must be one of {', '.join(OUTPUTS)}, got {output!r}.")
+    if batch_size < 1:
+        raise UserInputError(f"batch_size must be >= 1, got {batch_size}.")
+    if not 0 <= shard_index < num_shards:
+        raise UserInputError(f"shard_index must be in [0, {num_shards}), got {shard_index}.")
+    dataset = folder.dataset
+    count = len(folder)
+    if num_shards > 1:
+        dataset = dataset.shard(num_shards, shard_index)
+        count = len(range(shard_index, len(folder), num_shards))
+    dataset = apply_cache(
+        dataset,
+        cache,
+        prefix=get_cache_prefix(cache, folder, num_shards=num_shards, shard_index=shard_index),
+        expected=count,
+    )
+    if training:
+        buffer = shuffle_buffer_size or max(count, 1)
+        dataset = dataset.shuffle(buffer, seed=seed, reshuffle_each_iteration=True)
+    dataset = dataset.batch(
+        batch_size,
+        drop_remainder=drop_remainder,
+        num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=True,
+    )
+    if output == "float32":
+        dataset = dataset.map(
+            lambda images, labels: (preprocess.mobilenet_inputs(images), labels),
+            num_parallel_calls=tf.data.AUTOTUNE,
+        )
+    return dataset.prefetch(tf.data.AUTOTUNE)
+
+
+@dataclasses.dataclass(frozen=True)
+class Datasets:
+    """Batched datasets of one data folder, for embedding in other TensorFlow projects.
+
+    Attributes:
+      train: Shuffled training batches.
+      validation: Validation batches (the test folder, or the held-out part of training).
+      test: Test batches.
+      class_names: Label index to class name.
+      splits: The unbatched splits (file paths, labels, counts) behind the datasets.
+    """
+
+    train: tf.data.Dataset
+    validation: tf.data.Dataset
+    test: tf.data.Dataset
+    class_names: tuple[str, ...]
+    splits: data.Splits
+
+
+def make_datasets(
+    data_dir: str,
+    *,
+    batch_size: int = 32,
+    image_size: int = 128,
+    train_subdir: str = "Training",
+    test_subdir: str = "Test",
+    validation_split: float = 0.0,
+    cache: str = "memory",
+    shuffle_buffer_size: int = 0,
+    seed: int = 42,
+    output: str = "float32",
+    skip_bad_images: bool = False,
+) -> Datasets:
+    """Checks a `Training/<class>/*`, `Test/<class>/*` folder and returns batched datasets.
+
+    This is the route `fruits-tl-train` uses, for use in your own models. By default batches
+    are float32 MobileNet-preprocessed pixels in [-1, 1]; pass `output="uint8"` for raw pixels
+    (4x less memory traffic) when your model applies `fruits_tl.preprocess.mobilenet_inputs`
+    itself.
+
+    Args:
+      data_dir: The data folder.
+      batch_size: Images per batch.
+      image_size: Images are resized to image_size x image_size.
+      train_subdir: The training folder inside data_dir (defines the classes).
+      test_subdir: The test folder inside data_dir.
+      validation_split: Fraction of training held out for validation; 0 validates on test.
+      cache: "memory", "none" or a file path prefix.
+      shuffle_buffer_size: 0 for a full shuffle.
+      seed: Seed for the split and the shuffle.
+      output: "float32" (preprocessed) or "uint8" (raw pixels).
+      skip_bad_images: Leave out undecodable files instead of raising.
+
+    Returns:
+      Datasets with train, validation and test batches and the class names.
+
+    Raises:
+      UserInputError: The folder or its files are not usable; the message says why.
+    """
+    splits = data.load_dataset(
+        data_dir,
+        train_subdir=train_subdir,
+        test_subdir=test_subdir,
+        validation_split=validation_split,
+        image_size=image_size,
+        seed=seed,
+        skip_bad_images=skip_bad_images,
+    )
+    common = dict(batch_size=batch_size, cache=cache, output=output)
+    train = make_batches(splits.train, training=True, shuffle_buffer_size=shuffle_buffer_size, seed=seed, **common)
+    test = make_batches(splits.test, training=False, **common)
+    validation = test if splits.validation is splits.test else make_batches(splits.validation, training=False, **common)
+    return Datasets(train=train, validation=validation, test=test, class_names=splits.class_names, splits=splits)
+
+
+def make_input_fn(
+    folder: data.ImageFolder,
+    *,
+    global_batch_size: int,
+    training: bool = True,
+    cache: str = "memory",
+    shuffle_buffer_size: int = 0,
+    seed: int = 42,
+    output: str = "float32",
+) -> Callable[[tf.distribute.InputContext], tf.data.Dataset]:
+    """Returns an `input_fn` for `strategy.distribute_datasets_from_function`.
+
+    Each input pipeline reads its own shard of the split (sharded before the cache, so each
+    caches only its part) and batches with the per-replica batch size that the strategy's
+    InputContext derives from `global_batch_size`. Training batches drop the remainder so
+    every replica gets a full batch every step.
+
+    Args:
+      folder: A split, e.g. `make_datasets(...).splits.train` or `data.load_dataset(...).train`.
+      global_batch_size: Images per step across all replicas.
+      training: Shuffle and drop the last partial batch.
+      cache: "memory", "none" or a file path prefix.
+      shuffle_buffer_size: 0 for a full shuffle of the shard.
+      seed: Shuffle seed.
+      output: "float32" (preprocessed) or "uint8" (raw pixels).
+
+    Returns:
+      A function from `tf.distribute.InputContext` to a batched dataset.
+    """
+
+    def input_fn(input_context: tf.distribute.InputContext) -> tf.data.Dataset:
+        return make_batches(
+            folder,
+            batch_size=input_context.get_per_replica_batch_size(global_batch_size),
+            training=training,
+            cache=cache,
+            shuffle_buffer_size=shuffle_buffer_size,
+            seed=seed,
+            output=output,
+            num_shards=input_context.num_input_pipelines,
+            shard_index=input_context.input_pipeline_id,
+            drop_remainder=training,
+        )
+
+    return input_fn

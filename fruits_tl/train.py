@@ -1,0 +1,230 @@
+"""Orchestration of one training job: data -> route -> model under a strategy -> outputs.
+
+Every check on the input runs before the model is built; every output file is written
+atomically at the end, so an interrupted run leaves `model_dir` as it was.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import os
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+from absl import logging
+
+from fruits_tl import callbacks, data, distribute, files, model, pipeline
+from fruits_tl.config import TrainConfig
+
+MODEL_FILE = "model.keras"
+LABELS_FILE = "labels.txt"
+METRICS_FILE = "metrics.json"
+HISTORY_FILE = "history.csv"
+SKIPPED_FILE = "skipped_images.txt"
+H5_FILE = "MobileNet_TransferLearning.h5"
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainResult:
+    """What a training job produced.
+
+    Attributes:
+      model_dir: Where the files were written.
+      metrics: The contents of metrics.json.
+      history: Per-epoch values (loss, accuracy, val_*, images_per_second).
+      model: The trained Keras model.
+    """
+
+    model_dir: str
+    metrics: dict
+    history: dict
+    model: keras.Model
+
+
+def history_to_csv(history: dict[str, list[float]]) -> str:
+    """Renders per-epoch history as CSV with an `epoch` column first."""
+    keys = sorted(history)
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["epoch", *keys])
+    epochs = max((len(v) for v in history.values()), default=0)
+    for epoch in range(epochs):
+        writer.writerow([epoch + 1, *(f"{history[k][epoch]:.6g}" if epoch < len(history[k]) else "" for k in keys)])
+    return out.getvalue()
+
+
+def save_model_files(
+    model_dir: str,
+    *,
+    trained: keras.Model,
+    class_names: tuple[str, ...],
+    metrics: dict,
+    history: dict,
+    save_h5: bool = False,
+    extra_text_files: dict[str, str] | None = None,
+) -> None:
+    """Writes the model and its reports into model_dir, each file atomically.
+
+    metrics.json is written last, so its presence says the rest is complete.
+    """
+    os.makedirs(model_dir, exist_ok=True)
+    for name, text in (extra_text_files or {}).items():
+        files.write_text(os.path.join(model_dir, name), text)
+    files.write_lines(os.path.join(model_dir, LABELS_FILE), list(class_names))
+    with files.atomic_path(os.path.join(model_dir, MODEL_FILE)) as temporary:
+        trained.save(temporary)
+    if save_h5:
+        with files.atomic_path(os.path.join(model_dir, H5_FILE)) as temporary:
+            trained.save(temporary)
+    files.write_text(os.path.join(model_dir, HISTORY_FILE), history_to_csv(history))
+    files.write_json(os.path.join(model_dir, METRICS_FILE), metrics)
+
+
+def train(
+    config: TrainConfig,
+    *,
+    strategy: tf.distribute.Strategy,
+    extra_text_files: dict[str, str] | None = None,
+    weights_cache_dir: str | None = None,
+) -> TrainResult:
+    """Trains the frozen-MobileNet classifier on a data folder and writes it to model_dir.
+
+    Args:
+      config: The job.
+      strategy: Distribution strategy; the model and optimizer are built in its scope and
+        `config.batch_size` is the global batch.
+      extra_text_files: More files for model_dir (name -> text), e.g. the binary's flags.txt.
+      weights_cache_dir: Keras cache folder for `weights="imagenet"` (default: Keras's own).
+
+    Returns:
+      The TrainResult.
+
+    Raises:
+      UserInputError: Bad data, weights or settings, before training starts.
+    """
+    data_config = config.data
+    splits = data.load_dataset(
+        data_config.data_dir,
+        train_subdir=data_config.train_subdir,
+        test_subdir=data_config.test_subdir,
+        validation_split=data_config.validation_split,
+        image_size=data_config.image_size,
+        seed=data_config.seed,
+        skip_bad_images=data_config.skip_bad_images,
+    )
+    for warning in splits.warnings:
+        logging.warning("%s", warning)
+    if splits.bad_images:
+        logging.warning("Leaving out %d undecodable file(s): %s", len(splits.bad_images), ", ".join(b.path for b in splits.bad_images))
+    num_classes = len(splits.class_names)
+    logging.info(
+        "Data: %d classes, %d training, %d validation (%s), %d test images",
+        num_classes, len(splits.train), len(splits.validation), splits.validation_source, len(splits.test),
+    )
+    replicas = strategy.num_replicas_in_sync
+    per_replica = distribute.per_replica_batch_size(strategy, config.batch_size)
+    logging.info(
+        "Strategy %s: %d replica(s), global batch %d = %d per replica",
+        distribute.describe(strategy), replicas, config.batch_size, per_replica,
+    )
+
+    def batches(folder, training):
+        return pipeline.make_batches(
+            folder,
+            batch_size=config.batch_size,
+            training=training,
+            cache=data_config.cache,
+            shuffle_buffer_size=data_config.shuffle_buffer_size,
+            seed=data_config.seed,
+            output="uint8",
+        )
+
+    train_batches = batches(splits.train, True)
+    validation_batches = batches(splits.validation, False)
+    test_batches = validation_batches if splits.test is splits.validation else batches(splits.test, False)
+
+    keras.utils.set_random_seed(data_config.seed)
+    with strategy.scope():
+        classifier = model.build_classifier(
+            num_classes,
+            image_size=data_config.image_size,
+            alpha=config.model.alpha,
+            weights=config.model.weights,
+            dropout=config.model.dropout,
+            cache_dir=weights_cache_dir,
+        )
+        model.compile_classifier(
+            classifier, optimizer=config.optimizer, learning_rate=config.learning_rate, num_classes=num_classes
+        )
+    parameters = model.count_parameters(classifier)
+    logging.info("Model: %d trainable (head), %d frozen (backbone) parameters", parameters["trainable"], parameters["frozen"])
+
+    throughput = callbacks.ThroughputCallback(len(splits.train))
+    start = time.perf_counter()
+    fit = classifier.fit(
+        train_batches,
+        validation_data=validation_batches,
+        epochs=config.epochs,
+        callbacks=[throughput],
+        # The route already shuffles (reshuffled every epoch); Keras cannot shuffle a Dataset.
+        shuffle=False,
+        verbose=config.verbose,
+    )
+    train_seconds = time.perf_counter() - start
+    history = {key: [float(v) for v in values] for key, values in fit.history.items()}
+    history["images_per_second"] = list(throughput.images_per_second)
+    history["epoch_seconds"] = list(throughput.epoch_seconds)
+
+    results = classifier.evaluate(test_batches, return_dict=True, verbose=0)
+    training_seconds = float(np.sum(throughput.epoch_seconds))
+    metrics = {
+        "test_accuracy": float(results["accuracy"]),
+        "test_top5_accuracy": float(results["top5_accuracy"]),
+        "test_loss": float(results["loss"]),
+        "test_source": (
+            "validation_split"
+            if splits.test is splits.validation and splits.validation_source == "validation_split"
+            else "test folder"
+        ),
+        "num_classes": num_classes,
+        "num_train_images": len(splits.train),
+        "num_validation_images": len(splits.validation),
+        "num_test_images": len(splits.test),
+        "num_skipped_images": len(splits.bad_images),
+        "epochs": config.epochs,
+        "train_seconds": train_seconds,
+        "train_images_per_second": len(splits.train) * config.epochs / max(training_seconds, 1e-9),
+        "strategy": distribute.describe(strategy),
+        "num_replicas": replicas,
+        "global_batch_size": config.batch_size,
+        "per_replica_batch_size": per_replica,
+        "image_size": data_config.image_size,
+        "alpha": config.model.alpha,
+        "weights": config.model.weights,
+        "optimizer": config.optimizer,
+        "learning_rate": config.learning_rate,
+        "trainable_parameters": parameters["trainable"],
+        "frozen_parameters": parameters["frozen"],
+    }
+    extra = dict(extra_text_files or {})
+    if splits.bad_images:
+        extra[SKIPPED_FILE] = "".join(f"{item}\n" for item in splits.bad_images)
+    save_model_files(
+        config.model_dir,
+        trained=classifier,
+        class_names=splits.class_names,
+        metrics=metrics,
+        history=history,
+        save_h5=config.save_h5,
+        extra_text_files=extra,
+    )
+    logging.info(
+        "Test accuracy %.4f, top-5 %.4f, loss %.4f; %.1f training images/s; wrote %s",
+        metrics["test_accuracy"], metrics["test_top5_accuracy"], metrics["test_loss"],
+        metrics["train_images_per_second"], config.model_dir,
+    )
+    return TrainResult(model_dir=config.model_dir, metrics=metrics, history=history, model=classifier)

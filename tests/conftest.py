@@ -1,0 +1,65 @@
+"""Test set-up: two logical CPU devices before TensorFlow starts, and tiny real image folders."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import pytest  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+# MirroredStrategy gets two replicas on a CPU-only machine: split the CPU before any op runs.
+_cpus = tf.config.list_physical_devices("CPU")
+tf.config.set_logical_device_configuration(
+    _cpus[0], [tf.config.LogicalDeviceConfiguration(), tf.config.LogicalDeviceConfiguration()]
+)
+
+from absl import flags  # noqa: E402
+from absl.testing import flagsaver  # noqa: E402
+
+from fruits_tl import synthetic  # noqa: E402
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHARED = os.path.join(os.path.dirname(REPO), "shared")
+FRUITS_SAMPLE = os.path.join(SHARED, "fruits360-sample")
+NO_TOP_WEIGHTS = os.path.join(SHARED, "weights", "mobilenet_2_5_128_tf_no_top.h5")
+TOP_WEIGHTS = os.path.join(SHARED, "weights", "mobilenet_2_5_128_tf.h5")
+
+needs_fruits_sample = pytest.mark.skipif(
+    not os.path.isdir(os.path.join(FRUITS_SAMPLE, "Training")), reason="../shared/fruits360-sample is absent"
+)
+needs_weights = pytest.mark.skipif(not os.path.isfile(NO_TOP_WEIGHTS), reason="../shared/weights is absent")
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory) -> str:
+    """3 classes, 6 training and 3 test real JPEGs each (100x100)."""
+    path = str(tmp_path_factory.mktemp("tiny") / "fruits")
+    return synthetic.write_synthetic_dataset(path, num_classes=3, train_per_class=6, test_per_class=3, seed=1)
+
+
+@pytest.fixture
+def data_dir(tiny_dataset, tmp_path) -> str:
+    """A private copy of the tiny dataset that a test may damage."""
+    path = str(tmp_path / "data")
+    shutil.copytree(tiny_dataset, path)
+    return path
+
+
+def run_main(module, argv: list[str]) -> int:
+    """Runs a binary's main with flags, as its console script would; returns the exit code."""
+    with flagsaver.flagsaver():
+        flags.FLAGS.unparse_flags()
+        try:
+            flags.FLAGS([module.PROGRAM, *argv])
+        except flags.Error as error:
+            print(f"{module.PROGRAM}: error: {error}", file=sys.stderr)
+            return 1
+        try:
+            result = module.main([module.PROGRAM])
+        except SystemExit as exit_:
+            return exit_.code if isinstance(exit_.code, int) else 1
+        return result or 0

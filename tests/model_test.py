@@ -1,0 +1,116 @@
+"""Models: frozen backbone, raw-pixel inputs, weights from files, Keras's cache, clear errors."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import keras
+import numpy as np
+import pytest
+
+from conftest import NO_TOP_WEIGHTS, TOP_WEIGHTS, needs_weights
+from fruits_tl import model
+from fruits_tl.errors import UserInputError
+
+
+def test_classifier_takes_uint8_and_freezes_backbone():
+    classifier = model.build_classifier(3, image_size=32, alpha=0.25, weights="none", dropout=0.2)
+    assert classifier.inputs[0].dtype == "uint8"
+    backbone = classifier.get_layer(model.BACKBONE_NAME)
+    assert not backbone.trainable
+    # Only the Dense head trains: 1024 * 0.25 features -> 3 classes.
+    assert model.count_parameters(classifier)["trainable"] == 256 * 3 + 3
+    pixels = np.random.default_rng(0).integers(0, 256, size=(2, 32, 32, 3)).astype(np.uint8)
+    probabilities = classifier.predict(pixels, verbose=0)
+    assert probabilities.shape == (2, 3)
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
+
+
+def test_first_layer_is_the_package_preprocessing():
+    classifier = model.build_classifier(3, image_size=32, alpha=0.25, weights="none")
+    assert isinstance(classifier.get_layer("preprocessing"), model.MobileNetPreprocessing)
+    extractor = model.build_feature_extractor(classifier.get_layer(model.BACKBONE_NAME), image_size=32)
+    pixels = np.full((1, 32, 32, 3), 200, np.uint8)
+    # The same pixels as uint8 or as float give the same features.
+    np.testing.assert_allclose(
+        extractor.predict(pixels, verbose=0), extractor.predict(pixels.astype(np.float32), verbose=0), rtol=1e-6
+    )
+
+
+def test_saved_model_round_trip_keeps_predictions(tmp_path):
+    classifier = model.build_classifier(3, image_size=32, alpha=0.25, weights="none")
+    pixels = np.random.default_rng(1).integers(0, 256, size=(2, 32, 32, 3)).astype(np.uint8)
+    path = str(tmp_path / "m.keras")
+    classifier.save(path)
+    loaded = model.load_model(path)
+    np.testing.assert_allclose(loaded.predict(pixels, verbose=0), classifier.predict(pixels, verbose=0), rtol=1e-5)
+
+
+def test_weights_from_a_file_are_loaded(tmp_path):
+    source = model.build_backbone(image_size=32, alpha=0.25, weights="none")
+    path = str(tmp_path / "backbone.weights.h5")
+    source.save_weights(path)
+    loaded = model.build_backbone(image_size=32, alpha=0.25, weights=path)
+    for a, b in zip(source.get_weights(), loaded.get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_missing_or_mismatched_weights_file_is_a_clear_error(tmp_path):
+    with pytest.raises(UserInputError, match=r"weights file '.*nope.h5' does not exist"):
+        model.build_backbone(image_size=32, alpha=0.25, weights=str(tmp_path / "nope.h5"))
+    other = model.build_backbone(image_size=32, alpha=0.5, weights="none")
+    path = str(tmp_path / "alpha_0_5.weights.h5")
+    other.save_weights(path)
+    with pytest.raises(UserInputError, match=r"does not fit MobileNet\(alpha=0.25"):
+        model.build_backbone(image_size=32, alpha=0.25, weights=path)
+    garbage = tmp_path / "garbage.h5"
+    garbage.write_bytes(b"not hdf5")
+    with pytest.raises(UserInputError, match="garbage.h5"):
+        model.build_backbone(image_size=32, alpha=0.25, weights=str(garbage))
+
+
+def test_imagenet_weights_without_network_say_how_to_pass_a_file(tmp_path, monkeypatch):
+    # A closed local port as proxy makes the download fail the same way on every machine.
+    for name in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY"):
+        monkeypatch.setenv(name, "http://127.0.0.1:9")
+    monkeypatch.delenv("no_proxy", raising=False)
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    with pytest.raises(UserInputError) as raised:
+        model.build_backbone(image_size=128, alpha=0.25, weights="imagenet", cache_dir=str(tmp_path))
+    message = str(raised.value)
+    assert "mobilenet_2_5_128_tf_no_top.h5" in message and "--weights=/path/to/" in message
+    assert not os.listdir(tmp_path / "models") if (tmp_path / "models").exists() else True
+
+
+def test_imagenet_weights_rejects_sizes_without_published_weights():
+    with pytest.raises(UserInputError, match="--image_size=32"):
+        model.build_backbone(image_size=32, alpha=0.25, weights="imagenet")
+    with pytest.raises(UserInputError, match="--alpha=0.3"):
+        model.build_backbone(image_size=128, alpha=0.3, weights="imagenet")
+
+
+@needs_weights
+def test_imagenet_path_uses_keras_cache_with_the_real_file(tmp_path):
+    cache = tmp_path / "keras"
+    (cache / "models").mkdir(parents=True)
+    shutil.copy(NO_TOP_WEIGHTS, cache / "models" / "mobilenet_2_5_128_tf_no_top.h5")
+    from_cache = model.build_backbone(image_size=128, alpha=0.25, weights="imagenet", cache_dir=str(cache))
+    from_file = model.build_backbone(image_size=128, alpha=0.25, weights=NO_TOP_WEIGHTS)
+    for a, b in zip(from_cache.get_weights(), from_file.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    assert np.abs(from_file.get_weights()[0]).sum() > 0
+
+
+@needs_weights
+def test_with_top_file_is_rejected_with_the_no_top_name():
+    with pytest.raises(UserInputError, match="mobilenet_2_5_128_tf_no_top.h5"):
+        model.build_backbone(image_size=128, alpha=0.25, weights=TOP_WEIGHTS)
+
+
+def test_optimizers_by_name():
+    assert isinstance(model.build_optimizer("rmsprop", learning_rate=0.1), keras.optimizers.RMSprop)
+    assert isinstance(model.build_optimizer("adam", learning_rate=0.1), keras.optimizers.Adam)
+    assert isinstance(model.build_optimizer("sgd", learning_rate=0.1), keras.optimizers.SGD)
+    with pytest.raises(UserInputError, match="optimizer must be one of"):
+        model.build_optimizer("adagrad", learning_rate=0.1)

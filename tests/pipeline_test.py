@@ -1,0 +1,108 @@
+"""The data route: order, dtypes, reshuffling, file caches and the distributed input_fn."""
+
+from __future__ import annotations
+
+import glob
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from fruits_tl import data, distribute, pipeline
+
+
+@pytest.fixture
+def splits(data_dir):
+    return data.load_dataset(data_dir, image_size=32)
+
+
+def _labels_of_epoch(dataset):
+    return np.concatenate([labels for _, labels in dataset.as_numpy_iterator()])
+
+
+def test_training_epochs_come_in_different_orders_but_same_elements(splits):
+    batches = pipeline.make_batches(splits.train, batch_size=4, training=True, seed=0)
+    # File order is class order; compare full element orders by the images' checksums.
+    def epoch_order():
+        return [int(image.astype(np.int64).sum()) for images, _ in batches.as_numpy_iterator() for image in images]
+
+    first, second = epoch_order(), epoch_order()
+    assert first != second
+    assert sorted(first) == sorted(second)
+    assert len(first) == len(splits.train)
+
+
+def test_evaluation_batches_keep_file_order_and_uint8(splits):
+    batches = pipeline.make_batches(splits.test, batch_size=4, training=False)
+    images, labels = next(iter(batches))
+    assert images.dtype == tf.uint8 and images.shape == (4, 32, 32, 3)
+    np.testing.assert_array_equal(_labels_of_epoch(batches), splits.test.labels)
+
+
+def test_float32_output_is_the_preprocessed_uint8_output(splits):
+    raw = pipeline.make_batches(splits.test, batch_size=9, training=False, output="uint8")
+    pre = pipeline.make_batches(splits.test, batch_size=9, training=False, output="float32")
+    raw_images, _ = next(iter(raw))
+    pre_images, _ = next(iter(pre))
+    assert pre_images.dtype == tf.float32
+    np.testing.assert_allclose(pre_images.numpy(), raw_images.numpy().astype(np.float32) / 127.5 - 1, atol=1e-6)
+
+
+def test_file_cache_is_written_once_then_reused(splits, tmp_path):
+    prefix = str(tmp_path / "cache" / "fruits")
+    first = pipeline.make_batches(splits.test, batch_size=4, training=False, cache=prefix)
+    full = pipeline.get_cache_prefix(prefix, splits.test)
+    assert os.path.exists(full + ".complete") and os.path.exists(full + ".index")
+    written = os.path.getmtime(full + ".index")
+    expected = [images for images, _ in first.as_numpy_iterator()]
+    second = pipeline.make_batches(splits.test, batch_size=4, training=False, cache=prefix)
+    assert os.path.getmtime(full + ".index") == written
+    for a, b in zip(expected, [images for images, _ in second.as_numpy_iterator()]):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_file_cache_left_by_a_killed_run_is_rebuilt(splits, tmp_path):
+    prefix = str(tmp_path / "fruits")
+    full = pipeline.get_cache_prefix(prefix, splits.test)
+    # What tf.data leaves when its writer is killed: a lockfile and a temporary data file,
+    # plus our owner file naming a process that no longer exists.
+    for suffix in ("_0.lockfile", "_0.data-00000-of-00001.tempstate123", ".data-00000-of-00001"):
+        with open(full + suffix, "wb") as stream:
+            stream.write(b"partial")
+    with open(full + ".owner", "w") as stream:
+        stream.write(f"{os.uname().nodename} 999999999\n")
+    batches = pipeline.make_batches(splits.test, batch_size=4, training=False, cache=prefix)
+    np.testing.assert_array_equal(_labels_of_epoch(batches), splits.test.labels)
+    assert not glob.glob(full + "_*") and not os.path.exists(full + ".owner")
+    assert os.path.exists(full + ".complete")
+
+
+def test_different_listing_uses_a_different_cache(splits, data_dir, tmp_path):
+    prefix = str(tmp_path / "fruits")
+    pipeline.make_batches(splits.test, batch_size=4, training=False, cache=prefix)
+    resized = data.load_dataset(data_dir, image_size=40)
+    assert pipeline.get_cache_prefix(prefix, resized.test) != pipeline.get_cache_prefix(prefix, splits.test)
+
+
+def test_make_datasets_public_api(data_dir):
+    datasets = pipeline.make_datasets(data_dir, batch_size=5, image_size=32)
+    images, labels = next(iter(datasets.train))
+    assert images.dtype == tf.float32 and images.shape == (5, 32, 32, 3)
+    assert float(tf.reduce_min(images)) >= -1.0 and float(tf.reduce_max(images)) <= 1.0
+    assert datasets.class_names == ("Apple Red", "Banana", "Blueberry")
+    assert sum(int(tf.shape(x)[0]) for x, _ in datasets.test) == 9
+
+
+def test_input_fn_gives_each_replica_its_shard_and_per_replica_batch(splits):
+    strategy = distribute.get_strategy("mirrored")
+    assert strategy.num_replicas_in_sync == 2
+    input_fn = pipeline.make_input_fn(splits.train, global_batch_size=4, training=True, output="uint8")
+    distributed = strategy.distribute_datasets_from_function(input_fn)
+    seen = 0
+    for images, labels in distributed:
+        per_replica = strategy.experimental_local_results(images)
+        assert [tuple(x.shape) for x in per_replica] == [(2, 32, 32, 3), (2, 32, 32, 3)]
+        seen += sum(int(x.shape[0]) for x in per_replica)
+    # 18 images in 2 shards of 9; each shard drops its last partial batch of 1.
+    assert seen == 16

@@ -1,0 +1,102 @@
+"""fruits-tl-train end to end: outputs, strategies, flags and every bad-input exit."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from conftest import run_main
+from fruits_tl import model
+from fruits_tl.cli import train_main
+
+TINY = ["--alpha=0.25", "--image_size=32", "--weights=none", "--epochs=1", "--batch_size=4", "--verbose=0"]
+METRIC_KEYS = {
+    "test_accuracy", "test_top5_accuracy", "test_loss", "num_classes", "num_train_images",
+    "num_test_images", "epochs", "train_seconds", "train_images_per_second", "strategy",
+    "num_replicas", "global_batch_size",
+}
+
+
+@pytest.mark.parametrize("strategy, replicas", [("default", 1), ("mirrored", 2)])
+def test_trains_and_writes_everything(data_dir, tmp_path, capsys, strategy, replicas):
+    model_dir = tmp_path / "run"
+    code = run_main(
+        train_main, [f"--data_dir={data_dir}", f"--model_dir={model_dir}", f"--strategy={strategy}", "--save_h5", *TINY]
+    )
+    assert code == 0, capsys.readouterr().err
+    assert sorted(os.listdir(model_dir)) == sorted(
+        ["model.keras", "labels.txt", "history.csv", "flags.txt", "metrics.json", "MobileNet_TransferLearning.h5"]
+    )
+    metrics = json.loads((model_dir / "metrics.json").read_text())
+    assert METRIC_KEYS <= set(metrics)
+    assert metrics["strategy"] == strategy and metrics["num_replicas"] == replicas
+    assert metrics["global_batch_size"] == 4 and metrics["per_replica_batch_size"] == 4 // replicas
+    assert (metrics["num_classes"], metrics["num_train_images"], metrics["num_test_images"]) == (3, 18, 9)
+    assert 0.0 <= metrics["test_accuracy"] <= 1.0 and metrics["train_images_per_second"] > 0
+    assert (model_dir / "labels.txt").read_text().splitlines() == ["Apple Red", "Banana", "Blueberry"]
+    assert "--strategy=" + strategy in (model_dir / "flags.txt").read_text()
+    history = (model_dir / "history.csv").read_text().splitlines()
+    assert history[0].startswith("epoch,") and "images_per_second" in history[0] and len(history) == 2
+    loaded = model.load_model(str(model_dir))
+    probabilities = loaded.predict(np.zeros((1, 32, 32, 3), np.uint8), verbose=0)
+    assert probabilities.shape == (1, 3)
+    assert "test_accuracy=" in capsys.readouterr().out
+
+
+def test_flagfile_and_skip_bad_images(data_dir, tmp_path, capsys):
+    bad = os.path.join(data_dir, "Training", "Banana", "broken.jpg")
+    open(bad, "wb").close()
+    model_dir = tmp_path / "run"
+    flagfile = tmp_path / "flags.cfg"
+    flagfile.write_text("\n".join([f"--data_dir={data_dir}", f"--model_dir={model_dir}", *TINY]) + "\n")
+    assert run_main(train_main, [f"--flagfile={flagfile}"]) == 2
+    assert bad in capsys.readouterr().err
+    assert not model_dir.exists()
+    assert run_main(train_main, [f"--flagfile={flagfile}", "--skip_bad_images"]) == 0
+    assert bad in (model_dir / "skipped_images.txt").read_text()
+    assert json.loads((model_dir / "metrics.json").read_text())["num_skipped_images"] == 1
+
+
+@pytest.mark.parametrize(
+    "extra, expected",
+    [
+        (["--batch_size=0"], "batch_size must be in"),
+        (["--validation_split=1.5"], "validation_split must be in [0, 1)"),
+        (["--alpha=-1"], "alpha must be in"),
+        (["--epochs=0"], "epochs must be >= 1"),
+        (["--learning_rate=0"], "learning_rate must be in"),
+        (["--dropout=1"], "dropout must be in"),
+        (["--image_size=2"], "image_size must be an integer"),
+        (["--strategy=tpu"], "strategy"),
+        (["--weights=/no/such/file.h5"], "weights file '/no/such/file.h5' does not exist"),
+        (["--strategy=mirrored", "--batch_size=5"], "divisible by the 2 replicas"),
+    ],
+)
+def test_bad_flags_exit_non_zero_with_one_clear_message(data_dir, tmp_path, capsys, extra, expected):
+    model_dir = tmp_path / "run"
+    code = run_main(train_main, [f"--data_dir={data_dir}", f"--model_dir={model_dir}", *TINY, *extra])
+    err = capsys.readouterr().err
+    assert code != 0
+    assert expected in " ".join(err.split())
+    assert "Traceback" not in err
+    assert not model_dir.exists()
+
+
+def test_missing_required_flags_and_data_dir(tmp_path, capsys):
+    assert run_main(train_main, []) == 2
+    assert "--data_dir, --model_dir" in capsys.readouterr().err
+    assert run_main(train_main, [f"--data_dir={tmp_path / 'none'}", f"--model_dir={tmp_path / 'm'}"]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_a_failed_run_leaves_an_existing_model_dir_untouched(data_dir, tmp_path, capsys):
+    model_dir = tmp_path / "run"
+    assert run_main(train_main, [f"--data_dir={data_dir}", f"--model_dir={model_dir}", *TINY]) == 0
+    before = {name: (model_dir / name).read_bytes() for name in os.listdir(model_dir)}
+    os.rename(os.path.join(data_dir, "Test", "Banana"), os.path.join(data_dir, "Test", "Bananas"))
+    assert run_main(train_main, [f"--data_dir={data_dir}", f"--model_dir={model_dir}", *TINY]) == 2
+    assert "'Bananas' (closest training class: 'Banana')" in capsys.readouterr().err
+    assert {name: (model_dir / name).read_bytes() for name in os.listdir(model_dir)} == before

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# The whole test suite from a fresh clone: sets up .venv, then runs pytest.
+# Extra arguments go to pytest (e.g. tools/test.sh -k pipeline, tools/test.sh -m "not real_data").
+set -euo pipefail
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+source "$repo/tools/setup_venv.sh"
+cd "$repo"
+set +e
+python -m pytest "$@"
+status=$?
+set -e
+if [ "$status" -eq 5 ]; then
+  echo "tools/test.sh: pytest collected no tests; treating that as a failure." >&2
+  exit 1
+fi
+exit "$status"
