@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 
 from fruits_tl.errors import UserInputError
 
 OPTIMIZERS = ("rmsprop", "adam", "sgd")
+MODES = ("auto", "features", "images")
+FEATURE_DTYPES = ("float32", "float16")
 # Sizes and widths for which Keras publishes ImageNet MobileNet v1 weights.
 IMAGENET_IMAGE_SIZES = (128, 160, 192, 224)
 IMAGENET_ALPHAS = (0.25, 0.5, 0.75, 1.0)
@@ -108,6 +111,11 @@ class TrainConfig:
       optimizer: One of OPTIMIZERS.
       save_h5: Also write the legacy Keras `.h5` file.
       verbose: Keras fit verbosity (0 silent, 1 progress bar, 2 one line per epoch).
+      mode: "features" (extract backbone features once, train the head on them), "images"
+        (the backbone runs on every image every epoch), or "auto" (features whenever the
+        backbone is frozen and there is no augmentation, which is always the case today).
+      features_dir: Where features are stored and reused; "" means `<model_dir>/features`.
+      feature_dtype: "float32" or "float16" for stored features.
     """
 
     data: DataConfig
@@ -119,6 +127,9 @@ class TrainConfig:
     optimizer: str = "rmsprop"
     save_h5: bool = False
     verbose: int = 2
+    mode: str = "auto"
+    features_dir: str = ""
+    feature_dtype: str = "float32"
 
     def __post_init__(self) -> None:
         _require(bool(self.model_dir), "model_dir is required: where the model is written.")
@@ -132,3 +143,20 @@ class TrainConfig:
             self.optimizer in OPTIMIZERS,
             f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}.",
         )
+        _require(self.mode in MODES, f"mode must be one of {', '.join(MODES)}, got {self.mode!r}.")
+        _require(
+            self.feature_dtype in FEATURE_DTYPES,
+            f"feature_dtype must be one of {', '.join(FEATURE_DTYPES)}, got {self.feature_dtype!r}.",
+        )
+
+    def resolved_mode(self) -> tuple[str, str]:
+        """The mode that will run and why."""
+        if self.mode != "auto":
+            return self.mode, f"--mode={self.mode} was asked for"
+        return "features", (
+            "auto: the backbone is frozen and there is no augmentation, so its features are the "
+            "same every epoch and are computed once"
+        )
+
+    def resolved_features_dir(self) -> str:
+        return self.features_dir or os.path.join(self.model_dir, "features")

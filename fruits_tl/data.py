@@ -219,6 +219,7 @@ def _decode_error_reason(path: str) -> str:
         message = getattr(error, "message", str(error))
         # Drop TensorFlow's "{{function_node ...}}" prefix; keep the decoder's own words.
         message = re.sub(r"\{\{[^}]*\}\}\s*", "", message).strip().splitlines()[0]
+        message = re.sub(r"\s*\[Op:\w+\].*$", "", message)
         return f"cannot be decoded as an image ({message})"
     return "cannot be decoded as an image"
 
@@ -367,6 +368,71 @@ def select(folder: ImageFolder, mask: np.ndarray, *, name: str) -> ImageFolder:
             (folder.fingerprint + name + np.packbits(mask).tobytes().hex()).encode()
         ).hexdigest()[:16],
     )
+
+
+def load_image(path, image_size: int) -> tf.Tensor:
+    """Loads one image file as the route does: uint8 [image_size, image_size, 3].
+
+    The same steps as Keras's image_dataset_from_directory loader (read, decode_image with 3
+    channels and no animation, bilinear resize) followed by `preprocess.to_uint8`; a test checks
+    it against the route. For files outside a class folder (prediction).
+    """
+    image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
+    image = tf.image.resize(image, (image_size, image_size), method="bilinear")
+    return preprocess.to_uint8(image)
+
+
+def load_labeled_folder(
+    directory: str,
+    *,
+    class_names: list[str] | tuple[str, ...],
+    image_size: int,
+    name: str,
+    skip_bad_images: bool = False,
+) -> tuple[ImageFolder, tuple[BadImage, ...]]:
+    """Checks and loads one `<class>/<images>` folder against a fixed label map (a model's).
+
+    Raises:
+      UserInputError: The folder is missing, its classes differ from `class_names` (both
+        differences named, with the closest names), a class folder is empty, or files cannot
+        be decoded (unless skip_bad_images).
+    """
+    found = list_classes(directory, role=name)
+    extra = [c for c in found if c not in set(class_names)]
+    missing = [c for c in class_names if c not in set(found)]
+    if extra or missing:
+        parts = []
+        if extra:
+            described = []
+            for c in extra:
+                near = closest_name(c, class_names)
+                described.append(f"'{c}'" + (f" (closest model class: '{near}')" if near else ""))
+            parts.append(f"not in the model's labels: {', '.join(described)}")
+        if missing:
+            parts.append(f"model classes with no folder here: {', '.join(repr(c) for c in missing)}")
+        raise UserInputError(
+            f"The classes in '{directory}' do not match the model's labels.txt: {'; '.join(parts)}."
+        )
+    listing = list_image_files(directory, found)
+    empty = [os.path.join(directory, c) for c, paths in listing.items() if not paths]
+    if empty:
+        raise UserInputError(f"{len(empty)} class folder(s) hold no images: {', '.join(empty)}.")
+    all_files = [p for paths in listing.values() for p in paths]
+    bad = find_bad_images(all_files)
+    if bad and not skip_bad_images:
+        raise UserInputError(
+            f"{len(bad)} file(s) cannot be decoded by TensorFlow: {_describe_bad_images(bad)}. "
+            "Fix or remove them, or pass --skip_bad_images to leave them out."
+        )
+    folder = load_split(
+        directory,
+        class_names=class_names,
+        image_size=image_size,
+        name=name,
+        exclude={b.path for b in bad},
+        expected_files=all_files,
+    )
+    return folder, bad
 
 
 def _describe_bad_images(bad: tuple[BadImage, ...]) -> str:

@@ -146,6 +146,7 @@ def build_classifier(
     weights: str = "imagenet",
     dropout: float = 0.0,
     cache_dir: str | None = None,
+    seed: int | None = None,
 ) -> keras.Model:
     """Builds the tutorial's model, fixed: raw pixels in, class probabilities out.
 
@@ -163,6 +164,7 @@ def build_classifier(
       weights: "imagenet", "none" or a weights file path.
       dropout: Dropout rate before the Dense layer (0 for none).
       cache_dir: Keras cache folder for "imagenet".
+      seed: Seed of the head's initializer (build_head with the same seed starts equal).
 
     Returns:
       An uncompiled Keras model whose backbone is frozen.
@@ -174,10 +176,41 @@ def build_classifier(
     x = MobileNetPreprocessing(name="preprocessing")(inputs)
     x = backbone(x, training=False)
     x = keras.layers.GlobalAveragePooling2D(name="head_pool")(x)
-    if dropout > 0:
-        x = keras.layers.Dropout(dropout, name="head_dropout")(x)
-    outputs = keras.layers.Dense(num_classes, activation="softmax", name="head_dense")(x)
+    outputs = _head_layers(x, num_classes, dropout=dropout, seed=seed)
     return keras.Model(inputs, outputs, name="mobilenet_transfer")
+
+
+def _head_layers(features, num_classes: int, *, dropout: float, seed: int | None):
+    """[Dropout] -> Dense(softmax): the trainable head, shared by both model builders."""
+    if dropout > 0:
+        features = keras.layers.Dropout(dropout, seed=seed, name="head_dropout")(features)
+    return keras.layers.Dense(
+        num_classes,
+        activation="softmax",
+        kernel_initializer=keras.initializers.GlorotUniform(seed=seed),
+        name="head_dense",
+    )(features)
+
+
+def build_head(feature_dim: int, num_classes: int, *, dropout: float = 0.0, seed: int | None = None) -> keras.Model:
+    """The classifier's head alone, on pooled backbone features: [Dropout] -> Dense(softmax).
+
+    With the same seed it starts from the same weights as build_classifier's head, and its
+    trained `head_dense` weights drop into that classifier unchanged (see assemble_classifier).
+    """
+    inputs = keras.Input((feature_dim,), name="features")
+    return keras.Model(inputs, _head_layers(inputs, num_classes, dropout=dropout, seed=seed), name="head")
+
+
+def assemble_classifier(classifier: keras.Model, head: keras.Model) -> keras.Model:
+    """Copies a trained head's Dense weights into the image classifier (same architecture)."""
+    classifier.get_layer("head_dense").set_weights(head.get_layer("head_dense").get_weights())
+    return classifier
+
+
+def feature_dim(classifier: keras.Model) -> int:
+    """Width of the pooled backbone features feeding the head."""
+    return int(classifier.get_layer("head_pool").output.shape[-1])
 
 
 def build_optimizer(name: str, *, learning_rate: float) -> keras.optimizers.Optimizer:
@@ -216,6 +249,36 @@ def load_model(path: str) -> keras.Model:
         return keras.saving.load_model(path, compile=False)
     except Exception as error:
         raise UserInputError(f"The model file '{path}' cannot be loaded: {str(error).splitlines()[0][:300]}") from None
+
+
+def load_trained(path: str) -> tuple[keras.Model, tuple[str, ...], int]:
+    """Loads a trained classifier and its label map.
+
+    Args:
+      path: A model_dir written by fruits-tl-train, or a .keras file with labels.txt beside it.
+
+    Returns:
+      (model, class_names, image_size).
+    """
+    model_file = os.path.join(path, "model.keras") if os.path.isdir(path) else path
+    labels_file = os.path.join(os.path.dirname(os.path.abspath(model_file)), "labels.txt")
+    classifier = load_model(model_file)
+    if not os.path.isfile(labels_file):
+        raise UserInputError(f"There is no labels.txt beside the model '{model_file}'; it holds the class names.")
+    with open(labels_file, encoding="utf-8") as stream:
+        class_names = tuple(line.rstrip("\n") for line in stream if line.strip())
+    outputs = int(classifier.outputs[0].shape[-1])
+    if len(class_names) != outputs:
+        raise UserInputError(
+            f"'{labels_file}' names {len(class_names)} classes but the model '{model_file}' has {outputs} outputs."
+        )
+    return classifier, class_names, int(classifier.inputs[0].shape[1])
+
+
+def backbone_alpha(backbone: keras.Model) -> float:
+    """The width multiplier of a MobileNet v1 backbone (its first conv has 32 * alpha filters)."""
+    first = next(layer for layer in backbone.layers if isinstance(layer, keras.layers.Conv2D))
+    return first.filters / 32.0
 
 
 def count_parameters(model: keras.Model) -> dict[str, int]:

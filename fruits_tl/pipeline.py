@@ -180,6 +180,39 @@ def make_batches(
     return dataset.prefetch(tf.data.AUTOTUNE)
 
 
+def make_feature_batches(
+    features,
+    labels,
+    *,
+    batch_size: int,
+    training: bool,
+    shuffle_buffer_size: int = 0,
+    seed: int | None = 42,
+) -> tf.data.Dataset:
+    """The route for cached backbone features: shuffle (training), batch, float32, prefetch.
+
+    The shuffle is the image route's (same buffer rule, seed and reshuffling), so with the same
+    seed the head sees examples in the same order as it would in image mode.
+
+    Args:
+      features: [N, D] float32 or float16 array.
+      labels: [N] int labels.
+      batch_size: Global batch size.
+      training: Shuffle, reshuffled every epoch.
+      shuffle_buffer_size: 0 for the whole split.
+      seed: Shuffle seed.
+
+    Returns:
+      A dataset of `(float32 features, int32 labels)` batches.
+    """
+    dataset = tf.data.Dataset.from_tensor_slices((features, labels.astype("int32")))
+    if training:
+        dataset = dataset.shuffle(shuffle_buffer_size or max(len(labels), 1), seed=seed, reshuffle_each_iteration=True)
+    dataset = dataset.batch(batch_size, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    dataset = dataset.map(lambda x, y: (tf.cast(x, tf.float32), y), num_parallel_calls=tf.data.AUTOTUNE)
+    return dataset.prefetch(tf.data.AUTOTUNE)
+
+
 @dataclasses.dataclass(frozen=True)
 class Datasets:
     """Batched datasets of one data folder, for embedding in other TensorFlow projects.

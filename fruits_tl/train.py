@@ -13,11 +13,10 @@ import os
 import time
 
 import keras
-import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from fruits_tl import callbacks, data, distribute, files, model, pipeline
+from fruits_tl import callbacks, data, distribute, features, files, model, pipeline
 from fruits_tl.config import TrainConfig
 
 MODEL_FILE = "model.keras"
@@ -132,21 +131,6 @@ def train(
         distribute.describe(strategy), replicas, config.batch_size, per_replica,
     )
 
-    def batches(folder, training):
-        return pipeline.make_batches(
-            folder,
-            batch_size=config.batch_size,
-            training=training,
-            cache=data_config.cache,
-            shuffle_buffer_size=data_config.shuffle_buffer_size,
-            seed=data_config.seed,
-            output="uint8",
-        )
-
-    train_batches = batches(splits.train, True)
-    validation_batches = batches(splits.validation, False)
-    test_batches = validation_batches if splits.test is splits.validation else batches(splits.test, False)
-
     keras.utils.set_random_seed(data_config.seed)
     with strategy.scope():
         classifier = model.build_classifier(
@@ -156,6 +140,7 @@ def train(
             weights=config.model.weights,
             dropout=config.model.dropout,
             cache_dir=weights_cache_dir,
+            seed=data_config.seed,
         )
         model.compile_classifier(
             classifier, optimizer=config.optimizer, learning_rate=config.learning_rate, num_classes=num_classes
@@ -163,25 +148,97 @@ def train(
     parameters = model.count_parameters(classifier)
     logging.info("Model: %d trainable (head), %d frozen (backbone) parameters", parameters["trainable"], parameters["frozen"])
 
-    throughput = callbacks.ThroughputCallback(len(splits.train))
+    mode, reason = config.resolved_mode()
+    logging.info("Mode %s (%s).", mode, reason)
+    throughput = callbacks.ThroughputCallback(len(splits.train), log_name="train" if mode == "images" else "head on features of")
     start = time.perf_counter()
-    fit = classifier.fit(
-        train_batches,
-        validation_data=validation_batches,
-        epochs=config.epochs,
-        callbacks=[throughput],
-        # The route already shuffles (reshuffled every epoch); Keras cannot shuffle a Dataset.
-        shuffle=False,
-        verbose=config.verbose,
-    )
-    train_seconds = time.perf_counter() - start
+    extract_seconds = 0.0
+    features_reused = False
+    if mode == "images":
+        def batches(folder, training):
+            return pipeline.make_batches(
+                folder,
+                batch_size=config.batch_size,
+                training=training,
+                cache=data_config.cache,
+                shuffle_buffer_size=data_config.shuffle_buffer_size,
+                seed=data_config.seed,
+                output="uint8",
+            )
+
+        train_batches = batches(splits.train, True)
+        validation_batches = batches(splits.validation, False)
+        test_batches = validation_batches if splits.test is splits.validation else batches(splits.test, False)
+        fit = classifier.fit(
+            train_batches,
+            validation_data=validation_batches,
+            epochs=config.epochs,
+            callbacks=[throughput],
+            # The route already shuffles (reshuffled every epoch); Keras cannot shuffle a Dataset.
+            shuffle=False,
+            verbose=config.verbose,
+        )
+        train_seconds = time.perf_counter() - start
+        head_train_seconds = train_seconds
+        results = classifier.evaluate(test_batches, return_dict=True, verbose=0)
+    else:
+        named = {"train": splits.train, "test": splits.test}
+        if splits.validation is not splits.test:
+            named["validation"] = splits.validation
+        extraction = features.extract_or_reuse(
+            named,
+            backbone=classifier.get_layer(model.BACKBONE_NAME),
+            alpha=config.model.alpha,
+            image_size=data_config.image_size,
+            features_dir=config.resolved_features_dir(),
+            strategy=strategy,
+            batch_size=config.batch_size,
+            feature_dtype=config.feature_dtype,
+            verbose=config.verbose == 1,
+        )
+        extract_seconds = time.perf_counter() - start
+        features_reused = extraction.reused
+        sets = extraction.feature_sets
+
+        def feature_batches(name, training):
+            return pipeline.make_feature_batches(
+                sets[name].features,
+                sets[name].labels,
+                batch_size=config.batch_size,
+                training=training,
+                shuffle_buffer_size=data_config.shuffle_buffer_size,
+                seed=data_config.seed,
+            )
+
+        with strategy.scope():
+            head = model.build_head(
+                model.feature_dim(classifier), num_classes, dropout=config.model.dropout, seed=data_config.seed
+            )
+            model.compile_classifier(head, optimizer=config.optimizer, learning_rate=config.learning_rate, num_classes=num_classes)
+        head_start = time.perf_counter()
+        test_features = feature_batches("test", False)
+        fit = head.fit(
+            feature_batches("train", True),
+            validation_data=feature_batches("validation", False) if "validation" in sets else test_features,
+            epochs=config.epochs,
+            callbacks=[throughput],
+            shuffle=False,
+            verbose=config.verbose,
+        )
+        head_train_seconds = time.perf_counter() - head_start
+        train_seconds = time.perf_counter() - start
+        results = head.evaluate(test_features, return_dict=True, verbose=0)
+        model.assemble_classifier(classifier, head)
     history = {key: [float(v) for v in values] for key, values in fit.history.items()}
     history["images_per_second"] = list(throughput.images_per_second)
     history["epoch_seconds"] = list(throughput.epoch_seconds)
 
-    results = classifier.evaluate(test_batches, return_dict=True, verbose=0)
-    training_seconds = float(np.sum(throughput.epoch_seconds))
     metrics = {
+        "mode": mode,
+        "mode_reason": reason,
+        "extract_seconds": extract_seconds,
+        "head_train_seconds": head_train_seconds,
+        "features_reused": features_reused,
         "test_accuracy": float(results["accuracy"]),
         "test_top5_accuracy": float(results["top5_accuracy"]),
         "test_loss": float(results["loss"]),
@@ -197,7 +254,7 @@ def train(
         "num_skipped_images": len(splits.bad_images),
         "epochs": config.epochs,
         "train_seconds": train_seconds,
-        "train_images_per_second": len(splits.train) * config.epochs / max(training_seconds, 1e-9),
+        "train_images_per_second": len(splits.train) * config.epochs / max(train_seconds, 1e-9),
         "strategy": distribute.describe(strategy),
         "num_replicas": replicas,
         "global_batch_size": config.batch_size,

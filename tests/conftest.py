@@ -54,12 +54,40 @@ def run_main(module, argv: list[str]) -> int:
     with flagsaver.flagsaver():
         flags.FLAGS.unparse_flags()
         try:
-            flags.FLAGS([module.PROGRAM, *argv])
+            remaining = flags.FLAGS([module.PROGRAM, *argv])
         except flags.Error as error:
             print(f"{module.PROGRAM}: error: {error}", file=sys.stderr)
             return 1
         try:
-            result = module.main([module.PROGRAM])
+            result = module.main(remaining)
         except SystemExit as exit_:
             return exit_.code if isinstance(exit_.code, int) else 1
         return result or 0
+
+
+@pytest.fixture(scope="session")
+def informative_weights(tmp_path_factory) -> str:
+    """A random MobileNet alpha-0.25 weights file whose features do not vanish.
+
+    Keras's default (Glorot) initialisation shrinks activations through 27 conv layers to about
+    1e-18, so a `weights="none"` backbone gives constant features and head tests could not tell
+    one example order from another. He-normal kernels keep the features informative (nearest
+    class mean separates the tiny synthetic classes) without ImageNet weights.
+    """
+    import keras
+    import numpy as np
+
+    from fruits_tl import model
+
+    backbone = model.build_backbone(image_size=32, alpha=0.25, weights="none")
+    rng = np.random.default_rng(0)
+    for layer in backbone.layers:
+        if isinstance(layer, (keras.layers.Conv2D, keras.layers.DepthwiseConv2D)):
+            weights = layer.get_weights()
+            kernel = weights[0]
+            fan_in = kernel.shape[0] * kernel.shape[1] * (1 if isinstance(layer, keras.layers.DepthwiseConv2D) else kernel.shape[2])
+            weights[0] = rng.normal(0.0, np.sqrt(2.0 / fan_in), kernel.shape).astype("float32")
+            layer.set_weights(weights)
+    path = str(tmp_path_factory.mktemp("weights") / "informative_alpha_0_25.weights.h5")
+    backbone.save_weights(path)
+    return path

@@ -40,6 +40,9 @@ flags.DEFINE_string(
     "<prefix>-<split>-<fingerprint>.*; an interrupted cache is detected and rebuilt).",
 )
 flags.DEFINE_integer("seed", 42, "Seed for the validation split, the shuffle and the head initialisation.")
+flags.DEFINE_string("features_dir", "", "Where backbone features are stored and reused (<split>.npz, labels.txt, fingerprint.json); train defaults to <model_dir>/features.")
+flags.DEFINE_enum("feature_dtype", "float32", ["float32", "float16"], "dtype of stored features (float16 halves their size).")
+flags.DEFINE_string("model", None, "A trained model: its model_dir or a .keras file.")
 flags.DEFINE_bool("skip_bad_images", False, "Leave out undecodable images (listed in model_dir/skipped_images.txt) instead of stopping.")
 
 

@@ -20,6 +20,12 @@ flags.DEFINE_enum("optimizer", "rmsprop", ["rmsprop", "adam", "sgd"], "Optimizer
 flags.DEFINE_float("dropout", 0.0, "Dropout before the Dense head (0 for none).")
 flags.DEFINE_integer("shuffle_buffer", 0, "Shuffle buffer in images; 0 shuffles the whole training split.")
 flags.DEFINE_bool("save_h5", False, "Also write the legacy Keras .h5 model file.")
+flags.DEFINE_enum(
+    "mode", "auto", ["auto", "features", "images"],
+    "features: run the frozen backbone once per image and train the head on the cached features; "
+    "images: run the backbone on every image every epoch; auto: features (the backbone is frozen "
+    "and there is no augmentation).",
+)
 flags.DEFINE_integer("verbose", 2, "Keras fit verbosity: 0 silent, 1 progress bar, 2 one line per epoch.")
 
 FLAGS = flags.FLAGS
@@ -51,6 +57,9 @@ def build_config():
         optimizer=FLAGS.optimizer,
         save_h5=FLAGS.save_h5,
         verbose=FLAGS.verbose,
+        mode=FLAGS.mode,
+        features_dir=FLAGS.features_dir,
+        feature_dtype=FLAGS.feature_dtype,
     )
 
 
@@ -65,7 +74,7 @@ def _main(argv):
     result = train.train(config, strategy=strategy, extra_text_files={"flags.txt": flags_text})
     metrics = result.metrics
     print(
-        f"test_accuracy={metrics['test_accuracy']:.4f} test_top5_accuracy={metrics['test_top5_accuracy']:.4f} "
+        f"mode={metrics['mode']} test_accuracy={metrics['test_accuracy']:.4f} test_top5_accuracy={metrics['test_top5_accuracy']:.4f} "
         f"train_images_per_second={metrics['train_images_per_second']:.1f} model_dir={result.model_dir}"
     )
     return 0

@@ -1,0 +1,55 @@
+"""fruits-tl-evaluate: metrics, per-class figures, confusion matrix and top mistakes.
+
+Example:
+  fruits-tl-evaluate --model=runs/mobilenet --data_dir=/data/fruits-360 --split=Test \
+      --assert_accuracy_at_least=0.9
+"""
+
+from __future__ import annotations
+
+import os
+
+from absl import flags
+
+from fruits_tl.cli import common
+
+flags.DEFINE_string("split", "Test", "Folder inside --data_dir to evaluate (its class folders must match labels.txt).")
+flags.DEFINE_string("output_dir", "", "Where the report files go; default <model_dir>/evaluation-<split>.")
+flags.DEFINE_integer("num_mistakes", 20, "How many of the most confident mistakes to list in mistakes.csv.")
+flags.DEFINE_float("assert_accuracy_at_least", None, "Exit with code 1 when accuracy is below this (a gate for CI).")
+
+FLAGS = flags.FLAGS
+PROGRAM = "fruits-tl-evaluate"
+
+
+def _main(argv):
+    if len(argv) > 1:
+        raise common.UserInputError(f"unexpected arguments: {' '.join(argv[1:])} (all options are --flags).")
+    common.require(["model", "data_dir"])
+    if FLAGS.num_mistakes < 0:
+        raise common.UserInputError(f"num_mistakes must be >= 0, got {FLAGS.num_mistakes}.")
+    from fruits_tl import distribute, evaluate
+
+    strategy = distribute.get_strategy(FLAGS.strategy)
+    directory = os.path.join(FLAGS.data_dir, FLAGS.split)
+    report = evaluate.evaluate_folder(
+        FLAGS.model, directory, strategy=strategy, batch_size=FLAGS.batch_size,
+        num_mistakes=FLAGS.num_mistakes, skip_bad_images=FLAGS.skip_bad_images,
+    )
+    model_dir = FLAGS.model if os.path.isdir(FLAGS.model) else os.path.dirname(os.path.abspath(FLAGS.model))
+    output_dir = FLAGS.output_dir or os.path.join(model_dir, f"evaluation-{FLAGS.split}")
+    evaluate.save_report(output_dir, report)
+    print(evaluate.summary_table(report))
+    print(f"report: {output_dir}")
+    threshold = FLAGS.assert_accuracy_at_least
+    if threshold is not None and report.metrics["accuracy"] < threshold:
+        print(f"{PROGRAM}: accuracy {report.metrics['accuracy']:.4f} is below --assert_accuracy_at_least={threshold}")
+        return 1
+    return 0
+
+
+main = common.guarded(PROGRAM, _main)
+run = common.main_runner(main)
+
+if __name__ == "__main__":
+    run()

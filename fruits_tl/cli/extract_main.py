@@ -1,0 +1,76 @@
+"""fruits-tl-extract: run the frozen backbone once over each split and store the features.
+
+Examples:
+  fruits-tl-extract --data_dir=/data/fruits-360 --features_dir=features --alpha=0.25 \
+      --weights=mobilenet_2_5_128_tf_no_top.h5
+  fruits-tl-extract --data_dir=/data/fruits-360 --features_dir=features --model=runs/mobilenet
+"""
+
+from __future__ import annotations
+
+from absl import flags
+
+from fruits_tl.cli import common
+
+flags.DEFINE_integer("extract_verbose", 1, "1 shows a progress bar per split, 0 does not.")
+
+FLAGS = flags.FLAGS
+PROGRAM = "fruits-tl-extract"
+
+
+def _main(argv):
+    if len(argv) > 1:
+        raise common.UserInputError(f"unexpected arguments: {' '.join(argv[1:])} (all options are --flags).")
+    common.require(["data_dir", "features_dir"])
+    from fruits_tl import data, distribute, features, model
+    from fruits_tl.config import DataConfig, ModelConfig
+
+    strategy = distribute.get_strategy(FLAGS.strategy)
+    distribute.per_replica_batch_size(strategy, FLAGS.batch_size)
+    if FLAGS.model:
+        with strategy.scope():
+            classifier, class_names, image_size = model.load_trained(FLAGS.model)
+        backbone = classifier.get_layer(model.BACKBONE_NAME)
+        alpha = model.backbone_alpha(backbone)
+    else:
+        ModelConfig(alpha=FLAGS.alpha, weights=FLAGS.weights)
+        image_size, alpha = FLAGS.image_size, FLAGS.alpha
+    data_config = DataConfig(
+        data_dir=FLAGS.data_dir, train_subdir=FLAGS.train_subdir, test_subdir=FLAGS.test_subdir,
+        validation_split=FLAGS.validation_split, image_size=image_size, seed=FLAGS.seed,
+        skip_bad_images=FLAGS.skip_bad_images,
+    )
+    splits = data.load_dataset(
+        data_config.data_dir, train_subdir=data_config.train_subdir, test_subdir=data_config.test_subdir,
+        validation_split=data_config.validation_split, image_size=image_size, seed=data_config.seed,
+        skip_bad_images=data_config.skip_bad_images,
+    )
+    if FLAGS.model and splits.class_names != class_names:
+        raise common.UserInputError(
+            f"The training classes of '{FLAGS.data_dir}' differ from the labels.txt of '{FLAGS.model}'."
+        )
+    if not FLAGS.model:
+        with strategy.scope():
+            backbone = model.build_backbone(image_size=image_size, alpha=alpha, weights=FLAGS.weights)
+    named = {"train": splits.train, "test": splits.test}
+    if splits.validation is not splits.test:
+        named["validation"] = splits.validation
+    extraction = features.extract_or_reuse(
+        named, backbone=backbone, alpha=alpha, image_size=image_size, features_dir=FLAGS.features_dir,
+        strategy=strategy, batch_size=FLAGS.batch_size, feature_dtype=FLAGS.feature_dtype,
+        verbose=FLAGS.extract_verbose == 1,
+    )
+    for name, feature_set in extraction.feature_sets.items():
+        print(f"{name}: {feature_set.features.shape[0]} x {feature_set.features.shape[1]} {feature_set.features.dtype}")
+    if extraction.reused:
+        print(f"reused the features in {extraction.features_dir} (fingerprint match)")
+    else:
+        print(f"extracted in {extraction.seconds:.1f} s, {extraction.images_per_second:.1f} images/s -> {extraction.features_dir}")
+    return 0
+
+
+main = common.guarded(PROGRAM, _main)
+run = common.main_runner(main)
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,231 @@
+"""Evaluation and prediction with a trained model: reports, confusion matrix, top-k.
+
+`compute_report` is pure NumPy over labels and probabilities, so its arithmetic is tested on
+known predictions; `evaluate_folder` and `predict_paths` run a saved model through the data
+route (uint8 batches in file order) under a distribution strategy.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import os
+
+import numpy as np
+import tensorflow as tf
+
+from fruits_tl import data, files, model, pipeline
+
+# Keras's SparseCategoricalCrossentropy clips probabilities to [epsilon, 1 - epsilon].
+EPSILON = 1e-7
+
+
+@dataclasses.dataclass(frozen=True)
+class Report:
+    """An evaluation of one labelled folder.
+
+    Attributes:
+      metrics: accuracy, top5_accuracy, loss, macro precision/recall/F1, num_images, ...
+      per_class: One dict per class: class, precision, recall, f1, support.
+      confusion: [C, C] counts, rows true class, columns predicted class.
+      mistakes: The most confident wrong predictions, highest probability first.
+      class_names: The label map.
+    """
+
+    metrics: dict
+    per_class: list
+    confusion: np.ndarray
+    mistakes: list
+    class_names: tuple[str, ...]
+
+
+def compute_report(
+    labels: np.ndarray,
+    probabilities: np.ndarray,
+    *,
+    class_names: tuple[str, ...],
+    file_paths: tuple[str, ...],
+    num_mistakes: int = 20,
+) -> Report:
+    """Computes every figure of an evaluation from true labels and predicted probabilities.
+
+    Precision of a class never predicted, and recall of a class with no images, are 0 (and
+    such classes still count in the macro averages).
+    """
+    labels = np.asarray(labels, dtype=np.int64)
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    num_classes = len(class_names)
+    predicted = probabilities.argmax(axis=1)
+    k = min(5, num_classes)
+    top_k = np.argsort(-probabilities, axis=1, kind="stable")[:, :k]
+    confusion = np.zeros((num_classes, num_classes), dtype=np.int64)
+    np.add.at(confusion, (labels, predicted), 1)
+    true_positive = np.diag(confusion).astype(np.float64)
+    predicted_count = confusion.sum(axis=0)
+    support = confusion.sum(axis=1)
+    precision = np.divide(true_positive, predicted_count, out=np.zeros(num_classes), where=predicted_count > 0)
+    recall = np.divide(true_positive, support, out=np.zeros(num_classes), where=support > 0)
+    denominator = precision + recall
+    f1 = np.divide(2 * precision * recall, denominator, out=np.zeros(num_classes), where=denominator > 0)
+    true_probability = probabilities[np.arange(len(labels)), labels]
+    loss = float(-np.mean(np.log(np.clip(true_probability, EPSILON, 1 - EPSILON)))) if len(labels) else 0.0
+    metrics = {
+        "accuracy": float(np.mean(predicted == labels)) if len(labels) else 0.0,
+        "top5_accuracy": float(np.mean((top_k == labels[:, None]).any(axis=1))) if len(labels) else 0.0,
+        "loss": loss,
+        "macro_precision": float(precision.mean()),
+        "macro_recall": float(recall.mean()),
+        "macro_f1": float(f1.mean()),
+        "num_images": int(len(labels)),
+        "num_classes": num_classes,
+        "num_mistakes": int(np.sum(predicted != labels)),
+    }
+    per_class = [
+        {"class": name, "precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]), "support": int(support[i])}
+        for i, name in enumerate(class_names)
+    ]
+    (wrong,) = np.nonzero(predicted != labels)
+    order = wrong[np.argsort(-probabilities[wrong, predicted[wrong]], kind="stable")][:num_mistakes]
+    mistakes = [
+        {
+            "file_path": file_paths[i],
+            "true_class": class_names[labels[i]],
+            "predicted_class": class_names[predicted[i]],
+            "probability": float(probabilities[i, predicted[i]]),
+        }
+        for i in order
+    ]
+    return Report(metrics=metrics, per_class=per_class, confusion=confusion, mistakes=mistakes, class_names=tuple(class_names))
+
+
+def _csv(rows: list[list]) -> str:
+    out = io.StringIO()
+    csv.writer(out, lineterminator="\n").writerows(rows)
+    return out.getvalue()
+
+
+def save_report(output_dir: str, report: Report) -> None:
+    """Writes metrics.json, per_class.csv, confusion_matrix.csv and mistakes.csv atomically."""
+    os.makedirs(output_dir, exist_ok=True)
+    files.write_text(
+        os.path.join(output_dir, "per_class.csv"),
+        _csv([["class", "precision", "recall", "f1", "support"]]
+             + [[r["class"], f"{r['precision']:.6f}", f"{r['recall']:.6f}", f"{r['f1']:.6f}", r["support"]] for r in report.per_class]),
+    )
+    files.write_text(
+        os.path.join(output_dir, "confusion_matrix.csv"),
+        _csv([["true \\ predicted", *report.class_names]]
+             + [[name, *row.tolist()] for name, row in zip(report.class_names, report.confusion)]),
+    )
+    files.write_text(
+        os.path.join(output_dir, "mistakes.csv"),
+        _csv([["file_path", "true_class", "predicted_class", "probability"]]
+             + [[m["file_path"], m["true_class"], m["predicted_class"], f"{m['probability']:.6f}"] for m in report.mistakes]),
+    )
+    files.write_json(os.path.join(output_dir, "metrics.json"), report.metrics)
+
+
+def summary_table(report: Report, *, worst: int = 5) -> str:
+    """A short human summary: headline metrics and the classes with the lowest F1."""
+    m = report.metrics
+    lines = [
+        f"images {m['num_images']}  classes {m['num_classes']}  accuracy {m['accuracy']:.4f}  "
+        f"top-5 {m['top5_accuracy']:.4f}  loss {m['loss']:.4f}",
+        f"macro precision {m['macro_precision']:.4f}  recall {m['macro_recall']:.4f}  F1 {m['macro_f1']:.4f}",
+    ]
+    rows = sorted(report.per_class, key=lambda r: (r["f1"], r["class"]))[:worst]
+    if rows:
+        width = max([len("lowest F1 classes")] + [len(r["class"]) for r in rows])
+        lines.append(f"{'lowest F1 classes'.ljust(width)}  precision  recall     f1  support")
+        for r in rows:
+            lines.append(f"{r['class'].ljust(width)}  {r['precision']:9.4f}  {r['recall']:6.4f}  {r['f1']:5.4f}  {r['support']:7d}")
+    return "\n".join(lines)
+
+
+def evaluate_folder(
+    model_path: str,
+    directory: str,
+    *,
+    strategy: tf.distribute.Strategy,
+    batch_size: int = 32,
+    num_mistakes: int = 20,
+    skip_bad_images: bool = False,
+) -> Report:
+    """Evaluates a saved model on a labelled folder (`<class>/<images>`) in file order.
+
+    Args:
+      model_path: model_dir or .keras file (labels.txt beside it).
+      directory: The folder to evaluate, e.g. `<data_dir>/Test`.
+      strategy: Distribution strategy; the model is loaded in its scope.
+      batch_size: Global batch size.
+      num_mistakes: How many of the most confident mistakes to keep.
+      skip_bad_images: Leave out undecodable files instead of raising.
+
+    Returns:
+      The Report.
+    """
+    with strategy.scope():
+        classifier, class_names, image_size = model.load_trained(model_path)
+    folder, _ = data.load_labeled_folder(
+        directory, class_names=class_names, image_size=image_size, name="evaluation", skip_bad_images=skip_bad_images
+    )
+    batches = pipeline.make_batches(folder, batch_size=batch_size, training=False, cache="none", output="uint8")
+    probabilities = classifier.predict(batches, verbose=0)
+    return compute_report(
+        folder.labels, probabilities, class_names=class_names, file_paths=folder.file_paths, num_mistakes=num_mistakes
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class Prediction:
+    """Top-k classes of one file, or why it could not be classified."""
+
+    path: str
+    top: tuple[tuple[str, float], ...] = ()
+    error: str = ""
+
+
+def collect_image_paths(inputs: list[str]) -> list[str]:
+    """Expands folders (recursively, image extensions only) and keeps files as given."""
+    paths = []
+    for item in inputs:
+        if os.path.isdir(item):
+            for root, _, names in sorted(os.walk(item), key=lambda x: x[0]):
+                paths += [os.path.join(root, n) for n in sorted(names) if n.lower().endswith(data.IMAGE_EXTENSIONS)]
+        else:
+            paths.append(item)
+    return paths
+
+
+def predict_paths(
+    model_path: str, inputs: list[str], *, strategy: tf.distribute.Strategy, top_k: int = 5, batch_size: int = 32
+) -> list[Prediction]:
+    """Classifies image files (and the images inside folders); unreadable files get an error.
+
+    Returns:
+      One Prediction per file, in input order.
+    """
+    with strategy.scope():
+        classifier, class_names, image_size = model.load_trained(model_path)
+    paths = collect_image_paths(inputs)
+    missing = {p: "no such file" for p in paths if not os.path.isfile(p)}
+    bad = {b.path: b.reason for b in data.find_bad_images([p for p in paths if p not in missing])}
+    errors = {**missing, **bad}
+    good = [p for p in paths if p not in errors]
+    probabilities = np.zeros((0, len(class_names)))
+    if good:
+        dataset = tf.data.Dataset.from_tensor_slices(good)
+        dataset = dataset.map(lambda p: data.load_image(p, image_size), num_parallel_calls=tf.data.AUTOTUNE)
+        probabilities = classifier.predict(dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE), verbose=0)
+    by_path = dict(zip(good, probabilities))
+    k = min(top_k, len(class_names))
+    results = []
+    for path in paths:
+        if path in errors:
+            results.append(Prediction(path=path, error=errors[path]))
+            continue
+        row = by_path[path]
+        order = np.argsort(-row, kind="stable")[:k]
+        results.append(Prediction(path=path, top=tuple((class_names[i], float(row[i])) for i in order)))
+    return results

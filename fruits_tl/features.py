@@ -1,0 +1,268 @@
+"""Features once: run the frozen backbone over each split one time and keep the result.
+
+The backbone is frozen, so its output for an image never changes during training; computing
+it every epoch (as the tutorial does) repeats the same work once per epoch. This module runs
+`model.build_feature_extractor` (preprocessing -> backbone -> global average pool) over the
+data route's evaluation batches, under the distribution strategy, and stores per split
+`<split>.npz` (features, labels, file paths, its fingerprint), `labels.txt` and
+`fingerprint.json`. A later run whose fingerprint matches reuses the files.
+
+Writes are ordered so that nothing incomplete looks complete: `fingerprint.json` is removed
+first, each `.npz` is written atomically, and `fingerprint.json` is written last.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import time
+import zipfile
+
+import keras
+import numpy as np
+import tensorflow as tf
+from absl import logging
+
+from fruits_tl import data, files, model, pipeline, preprocess
+from fruits_tl.config import FEATURE_DTYPES
+from fruits_tl.errors import UserInputError
+
+FINGERPRINT_FILE = "fingerprint.json"
+FORMAT_VERSION = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class FeatureSet:
+    """Backbone features of one split, element for element with its files.
+
+    Attributes:
+      split: "train", "validation" or "test".
+      features: [N, D] float32 or float16.
+      labels: [N] int32, indices into class_names.
+      file_paths: The N image files.
+      class_names: The label map.
+      fingerprint: The split's fingerprint the features were computed for.
+    """
+
+    split: str
+    features: np.ndarray
+    labels: np.ndarray
+    file_paths: tuple[str, ...]
+    class_names: tuple[str, ...]
+    fingerprint: str
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+@dataclasses.dataclass(frozen=True)
+class Extraction:
+    """The features of every split, and how they were obtained.
+
+    Attributes:
+      feature_sets: Split name -> FeatureSet.
+      reused: True when every split came from an earlier run's files.
+      seconds: Wall time of the extraction (0 when reused).
+      images_per_second: Images through the backbone per second (0 when reused).
+      features_dir: Where the files are.
+    """
+
+    feature_sets: dict
+    reused: bool
+    seconds: float
+    images_per_second: float
+    features_dir: str
+
+
+def weights_digest(backbone: keras.Model) -> str:
+    """A digest of the backbone's weights: equal digests mean the same backbone function."""
+    digest = hashlib.sha256()
+    for weight in backbone.weights:
+        value = np.ascontiguousarray(keras.ops.convert_to_numpy(weight))
+        digest.update(f"{weight.path}|{value.dtype}|{value.shape}\n".encode())
+        digest.update(value.tobytes())
+    return digest.hexdigest()[:16]
+
+
+def make_fingerprint(
+    *, backbone: keras.Model, alpha: float, image_size: int, feature_dtype: str, splits: dict[str, data.ImageFolder]
+) -> dict:
+    """What determines the features: backbone weights, architecture, preprocessing, files."""
+    return {
+        "format_version": FORMAT_VERSION,
+        "backbone_weights_digest": weights_digest(backbone),
+        "alpha": float(alpha),
+        "image_size": int(image_size),
+        "preprocessing_version": preprocess.PREPROCESSING_VERSION,
+        "decode_version": data.DECODE_VERSION,
+        "feature_dtype": feature_dtype,
+        "splits": {name: folder.fingerprint for name, folder in sorted(splits.items())},
+    }
+
+
+def extract_features(
+    folder: data.ImageFolder,
+    extractor: keras.Model,
+    *,
+    strategy: tf.distribute.Strategy,
+    batch_size: int,
+    cache: str = "none",
+    feature_dtype: str = "float32",
+    verbose: bool = True,
+) -> FeatureSet:
+    """Runs the extractor over one split in file order, under the strategy, in one pass.
+
+    Features and labels come out of the same distributed step, gathered from the replicas in
+    order, so they cannot drift apart; the labels are then checked against the folder's.
+
+    Args:
+      folder: The split.
+      extractor: uint8 pixels -> [batch, D] features, built in `strategy.scope()`.
+      strategy: The distribution strategy; `batch_size` is the global batch.
+      batch_size: Global batch size.
+      cache: Cache setting for the route (one pass: "none" unless a file cache should be
+        filled for later image-mode runs).
+      feature_dtype: "float32" or "float16" for the stored features.
+      verbose: Show a progress bar.
+
+    Returns:
+      The FeatureSet.
+    """
+    if feature_dtype not in FEATURE_DTYPES:
+        raise UserInputError(f"feature_dtype must be one of {', '.join(FEATURE_DTYPES)}, got {feature_dtype!r}.")
+    batches = pipeline.make_batches(folder, batch_size=batch_size, training=False, cache=cache, output="uint8")
+    distributed = strategy.experimental_distribute_dataset(batches)
+
+    @tf.function
+    def step(images, labels):
+        return extractor(images, training=False), labels
+
+    progress = keras.utils.Progbar(len(folder), unit_name="image", verbose=1 if verbose else 0)
+    features, labels = [], []
+    for images, batch_labels in distributed:
+        batch_features, batch_labels = strategy.run(step, args=(images, batch_labels))
+        batch_features = strategy.gather(batch_features, axis=0).numpy()
+        batch_labels = strategy.gather(batch_labels, axis=0).numpy()
+        features.append(batch_features.astype(feature_dtype))
+        labels.append(batch_labels.astype(np.int32))
+        progress.add(len(batch_labels))
+    features_array = np.concatenate(features) if features else np.zeros((0, 0), feature_dtype)
+    labels_array = np.concatenate(labels) if labels else np.zeros((0,), np.int32)
+    if not np.array_equal(labels_array, folder.labels):
+        raise RuntimeError(f"extracted labels of split {folder.name} do not match its file order")
+    return FeatureSet(
+        split=folder.name,
+        features=features_array,
+        labels=labels_array,
+        file_paths=folder.file_paths,
+        class_names=folder.class_names,
+        fingerprint=folder.fingerprint,
+    )
+
+
+def save_feature_set(path: str, feature_set: FeatureSet) -> None:
+    """Writes one split's features as an .npz (no pickled objects), atomically."""
+    with files.atomic_path(path) as temporary:
+        with open(temporary, "wb") as stream:
+            np.savez(
+                stream,
+                features=feature_set.features,
+                labels=feature_set.labels,
+                file_paths=np.asarray(feature_set.file_paths, dtype=np.str_),
+                class_names=np.asarray(feature_set.class_names, dtype=np.str_),
+                split=np.asarray(feature_set.split),
+                fingerprint=np.asarray(feature_set.fingerprint),
+            )
+
+
+def load_feature_set(path: str) -> FeatureSet:
+    """Reads an .npz written by save_feature_set (never with allow_pickle)."""
+    try:
+        with np.load(path, allow_pickle=False) as stored:
+            return FeatureSet(
+                split=str(stored["split"]),
+                features=stored["features"],
+                labels=stored["labels"].astype(np.int32),
+                file_paths=tuple(str(p) for p in stored["file_paths"]),
+                class_names=tuple(str(c) for c in stored["class_names"]),
+                fingerprint=str(stored["fingerprint"]),
+            )
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as error:
+        raise UserInputError(f"The feature file '{path}' cannot be read: {error}") from None
+
+
+def _read_fingerprint(features_dir: str) -> dict | None:
+    try:
+        with open(os.path.join(features_dir, FINGERPRINT_FILE), encoding="utf-8") as stream:
+            return json.load(stream)
+    except (OSError, ValueError):
+        return None
+
+
+def extract_or_reuse(
+    splits: dict[str, data.ImageFolder],
+    *,
+    backbone: keras.Model,
+    alpha: float,
+    image_size: int,
+    features_dir: str,
+    strategy: tf.distribute.Strategy,
+    batch_size: int,
+    feature_dtype: str = "float32",
+    verbose: bool = True,
+) -> Extraction:
+    """Returns the features of every split, reusing `features_dir` when its fingerprint matches.
+
+    Args:
+      splits: Split name -> ImageFolder (one label map).
+      backbone: The frozen backbone (built in the strategy's scope).
+      alpha: Its width multiplier (recorded in the fingerprint).
+      image_size: Input size.
+      features_dir: Where `<split>.npz`, labels.txt and fingerprint.json live.
+      strategy: Distribution strategy for the backbone pass.
+      batch_size: Global batch size.
+      feature_dtype: "float32" or "float16".
+      verbose: Progress bars.
+
+    Returns:
+      The Extraction.
+    """
+    fingerprint = make_fingerprint(
+        backbone=backbone, alpha=alpha, image_size=image_size, feature_dtype=feature_dtype, splits=splits
+    )
+    paths = {name: os.path.join(features_dir, f"{name}.npz") for name in splits}
+    if _read_fingerprint(features_dir) == fingerprint and all(os.path.exists(p) for p in paths.values()):
+        loaded = {name: load_feature_set(path) for name, path in paths.items()}
+        if all(loaded[name].fingerprint == splits[name].fingerprint for name in splits):
+            logging.info("Reusing the features in %s: their fingerprint matches this backbone and these files.", features_dir)
+            return Extraction(feature_sets=loaded, reused=True, seconds=0.0, images_per_second=0.0, features_dir=features_dir)
+    previous = _read_fingerprint(features_dir)
+    if previous is not None:
+        changed = sorted(k for k in set(previous) | set(fingerprint) if previous.get(k) != fingerprint.get(k))
+        logging.info("Recomputing the features in %s: fingerprint changed (%s).", features_dir, ", ".join(changed))
+    os.makedirs(features_dir, exist_ok=True)
+    # Invalidate first: from here until the new fingerprint is written, nothing here counts.
+    try:
+        os.unlink(os.path.join(features_dir, FINGERPRINT_FILE))
+    except FileNotFoundError:
+        pass
+    with strategy.scope():
+        extractor = model.build_feature_extractor(backbone, image_size=image_size)
+    start = time.perf_counter()
+    feature_sets = {}
+    for name, folder in splits.items():
+        logging.info("Extracting %s features of %d images", name, len(folder))
+        feature_sets[name] = extract_features(
+            folder, extractor, strategy=strategy, batch_size=batch_size, feature_dtype=feature_dtype, verbose=verbose
+        )
+        save_feature_set(paths[name], feature_sets[name])
+    seconds = time.perf_counter() - start
+    images = sum(len(folder) for folder in splits.values())
+    any_split = next(iter(splits.values()))
+    files.write_lines(os.path.join(features_dir, "labels.txt"), list(any_split.class_names))
+    files.write_json(os.path.join(features_dir, FINGERPRINT_FILE), fingerprint)
+    rate = images / max(seconds, 1e-9)
+    logging.info("Extracted %d images in %.1f s: %.1f images/s", images, seconds, rate)
+    return Extraction(feature_sets=feature_sets, reused=False, seconds=seconds, images_per_second=rate, features_dir=features_dir)

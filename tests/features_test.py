@@ -1,0 +1,135 @@
+"""Features once: equivalence with image mode, fingerprint reuse and invalidation, kills."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from conftest import REPO
+from fruits_tl import config, data, distribute, features, model, train
+
+
+def _config(data_dir, model_dir, weights, **overrides):
+    values = dict(
+        data=config.DataConfig(data_dir=data_dir, image_size=32, seed=7),
+        model=config.ModelConfig(alpha=0.25, weights=weights),
+        model_dir=str(model_dir),
+        batch_size=4,
+        epochs=1,
+        learning_rate=1e-2,
+        verbose=0,
+    )
+    values.update(overrides)
+    return config.TrainConfig(**values)
+
+
+def test_features_mode_is_the_same_computation_as_images_mode(data_dir, tmp_path, informative_weights):
+    strategy = distribute.get_strategy("default")
+    by_images = train.train(_config(data_dir, tmp_path / "images", informative_weights, mode="images"), strategy=strategy)
+    by_features = train.train(_config(data_dir, tmp_path / "features", informative_weights, mode="features"), strategy=strategy)
+    assert by_images.metrics["mode"] == "images" and by_features.metrics["mode"] == "features"
+    kernel_images, bias_images = by_images.model.get_layer("head_dense").get_weights()
+    kernel_features, bias_features = by_features.model.get_layer("head_dense").get_weights()
+    initial = model.build_head(256, 3, seed=7).get_layer("head_dense").get_weights()[0]
+    # Training moved the weights, by the same amount in both modes.
+    assert np.abs(kernel_features - initial).max() > 1e-3
+    np.testing.assert_allclose(kernel_features, kernel_images, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(bias_features, bias_images, rtol=1e-4, atol=1e-5)
+    # Another example order gives other weights: the comparison above can fail.
+    shuffled = train.train(
+        _config(data_dir, tmp_path / "order", informative_weights, mode="features", data=config.DataConfig(data_dir=data_dir, image_size=32, seed=7, shuffle_buffer_size=1)),
+        strategy=strategy,
+    )
+    assert np.abs(shuffled.model.get_layer("head_dense").get_weights()[0] - kernel_features).max() > 1e-5
+    # The assembled model on images predicts what the head predicts on the cached features.
+    test_set = features.load_feature_set(str(tmp_path / "features" / "features" / "test.npz"))
+    head = model.build_head(256, 3)
+    head.get_layer("head_dense").set_weights([kernel_features, bias_features])
+    splits = data.load_dataset(data_dir, image_size=32)
+    images = np.stack([image for image, _ in splits.test.dataset.as_numpy_iterator()])
+    np.testing.assert_allclose(
+        by_features.model.predict(images, verbose=0), head.predict(test_set.features, verbose=0), rtol=1e-4, atol=1e-6
+    )
+    for key in ("test_accuracy", "extract_seconds", "head_train_seconds", "train_images_per_second"):
+        assert key in by_features.metrics and key in by_images.metrics
+    assert set(by_images.history) == set(by_features.history)
+
+
+def _extract(splits, backbone, features_dir, **kwargs):
+    return features.extract_or_reuse(
+        {"train": splits.train, "test": splits.test}, backbone=backbone, alpha=0.25, image_size=32,
+        features_dir=str(features_dir), strategy=distribute.get_strategy("default"), batch_size=4, verbose=False, **kwargs,
+    )
+
+
+def test_fingerprint_reuse_and_invalidation(data_dir, tmp_path, informative_weights):
+    backbone = model.build_backbone(image_size=32, alpha=0.25, weights=informative_weights)
+    splits = data.load_dataset(data_dir, image_size=32)
+    first = _extract(splits, backbone, tmp_path / "f")
+    assert not first.reused and first.feature_sets["train"].features.shape == (18, 256)
+    np.testing.assert_array_equal(first.feature_sets["train"].labels, splits.train.labels)
+    assert first.feature_sets["train"].file_paths == splits.train.file_paths
+    second = _extract(splits, backbone, tmp_path / "f")
+    assert second.reused
+    np.testing.assert_array_equal(second.feature_sets["test"].features, first.feature_sets["test"].features)
+    # A changed file changes the listing digest: recompute.
+    path = splits.train.file_paths[0]
+    os.utime(path, ns=(time.time_ns(), time.time_ns() + 10**9))
+    changed = data.load_dataset(data_dir, image_size=32)
+    assert not _extract(changed, backbone, tmp_path / "f").reused
+    # Other backbone weights: recompute. float16 halves the bytes.
+    other = model.build_backbone(image_size=32, alpha=0.25, weights="none")
+    assert not _extract(changed, other, tmp_path / "f").reused
+    half = _extract(changed, backbone, tmp_path / "f", feature_dtype="float16")
+    assert not half.reused and half.feature_sets["train"].features.dtype == np.float16
+    stored = json.loads((tmp_path / "f" / "fingerprint.json").read_text())
+    assert {"backbone_weights_digest", "alpha", "image_size", "preprocessing_version", "splits"} <= set(stored)
+
+
+def test_killed_extraction_leaves_nothing_that_looks_complete(tmp_path):
+    from fruits_tl import synthetic
+
+    data_dir = synthetic.write_synthetic_dataset(str(tmp_path / "data"), num_classes=3, train_per_class=150, test_per_class=100, seed=3)
+    features_dir = tmp_path / "features"
+    command = [
+        sys.executable, "-m", "fruits_tl.cli.extract_main", f"--data_dir={data_dir}", f"--features_dir={features_dir}",
+        "--alpha=0.25", "--image_size=64", "--weights=none", "--batch_size=2", "--extract_verbose=0",
+    ]
+    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (features_dir / "train.npz").exists():
+        time.sleep(0.01)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert (features_dir / "train.npz").exists(), "extraction did not get as far as the first split"
+    assert not (features_dir / "fingerprint.json").exists()
+    splits = data.load_dataset(data_dir, image_size=64)
+    backbone = model.build_backbone(image_size=64, alpha=0.25, weights="none")
+    extraction = features.extract_or_reuse(
+        {"train": splits.train, "test": splits.test}, backbone=backbone, alpha=0.25, image_size=64,
+        features_dir=str(features_dir), strategy=distribute.get_strategy("default"), batch_size=32, verbose=False,
+    )
+    assert not extraction.reused
+    assert len(extraction.feature_sets["test"]) == 300
+    assert not [name for name in os.listdir(features_dir) if ".tmp-" in name]
+
+
+def test_feature_files_load_without_pickle(tmp_path):
+    feature_set = features.FeatureSet(
+        split="train", features=np.ones((2, 3), np.float32), labels=np.array([0, 1], np.int32),
+        file_paths=("a.jpg", "b.jpg"), class_names=("A", "B"), fingerprint="abc",
+    )
+    path = str(tmp_path / "train.npz")
+    features.save_feature_set(path, feature_set)
+    loaded = features.load_feature_set(path)
+    assert loaded.file_paths == ("a.jpg", "b.jpg") and loaded.class_names == ("A", "B") and loaded.fingerprint == "abc"
+    (tmp_path / "broken.npz").write_bytes(b"PK\x03\x04 not a zip")
+    with pytest.raises(ValueError, match="broken.npz"):
+        features.load_feature_set(str(tmp_path / "broken.npz"))
