@@ -97,8 +97,16 @@ def test_missing_required_flags_and_data_dir(tmp_path, capsys):
 def test_a_failed_run_leaves_an_existing_model_dir_untouched(data_dir, tmp_path, capsys):
     model_dir = tmp_path / "run"
     assert run_main(train_main, [f"--data_dir={data_dir}", f"--model_dir={model_dir}", *TINY]) == 0
-    before = {name: (model_dir / name).read_bytes() for name in os.listdir(model_dir)}
+    def snapshot():
+        return {
+            os.path.relpath(os.path.join(root, name), model_dir): open(os.path.join(root, name), "rb").read()
+            for root, _, names in os.walk(model_dir)
+            for name in names
+        }
+
+    before = snapshot()
+    assert "features/train.npz" in before
     os.rename(os.path.join(data_dir, "Test", "Banana"), os.path.join(data_dir, "Test", "Bananas"))
     assert run_main(train_main, [f"--data_dir={data_dir}", f"--model_dir={model_dir}", *TINY]) == 2
     assert "'Bananas' (closest training class: 'Banana')" in capsys.readouterr().err
-    assert {name: (model_dir / name).read_bytes() for name in os.listdir(model_dir)} == before
+    assert snapshot() == before
