@@ -12,6 +12,19 @@ import keras
 from absl import logging
 
 
+def write_scalar(tag: str, value: float, *, step: int) -> None:
+    """Writes one TensorBoard scalar with core TensorFlow only.
+
+    `tf.summary.scalar` lives in the tensorboard package, which TensorFlow 2.21 no longer
+    installs; `tf.summary.write` with the scalars plugin's metadata writes the same event.
+    """
+    import tensorflow as tf
+    from tensorflow.core.framework import summary_pb2
+
+    metadata = summary_pb2.SummaryMetadata(plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="scalars"))
+    tf.summary.write(tag, tf.constant(float(value), tf.float32), step=step, metadata=metadata.SerializeToString())
+
+
 class ThroughputCallback(keras.callbacks.Callback):
     """Logs training images/s for every epoch and adds it to the epoch's logs.
 
@@ -19,14 +32,26 @@ class ThroughputCallback(keras.callbacks.Callback):
     (`on_test_begin`), or to `on_epoch_end` when there is no validation, so validation time
     does not dilute the figure.
 
+    With `tensorboard_dir`, images/s and the epoch's other logs are also written there as
+    TensorBoard scalars (one step per epoch).
+
     Attributes:
       epoch_seconds: Training-phase seconds of each finished epoch.
       images_per_second: num_images / epoch_seconds of each finished epoch.
     """
 
-    def __init__(self, num_images: int, *, clock: Callable[[], float] = time.perf_counter, log_name: str = "train"):
+    def __init__(
+        self,
+        num_images: int,
+        *,
+        clock: Callable[[], float] = time.perf_counter,
+        log_name: str = "train",
+        tensorboard_dir: str = "",
+    ):
         super().__init__()
         self.num_images = num_images
+        self.tensorboard_dir = tensorboard_dir
+        self._writer = None
         self.clock = clock
         self.log_name = log_name
         self.epoch_seconds: list[float] = []
@@ -54,4 +79,15 @@ class ThroughputCallback(keras.callbacks.Callback):
         logging.info(
             "epoch %d: %s %d images in %.2f s, %.1f images/s", epoch + 1, self.log_name, self.num_images, seconds, rate
         )
+        if self.tensorboard_dir:
+            import tensorflow as tf
+
+            if self._writer is None:
+                self._writer = tf.summary.create_file_writer(self.tensorboard_dir)
+            scalars = {"images_per_second": rate}
+            scalars.update({k: v for k, v in (logs or {}).items() if isinstance(v, (int, float))})
+            with self._writer.as_default():
+                for key, value in scalars.items():
+                    write_scalar(key, value, step=epoch)
+            self._writer.flush()
         self._start = None

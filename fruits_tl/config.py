@@ -116,6 +116,7 @@ class TrainConfig:
         backbone is frozen and there is no augmentation, which is always the case today).
       features_dir: Where features are stored and reused; "" means `<model_dir>/features`.
       feature_dtype: "float32" or "float16" for stored features.
+      tensorboard_dir: Also write per-epoch images/s and metrics as TensorBoard scalars here.
     """
 
     data: DataConfig
@@ -130,6 +131,7 @@ class TrainConfig:
     mode: str = "auto"
     features_dir: str = ""
     feature_dtype: str = "float32"
+    tensorboard_dir: str = ""
 
     def __post_init__(self) -> None:
         _require(bool(self.model_dir), "model_dir is required: where the model is written.")

@@ -18,6 +18,7 @@ import hashlib
 import json
 import os
 import time
+import weakref
 import zipfile
 
 import keras
@@ -102,6 +103,21 @@ def make_fingerprint(
     }
 
 
+_STEPS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _extraction_step(extractor: keras.Model):
+    """One traced step per extractor, reused across splits and calls (tracing costs ~1 s)."""
+    if extractor not in _STEPS:
+
+        @tf.function(reduce_retracing=True)
+        def step(images, labels):
+            return extractor(images, training=False), labels
+
+        _STEPS[extractor] = step
+    return _STEPS[extractor]
+
+
 def extract_features(
     folder: data.ImageFolder,
     extractor: keras.Model,
@@ -135,10 +151,7 @@ def extract_features(
     batches = pipeline.make_batches(folder, batch_size=batch_size, training=False, cache=cache, output="uint8")
     distributed = strategy.experimental_distribute_dataset(batches)
 
-    @tf.function
-    def step(images, labels):
-        return extractor(images, training=False), labels
-
+    step = _extraction_step(extractor)
     progress = keras.utils.Progbar(len(folder), unit_name="image", verbose=1 if verbose else 0)
     features, labels = [], []
     for images, batch_labels in distributed:

@@ -150,7 +150,11 @@ def train(
 
     mode, reason = config.resolved_mode()
     logging.info("Mode %s (%s).", mode, reason)
-    throughput = callbacks.ThroughputCallback(len(splits.train), log_name="train" if mode == "images" else "head on features of")
+    throughput = callbacks.ThroughputCallback(
+        len(splits.train),
+        log_name="train" if mode == "images" else "head on features of",
+        tensorboard_dir=config.tensorboard_dir,
+    )
     start = time.perf_counter()
     extract_seconds = 0.0
     features_reused = False

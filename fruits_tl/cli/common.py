@@ -43,6 +43,9 @@ flags.DEFINE_integer("seed", 42, "Seed for the validation split, the shuffle and
 flags.DEFINE_string("features_dir", "", "Where backbone features are stored and reused (<split>.npz, labels.txt, fingerprint.json); train defaults to <model_dir>/features.")
 flags.DEFINE_enum("feature_dtype", "float32", ["float32", "float16"], "dtype of stored features (float16 halves their size).")
 flags.DEFINE_string("model", None, "A trained model: its model_dir or a .keras file.")
+flags.DEFINE_integer("epochs", 25, "Passes over the training images (fruits-tl-bench: epochs per repeat, 5 when not given).")
+flags.DEFINE_float("learning_rate", 1e-4, "Optimizer learning rate.")
+flags.DEFINE_string("output_dir", "", "Where a binary's report files go (see each binary's help).")
 flags.DEFINE_bool("skip_bad_images", False, "Leave out undecodable images (listed in model_dir/skipped_images.txt) instead of stopping.")
 
 
@@ -79,6 +82,11 @@ def resolved_flags_text(module_names: list[str]) -> str:
         for flag in FLAGS.get_flags_for_module(module_name):
             lines.append(flag.serialize())
     return "\n".join(line for line in lines if line) + "\n"
+
+
+def value_or(name: str, default):
+    """A flag's value if given on the command line, else `default` (for binary-specific defaults)."""
+    return getattr(FLAGS, name) if FLAGS[name].present else default
 
 
 def main_runner(main):

@@ -14,7 +14,6 @@ from absl import flags
 from fruits_tl.cli import common
 
 flags.DEFINE_string("split", "Test", "Folder inside --data_dir to evaluate (its class folders must match labels.txt).")
-flags.DEFINE_string("output_dir", "", "Where the report files go; default <model_dir>/evaluation-<split>.")
 flags.DEFINE_integer("num_mistakes", 20, "How many of the most confident mistakes to list in mistakes.csv.")
 flags.DEFINE_float("assert_accuracy_at_least", None, "Exit with code 1 when accuracy is below this (a gate for CI).")
 

@@ -14,8 +14,6 @@ from absl import flags
 from fruits_tl.cli import common
 
 flags.DEFINE_string("model_dir", None, "Where model.keras, labels.txt, metrics.json, history.csv and flags.txt are written.")
-flags.DEFINE_integer("epochs", 25, "Passes over the training images.")
-flags.DEFINE_float("learning_rate", 1e-4, "Optimizer learning rate.")
 flags.DEFINE_enum("optimizer", "rmsprop", ["rmsprop", "adam", "sgd"], "Optimizer for the head.")
 flags.DEFINE_float("dropout", 0.0, "Dropout before the Dense head (0 for none).")
 flags.DEFINE_integer("shuffle_buffer", 0, "Shuffle buffer in images; 0 shuffles the whole training split.")
@@ -26,6 +24,7 @@ flags.DEFINE_enum(
     "images: run the backbone on every image every epoch; auto: features (the backbone is frozen "
     "and there is no augmentation).",
 )
+flags.DEFINE_string("tensorboard_dir", "", "Also log per-epoch images/s and metrics as TensorBoard scalars here.")
 flags.DEFINE_integer("verbose", 2, "Keras fit verbosity: 0 silent, 1 progress bar, 2 one line per epoch.")
 
 FLAGS = flags.FLAGS
@@ -60,6 +59,7 @@ def build_config():
         mode=FLAGS.mode,
         features_dir=FLAGS.features_dir,
         feature_dtype=FLAGS.feature_dtype,
+        tensorboard_dir=FLAGS.tensorboard_dir,
     )
 
 

@@ -1,0 +1,104 @@
+"""fruits-tl-bench: input pipeline, model and training step throughput in one run, with a verdict.
+
+Examples:
+  fruits-tl-bench --data_dir=../shared/fruits360-sample --output_json=bench.json
+  fruits-tl-bench --data_dir=... --variants=legacy,pipeline-memory-uint8 --assert_min_speedup=20
+  fruits-tl-bench --data_dir=... --compare_modes --alpha=0.25 --weights=no_top.h5 --output_dir=/tmp/modes
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+from absl import flags
+
+from fruits_tl.cli import common
+
+flags.DEFINE_list(
+    "variants",
+    "legacy,idfd,pipeline-memory-uint8,pipeline-memory-float32,pipeline-file-uint8,pipeline-file-float32,model-infer,model-train,train,extract",
+    "Comma-separated variants to measure (see fruits_tl.benchmark).",
+)
+flags.DEFINE_integer("repeats", 3, "Repeats of every variant, interleaved; medians are taken over them.")
+flags.DEFINE_integer("model_steps", 20, "Batches per 'epoch' of the model variants (model-*, train, extract).")
+flags.DEFINE_string("output_json", "", "Also write every figure, with the environment, to this JSON file.")
+flags.DEFINE_float("assert_min_speedup", None, "Exit 1 when the steady pipeline-memory-uint8 rate is below this many times legacy.")
+flags.DEFINE_bool(
+    "compare_modes", False,
+    "Instead of the variants: train end to end with --mode=images and --mode=features (the "
+    "tutorial's recipe: --epochs, --batch_size, --learning_rate, rmsprop) into --output_dir, and "
+    "report the speed ratio and the accuracy difference.",
+)
+
+FLAGS = flags.FLAGS
+PROGRAM = "fruits-tl-bench"
+
+
+def _compare_modes():
+    from fruits_tl import benchmark, distribute, files
+    from fruits_tl.config import DataConfig, ModelConfig, TrainConfig
+
+    common.require(["output_dir"])
+    config = TrainConfig(
+        data=DataConfig(data_dir=FLAGS.data_dir, train_subdir=FLAGS.train_subdir, test_subdir=FLAGS.test_subdir,
+                        image_size=FLAGS.image_size, seed=FLAGS.seed),
+        model=ModelConfig(alpha=FLAGS.alpha, weights=FLAGS.weights),
+        model_dir=FLAGS.output_dir, batch_size=FLAGS.batch_size, epochs=FLAGS.epochs,
+        learning_rate=FLAGS.learning_rate, verbose=0,
+    )
+    comparison = benchmark.compare_train_modes(config, strategy=distribute.get_strategy(FLAGS.strategy))
+    images, features = comparison.images_metrics, comparison.features_metrics
+    print(f"{'mode':9} {'end-to-end s':>12} {'extract s':>9} {'head/fit s':>10} {'test acc':>8}")
+    for name, m in (("images", images), ("features", features)):
+        print(f"{name:9} {m['end_to_end_seconds']:12.1f} {m['extract_seconds']:9.1f} {m['head_train_seconds']:10.1f} {m['test_accuracy']:8.4f}")
+    print(f"features mode is {comparison.speedup:.1f}x faster end to end; test accuracy difference "
+          f"{comparison.accuracy_difference * 100:+.2f} points")
+    if FLAGS.output_json:
+        import dataclasses
+
+        files.write_json(FLAGS.output_json, dataclasses.asdict(comparison))
+    return 0
+
+
+def _main(argv):
+    if len(argv) > 1:
+        raise common.UserInputError(f"unexpected arguments: {' '.join(argv[1:])} (all options are --flags).")
+    common.require(["data_dir"])
+    if FLAGS.compare_modes:
+        return _compare_modes()
+    from fruits_tl import benchmark, distribute, files
+
+    config = benchmark.BenchConfig(
+        data_dir=FLAGS.data_dir,
+        train_subdir=FLAGS.train_subdir,
+        variants=tuple(FLAGS.variants),
+        epochs=common.value_or("epochs", 5),
+        repeats=FLAGS.repeats,
+        batch_size=FLAGS.batch_size,
+        image_size=FLAGS.image_size,
+        alpha=FLAGS.alpha,
+        weights=common.value_or("weights", "none"),
+        model_steps=FLAGS.model_steps,
+        cache_dir=FLAGS.output_dir and os.path.join(FLAGS.output_dir, "cache"),
+        seed=FLAGS.seed,
+    )
+    result = benchmark.run_benchmark(config, strategy=distribute.get_strategy(FLAGS.strategy))
+    print(benchmark.format_table(result))
+    if FLAGS.output_json:
+        files.write_json(FLAGS.output_json, benchmark.to_json(result))
+    if FLAGS.assert_min_speedup is not None:
+        ratio = result.ratios_to_legacy.get(benchmark.DEFAULT_TRAINING_FORM, {}).get("steady")
+        if ratio is None:
+            raise common.UserInputError("--assert_min_speedup needs the legacy and pipeline-memory-uint8 variants.")
+        if ratio < FLAGS.assert_min_speedup:
+            print(f"{PROGRAM}: steady pipeline is {ratio:.1f}x legacy, below --assert_min_speedup={FLAGS.assert_min_speedup}")
+            return 1
+    return 0
+
+
+main = common.guarded(PROGRAM, _main)
+run = common.main_runner(main)
+
+if __name__ == "__main__":
+    run()
