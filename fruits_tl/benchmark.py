@@ -9,6 +9,7 @@ Variants (each delivers what a model consumes: batches of size x size x 3 images
   legacy         the tutorial's ImageDataGenerator.flow_from_directory (float32, preprocessed)
   idfd           image_dataset_from_directory as tutorials use it, no cache (float32, preprocessed)
   pipeline-<cache>-<output>   our route, cache memory|file, output uint8|float32
+  tfds-<cache>-<output>      our route reading the prepared fruits360 TFDS records
   model-infer    the classifier alone on in-memory uint8 tensors, inference
   model-train    the classifier alone on in-memory uint8 tensors, train step
   train          our route (memory, uint8) feeding the real train step (Keras fit)
@@ -39,6 +40,9 @@ INPUT_VARIANTS = (
 )
 MODEL_VARIANTS = ("model-infer", "model-train", "train", "extract")
 ALL_VARIANTS = INPUT_VARIANTS + MODEL_VARIANTS
+# Our route reading the prepared fruits360 TFDS records instead of the folder; asked for by
+# name (they need --tfds_data_dir, and --manual_dir to prepare the records the first time).
+TFDS_VARIANTS = ("tfds-memory-uint8", "tfds-memory-float32", "tfds-file-uint8", "tfds-file-float32")
 DEFAULT_TRAINING_FORM = "pipeline-memory-uint8"
 
 
@@ -205,11 +209,16 @@ class BenchConfig:
     model_steps: int = 20
     cache_dir: str = ""
     seed: int = 42
+    exclude_list: str = ""
+    tfds_data_dir: str = ""
+    manual_dir: str = ""
 
     def __post_init__(self):
-        unknown = [v for v in self.variants if v not in ALL_VARIANTS]
+        unknown = [v for v in self.variants if v not in ALL_VARIANTS + TFDS_VARIANTS]
         if unknown:
-            raise UserInputError(f"unknown --variants {', '.join(unknown)}; known: {', '.join(ALL_VARIANTS)}.")
+            raise UserInputError(
+                f"unknown --variants {', '.join(unknown)}; known: {', '.join(ALL_VARIANTS + TFDS_VARIANTS)}."
+            )
         if self.epochs < 2:
             raise UserInputError(f"epochs must be >= 2 (one cold, at least one steady), got {self.epochs}.")
         if self.repeats < 1 or self.batch_size < 1 or self.model_steps < 1:
@@ -396,12 +405,27 @@ def run_benchmark(config: BenchConfig, *, strategy: tf.distribute.Strategy, log:
     train_dir = os.path.join(config.data_dir, config.train_subdir)
     classes = data.list_classes(train_dir, role="training")
     listing = data.list_image_files(train_dir, classes)
+    excluded = {os.path.abspath(p) for p in data.load_exclude_list(config.exclude_list)}
     paths = [p for ps in listing.values() for p in ps]
-    bad = data.find_bad_images(paths)
+    bad = tuple(b for b in data.find_bad_images(paths) if os.path.abspath(b.path) not in excluded)
     if bad:
         raise UserInputError(f"{len(bad)} undecodable file(s) in '{train_dir}', e.g. {bad[0]}; run fruits-tl-audit or remove them.")
-    folder = data.load_split(train_dir, class_names=classes, image_size=config.image_size, name="train", expected_files=paths)
+    folder = data.load_split(
+        train_dir, class_names=classes, image_size=config.image_size, name="train", expected_files=paths,
+        exclude={p for p in paths if os.path.abspath(p) in excluded},
+        undecodable={b.path for b in data.find_bad_images(paths)} if excluded else set(),
+    )
     uint8_bytes = len(folder) * config.image_size * config.image_size * 3
+    tfds_folder = None
+    if any(v in TFDS_VARIANTS for v in config.variants):
+        from fruits_tl import tfds_fruits360
+
+        tfds_folder = tfds_fruits360.load_tfds_splits(
+            tfds_data_dir=config.tfds_data_dir, manual_dir=config.manual_dir, image_size=config.image_size, seed=config.seed
+        ).train
+        if tfds_folder.class_names != folder.class_names or len(tfds_folder) != len(folder):
+            log(f"note: the TFDS train split ({len(tfds_folder)} images) is not the folder's ({len(folder)}); "
+                "compare their rates, not their totals")
     classifier = extractor = None
     if any(v in MODEL_VARIANTS for v in config.variants):
         with strategy.scope():
@@ -414,7 +438,11 @@ def run_benchmark(config: BenchConfig, *, strategy: tf.distribute.Strategy, log:
     cache_root = config.cache_dir or tempfile.mkdtemp(prefix="fruits-tl-bench-")
     for repeat in range(config.repeats):
         for variant in config.variants:
-            if variant in MODEL_VARIANTS:
+            if variant in TFDS_VARIANTS:
+                times, peak, cache = run_input_variant(
+                    variant.replace("tfds-", "pipeline-"), tfds_folder, config, cache_root=cache_root, repeat=repeat
+                )
+            elif variant in MODEL_VARIANTS:
                 times, peak = run_model_variant(variant, folder, config, strategy=strategy, classifier=classifier, extractor=extractor)
                 cache = 0
             else:
@@ -429,7 +457,7 @@ def run_benchmark(config: BenchConfig, *, strategy: tf.distribute.Strategy, log:
     ratios = {}
     if "legacy" in results:
         for name, result in results.items():
-            if name in INPUT_VARIANTS:
+            if name in INPUT_VARIANTS + TFDS_VARIANTS:
                 ratios[name] = {
                     "steady": median_ratio(result, results["legacy"]),
                     "cold": result.first_epoch_images_per_second / results["legacy"].first_epoch_images_per_second,
@@ -454,6 +482,9 @@ def make_verdict(results: dict) -> str:
     if train:
         text += (f"; the real training step reaches {train.steady_median / model_train.steady_median:.0%} of "
                  "model-only throughput")
+    extract, infer = results.get("extract"), results.get("model-infer")
+    if extract and infer:
+        text += f"; feature extraction reaches {extract.steady_median / infer.steady_median:.0%} of model-only inference"
     return text
 
 
@@ -464,9 +495,11 @@ def format_table(result: BenchResult) -> str:
     lines = [header, "-" * len(header)]
     for name, r in result.results.items():
         ratio = result.ratios_to_legacy.get(name, {}).get("steady")
+        # Model variants time whole steps (fit, or one extraction call), not batch arrival.
+        first = "-" if name in MODEL_VARIANTS else f"{r.time_to_first_batch:.3f}"
         lines.append(
             f"{name:24} {r.images_per_epoch:9d} {r.first_epoch_images_per_second:10.0f} {r.steady_median:10.0f} "
-            f"{r.steady_min:8.0f} {r.steady_max:8.0f} {r.time_to_first_batch:11.3f} "
+            f"{r.steady_min:8.0f} {r.steady_max:8.0f} {first:>11} "
             f"{(f'{ratio:.1f}x' if ratio is not None else '-'):>8} {r.peak_rss_bytes / 2**20:11.0f} {r.cache_bytes / 2**20:8.1f}"
         )
     lines.append(f"uint8 size of the decoded images: {result.uint8_image_bytes / 2**20:.1f} MB")
@@ -486,38 +519,55 @@ def to_json(result: BenchResult) -> dict:
 
 @dataclasses.dataclass(frozen=True)
 class ModeComparison:
-    """fruits-tl-train end to end in images mode and in features mode, same recipe, one run."""
+    """fruits-tl-train end to end in images mode and in features mode, same recipe, one run.
+
+    Attributes:
+      images_metrics, features_metrics: metrics.json of each mode's last repeat, plus
+        end_to_end_seconds.
+      speedup: Median over repeats of images seconds / features seconds (side by side).
+      speedups: Each repeat's ratio.
+      accuracy_difference: features minus images test accuracy (last repeat).
+    """
 
     images_metrics: dict
     features_metrics: dict
     speedup: float
+    speedups: tuple[float, ...]
     accuracy_difference: float
 
 
-def compare_train_modes(train_config, *, strategy: tf.distribute.Strategy, log: Callable[[str], None] = print) -> ModeComparison:
+def compare_train_modes(
+    train_config, *, strategy: tf.distribute.Strategy, repeats: int = 1, log: Callable[[str], None] = print
+) -> ModeComparison:
     """Trains the same recipe with --mode=images and --mode=features and compares them.
 
     End to end means from the call to the written model: data checks, (extraction,) training,
-    evaluation and saving. The features directory is fresh, so features mode pays for its
-    extraction.
+    evaluation and saving. The features directory is fresh each time, so features mode pays for
+    its extraction. Modes alternate, repeat by repeat, so each ratio is side by side.
     """
     from fruits_tl import train
 
-    metrics = {}
-    seconds = {}
-    for mode in ("images", "features"):
-        model_dir = os.path.join(train_config.model_dir, mode)
-        # Fresh features every time: features mode must pay for its extraction.
-        shutil.rmtree(os.path.join(model_dir, "features-fresh"), ignore_errors=True)
-        config = dataclasses.replace(train_config, mode=mode, model_dir=model_dir, features_dir=os.path.join(model_dir, "features-fresh"))
-        start = time.perf_counter()
-        result = train.train(config, strategy=strategy)
-        seconds[mode] = time.perf_counter() - start
-        metrics[mode] = dict(result.metrics, end_to_end_seconds=seconds[mode])
-        log(f"mode {mode}: {seconds[mode]:.1f} s end to end, test accuracy {result.metrics['test_accuracy']:.4f}")
+    metrics: dict = {}
+    ratios = []
+    for repeat in range(repeats):
+        seconds = {}
+        for mode in ("images", "features"):
+            model_dir = os.path.join(train_config.model_dir, mode)
+            shutil.rmtree(os.path.join(model_dir, "features-fresh"), ignore_errors=True)
+            config = dataclasses.replace(
+                train_config, mode=mode, model_dir=model_dir, features_dir=os.path.join(model_dir, "features-fresh")
+            )
+            start = time.perf_counter()
+            result = train.train(config, strategy=strategy)
+            seconds[mode] = time.perf_counter() - start
+            metrics[mode] = dict(result.metrics, end_to_end_seconds=seconds[mode])
+            log(f"repeat {repeat + 1}/{repeats} mode {mode}: {seconds[mode]:.1f} s end to end, "
+                f"test accuracy {result.metrics['test_accuracy']:.4f}")
+        ratios.append(seconds["images"] / seconds["features"])
     return ModeComparison(
         images_metrics=metrics["images"],
         features_metrics=metrics["features"],
-        speedup=seconds["images"] / seconds["features"],
+        speedup=statistics.median(ratios),
+        speedups=tuple(ratios),
         accuracy_difference=metrics["features"]["test_accuracy"] - metrics["images"]["test_accuracy"],
     )

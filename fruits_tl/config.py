@@ -14,6 +14,7 @@ from fruits_tl.errors import UserInputError
 
 OPTIMIZERS = ("rmsprop", "adam", "sgd")
 MODES = ("auto", "features", "images")
+DATA_SOURCES = ("folder", "tfds")
 FEATURE_DTYPES = ("float32", "float16")
 # Sizes and widths for which Keras publishes ImageNet MobileNet v1 weights.
 IMAGENET_IMAGE_SIZES = (128, 160, 192, 224)
@@ -46,6 +47,12 @@ class DataConfig:
         cheap after a memory cache since only references are buffered).
       seed: Seed for the validation split and the shuffle.
       skip_bad_images: Leave out undecodable files instead of stopping.
+      exclude_list: A file listing images to leave out (one path per line), e.g. written by
+        fruits-tl-audit --write_exclude_list.
+      data_source: "folder" (data_dir) or "tfds" (the fruits360 TFDS dataset in
+        tfds_data_dir, prepared from manual_dir first if needed).
+      tfds_data_dir: Where the prepared TFDS records live ("" for TFDS's default).
+      manual_dir: Where the extracted Fruits-360 folder or its archive lies, for preparing.
     """
 
     data_dir: str
@@ -57,9 +64,20 @@ class DataConfig:
     shuffle_buffer_size: int = 0
     seed: int = 42
     skip_bad_images: bool = False
+    exclude_list: str = ""
+    data_source: str = "folder"
+    tfds_data_dir: str = ""
+    manual_dir: str = ""
 
     def __post_init__(self) -> None:
-        _require(bool(self.data_dir), "data_dir is required: the folder holding Training/ and Test/.")
+        _require(
+            self.data_source in DATA_SOURCES,
+            f"data_source must be one of {', '.join(DATA_SOURCES)}, got {self.data_source!r}.",
+        )
+        _require(
+            bool(self.data_dir) or self.data_source == "tfds",
+            "data_dir is required: the folder holding Training/ and Test/.",
+        )
         _require(bool(self.train_subdir), "train_subdir must not be empty.")
         _require(
             0.0 <= self.validation_split < 1.0 and not math.isnan(self.validation_split),

@@ -258,7 +258,7 @@ def find_bad_images(file_paths: list[str] | tuple[str, ...]) -> tuple[BadImage, 
     )
 
 
-def _validation_mask(labels: np.ndarray, validation_split: float, seed: int) -> np.ndarray:
+def validation_mask(labels: np.ndarray, validation_split: float, seed: int) -> np.ndarray:
     """A seeded, class-stratified boolean mask selecting about validation_split of each class."""
     rng = np.random.default_rng(seed)
     mask = np.zeros(len(labels), dtype=bool)
@@ -280,6 +280,7 @@ def load_split(
     image_size: int,
     name: str,
     exclude: frozenset[str] | set[str] = frozenset(),
+    undecodable: frozenset[str] | set[str] = frozenset(),
     expected_files: list[str] | None = None,
 ) -> ImageFolder:
     """Loads one split folder with `image_dataset_from_directory(batch_size=None)`.
@@ -290,7 +291,9 @@ def load_split(
         allowed (they get no elements); labels always index into this list.
       image_size: Output images are image_size x image_size (bilinear, as Keras resizes).
       name: Split name for logs and cache files.
-      exclude: Paths of files known to be undecodable; they are dropped.
+      exclude: Paths of files to leave out (decodable or not).
+      undecodable: Paths of files that Keras's decoder rejects (from find_bad_images); they
+        are dropped too, and must be named here so they can be.
       expected_files: The listing the caller checked; a mismatch with Keras's own listing is an
         error rather than silently unchecked files.
 
@@ -331,12 +334,19 @@ def load_split(
         return preprocess.to_uint8(image), tf.gather(remap, label)
 
     dataset = dataset.map(to_uint8, num_parallel_calls=tf.data.AUTOTUNE)
-    if exclude:
-        keep = np.asarray([p not in exclude for p in file_paths], dtype=bool)
-        # Keras's loader cannot be told to leave files out, so the known-bad files (exactly the
-        # ones its own decoder rejects, found by find_bad_images with the same call) are
-        # dropped by ignore_errors; assert_cardinality below catches any mismatch.
+    # Keras's loader cannot be told to leave files out. Undecodable files (exactly the ones
+    # its own decoder rejects, found by find_bad_images with the same call) are dropped by
+    # ignore_errors; other excluded files by their index among the decodable ones.
+    # assert_cardinality below catches any mismatch.
+    if undecodable & set(file_paths):
         dataset = dataset.ignore_errors()
+        decodable = np.asarray([p not in undecodable for p in file_paths], dtype=bool)
+        file_paths = [p for p, k in zip(file_paths, decodable) if k]
+        labels = labels[decodable]
+    if exclude & set(file_paths):
+        keep = np.asarray([p not in exclude for p in file_paths], dtype=bool)
+        keep_tensor = tf.constant(keep)
+        dataset = dataset.enumerate().filter(lambda index, element: keep_tensor[index]).map(lambda index, element: element)
         file_paths = [p for p, k in zip(file_paths, keep) if k]
         labels = labels[keep]
     dataset = dataset.apply(tf.data.experimental.assert_cardinality(len(file_paths)))
@@ -389,6 +399,7 @@ def load_labeled_folder(
     image_size: int,
     name: str,
     skip_bad_images: bool = False,
+    exclude_files: frozenset[str] | set[str] = frozenset(),
 ) -> tuple[ImageFolder, tuple[BadImage, ...]]:
     """Checks and loads one `<class>/<images>` folder against a fixed label map (a model's).
 
@@ -418,7 +429,10 @@ def load_labeled_folder(
     if empty:
         raise UserInputError(f"{len(empty)} class folder(s) hold no images: {', '.join(empty)}.")
     all_files = [p for paths in listing.values() for p in paths]
-    bad = find_bad_images(all_files)
+    listed = {os.path.abspath(p) for p in exclude_files}
+    user_excluded = {p for p in all_files if os.path.abspath(p) in listed}
+    all_bad = find_bad_images(all_files)
+    bad = tuple(b for b in all_bad if b.path not in user_excluded)
     if bad and not skip_bad_images:
         raise UserInputError(
             f"{len(bad)} file(s) cannot be decoded by TensorFlow: {_describe_bad_images(bad)}. "
@@ -429,10 +443,22 @@ def load_labeled_folder(
         class_names=class_names,
         image_size=image_size,
         name=name,
-        exclude={b.path for b in bad},
+        exclude=user_excluded,
+        undecodable={b.path for b in all_bad},
         expected_files=all_files,
     )
     return folder, bad
+
+
+def load_exclude_list(path: str) -> frozenset[str]:
+    """Reads an exclude list (one path per line, as fruits-tl-audit writes it); '' is empty."""
+    if not path:
+        return frozenset()
+    try:
+        with open(path, encoding="utf-8") as stream:
+            return frozenset(line.rstrip("\n") for line in stream if line.strip() and not line.startswith("#"))
+    except OSError as error:
+        raise UserInputError(f"The exclude list '{path}' cannot be read ({error.strerror}) (--exclude_list).") from None
 
 
 def _describe_bad_images(bad: tuple[BadImage, ...]) -> str:
@@ -448,6 +474,7 @@ def load_dataset(
     image_size: int = 128,
     seed: int = 42,
     skip_bad_images: bool = False,
+    exclude_files: frozenset[str] | set[str] = frozenset(),
 ) -> Splits:
     """Checks a data folder and loads its splits under one label map.
 
@@ -463,6 +490,8 @@ def load_dataset(
       image_size: Images are resized to image_size x image_size.
       seed: Seed for the validation split.
       skip_bad_images: Leave out undecodable files (reported in Splits.bad_images).
+      exclude_files: Files to leave out (e.g. fruits-tl-audit's exclude list); undecodable
+        files listed here are not an error.
 
     Returns:
       The Splits.
@@ -510,14 +539,18 @@ def load_dataset(
 
     all_train = [p for paths in train_files.values() for p in paths]
     all_test = [p for paths in test_files.values() for p in paths]
-    bad = find_bad_images(all_train + all_test)
+    listed = {os.path.abspath(p) for p in exclude_files}
+    user_excluded = {p for p in all_train + all_test if os.path.abspath(p) in listed}
+    all_bad = find_bad_images(all_train + all_test)
+    undecodable = {item.path for item in all_bad}
+    bad = tuple(item for item in all_bad if item.path not in user_excluded)
     if bad and not skip_bad_images:
         raise UserInputError(
             f"{len(bad)} file(s) cannot be decoded by TensorFlow: {_describe_bad_images(bad)}. "
             "Fix or remove them, or pass --skip_bad_images to leave them out (the list is "
             "then written to skipped_images.txt in --model_dir)."
         )
-    excluded = {item.path for item in bad}
+    excluded = undecodable | user_excluded
     emptied = [
         os.path.join(directory, c)
         for directory, listing in ((train_dir, train_files), (test_dir, test_files))
@@ -526,7 +559,7 @@ def load_dataset(
     ]
     if emptied:
         raise UserInputError(
-            f"After leaving out undecodable files, {len(emptied)} class folder(s) hold no "
+            f"After leaving out undecodable and excluded files, {len(emptied)} class folder(s) hold no "
             f"images: {', '.join(emptied)}."
         )
 
@@ -535,7 +568,8 @@ def load_dataset(
         class_names=train_classes,
         image_size=image_size,
         name="train",
-        exclude=excluded,
+        exclude=user_excluded,
+        undecodable=undecodable,
         expected_files=all_train,
     )
     test = None
@@ -545,11 +579,12 @@ def load_dataset(
             class_names=train_classes,
             image_size=image_size,
             name="test",
-            exclude=excluded,
+            exclude=user_excluded,
+            undecodable=undecodable,
             expected_files=all_test,
         )
     if validation_split > 0:
-        mask = _validation_mask(train.labels, validation_split, seed)
+        mask = validation_mask(train.labels, validation_split, seed)
         if not mask.any():
             raise UserInputError(
                 f"--validation_split={validation_split} selects no images: every class needs at "

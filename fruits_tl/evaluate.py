@@ -11,6 +11,7 @@ import csv
 import dataclasses
 import io
 import os
+from collections.abc import Callable
 
 import numpy as np
 import tensorflow as tf
@@ -143,6 +144,29 @@ def summary_table(report: Report, *, worst: int = 5) -> str:
     return "\n".join(lines)
 
 
+def evaluate_split(
+    model_path: str,
+    folder_for: "Callable[[tuple[str, ...], int], data.ImageFolder]",
+    *,
+    strategy: tf.distribute.Strategy,
+    batch_size: int = 32,
+    num_mistakes: int = 20,
+) -> Report:
+    """Evaluates a saved model on a split made by `folder_for(class_names, image_size)`.
+
+    The split comes from the model's own label map and input size; this is how the TFDS source
+    is evaluated (and evaluate_folder, for folders).
+    """
+    with strategy.scope():
+        classifier, class_names, image_size = model.load_trained(model_path)
+    folder = folder_for(class_names, image_size)
+    batches = pipeline.make_batches(folder, batch_size=batch_size, training=False, cache="none", output="uint8")
+    probabilities = classifier.predict(batches, verbose=0)
+    return compute_report(
+        folder.labels, probabilities, class_names=class_names, file_paths=folder.file_paths, num_mistakes=num_mistakes
+    )
+
+
 def evaluate_folder(
     model_path: str,
     directory: str,
@@ -151,6 +175,7 @@ def evaluate_folder(
     batch_size: int = 32,
     num_mistakes: int = 20,
     skip_bad_images: bool = False,
+    exclude_files: frozenset[str] = frozenset(),
 ) -> Report:
     """Evaluates a saved model on a labelled folder (`<class>/<images>`) in file order.
 
@@ -161,20 +186,20 @@ def evaluate_folder(
       batch_size: Global batch size.
       num_mistakes: How many of the most confident mistakes to keep.
       skip_bad_images: Leave out undecodable files instead of raising.
+      exclude_files: Files to leave out.
 
     Returns:
       The Report.
     """
-    with strategy.scope():
-        classifier, class_names, image_size = model.load_trained(model_path)
-    folder, _ = data.load_labeled_folder(
-        directory, class_names=class_names, image_size=image_size, name="evaluation", skip_bad_images=skip_bad_images
-    )
-    batches = pipeline.make_batches(folder, batch_size=batch_size, training=False, cache="none", output="uint8")
-    probabilities = classifier.predict(batches, verbose=0)
-    return compute_report(
-        folder.labels, probabilities, class_names=class_names, file_paths=folder.file_paths, num_mistakes=num_mistakes
-    )
+
+    def folder_for(class_names, image_size):
+        folder, _ = data.load_labeled_folder(
+            directory, class_names=class_names, image_size=image_size, name="evaluation",
+            skip_bad_images=skip_bad_images, exclude_files=exclude_files,
+        )
+        return folder
+
+    return evaluate_split(model_path, folder_for, strategy=strategy, batch_size=batch_size, num_mistakes=num_mistakes)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -199,7 +224,13 @@ def collect_image_paths(inputs: list[str]) -> list[str]:
 
 
 def predict_paths(
-    model_path: str, inputs: list[str], *, strategy: tf.distribute.Strategy, top_k: int = 5, batch_size: int = 32
+    model_path: str,
+    inputs: list[str],
+    *,
+    strategy: tf.distribute.Strategy,
+    top_k: int = 5,
+    batch_size: int = 32,
+    exclude_files: frozenset[str] = frozenset(),
 ) -> list[Prediction]:
     """Classifies image files (and the images inside folders); unreadable files get an error.
 
@@ -208,7 +239,8 @@ def predict_paths(
     """
     with strategy.scope():
         classifier, class_names, image_size = model.load_trained(model_path)
-    paths = collect_image_paths(inputs)
+    listed = {os.path.abspath(p) for p in exclude_files}
+    paths = [p for p in collect_image_paths(inputs) if os.path.abspath(p) not in listed]
     missing = {p: "no such file" for p in paths if not os.path.isfile(p)}
     bad = {b.path: b.reason for b in data.find_bad_images([p for p in paths if p not in missing])}
     errors = {**missing, **bad}

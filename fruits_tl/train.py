@@ -16,7 +16,7 @@ import keras
 import tensorflow as tf
 from absl import logging
 
-from fruits_tl import callbacks, data, distribute, features, files, model, pipeline
+from fruits_tl import callbacks, distribute, features, files, model, pipeline, sources
 from fruits_tl.config import TrainConfig
 
 MODEL_FILE = "model.keras"
@@ -25,6 +25,12 @@ METRICS_FILE = "metrics.json"
 HISTORY_FILE = "history.csv"
 SKIPPED_FILE = "skipped_images.txt"
 H5_FILE = "MobileNet_TransferLearning.h5"
+# A Dense head on cached features costs microseconds per step; Keras's per-step Python round
+# trip would dominate, so the head runs this many steps per compiled call. 32 at most: more
+# trips tf.data's "unusually high number of get_next() calls" guard (keras-team/keras#20344).
+# One replica only: under MirroredStrategy, Keras 3's multi-step loop fails with "You must
+# feed a value for placeholder tensor" (keras-team/keras#19246, open), so there it stays 1.
+HEAD_STEPS_PER_EXECUTION = 32
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,15 +112,7 @@ def train(
       UserInputError: Bad data, weights or settings, before training starts.
     """
     data_config = config.data
-    splits = data.load_dataset(
-        data_config.data_dir,
-        train_subdir=data_config.train_subdir,
-        test_subdir=data_config.test_subdir,
-        validation_split=data_config.validation_split,
-        image_size=data_config.image_size,
-        seed=data_config.seed,
-        skip_bad_images=data_config.skip_bad_images,
-    )
+    splits = sources.load_splits(data_config)
     for warning in splits.warnings:
         logging.warning("%s", warning)
     if splits.bad_images:
@@ -218,7 +216,10 @@ def train(
             head = model.build_head(
                 model.feature_dim(classifier), num_classes, dropout=config.model.dropout, seed=data_config.seed
             )
-            model.compile_classifier(head, optimizer=config.optimizer, learning_rate=config.learning_rate, num_classes=num_classes)
+            model.compile_classifier(
+                head, optimizer=config.optimizer, learning_rate=config.learning_rate, num_classes=num_classes,
+                steps_per_execution=HEAD_STEPS_PER_EXECUTION if replicas == 1 else 1,
+            )
         head_start = time.perf_counter()
         test_features = feature_batches("test", False)
         fit = head.fit(

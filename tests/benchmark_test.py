@@ -97,7 +97,7 @@ def test_bench_rejects_unknown_variants(tiny_dataset, capsys):
 def test_compare_modes_end_to_end(tiny_dataset, tmp_path, capsys, informative_weights):
     code = run_main(bench_main, [
         f"--data_dir={tiny_dataset}", "--compare_modes", "--image_size=32", "--alpha=0.25", f"--weights={informative_weights}",
-        "--epochs=2", "--batch_size=4", f"--output_dir={tmp_path / 'modes'}", f"--output_json={tmp_path / 'modes.json'}",
+        "--epochs=2", "--batch_size=4", "--repeats=1", f"--output_dir={tmp_path / 'modes'}", f"--output_json={tmp_path / 'modes.json'}",
     ])
     assert code == 0, capsys.readouterr().err
     comparison = json.loads((tmp_path / "modes.json").read_text())

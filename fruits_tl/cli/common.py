@@ -46,6 +46,12 @@ flags.DEFINE_string("model", None, "A trained model: its model_dir or a .keras f
 flags.DEFINE_integer("epochs", 25, "Passes over the training images (fruits-tl-bench: epochs per repeat, 5 when not given).")
 flags.DEFINE_float("learning_rate", 1e-4, "Optimizer learning rate.")
 flags.DEFINE_string("output_dir", "", "Where a binary's report files go (see each binary's help).")
+flags.DEFINE_enum("data_source", "folder", ["folder", "tfds"], "folder: --data_dir; tfds: the fruits360 TFDS dataset in --tfds_data_dir (prepared from --manual_dir first if needed).")
+flags.DEFINE_string("tfds_data_dir", "", "Where the prepared fruits360 TFDS records live ('' for TFDS's default, ~/tensorflow_datasets).")
+flags.DEFINE_string("manual_dir", "", "Where the extracted Fruits-360 folder or its archive lies, to prepare the TFDS dataset from.")
+flags.DEFINE_string("dest", None, "Destination folder: fruits-tl-download downloads and extracts under it; fruits-tl-synthetic writes Training/ and Test/ into it.")
+flags.DEFINE_string("exclude_list", "", "A file of image paths to leave out, one per line (fruits-tl-audit --write_exclude_list writes one).")
+flags.DEFINE_string("output_json", "", "Also write the full report or figures to this JSON file.")
 flags.DEFINE_bool("skip_bad_images", False, "Leave out undecodable images (listed in model_dir/skipped_images.txt) instead of stopping.")
 
 
@@ -66,6 +72,28 @@ def guarded(program: str, main):
             fail(program, str(error))
 
     return wrapped
+
+
+def data_config(**overrides):
+    """The DataConfig of the shared data flags (validated), with per-binary overrides."""
+    from fruits_tl.config import DataConfig
+
+    values = dict(
+        data_dir=FLAGS.data_dir or "",
+        train_subdir=FLAGS.train_subdir,
+        test_subdir=FLAGS.test_subdir,
+        validation_split=FLAGS.validation_split,
+        image_size=FLAGS.image_size,
+        cache=FLAGS.cache,
+        seed=FLAGS.seed,
+        skip_bad_images=FLAGS.skip_bad_images,
+        exclude_list=FLAGS.exclude_list,
+        data_source=FLAGS.data_source,
+        tfds_data_dir=FLAGS.tfds_data_dir,
+        manual_dir=FLAGS.manual_dir,
+    )
+    values.update(overrides)
+    return DataConfig(**values)
 
 
 def require(flag_names: list[str]) -> None:

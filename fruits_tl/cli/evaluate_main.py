@@ -24,17 +24,34 @@ PROGRAM = "fruits-tl-evaluate"
 def _main(argv):
     if len(argv) > 1:
         raise common.UserInputError(f"unexpected arguments: {' '.join(argv[1:])} (all options are --flags).")
-    common.require(["model", "data_dir"])
+    common.require(["model"] if FLAGS.data_source == "tfds" else ["model", "data_dir"])
     if FLAGS.num_mistakes < 0:
         raise common.UserInputError(f"num_mistakes must be >= 0, got {FLAGS.num_mistakes}.")
-    from fruits_tl import distribute, evaluate
+    from fruits_tl import data, distribute, evaluate
 
     strategy = distribute.get_strategy(FLAGS.strategy)
-    directory = os.path.join(FLAGS.data_dir, FLAGS.split)
-    report = evaluate.evaluate_folder(
-        FLAGS.model, directory, strategy=strategy, batch_size=FLAGS.batch_size,
-        num_mistakes=FLAGS.num_mistakes, skip_bad_images=FLAGS.skip_bad_images,
-    )
+    if FLAGS.data_source == "tfds":
+        from fruits_tl import sources
+
+        split = {"test": "test", "training": "train", "train": "train", "validation": "validation"}.get(FLAGS.split.lower())
+        if split is None:
+            raise common.UserInputError(f"--split={FLAGS.split} is not a split of the TFDS source (Test, Training, validation).")
+
+        def folder_for(class_names, image_size):
+            splits = sources.load_splits(common.data_config(image_size=image_size))
+            if splits.class_names != tuple(class_names):
+                raise common.UserInputError("The fruits360 TFDS classes differ from the model's labels.txt.")
+            return getattr(splits, split)
+
+        report = evaluate.evaluate_split(
+            FLAGS.model, folder_for, strategy=strategy, batch_size=FLAGS.batch_size, num_mistakes=FLAGS.num_mistakes
+        )
+    else:
+        report = evaluate.evaluate_folder(
+            FLAGS.model, os.path.join(FLAGS.data_dir, FLAGS.split), strategy=strategy, batch_size=FLAGS.batch_size,
+            num_mistakes=FLAGS.num_mistakes, skip_bad_images=FLAGS.skip_bad_images,
+            exclude_files=data.load_exclude_list(FLAGS.exclude_list),
+        )
     model_dir = FLAGS.model if os.path.isdir(FLAGS.model) else os.path.dirname(os.path.abspath(FLAGS.model))
     output_dir = FLAGS.output_dir or os.path.join(model_dir, f"evaluation-{FLAGS.split}")
     evaluate.save_report(output_dir, report)

@@ -21,9 +21,9 @@ PROGRAM = "fruits-tl-extract"
 def _main(argv):
     if len(argv) > 1:
         raise common.UserInputError(f"unexpected arguments: {' '.join(argv[1:])} (all options are --flags).")
-    common.require(["data_dir", "features_dir"])
-    from fruits_tl import data, distribute, features, model
-    from fruits_tl.config import DataConfig, ModelConfig
+    common.require(["features_dir"] if FLAGS.data_source == "tfds" else ["data_dir", "features_dir"])
+    from fruits_tl import distribute, features, model, sources
+    from fruits_tl.config import ModelConfig
 
     strategy = distribute.get_strategy(FLAGS.strategy)
     distribute.per_replica_batch_size(strategy, FLAGS.batch_size)
@@ -35,16 +35,7 @@ def _main(argv):
     else:
         ModelConfig(alpha=FLAGS.alpha, weights=FLAGS.weights)
         image_size, alpha = FLAGS.image_size, FLAGS.alpha
-    data_config = DataConfig(
-        data_dir=FLAGS.data_dir, train_subdir=FLAGS.train_subdir, test_subdir=FLAGS.test_subdir,
-        validation_split=FLAGS.validation_split, image_size=image_size, seed=FLAGS.seed,
-        skip_bad_images=FLAGS.skip_bad_images,
-    )
-    splits = data.load_dataset(
-        data_config.data_dir, train_subdir=data_config.train_subdir, test_subdir=data_config.test_subdir,
-        validation_split=data_config.validation_split, image_size=image_size, seed=data_config.seed,
-        skip_bad_images=data_config.skip_bad_images,
-    )
+    splits = sources.load_splits(common.data_config(image_size=image_size))
     if FLAGS.model and splits.class_names != class_names:
         raise common.UserInputError(
             f"The training classes of '{FLAGS.data_dir}' differ from the labels.txt of '{FLAGS.model}'."

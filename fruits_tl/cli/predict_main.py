@@ -40,10 +40,13 @@ def _main(argv):
         raise common.UserInputError("give one or more image files or folders after the flags.")
     if FLAGS.top_k < 1:
         raise common.UserInputError(f"top_k must be >= 1, got {FLAGS.top_k}.")
-    from fruits_tl import distribute, evaluate
+    from fruits_tl import data, distribute, evaluate
 
     strategy = distribute.get_strategy(FLAGS.strategy)
-    predictions = evaluate.predict_paths(FLAGS.model, inputs, strategy=strategy, top_k=FLAGS.top_k, batch_size=FLAGS.batch_size)
+    predictions = evaluate.predict_paths(
+        FLAGS.model, inputs, strategy=strategy, top_k=FLAGS.top_k, batch_size=FLAGS.batch_size,
+        exclude_files=data.load_exclude_list(FLAGS.exclude_list),
+    )
     if not predictions:
         raise common.UserInputError(f"no image files found in: {', '.join(inputs)}.")
     if FLAGS.output == "json":

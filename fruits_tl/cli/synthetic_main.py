@@ -10,7 +10,6 @@ from absl import flags
 
 from fruits_tl.cli import common
 
-flags.DEFINE_string("dest", None, "Folder to write Training/ and Test/ into (reused if already complete).")
 flags.DEFINE_integer("num_classes", 8, "Number of classes.")
 flags.DEFINE_integer("train_per_class", 40, "Training images per class.")
 flags.DEFINE_integer("test_per_class", 12, "Test images per class.")

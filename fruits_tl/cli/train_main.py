@@ -33,21 +33,11 @@ PROGRAM = "fruits-tl-train"
 
 def build_config():
     """Builds the TrainConfig from the flags (validation happens in the dataclasses)."""
-    from fruits_tl.config import DataConfig, ModelConfig, TrainConfig
+    from fruits_tl.config import ModelConfig, TrainConfig
 
-    common.require(["data_dir", "model_dir"])
+    common.require(["model_dir"] if FLAGS.data_source == "tfds" else ["data_dir", "model_dir"])
     return TrainConfig(
-        data=DataConfig(
-            data_dir=FLAGS.data_dir,
-            train_subdir=FLAGS.train_subdir,
-            test_subdir=FLAGS.test_subdir,
-            validation_split=FLAGS.validation_split,
-            image_size=FLAGS.image_size,
-            cache=FLAGS.cache,
-            shuffle_buffer_size=FLAGS.shuffle_buffer,
-            seed=FLAGS.seed,
-            skip_bad_images=FLAGS.skip_bad_images,
-        ),
+        data=common.data_config(shuffle_buffer_size=FLAGS.shuffle_buffer),
         model=ModelConfig(alpha=FLAGS.alpha, weights=FLAGS.weights, dropout=FLAGS.dropout),
         model_dir=FLAGS.model_dir,
         batch_size=FLAGS.batch_size,

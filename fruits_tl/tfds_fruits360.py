@@ -1,0 +1,211 @@
+"""A TensorFlow Datasets builder for Fruits-360, and its reader for the one data route.
+
+Importing this module registers the `fruits360` builder, so `tfds.load("fruits360",
+data_dir=...)` and `tfds build fruits360 --imports fruits_tl.tfds_fruits360 --manual_dir=...`
+both work. It prepares from, in this order: an extracted Fruits-360 folder (holding
+`Training/` and `Test/`, at the top of the manual dir or below it), a release archive (.zip or
+.tar.gz) in the manual dir, or a download of the public release archive.
+
+`load_tfds_splits` turns the prepared records into the same `data.Splits` that image folders
+give (uint8 images resized as Keras resizes, int32 labels in the folder's class order, file
+names as paths), so TFDS data takes the same cache, shuffle, batch and preprocessing route.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_datasets as tfds
+from absl import logging
+from etils import epath
+
+from fruits_tl import data, download, preprocess
+from fruits_tl.errors import UserInputError
+
+NAME = "fruits360"
+IMAGE_SHAPE = (100, 100, 3)
+
+
+def _find_extracted_root(directory: epath.Path, *, depth: int = 3) -> epath.Path | None:
+    """The shallowest folder under `directory` holding Training/ (tf.io.gfile, as TFDS requires)."""
+    pending = [(directory, 0)]
+    while pending:
+        current, level = pending.pop(0)
+        if (current / "Training").is_dir():
+            return current
+        if level < depth and current.is_dir():
+            pending += [(child, level + 1) for child in sorted(current.iterdir()) if child.is_dir() and not child.name.startswith(".")]
+    return None
+
+
+class Fruits360(tfds.core.GeneratorBasedBuilder):
+    """Fruits-360: 100x100 JPEG photos of fruits and vegetables on white, one class per folder."""
+
+    VERSION = tfds.core.Version("1.0.0")
+    RELEASE_NOTES = {
+        "1.0.0": "Initial release: train and test splits from Training/ and Test/, labels named "
+        "after the training folders (sorted), file_name relative to the split folder.",
+    }
+    MANUAL_DOWNLOAD_INSTRUCTIONS = """\
+    Put either the extracted Fruits-360 folder (the one holding Training/ and Test/, or a
+    folder above it) or the release archive (.zip, .tar.gz) in the manual dir
+    (`--manual_dir` of `tfds build` and of fruits_tl's binaries). With an empty manual dir the
+    builder downloads the public release archive.
+    """
+
+    def _info(self) -> tfds.core.DatasetInfo:
+        return self.dataset_info_from_configs(
+            description="Fruits-360 (Muresan & Oltean), 100x100 images of fruits on a white background.",
+            features=tfds.features.FeaturesDict({
+                "image": tfds.features.Image(shape=IMAGE_SHAPE, encoding_format="jpeg"),
+                "label": tfds.features.ClassLabel(),  # Names come from the training folder.
+                "file_name": tfds.features.Text(),
+            }),
+            supervised_keys=("image", "label"),
+            homepage="https://github.com/Horea94/Fruit-Images-Dataset",
+            license="MIT",
+        )
+
+    def _source_root(self, dl_manager) -> epath.Path:
+        manual = None
+        try:
+            manual = epath.Path(dl_manager.manual_dir)
+        except Exception:  # TFDS raises when no manual dir was configured.
+            manual = None
+        if manual is not None and manual.exists():
+            root = _find_extracted_root(manual)
+            if root is not None:
+                return root
+            archives = sorted(p for p in manual.iterdir() if p.name.endswith((".zip", ".tar.gz", ".tgz", ".tar")))
+            if archives:
+                root = _find_extracted_root(epath.Path(dl_manager.extract(archives[0])))
+                if root is not None:
+                    return root
+        extracted = epath.Path(dl_manager.download_and_extract(download.FRUITS360_ARCHIVE_URL))
+        root = _find_extracted_root(extracted)
+        if root is None:
+            raise UserInputError(f"The Fruits-360 source in {manual or extracted} holds no Training/ folder.")
+        return root
+
+    def _split_generators(self, dl_manager):
+        root = self._source_root(dl_manager)
+        names = sorted(p.name for p in (root / "Training").iterdir() if p.is_dir() and not p.name.startswith("."))
+        self.info.features["label"].names = names
+        splits = {"train": self._generate_examples(root / "Training", names)}
+        if (root / "Test").is_dir():
+            splits["test"] = self._generate_examples(root / "Test", names)
+        return splits
+
+    def _generate_examples(self, split_dir: epath.Path, names: list[str]):
+        known = set(names)
+        for class_dir in sorted(p for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
+            if class_dir.name not in known:
+                raise UserInputError(f"'{class_dir}' is not a training class; the test folder must share the label map.")
+            for path in _image_files(class_dir):
+                key = f"{split_dir.name}/{path.relative_to(split_dir)}"
+                contents = path.read_bytes()
+                try:
+                    image = _as_encoded_jpeg_or_pixels(contents)
+                except (tf.errors.OpError, ValueError):
+                    logging.warning("Skipping undecodable image %s", path)
+                    continue
+                yield key, {"image": image, "label": class_dir.name, "file_name": str(path.relative_to(split_dir))}
+
+
+def _image_files(directory: epath.Path) -> list[epath.Path]:
+    """Image files below `directory`, recursively, sorted (iterdir: TFDS forbids `**` globs)."""
+    found = []
+    for child in sorted(directory.iterdir()):
+        if child.is_dir():
+            found += _image_files(child)
+        elif child.name.lower().endswith(data.IMAGE_EXTENSIONS):
+            found.append(child)
+    return found
+
+
+def _as_encoded_jpeg_or_pixels(contents: bytes):
+    """The bytes as they are for a 100x100 RGB JPEG, else decoded, RGB and resized pixels."""
+    tensor = tf.constant(contents)
+    if bool(tf.io.is_jpeg(tensor)) and tuple(tf.io.extract_jpeg_shape(tensor).numpy()) == IMAGE_SHAPE:
+        return contents
+    image = tf.io.decode_image(tensor, channels=3, expand_animations=False)
+    if tuple(image.shape[:2]) != IMAGE_SHAPE[:2]:
+        image = preprocess.to_uint8(tf.image.resize(image, IMAGE_SHAPE[:2]))
+    return image.numpy().astype(np.uint8)
+
+
+def prepare(*, tfds_data_dir: str, manual_dir: str = "") -> tfds.core.DatasetBuilder:
+    """Returns the builder, preparing the dataset first (and saying so) if it is not ready."""
+    builder = tfds.builder(NAME, data_dir=tfds_data_dir or None)
+    if not builder.is_prepared():
+        logging.info("Preparing the %s TFDS dataset in %s (a one-time step)", NAME, builder.data_dir)
+        print(f"fruits_tl: preparing the {NAME} TFDS dataset in {builder.data_dir} (one time)")
+        config = tfds.download.DownloadConfig(manual_dir=manual_dir or None)
+        try:
+            builder.download_and_prepare(download_config=config)
+        except UserInputError:
+            raise
+        except Exception as error:
+            raise UserInputError(
+                f"Could not prepare the {NAME} TFDS dataset in '{tfds_data_dir}' from manual dir "
+                f"'{manual_dir or '(none)'}': {str(error).splitlines()[0][:300]}. Put the extracted "
+                "Fruits-360 folder or its archive in --manual_dir."
+            ) from None
+    return builder
+
+
+def _load_tfds_split(builder, split: str, *, image_size: int, class_names: tuple[str, ...]) -> data.ImageFolder:
+    skip = builder.as_dataset(split=split, shuffle_files=False, decoders={"image": tfds.decode.SkipDecoding()})
+    names, labels = [], []
+    for example in skip.map(lambda e: (e["file_name"], e["label"])).batch(4096).as_numpy_iterator():
+        names += [n.decode("utf-8") for n in example[0]]
+        labels.append(example[1].astype(np.int32))
+    labels_array = np.concatenate(labels) if labels else np.zeros((0,), np.int32)
+    dataset = builder.as_dataset(split=split, shuffle_files=False, decoders={"image": tfds.decode.SkipDecoding()})
+
+    def decode(example):
+        # The same decode and bilinear resize as Keras's folder loader, then uint8.
+        image = tf.io.decode_image(example["image"], channels=3, expand_animations=False)
+        image = tf.image.resize(image, (image_size, image_size), method="bilinear")
+        return preprocess.to_uint8(image), tf.cast(example["label"], tf.int32)
+
+    dataset = dataset.map(decode, num_parallel_calls=tf.data.AUTOTUNE)
+    dataset = dataset.apply(tf.data.experimental.assert_cardinality(len(names)))
+    file_paths = tuple(f"tfds://{NAME}/{split}/{n}" for n in names)
+    fingerprint = data.listing_fingerprint([], image_size=image_size, extra=f"{NAME}:{builder.info.version}:{split}:{len(names)}:{builder.data_dir}")
+    return data.ImageFolder(
+        dataset=dataset, class_names=class_names, file_paths=file_paths, labels=labels_array,
+        name=split, image_size=image_size, fingerprint=fingerprint,
+    )
+
+
+def load_tfds_splits(
+    *, tfds_data_dir: str, manual_dir: str = "", image_size: int = 128, validation_split: float = 0.0, seed: int = 42,
+    exclude_files: frozenset[str] = frozenset(),
+) -> data.Splits:
+    """Prepares (if needed) and loads the fruits360 TFDS dataset as `data.Splits`.
+
+    File paths are `tfds://fruits360/<split>/<class>/<file>`; an exclude list may name them so.
+    """
+    builder = prepare(tfds_data_dir=tfds_data_dir, manual_dir=manual_dir)
+    class_names = tuple(builder.info.features["label"].names)
+    train = _load_tfds_split(builder, "train", image_size=image_size, class_names=class_names)
+    test = _load_tfds_split(builder, "test", image_size=image_size, class_names=class_names) if "test" in builder.info.splits else None
+    if exclude_files:
+        train = data.select(train, np.asarray([p not in exclude_files for p in train.file_paths]), name="train")
+        if test is not None:
+            test = data.select(test, np.asarray([p not in exclude_files for p in test.file_paths]), name="test")
+    if validation_split > 0 or test is None:
+        if validation_split <= 0:
+            raise UserInputError("The fruits360 TFDS dataset has no test split: set --validation_split.")
+        mask = data.validation_mask(train.labels, validation_split, seed)
+        validation, train = data.select(train, mask, name="validation"), data.select(train, ~mask, name="train")
+        source = "validation_split"
+    else:
+        validation, source = test, "test folder"
+    return data.Splits(
+        train=train, validation=validation, test=test if test is not None else validation, class_names=class_names,
+        bad_images=(), warnings=(), validation_source=source,
+    )

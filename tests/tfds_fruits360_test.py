@@ -1,0 +1,88 @@
+"""The fruits360 TFDS builder (TFDS's own builder test case) and the tfds data source."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+from conftest import run_main
+from fruits_tl import data, synthetic, tfds_fruits360
+from fruits_tl.cli import train_main
+
+
+def _write_fake_fruits(directory: str) -> str:
+    """A fake Fruits-360 release: 3 classes, 4 training and 2 test 100x100 JPEGs each, nested
+    one level down as in the release archive."""
+    return synthetic.write_synthetic_dataset(
+        os.path.join(directory, "Fruit-Images-Dataset-master"), num_classes=3, train_per_class=4, test_per_class=2, seed=11
+    )
+
+
+class Fruits360BuilderTest(tfds.testing.DatasetBuilderTestCase):
+    DATASET_CLASS = tfds_fruits360.Fruits360
+    SPLITS = {"train": 12, "test": 6}
+    SKIP_CHECKSUMS = True
+
+    @classmethod
+    def setUpClass(cls):
+        cls._examples = tempfile.mkdtemp(prefix="fruits360-fake-")
+        _write_fake_fruits(cls._examples)
+        cls.EXAMPLE_DIR = cls._examples
+        super().setUpClass()
+
+    @classmethod
+    def tearDownClass(cls):
+        super().tearDownClass()
+        shutil.rmtree(cls._examples, ignore_errors=True)
+
+
+def test_tfds_source_trains_with_the_folder_class_order(tmp_path, capsys):
+    manual = tmp_path / "manual"
+    source = _write_fake_fruits(str(manual))
+    records = tmp_path / "records"
+    splits = tfds_fruits360.load_tfds_splits(tfds_data_dir=str(records), manual_dir=str(manual), image_size=32)
+    assert "preparing the fruits360 TFDS dataset" in capsys.readouterr().out
+    folder = data.load_dataset(source, image_size=32)
+    assert splits.class_names == folder.class_names
+    assert (len(splits.train), len(splits.test)) == (12, 6)
+    # Same images and labels as the folder route, file for file.
+    by_name = {os.path.relpath(p, os.path.join(source, "Training")): (image, label)
+               for p, (image, label) in zip(folder.train.file_paths, folder.train.dataset.as_numpy_iterator())}
+    for path, (image, label) in zip(splits.train.file_paths, splits.train.dataset.as_numpy_iterator()):
+        expected_image, expected_label = by_name[path.split("/train/", 1)[1]]
+        assert label == expected_label
+        np.testing.assert_array_equal(image, expected_image)
+    model_dir = tmp_path / "run"
+    code = run_main(train_main, ["--data_source=tfds", f"--tfds_data_dir={records}", f"--manual_dir={manual}",
+                                 f"--model_dir={model_dir}", "--alpha=0.25", "--image_size=32", "--weights=none",
+                                 "--epochs=1", "--batch_size=4", "--verbose=0"])
+    assert code == 0, capsys.readouterr().err
+    assert "preparing" not in capsys.readouterr().out  # Already prepared: reused.
+    metrics = json.loads((model_dir / "metrics.json").read_text())
+    assert (metrics["num_train_images"], metrics["num_test_images"]) == (12, 6)
+    assert (model_dir / "labels.txt").read_text().splitlines() == list(folder.class_names)
+
+
+def test_tfds_load_works_once_the_package_is_imported(tmp_path):
+    manual = tmp_path / "manual"
+    _write_fake_fruits(str(manual))
+    tfds_fruits360.prepare(tfds_data_dir=str(tmp_path / "records"), manual_dir=str(manual))
+    dataset, info = tfds.load("fruits360", split="test", data_dir=str(tmp_path / "records"), with_info=True)
+    example = next(iter(dataset))
+    assert example["image"].shape == (100, 100, 3) and info.features["label"].num_classes == 3
+    assert str(info.version) == "1.0.0"
+
+
+def test_archive_in_manual_dir_is_extracted(tmp_path):
+    staging = tmp_path / "staging"
+    _write_fake_fruits(str(staging))
+    manual = tmp_path / "manual"
+    manual.mkdir()
+    shutil.make_archive(str(manual / "fruits-360"), "zip", str(staging))
+    splits = tfds_fruits360.load_tfds_splits(tfds_data_dir=str(tmp_path / "records"), manual_dir=str(manual), image_size=32)
+    assert len(splits.train) == 12 and len(splits.class_names) == 3
