@@ -61,13 +61,16 @@ def inspect_files(entries: list[tuple[str, str, str]]) -> tuple[list[FileFacts],
 
     def probe(index, path):
         contents = tf.io.read_file(path)
-        image = tf.io.decode_image(contents, channels=0, expand_animations=False)
-        shape = tf.shape(image)
-        components = tf.cond(
-            tf.io.is_jpeg(contents),
-            lambda: tf.io.extract_jpeg_shape(contents)[2],
-            lambda: tf.constant(0, tf.int32),
+        is_jpeg = tf.io.is_jpeg(contents)
+        # JPEGs decode with the fast integer DCT: the audit needs validity and shape, not exact
+        # pixels, and libjpeg rejects a broken stream the same way with either DCT.
+        image = tf.cond(
+            is_jpeg,
+            lambda: tf.io.decode_jpeg(contents, channels=0, dct_method="INTEGER_FAST"),
+            lambda: tf.io.decode_image(contents, channels=0, expand_animations=False),
         )
+        shape = tf.shape(image)
+        components = tf.cond(is_jpeg, lambda: tf.io.extract_jpeg_shape(contents)[2], lambda: tf.constant(0, tf.int32))
         return index, tf.strings.substr(contents, 0, 4), shape, components, tf.fingerprint([contents])[0]
 
     dataset = tf.data.Dataset.from_tensor_slices((tf.range(len(paths), dtype=tf.int64), paths))

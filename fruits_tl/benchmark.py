@@ -10,6 +10,8 @@ Variants (each delivers what a model consumes: batches of size x size x 3 images
   idfd           image_dataset_from_directory as tutorials use it, no cache (float32, preprocessed)
   pipeline-<cache>-<output>   our route, cache memory|file, output uint8|float32
   tfds-<cache>-<output>      our route reading the prepared fruits360 TFDS records
+  decode         TensorFlow's decoder alone over every file, in parallel (the decode ceiling)
+  audit          fruits-tl-audit's one-pass inspection of every file
   model-infer    the classifier alone on in-memory uint8 tensors, inference
   model-train    the classifier alone on in-memory uint8 tensors, train step
   train          our route (memory, uint8) feeding the real train step (Keras fit)
@@ -38,8 +40,12 @@ INPUT_VARIANTS = (
     "legacy", "idfd", "pipeline-memory-uint8", "pipeline-memory-float32",
     "pipeline-file-uint8", "pipeline-file-float32",
 )
+# Decode-rate variants (every epoch reads and decodes every file; nothing is cached):
+# `decode` is the ceiling, TensorFlow's JPEG decoder alone over all files in parallel;
+# `audit` is fruits-tl-audit's inspection pass over the same files.
+DECODE_VARIANTS = ("decode", "audit")
 MODEL_VARIANTS = ("model-infer", "model-train", "train", "extract")
-ALL_VARIANTS = INPUT_VARIANTS + MODEL_VARIANTS
+ALL_VARIANTS = INPUT_VARIANTS + DECODE_VARIANTS + MODEL_VARIANTS
 # Our route reading the prepared fruits360 TFDS records instead of the folder; asked for by
 # name (they need --tfds_data_dir, and --manual_dir to prepare the records the first time).
 TFDS_VARIANTS = ("tfds-memory-uint8", "tfds-memory-float32", "tfds-file-uint8", "tfds-file-float32")
@@ -253,6 +259,27 @@ def _idfd_epochs(train_dir: str, config: BenchConfig):
     return lambda: dataset
 
 
+def _decode_epochs(paths: list[str]):
+    dataset = tf.data.Dataset.from_tensor_slices(paths).map(
+        lambda p: tf.shape(tf.io.decode_image(tf.io.read_file(p), channels=3, expand_animations=False)),
+        num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=False,
+    ).batch(256)
+    return lambda: dataset
+
+
+def _audit_epochs(folder: data.ImageFolder):
+    from fruits_tl import audit
+
+    entries = [(p, "train", folder.class_names[label]) for p, label in zip(folder.file_paths, folder.labels)]
+
+    def epoch():
+        facts, _ = audit.inspect_files(entries)
+        return [(np.zeros(len(facts)), None)]
+
+    return epoch
+
+
 def _disk_bytes(prefix: str) -> int:
     directory = os.path.dirname(prefix) or "."
     base = os.path.basename(prefix)
@@ -269,6 +296,10 @@ def run_input_variant(name: str, folder: data.ImageFolder, config: BenchConfig, 
             times = time_epochs(_legacy_epochs(train_dir, config), epochs=config.epochs)
         elif name == "idfd":
             times = time_epochs(_idfd_epochs(train_dir, config), epochs=config.epochs)
+        elif name == "decode":
+            times = time_epochs(_decode_epochs(list(folder.file_paths)), epochs=config.epochs)
+        elif name == "audit":
+            times = time_epochs(_audit_epochs(folder), epochs=config.epochs)
         else:
             _, cache, output = name.split("-")
             prefix = os.path.join(cache_root, f"r{repeat}-{output}") if cache == "file" else cache
@@ -457,7 +488,7 @@ def run_benchmark(config: BenchConfig, *, strategy: tf.distribute.Strategy, log:
     ratios = {}
     if "legacy" in results:
         for name, result in results.items():
-            if name in INPUT_VARIANTS + TFDS_VARIANTS:
+            if name in INPUT_VARIANTS + DECODE_VARIANTS + TFDS_VARIANTS:
                 ratios[name] = {
                     "steady": median_ratio(result, results["legacy"]),
                     "cold": result.first_epoch_images_per_second / results["legacy"].first_epoch_images_per_second,

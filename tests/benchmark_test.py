@@ -81,7 +81,8 @@ def test_bench_binary_end_to_end(tiny_dataset, tmp_path, capsys):
     assert report["results"]["model-train"]["images_per_epoch"] == 8
     assert report["results"]["pipeline-file-uint8"]["cache_bytes"] >= 18 * 32 * 32 * 3
     assert report["environment"]["tensorflow"] and report["environment"]["replicas"] == 1
-    assert set(report["ratios_to_legacy"]) == set(benchmark.INPUT_VARIANTS)
+    assert set(report["ratios_to_legacy"]) == set(benchmark.INPUT_VARIANTS + benchmark.DECODE_VARIANTS)
+    assert report["results"]["audit"]["images_per_epoch"] == 18 and report["results"]["decode"]["images_per_epoch"] == 18
     table = capsys.readouterr().out
     assert "pipeline-memory-uint8" in table and ("model-bound" in table or "input-bound" in table)
     code = run_main(bench_main, [f"--data_dir={tiny_dataset}", "--image_size=32", "--repeats=1", "--epochs=2",

@@ -86,3 +86,33 @@ def test_archive_in_manual_dir_is_extracted(tmp_path):
     shutil.make_archive(str(manual / "fruits-360"), "zip", str(staging))
     splits = tfds_fruits360.load_tfds_splits(tfds_data_dir=str(tmp_path / "records"), manual_dir=str(manual), image_size=32)
     assert len(splits.train) == 12 and len(splits.class_names) == 3
+
+
+def test_tfds_build_command_prepares_the_records(tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    manual = tmp_path / "manual"
+    _write_fake_fruits(str(manual))
+    result = subprocess.run(
+        [sys.executable, "-m", "fruits_tl.cli.tfds_build_main", "fruits360", f"--manual_dir={manual}", f"--data_dir={tmp_path / 'records'}"],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    builder = tfds.builder("fruits360", data_dir=str(tmp_path / "records"))
+    assert builder.is_prepared() and builder.info.splits["train"].num_examples == 12
+    assert builder.info.features["label"].names == ["Apple Red", "Banana", "Blueberry"]
+
+
+def test_offline_without_manual_data_is_one_clear_error(tmp_path, monkeypatch):
+    import pytest
+
+    from fruits_tl.errors import UserInputError
+
+    for name in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY"):
+        monkeypatch.setenv(name, "http://127.0.0.1:9")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserInputError, match="Could not download"):
+        tfds_fruits360.prepare(tfds_data_dir=str(tmp_path / "records"), manual_dir=str(tmp_path / "empty"))

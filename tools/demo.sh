@@ -40,8 +40,8 @@ PY
   else
     weights=none; alpha="${alpha:-0.25}"
     echo "demo: weights: RANDOM. ImageNet weights could not be downloaded and no local file was found."
-    echo "demo: a frozen random backbone only passes colour and rough shape to the head, so expect"
-    echo "demo: far lower accuracy than with ImageNet weights (set WEIGHTS=/path/to/no_top.h5)."
+    echo "demo: Keras's random initialisation shrinks MobileNet's features to almost nothing, so a"
+    echo "demo: frozen random backbone gives near-chance accuracy. Set WEIGHTS=/path/to/no_top.h5."
   fi
 fi
 alpha="${alpha:-1.0}"

@@ -19,8 +19,7 @@ PROGRAM = "fruits-tl-audit"
 
 
 def _main(argv):
-    if len(argv) > 1:
-        raise common.UserInputError(f"unexpected arguments: {' '.join(argv[1:])} (all options are --flags).")
+    common.reject_arguments(argv)
     common.require(["data_dir"])
     from fruits_tl import audit, files
 

@@ -17,7 +17,8 @@ from fruits_tl.cli import common
 
 flags.DEFINE_list(
     "variants",
-    "legacy,idfd,pipeline-memory-uint8,pipeline-memory-float32,pipeline-file-uint8,pipeline-file-float32,model-infer,model-train,train,extract",
+    "legacy,idfd,pipeline-memory-uint8,pipeline-memory-float32,pipeline-file-uint8,pipeline-file-float32,decode,audit,"
+    "model-infer,model-train,train,extract",
     "Comma-separated variants to measure (see fruits_tl.benchmark); add tfds-memory-uint8 "
     "(and tfds-memory-float32, tfds-file-*) to compare the TFDS record route, with --tfds_data_dir.",
 )
@@ -62,8 +63,7 @@ def _compare_modes():
 
 
 def _main(argv):
-    if len(argv) > 1:
-        raise common.UserInputError(f"unexpected arguments: {' '.join(argv[1:])} (all options are --flags).")
+    common.reject_arguments(argv)
     common.require(["data_dir"])
     if FLAGS.compare_modes:
         return _compare_modes()

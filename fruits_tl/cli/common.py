@@ -96,6 +96,17 @@ def data_config(**overrides):
     return DataConfig(**values)
 
 
+def reject_arguments(argv: list[str]) -> None:
+    """Fails clearly on positional arguments, for binaries that take only --flags."""
+    if len(argv) > 1:
+        raise UserInputError(f"unexpected arguments: {' '.join(argv[1:])} (all options are --flags).")
+
+
+def require_data(flag_names: list[str]) -> None:
+    """Requires `flag_names`, plus --data_dir unless the data comes from TFDS."""
+    require(flag_names if FLAGS.data_source == "tfds" else ["data_dir", *flag_names])
+
+
 def require(flag_names: list[str]) -> None:
     """Fails with a clear message if a required flag was not given."""
     missing = [f"--{name}" for name in flag_names if getattr(FLAGS, name) in (None, "")]

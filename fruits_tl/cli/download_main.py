@@ -24,8 +24,7 @@ PROGRAM = "fruits-tl-download"
 
 
 def _main(argv):
-    if len(argv) > 1:
-        raise common.UserInputError(f"unexpected arguments: {' '.join(argv[1:])} (all options are --flags).")
+    common.reject_arguments(argv)
     common.require(["dest"])
     from fruits_tl import download
 

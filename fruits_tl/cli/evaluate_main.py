@@ -22,9 +22,8 @@ PROGRAM = "fruits-tl-evaluate"
 
 
 def _main(argv):
-    if len(argv) > 1:
-        raise common.UserInputError(f"unexpected arguments: {' '.join(argv[1:])} (all options are --flags).")
-    common.require(["model"] if FLAGS.data_source == "tfds" else ["model", "data_dir"])
+    common.reject_arguments(argv)
+    common.require_data(["model"])
     if FLAGS.num_mistakes < 0:
         raise common.UserInputError(f"num_mistakes must be >= 0, got {FLAGS.num_mistakes}.")
     from fruits_tl import data, distribute, evaluate

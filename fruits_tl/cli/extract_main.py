@@ -19,9 +19,8 @@ PROGRAM = "fruits-tl-extract"
 
 
 def _main(argv):
-    if len(argv) > 1:
-        raise common.UserInputError(f"unexpected arguments: {' '.join(argv[1:])} (all options are --flags).")
-    common.require(["features_dir"] if FLAGS.data_source == "tfds" else ["data_dir", "features_dir"])
+    common.reject_arguments(argv)
+    common.require_data(["features_dir"])
     from fruits_tl import distribute, features, model, sources
     from fruits_tl.config import ModelConfig
 

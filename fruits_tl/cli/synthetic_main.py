@@ -19,8 +19,7 @@ PROGRAM = "fruits-tl-synthetic"
 
 
 def _main(argv):
-    if len(argv) > 1:
-        raise common.UserInputError(f"unexpected arguments: {' '.join(argv[1:])}.")
+    common.reject_arguments(argv)
     common.require(["dest"])
     from fruits_tl import synthetic
 

@@ -35,7 +35,7 @@ def build_config():
     """Builds the TrainConfig from the flags (validation happens in the dataclasses)."""
     from fruits_tl.config import ModelConfig, TrainConfig
 
-    common.require(["model_dir"] if FLAGS.data_source == "tfds" else ["data_dir", "model_dir"])
+    common.require_data(["model_dir"])
     return TrainConfig(
         data=common.data_config(shuffle_buffer_size=FLAGS.shuffle_buffer),
         model=ModelConfig(alpha=FLAGS.alpha, weights=FLAGS.weights, dropout=FLAGS.dropout),
@@ -54,8 +54,7 @@ def build_config():
 
 
 def _main(argv):
-    if len(argv) > 1:
-        raise common.UserInputError(f"unexpected arguments: {' '.join(argv[1:])} (all options are --flags).")
+    common.reject_arguments(argv)
     config = build_config()
     from fruits_tl import distribute, train
 
