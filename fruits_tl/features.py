@@ -149,6 +149,7 @@ def extract_features(
     if feature_dtype not in FEATURE_DTYPES:
         raise UserInputError(f"feature_dtype must be one of {', '.join(FEATURE_DTYPES)}, got {feature_dtype!r}.")
     batches = pipeline.make_batches(folder, batch_size=batch_size, training=False, cache=cache, output="uint8")
+    batches = pipeline.share_cpu_with_model(batches)
     distributed = strategy.experimental_distribute_dataset(batches)
 
     step = _extraction_step(extractor)

@@ -213,6 +213,20 @@ def make_feature_batches(
     return dataset.prefetch(tf.data.AUTOTUNE)
 
 
+def share_cpu_with_model(dataset: tf.data.Dataset) -> tf.data.Dataset:
+    """Caps the input pipeline's threads at half the cores when the model runs on the CPU too.
+
+    With no accelerator, decoding and the backbone compete for the same cores, and tf.data's
+    autotuner takes as many as it likes. Measured on 2 cores, extracting 5,700 Fruits-360
+    images: 278-608 images/s uncapped, 555-592 with the input on 1 thread.
+    """
+    if tf.config.list_logical_devices("GPU"):
+        return dataset
+    options = tf.data.Options()
+    options.threading.private_threadpool_size = max(1, (os.cpu_count() or 2) // 2)
+    return dataset.with_options(options)
+
+
 @dataclasses.dataclass(frozen=True)
 class Datasets:
     """Batched datasets of one data folder, for embedding in other TensorFlow projects.

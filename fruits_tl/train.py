@@ -112,6 +112,8 @@ def train(
       UserInputError: Bad data, weights or settings, before training starts.
     """
     data_config = config.data
+    replicas = strategy.num_replicas_in_sync
+    per_replica = distribute.per_replica_batch_size(strategy, config.batch_size)
     splits = sources.load_splits(data_config)
     for warning in splits.warnings:
         logging.warning("%s", warning)
@@ -122,8 +124,6 @@ def train(
         "Data: %d classes, %d training, %d validation (%s), %d test images",
         num_classes, len(splits.train), len(splits.validation), splits.validation_source, len(splits.test),
     )
-    replicas = strategy.num_replicas_in_sync
-    per_replica = distribute.per_replica_batch_size(strategy, config.batch_size)
     logging.info(
         "Strategy %s: %d replica(s), global batch %d = %d per replica",
         distribute.describe(strategy), replicas, config.batch_size, per_replica,
