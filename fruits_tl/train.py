@@ -111,6 +111,7 @@ def train(
     Raises:
       UserInputError: Bad data, weights or settings, before training starts.
     """
+    job_start = time.perf_counter()
     data_config = config.data
     replicas = strategy.num_replicas_in_sync
     per_replica = distribute.per_replica_batch_size(strategy, config.batch_size)
@@ -271,6 +272,9 @@ def train(
         "learning_rate": config.learning_rate,
         "trainable_parameters": parameters["trainable"],
         "frozen_parameters": parameters["frozen"],
+        # From the data checks to the end of the test evaluation (saving excluded): the job's
+        # end-to-end time, the figure fruits-tl-bench --compare_modes compares.
+        "total_seconds": time.perf_counter() - job_start,
     }
     extra = dict(extra_text_files or {})
     if splits.bad_images:

@@ -37,7 +37,7 @@ PROGRAM = "fruits-tl-bench"
 
 
 def _compare_modes():
-    from fruits_tl import benchmark, distribute, files
+    from fruits_tl import benchmark, files
     from fruits_tl.config import ModelConfig, TrainConfig
 
     common.require(["output_dir"])
@@ -47,7 +47,7 @@ def _compare_modes():
         model_dir=FLAGS.output_dir, batch_size=FLAGS.batch_size, epochs=FLAGS.epochs,
         learning_rate=FLAGS.learning_rate, verbose=0,
     )
-    comparison = benchmark.compare_train_modes(config, strategy=distribute.get_strategy(FLAGS.strategy), repeats=FLAGS.repeats)
+    comparison = benchmark.compare_train_modes(config, strategy_name=FLAGS.strategy, repeats=FLAGS.repeats)
     images, features = comparison.images_metrics, comparison.features_metrics
     print(f"{'mode':9} {'end-to-end s':>12} {'extract s':>9} {'head/fit s':>10} {'test acc':>8}")
     for name, m in (("images", images), ("features", features)):
