@@ -15,7 +15,7 @@ from fruits_tl.cli import train_main
 TINY = ["--alpha=0.25", "--image_size=32", "--weights=none", "--epochs=1", "--batch_size=4", "--verbose=0"]
 METRIC_KEYS = {
     "test_accuracy", "test_top5_accuracy", "test_loss", "num_classes", "num_train_images",
-    "num_test_images", "epochs", "train_seconds", "train_images_per_second", "strategy",
+    "num_test_images", "epochs", "train_seconds", "train_images_per_second", "strategy", "total_seconds",
     "num_replicas", "global_batch_size",
 }
 
