@@ -8,17 +8,9 @@ import os
 import numpy as np
 import pytest
 
-from conftest import run_main
+from conftest import FakeClock, run_main
 from fruits_tl import benchmark
 from fruits_tl.cli import bench_main, train_main
-
-
-class FakeClock:
-    def __init__(self):
-        self.now = 0.0
-
-    def __call__(self):
-        return self.now
 
 
 def test_time_epochs_counts_every_batch_and_times_whole_epochs():

@@ -4,15 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from conftest import FakeClock
 from fruits_tl.callbacks import ThroughputCallback
-
-
-class FakeClock:
-    def __init__(self):
-        self.now = 100.0
-
-    def __call__(self):
-        return self.now
 
 
 def test_images_per_second_excludes_validation():

@@ -49,6 +49,16 @@ def data_dir(tiny_dataset, tmp_path) -> str:
     return path
 
 
+class FakeClock:
+    """A clock that moves only when a test moves it (`clock.now += seconds`)."""
+
+    def __init__(self, start: float = 0.0):
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+
 def run_main(module, argv: list[str]) -> int:
     """Runs a binary's main with flags, as its console script would; returns the exit code."""
     with flagsaver.flagsaver():
