@@ -84,7 +84,7 @@ def inspect_files(entries: list[tuple[str, str, str]]) -> tuple[list[FileFacts],
     facts = []
     for index, (path, split, class_name) in enumerate(entries):
         if index not in found:
-            facts.append(FileFacts(path, split, class_name, decodable=False, reason=data._decode_error_reason(path)))
+            facts.append(FileFacts(path, split, class_name, decodable=False, reason=data.decode_error_reason(path)))
             continue
         head, shape, components, fingerprint = found[index]
         facts.append(FileFacts(

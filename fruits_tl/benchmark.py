@@ -312,7 +312,6 @@ def run_input_variant(name: str, folder: data.ImageFolder, config: BenchConfig, 
                     holder["dataset"] = pipeline.make_batches(
                         folder, batch_size=config.batch_size, training=True, cache=prefix, seed=config.seed, output=output
                     )
-                    holder["after_build"] = resident_bytes()
                 return holder["dataset"]
 
             cold = time_epochs(epoch, epochs=1)

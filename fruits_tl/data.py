@@ -205,7 +205,7 @@ def listing_fingerprint(file_paths, *, image_size: int, extra: str = "") -> str:
     return digest.hexdigest()[:16]
 
 
-def _decode_error_reason(path: str) -> str:
+def decode_error_reason(path: str) -> str:
     """Describes why TensorFlow cannot decode `path`, in one line."""
     try:
         size = os.path.getsize(path)
@@ -254,7 +254,7 @@ def find_bad_images(file_paths: list[str] | tuple[str, ...]) -> tuple[BadImage, 
         good = np.all(shapes > 0, axis=1)
         decoded[indices[good]] = True
     return tuple(
-        BadImage(path, _decode_error_reason(path)) for path, ok in zip(paths, decoded) if not ok
+        BadImage(path, decode_error_reason(path)) for path, ok in zip(paths, decoded) if not ok
     )
 
 
