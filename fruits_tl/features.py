@@ -107,10 +107,15 @@ _STEPS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def _extraction_step(extractor: keras.Model):
-    """One traced step per extractor, reused across splits and calls (tracing costs ~1 s)."""
-    if extractor not in _STEPS:
+    """One traced step per extractor, reused across splits and calls.
 
-        @tf.function(reduce_retracing=True)
+    Tracing MobileNet costs about 0.5-1 s, so the signature has an unknown batch dimension:
+    the last, partial batch of a split and every later split reuse the first trace.
+    """
+    if extractor not in _STEPS:
+        image_spec = tf.TensorSpec((None, *extractor.input_shape[1:]), tf.uint8)
+
+        @tf.function(input_signature=[image_spec, tf.TensorSpec((None,), tf.int32)])
         def step(images, labels):
             return extractor(images, training=False), labels
 

@@ -17,6 +17,7 @@ import tensorflow as tf
 from absl import logging
 
 from fruits_tl import callbacks, distribute, features, files, model, pipeline, sources
+from fruits_tl import head as head_module
 from fruits_tl.config import TrainConfig
 
 MODEL_FILE = "model.keras"
@@ -25,12 +26,6 @@ METRICS_FILE = "metrics.json"
 HISTORY_FILE = "history.csv"
 SKIPPED_FILE = "skipped_images.txt"
 H5_FILE = "MobileNet_TransferLearning.h5"
-# A Dense head on cached features costs microseconds per step; Keras's per-step Python round
-# trip would dominate, so the head runs this many steps per compiled call. 32 at most: more
-# trips tf.data's "unusually high number of get_next() calls" guard (keras-team/keras#20344).
-# One replica only: under MirroredStrategy, Keras 3's multi-step loop fails with "You must
-# feed a value for placeholder tensor" (keras-team/keras#19246, open), so there it stays 1.
-HEAD_STEPS_PER_EXECUTION = 32
 
 
 @dataclasses.dataclass(frozen=True)
@@ -203,39 +198,35 @@ def train(
         features_reused = extraction.reused
         sets = extraction.feature_sets
 
-        def feature_batches(name, training):
-            return pipeline.make_feature_batches(
-                sets[name].features,
-                sets[name].labels,
-                batch_size=config.batch_size,
-                training=training,
-                shuffle_buffer_size=data_config.shuffle_buffer_size,
-                seed=data_config.seed,
-            )
-
         with strategy.scope():
             head = model.build_head(
                 model.feature_dim(classifier), num_classes, dropout=config.model.dropout, seed=data_config.seed
             )
             model.compile_classifier(
-                head, optimizer=config.optimizer, learning_rate=config.learning_rate, num_classes=num_classes,
-                steps_per_execution=HEAD_STEPS_PER_EXECUTION if replicas == 1 else 1,
+                head, optimizer=config.optimizer, learning_rate=config.learning_rate, num_classes=num_classes
             )
         head_start = time.perf_counter()
-        test_features = feature_batches("test", False)
-        fit = head.fit(
-            feature_batches("train", True),
-            validation_data=feature_batches("validation", False) if "validation" in sets else test_features,
+        validation_set = sets["validation"] if "validation" in sets else sets["test"]
+        fit = head_module.fit_head(
+            head,
+            features=sets["train"].features,
+            labels=sets["train"].labels,
+            validation=(validation_set.features, validation_set.labels),
             epochs=config.epochs,
+            batch_size=config.batch_size,
+            strategy=strategy,
+            shuffle_buffer_size=data_config.shuffle_buffer_size,
+            seed=data_config.seed,
             callbacks=[throughput],
-            shuffle=False,
-            verbose=config.verbose,
+            verbose=config.verbose != 0,
         )
         head_train_seconds = time.perf_counter() - head_start
         train_seconds = time.perf_counter() - start
-        results = head.evaluate(test_features, return_dict=True, verbose=0)
+        results = head_module.evaluate_head(
+            head, features=sets["test"].features, labels=sets["test"].labels, strategy=strategy
+        )
         model.assemble_classifier(classifier, head)
-    history = {key: [float(v) for v in values] for key, values in fit.history.items()}
+    history = {key: [float(v) for v in values] for key, values in fit.history.items() if key != "images_per_second"}
     history["images_per_second"] = list(throughput.images_per_second)
     history["epoch_seconds"] = list(throughput.epoch_seconds)
 
