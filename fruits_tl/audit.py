@@ -49,8 +49,44 @@ class FileFacts:
     fingerprint: int = 0
 
 
+_STAND_IN_JPEG = None
+
+
+def _stand_in_jpeg() -> tf.Tensor:
+    """A 1x1 JPEG made by TensorFlow's encoder: the header parsed in place of a non-JPEG file."""
+    global _STAND_IN_JPEG
+    if _STAND_IN_JPEG is None:
+        _STAND_IN_JPEG = tf.io.encode_jpeg(tf.zeros([1, 1, 3], tf.uint8)).numpy()
+    return tf.constant(_STAND_IN_JPEG)
+
+
+def _probe(index, path, stand_in):
+    """Per file, in parallel: read, decode, and the JPEG header's component count.
+
+    One decode op for every format and no tf.cond: the audit runs at the decoder's speed only
+    if the per-file work is the decode and little else (measured on 2 cores, 100x100 JPEGs:
+    two tf.conds and per-file string outputs cost about a quarter of the rate). The component
+    count (4 for CMYK or YCCK, which decode to 3 channels) comes from parsing the file's own
+    JPEG header, or a stand-in header for other formats, discarded below.
+    """
+    contents = tf.io.read_file(path)
+    image = tf.io.decode_image(contents, channels=0, expand_animations=False)
+    is_jpeg = tf.io.is_jpeg(contents)
+    components = tf.io.extract_jpeg_shape(tf.where(is_jpeg, contents, stand_in))[2]
+    return index, tf.shape(image), tf.where(is_jpeg, components, 0), contents
+
+
+def _digest_batch(indices, shapes, components, contents):
+    """Per batch, vectorised: the first 4 bytes (the real format) and a 64-bit content digest."""
+    return indices, shapes, components, tf.strings.substr(contents, 0, 4), tf.fingerprint(contents)
+
+
 def inspect_files(entries: list[tuple[str, str, str]]) -> tuple[list[FileFacts], float]:
     """Reads and decodes every file in parallel; returns facts per file and the images/s.
+
+    The decode is `tf.io.decode_image(channels=0, expand_animations=False)`: the call Keras's
+    loader makes, with the file's own channel count, so a file that decodes here loads in
+    training and grayscale or alpha shows as 1, 2 or 4 channels.
 
     Args:
       entries: (path, split, class name) per file.
@@ -58,38 +94,36 @@ def inspect_files(entries: list[tuple[str, str, str]]) -> tuple[list[FileFacts],
     paths = [e[0] for e in entries]
     if not paths:
         return [], 0.0
-
-    def probe(index, path):
-        contents = tf.io.read_file(path)
-        is_jpeg = tf.io.is_jpeg(contents)
-        # JPEGs decode with the fast integer DCT: the audit needs validity and shape, not exact
-        # pixels, and libjpeg rejects a broken stream the same way with either DCT.
-        image = tf.cond(
-            is_jpeg,
-            lambda: tf.io.decode_jpeg(contents, channels=0, dct_method="INTEGER_FAST"),
-            lambda: tf.io.decode_image(contents, channels=0, expand_animations=False),
-        )
-        shape = tf.shape(image)
-        components = tf.cond(is_jpeg, lambda: tf.io.extract_jpeg_shape(contents)[2], lambda: tf.constant(0, tf.int32))
-        return index, tf.strings.substr(contents, 0, 4), shape, components, tf.fingerprint([contents])[0]
-
+    stand_in = _stand_in_jpeg()
     dataset = tf.data.Dataset.from_tensor_slices((tf.range(len(paths), dtype=tf.int64), paths))
-    dataset = dataset.map(probe, num_parallel_calls=tf.data.AUTOTUNE, deterministic=False).ignore_errors().batch(1024)
+    dataset = dataset.map(
+        lambda index, path: _probe(index, path, stand_in), num_parallel_calls=tf.data.AUTOTUNE, deterministic=False
+    )
+    dataset = dataset.ignore_errors().batch(1024).map(_digest_batch, num_parallel_calls=tf.data.AUTOTUNE)
+    decoded = np.zeros(len(paths), dtype=bool)
+    all_shapes = np.zeros((len(paths), 3), dtype=np.int64)
+    all_components = np.zeros(len(paths), dtype=np.int64)
+    all_fingerprints = np.zeros(len(paths), dtype=np.uint64)
+    heads: list = [b""] * len(paths)
     start = time.perf_counter()
-    found = {}
-    for indices, heads, shapes, components, fingerprints in dataset.as_numpy_iterator():
-        for i, head, shape, comp, fingerprint in zip(indices, heads, shapes, components, fingerprints):
-            found[int(i)] = (head, shape, int(comp), int.from_bytes(fingerprint.tobytes(), "little"))
+    for indices, shapes, components, batch_heads, fingerprints in dataset.as_numpy_iterator():
+        decoded[indices] = True
+        all_shapes[indices] = shapes
+        all_components[indices] = components
+        all_fingerprints[indices] = np.ascontiguousarray(fingerprints).view("<u8")[:, 0]
+        for i, head in zip(indices.tolist(), batch_heads.tolist()):
+            heads[i] = head
     seconds = time.perf_counter() - start
     facts = []
     for index, (path, split, class_name) in enumerate(entries):
-        if index not in found:
+        if not decoded[index]:
             facts.append(FileFacts(path, split, class_name, decodable=False, reason=data.decode_error_reason(path)))
             continue
-        head, shape, components, fingerprint = found[index]
+        height, width, channels = (int(v) for v in all_shapes[index])
         facts.append(FileFacts(
-            path, split, class_name, decodable=True, real_format=_format_of(head), channels=int(shape[2]),
-            jpeg_components=components, height=int(shape[0]), width=int(shape[1]), fingerprint=fingerprint,
+            path, split, class_name, decodable=True, real_format=_format_of(heads[index]), channels=channels,
+            jpeg_components=int(all_components[index]), height=height, width=width,
+            fingerprint=int(all_fingerprints[index]),
         ))
     return facts, len(paths) / max(seconds, 1e-9)
 
