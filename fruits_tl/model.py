@@ -224,17 +224,13 @@ def build_optimizer(name: str, *, learning_rate: float) -> keras.optimizers.Opti
     raise UserInputError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {name!r}.")
 
 
-def compile_classifier(
-    model: keras.Model, *, optimizer: str, learning_rate: float, num_classes: int, steps_per_execution: int = 1
-) -> None:
+def compile_classifier(model: keras.Model, *, optimizer: str, learning_rate: float, num_classes: int) -> None:
     """Compiles with sparse categorical cross-entropy, accuracy and top-5 accuracy.
 
-    Call inside the strategy's scope (the optimizer creates variables). `steps_per_execution`
-    runs that many steps per call of the compiled function: the same updates in the same order,
-    without a Python round trip per step (which dominates for a small head).
+    Call inside the strategy's scope (the optimizer creates variables). `head.fit_head`
+    trains a head compiled here with the same loss and metrics, computed in its own loop.
     """
     model.compile(
-        steps_per_execution=steps_per_execution,
         optimizer=build_optimizer(optimizer, learning_rate=learning_rate),
         loss=keras.losses.SparseCategoricalCrossentropy(),
         metrics=[
