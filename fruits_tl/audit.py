@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 import os
 import time
 
@@ -49,15 +50,10 @@ class FileFacts:
     fingerprint: int = 0
 
 
-_STAND_IN_JPEG = None
-
-
-def _stand_in_jpeg() -> tf.Tensor:
+@functools.cache
+def _stand_in_jpeg() -> bytes:
     """A 1x1 JPEG made by TensorFlow's encoder: the header parsed in place of a non-JPEG file."""
-    global _STAND_IN_JPEG
-    if _STAND_IN_JPEG is None:
-        _STAND_IN_JPEG = tf.io.encode_jpeg(tf.zeros([1, 1, 3], tf.uint8)).numpy()
-    return tf.constant(_STAND_IN_JPEG)
+    return tf.io.encode_jpeg(tf.zeros([1, 1, 3], tf.uint8)).numpy()
 
 
 def _probe(index, path, stand_in):
@@ -94,10 +90,10 @@ def inspect_files(entries: list[tuple[str, str, str]]) -> tuple[list[FileFacts],
     paths = [e[0] for e in entries]
     if not paths:
         return [], 0.0
-    stand_in = _stand_in_jpeg()
+    stand_in = tf.constant(_stand_in_jpeg())
     dataset = tf.data.Dataset.from_tensor_slices((tf.range(len(paths), dtype=tf.int64), paths))
     dataset = dataset.map(
-        lambda index, path: _probe(index, path, stand_in), num_parallel_calls=tf.data.AUTOTUNE, deterministic=False
+        lambda index, path: _probe(index, path, stand_in), num_parallel_calls=data.decode_parallelism(), deterministic=False
     )
     dataset = dataset.ignore_errors().batch(1024).map(_digest_batch, num_parallel_calls=tf.data.AUTOTUNE)
     decoded = np.zeros(len(paths), dtype=bool)

@@ -262,7 +262,7 @@ def _idfd_epochs(train_dir: str, config: BenchConfig):
 def _decode_epochs(paths: list[str]):
     dataset = tf.data.Dataset.from_tensor_slices(paths).map(
         lambda p: tf.shape(tf.io.decode_image(tf.io.read_file(p), channels=3, expand_animations=False)),
-        num_parallel_calls=tf.data.AUTOTUNE,
+        num_parallel_calls=data.decode_parallelism(),
         deterministic=False,
     ).batch(256)
     return lambda: dataset

@@ -224,6 +224,18 @@ def decode_error_reason(path: str) -> str:
     return "cannot be decoded as an image"
 
 
+def decode_parallelism() -> int:
+    """Parallel calls for a one-pass, decode-only tf.data map: twice the cores.
+
+    Reading a file blocks in system calls, so with one call per core a core sits idle while
+    its call waits; and AUTOTUNE sometimes settles on too few. Measured on 2 cores, decoding
+    the 7,600 sample files six times each way: AUTOTUNE and 2 calls swung between about 5,200
+    and 15,000 images/s (about 1 core busy in the slow runs); 4 calls gave 11,600-14,100 every
+    time.
+    """
+    return 2 * (os.cpu_count() or 1)
+
+
 def find_bad_images(file_paths: list[str] | tuple[str, ...]) -> tuple[BadImage, ...]:
     """Decodes every file with TensorFlow's decoder, in parallel, and returns the failures.
 
@@ -247,7 +259,7 @@ def find_bad_images(file_paths: list[str] | tuple[str, ...]) -> tuple[BadImage, 
         return index, tf.shape(image)
 
     dataset = tf.data.Dataset.from_tensor_slices((tf.range(len(paths), dtype=tf.int64), paths))
-    dataset = dataset.map(probe, num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)
+    dataset = dataset.map(probe, num_parallel_calls=decode_parallelism(), deterministic=False)
     dataset = dataset.ignore_errors().batch(4096)
     decoded = np.zeros(len(paths), dtype=bool)
     for indices, shapes in dataset.as_numpy_iterator():
