@@ -43,7 +43,14 @@ def get_strategy(name: str = "auto", *, devices: list[str] | None = None) -> tf.
         return tf.distribute.OneDeviceStrategy(device)
     if devices is None:
         devices = gpus or [device.name for device in tf.config.list_logical_devices("CPU")]
-    return tf.distribute.MirroredStrategy(devices=devices)
+    if any("GPU" in device.upper() for device in devices):
+        return tf.distribute.MirroredStrategy(devices=devices)
+    # CPU replicas only (tests, CPU machines): reduce through one device, not collective ops.
+    # Collective instance keys restart with every MirroredStrategy, and TensorFlow's runtime
+    # keeps the first use of a key for the process, so a second strategy in one process whose
+    # first collective differs fails ("Collective instance 100 expected type 2 and data_type
+    # 3 but got type 0 and data_type 1"). Reducing through one device uses no collectives.
+    return tf.distribute.MirroredStrategy(devices=devices, cross_device_ops=tf.distribute.ReductionToOneDevice())
 
 
 def describe(strategy: tf.distribute.Strategy) -> str:

@@ -160,7 +160,10 @@ def evaluate_split(
     with strategy.scope():
         classifier, class_names, image_size = model.load_trained(model_path)
     folder = folder_for(class_names, image_size)
-    batches = pipeline.make_batches(folder, batch_size=batch_size, training=False, cache="none", output="uint8")
+    batches = pipeline.make_batches(
+        folder, batch_size=batch_size, training=False, cache="none", output="uint8",
+        min_batch_size=strategy.num_replicas_in_sync,
+    )
     probabilities = classifier.predict(batches, verbose=0)
     return compute_report(
         folder.labels, probabilities, class_names=class_names, file_paths=folder.file_paths, num_mistakes=num_mistakes

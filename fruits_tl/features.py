@@ -107,17 +107,28 @@ _STEPS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def _extraction_step(extractor: keras.Model):
-    """One traced step per extractor, reused across splits and calls.
+    """One traced step per extractor, reused across splits and calls (tracing costs ~1 s).
 
-    Tracing MobileNet costs about 0.5-1 s, so the signature has an unknown batch dimension:
-    the last, partial batch of a split and every later split reuse the first trace.
+    No input_signature: under MirroredStrategy, `strategy.run` hands a tf.function the
+    PerReplica values themselves, which a TensorSpec signature refuses. `reduce_retracing`
+    makes the second trace (a split's last, smaller batch) shape-generic, so it is the last.
     """
     if extractor not in _STEPS:
-        image_spec = tf.TensorSpec((None, *extractor.input_shape[1:]), tf.uint8)
 
-        @tf.function(input_signature=[image_spec, tf.TensorSpec((None,), tf.int32)])
+        feature_dim = int(extractor.output.shape[-1])
+
+        @tf.function(reduce_retracing=True)
         def step(images, labels):
-            return extractor(images, training=False), labels
+            # Under MirroredStrategy a split's last batch can leave a replica with no images.
+            # oneDNN's convolution on an empty batch fails on some CPUs ("Incompatible shapes:
+            # [0,32,32,3] vs. [8]" in the first batch norm, seen on an AVX-512 machine), so an
+            # empty batch skips the model.
+            features = tf.cond(
+                tf.shape(images)[0] > 0,
+                lambda: extractor(images, training=False),
+                lambda: tf.zeros([0, feature_dim], extractor.output.dtype),
+            )
+            return features, labels
 
         _STEPS[extractor] = step
     return _STEPS[extractor]
@@ -153,7 +164,10 @@ def extract_features(
     """
     if feature_dtype not in FEATURE_DTYPES:
         raise UserInputError(f"feature_dtype must be one of {', '.join(FEATURE_DTYPES)}, got {feature_dtype!r}.")
-    batches = pipeline.make_batches(folder, batch_size=batch_size, training=False, cache=cache, output="uint8")
+    batches = pipeline.make_batches(
+        folder, batch_size=batch_size, training=False, cache=cache, output="uint8",
+        min_batch_size=strategy.num_replicas_in_sync,
+    )
     batches = pipeline.share_cpu_with_model(batches)
     distributed = strategy.experimental_distribute_dataset(batches)
 

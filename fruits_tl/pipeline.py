@@ -114,6 +114,22 @@ def apply_cache(dataset: tf.data.Dataset, cache: str, *, prefix: str, expected: 
     return dataset.cache(prefix)
 
 
+def batch_sizes(count: int, *, batch_size: int, min_batch_size: int = 1) -> list[int] | None:
+    """The batch sizes of one pass over `count` elements when the last batch would be too small.
+
+    Returns None when plain batching already respects `min_batch_size` (or cannot: fewer
+    elements than that in all); otherwise the sizes, with the last full batch and the short
+    remainder split into two near-equal batches, or joined into one when halves would be
+    too small.
+    """
+    remainder = count % batch_size
+    if min_batch_size <= 1 or remainder == 0 or remainder >= min_batch_size or count < batch_size:
+        return None
+    tail = batch_size + remainder
+    last = [(tail + 1) // 2, tail // 2] if tail // 2 >= min_batch_size else [tail]
+    return [batch_size] * (count // batch_size - 1) + last
+
+
 def make_batches(
     folder: data.ImageFolder,
     *,
@@ -126,6 +142,7 @@ def make_batches(
     num_shards: int = 1,
     shard_index: int = 0,
     drop_remainder: bool = False,
+    min_batch_size: int = 1,
 ) -> tf.data.Dataset:
     """Assembles the data route for one split: cache, shuffle, batch, (preprocess,) prefetch.
 
@@ -142,6 +159,12 @@ def make_batches(
       num_shards: Split the elements into this many shards (by element index) ...
       shard_index: ... and keep this one.
       drop_remainder: Drop a last partial batch (static batch shapes).
+      min_batch_size: The smallest batch to emit: pass the strategy's number of replicas.
+        When the last batch would be smaller (but not empty), the last full batch and it are
+        split into two near-equal batches instead, so every replica gets at least one example
+        of every batch: on CPU, oneDNN's convolution fails on an empty per-replica batch
+        ("Incompatible shapes: [0,32,32,3] vs. [8]", seen with TF 2.21 on an AVX-512 machine).
+        Same examples, same order; only those two batches' sizes change.
 
     Returns:
       A dataset of `(images, labels)` batches.
@@ -172,6 +195,9 @@ def make_batches(
         num_parallel_calls=tf.data.AUTOTUNE,
         deterministic=True,
     )
+    sizes = batch_sizes(count, batch_size=batch_size, min_batch_size=min_batch_size)
+    if not drop_remainder and sizes is not None:
+        dataset = dataset.rebatch(tf.constant(sizes, tf.int64))
     if output == "float32":
         dataset = dataset.map(
             lambda images, labels: (preprocess.mobilenet_inputs(images), labels),

@@ -162,6 +162,7 @@ def train(
                 shuffle_buffer_size=data_config.shuffle_buffer_size,
                 seed=data_config.seed,
                 output="uint8",
+                min_batch_size=replicas,
             )
 
         train_batches = batches(splits.train, True)

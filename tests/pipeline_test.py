@@ -106,3 +106,32 @@ def test_input_fn_gives_each_replica_its_shard_and_per_replica_batch(splits):
         seen += sum(int(x.shape[0]) for x in per_replica)
     # 18 images in 2 shards of 9; each shard drops its last partial batch of 1.
     assert seen == 16
+
+
+@pytest.mark.parametrize(
+    "count, batch_size, min_batch_size, expected",
+    [
+        (9, 4, 1, None),  # One replica: plain batching.
+        (8, 4, 2, None),  # No remainder.
+        (10, 4, 2, None),  # Remainder 2 already feeds both replicas.
+        (9, 4, 2, [4, 3, 2]),  # Remainder 1: the last full batch and it become 3 + 2.
+        (5, 2, 2, [2, 3]),  # Halves of 3 would leave a replica empty: one last batch of 3.
+        (3, 4, 2, None),  # Fewer elements than one batch: nothing to rebalance with.
+    ],
+)
+def test_batch_sizes_never_leave_a_replica_without_examples(count, batch_size, min_batch_size, expected):
+    sizes = pipeline.batch_sizes(count, batch_size=batch_size, min_batch_size=min_batch_size)
+    assert sizes == expected
+    if sizes is not None:
+        assert sum(sizes) == count and min(sizes) >= min_batch_size
+
+
+def test_make_batches_rebalances_the_last_batch_and_keeps_the_order(data_dir):
+    splits = data.load_dataset(data_dir, image_size=32)
+    plain = [labels for _, labels in pipeline.make_batches(splits.test, batch_size=4, training=False, cache="none")]
+    balanced = [
+        labels
+        for _, labels in pipeline.make_batches(splits.test, batch_size=4, training=False, cache="none", min_batch_size=2)
+    ]
+    assert [len(b) for b in plain] == [4, 4, 1] and [len(b) for b in balanced] == [4, 3, 2]
+    np.testing.assert_array_equal(np.concatenate(balanced), np.concatenate(plain))

@@ -48,6 +48,18 @@ def test_trains_and_writes_everything(data_dir, tmp_path, capsys, strategy, repl
     assert "test_accuracy=" in capsys.readouterr().out
 
 
+def test_images_mode_under_two_replicas_with_a_last_batch_smaller_than_the_replicas(data_dir, tmp_path, capsys):
+    # 9 test images in batches of 4: the last batch has 1 image, so one replica gets none.
+    model_dir = tmp_path / "run"
+    code = run_main(
+        train_main,
+        [f"--data_dir={data_dir}", f"--model_dir={model_dir}", "--strategy=mirrored", "--mode=images", *TINY],
+    )
+    assert code == 0, capsys.readouterr().err
+    metrics = json.loads((model_dir / "metrics.json").read_text())
+    assert metrics["mode"] == "images" and metrics["num_replicas"] == 2 and metrics["num_test_images"] == 9
+
+
 def test_flagfile_and_skip_bad_images(data_dir, tmp_path, capsys):
     bad = os.path.join(data_dir, "Training", "Banana", "broken.jpg")
     open(bad, "wb").close()
