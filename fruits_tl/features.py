@@ -119,10 +119,10 @@ def _extraction_step(extractor: keras.Model):
 
         @tf.function(reduce_retracing=True)
         def step(images, labels):
-            # Under MirroredStrategy a split's last batch can leave a replica with no images.
-            # oneDNN's convolution on an empty batch fails on some CPUs ("Incompatible shapes:
-            # [0,32,32,3] vs. [8]" in the first batch norm, seen on an AVX-512 machine), so an
-            # empty batch skips the model.
+            # oneDNN's convolution fails on an empty batch on some CPUs ("Incompatible shapes:
+            # [0,32,32,3] vs. [8]", seen on an AVX-512 machine). make_batches(min_batch_size)
+            # keeps every replica fed when it can; a split with fewer images than replicas
+            # still leaves one empty, and that replica skips the model.
             features = tf.cond(
                 tf.shape(images)[0] > 0,
                 lambda: extractor(images, training=False),

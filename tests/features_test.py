@@ -137,3 +137,19 @@ def test_feature_files_load_without_pickle(tmp_path):
     (tmp_path / "broken.npz").write_bytes(b"PK\x03\x04 not a zip")
     with pytest.raises(ValueError, match="broken.npz"):
         features.load_feature_set(str(tmp_path / "broken.npz"))
+
+
+def test_a_split_with_fewer_images_than_replicas_extracts(data_dir):
+    # One image on two replicas: one replica's batch is empty, and oneDNN's convolution fails
+    # on empty batches on some CPUs; the extraction step skips the model there.
+    strategy = distribute.get_strategy("mirrored")
+    splits = data.load_dataset(data_dir, image_size=32)
+    one = data.select(splits.test, np.arange(len(splits.test)) == 0, name="one")
+    with strategy.scope():
+        backbone = model.build_classifier(3, image_size=32, alpha=0.25, weights="none").get_layer(model.BACKBONE_NAME)
+        extractor = model.build_feature_extractor(backbone, image_size=32)
+    extracted = features.extract_features(one, extractor, strategy=strategy, batch_size=4, verbose=False)
+    assert strategy.num_replicas_in_sync == 2
+    assert extracted.features.shape == (1, 256) and list(extracted.labels) == list(one.labels)
+    images = np.stack([image for image, _ in one.dataset.as_numpy_iterator()])
+    np.testing.assert_allclose(extracted.features, extractor(images, training=False).numpy(), rtol=1e-5, atol=1e-6)
