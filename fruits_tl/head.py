@@ -4,16 +4,17 @@ On cached features a training step is a [batch, D] x [D, classes] product and an
 update: on 2 CPU cores about 200 microseconds. Driving it the way `Model.fit` does, one
 `tf.data` `get_next` per batch and Keras's metric objects per step, costs two to three
 times the step itself (measured: 25 epochs of the tutorial's recipe on 5,700 Fruits-360
-features took 2.5-3.7 s through `fit` with 32 steps per execution, 1.0-1.2 s here). So here
+features took 2.5-3.7 s through `fit` with 32 steps per execution, 1.0-1.2 s here once
+traced, 1.5-1.7 s with the tracing in a fresh `fruits-tl-train` process). So here
 the features stay in memory as one tensor, and one `tf.function` call runs a whole epoch:
-a `tf.range` loop that gathers each batch by index, runs the head with `training=True`,
+an in-graph loop over the batches that gathers each by index, runs the head with `training=True`,
 takes the gradient of the loss and applies the compiled Keras optimizer, under the
 distribution strategy; loss, accuracy and top-5 accuracy are summed in the same loop.
 
 It is the computation `fit` does on the image route:
 - the example order is the route's: `pipeline.make_example_orders` shuffles indices with the
   route's buffer rule, seed and reshuffling, and epochs take the same shuffles as `fit` does
-  (see `fit_head`);
+  (see `fit_head`); the batch sizes are the route's too (`pipeline.batch_sizes`);
 - the loss is the compiled one, sparse categorical cross-entropy, averaged over the global
   batch; under a strategy each replica takes its slice of the global batch and the Keras
   optimizer sums the replicas' gradients, as in `fit`;
@@ -62,9 +63,8 @@ def _replica_slice(indices: tf.Tensor) -> tf.Tensor:
     return indices[start : tf.minimum(start + share, size)]
 
 
-def _sums(labels: tf.Tensor, probabilities: tf.Tensor, top_k: int) -> tf.Tensor:
+def _sums(labels: tf.Tensor, probabilities: tf.Tensor, losses: tf.Tensor, top_k: int) -> tf.Tensor:
     """[loss sum, correct, correct in top k] over a batch, for per-epoch means."""
-    losses = keras.losses.sparse_categorical_crossentropy(labels, probabilities)
     predicted = tf.argmax(probabilities, axis=-1, output_type=labels.dtype)
     correct = tf.reduce_sum(tf.cast(tf.equal(predicted, labels), tf.float32))
     in_top_k = tf.reduce_sum(tf.cast(tf.math.in_top_k(labels, probabilities, top_k), tf.float32))
@@ -74,15 +74,14 @@ def _sums(labels: tf.Tensor, probabilities: tf.Tensor, top_k: int) -> tf.Tensor:
 class _HeadLoop:
     """The compiled epoch and evaluation functions for one head, features and strategy."""
 
-    def __init__(self, head: keras.Model, *, strategy: tf.distribute.Strategy, batch_size: int, top_k: int):
+    def __init__(self, head: keras.Model, *, strategy: tf.distribute.Strategy, top_k: int):
         self.head = head
         self.strategy = strategy
-        self.batch_size = batch_size
         self.top_k = top_k
         self._train_epoch = tf.function(self._train_epoch_fn)
         self._evaluate = tf.function(self._evaluate_fn)
 
-    def _train_epoch_fn(self, features, labels, order):
+    def _train_epoch_fn(self, features, labels, order, batch_ends):
         head, strategy, top_k = self.head, self.strategy, self.top_k
         variables = head.trainable_variables
         count = tf.shape(order)[0]
@@ -100,11 +99,13 @@ class _HeadLoop:
                 loss += tf.add_n(head.losses) / strategy.num_replicas_in_sync if head.losses else 0.0
             gradients = tape.gradient(loss, variables)
             head.optimizer.apply_gradients(zip(gradients, variables))
-            return _sums(y, tf.stop_gradient(probabilities), top_k)
+            return _sums(y, tf.stop_gradient(probabilities), tf.stop_gradient(per_example), top_k)
 
         totals = tf.zeros([3])
-        for start in tf.range(0, count, self.batch_size):
-            batch_indices = order[start : start + self.batch_size]
+        start = tf.constant(0, batch_ends.dtype)
+        for end in batch_ends:
+            batch_indices = order[start:end]
+            start = end
             per_replica = strategy.run(replica_step, args=(batch_indices,))
             totals += strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
         return totals / tf.cast(count, tf.float32)
@@ -116,7 +117,8 @@ class _HeadLoop:
         def replica_sums(slice_indices):
             indices = _replica_slice(slice_indices)
             probabilities = head(tf.cast(tf.gather(features, indices), tf.float32), training=False)
-            return _sums(tf.gather(labels, indices), probabilities, top_k)
+            y = tf.gather(labels, indices)
+            return _sums(y, probabilities, keras.losses.sparse_categorical_crossentropy(y, probabilities), top_k)
 
         totals = tf.zeros([3])
         for start in tf.range(0, count, EVALUATION_SLICE):
@@ -125,8 +127,10 @@ class _HeadLoop:
             totals += strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
         return totals / tf.cast(tf.maximum(count, 1), tf.float32)
 
-    def train_epoch(self, features: tf.Tensor, labels: tf.Tensor, order: tf.Tensor) -> dict[str, float]:
-        loss, accuracy, top_k = self._train_epoch(features, labels, order).numpy()
+    def train_epoch(
+        self, features: tf.Tensor, labels: tf.Tensor, order: tf.Tensor, batch_ends: tf.Tensor
+    ) -> dict[str, float]:
+        loss, accuracy, top_k = self._train_epoch(features, labels, order, batch_ends).numpy()
         return {"loss": float(loss), "accuracy": float(accuracy), "top5_accuracy": float(top_k)}
 
     def evaluate(self, features: tf.Tensor, labels: tf.Tensor) -> dict[str, float]:
@@ -152,6 +156,7 @@ def fit_head(
     seed: int | None = 42,
     callbacks: Sequence[keras.callbacks.Callback] = (),
     verbose: bool = False,
+    min_batch_size: int | None = None,
 ) -> HeadTraining:
     """Trains a compiled head on cached features, as `fit` would on the image route.
 
@@ -176,6 +181,9 @@ def fit_head(
       callbacks: Keras callbacks; `on_train_begin/end`, `on_epoch_begin/end` (with the
         epoch's logs) and `on_test_begin/end` around validation are called.
       verbose: Log every epoch's metrics.
+      min_batch_size: The route's rule for a short last batch (`pipeline.batch_sizes`, as
+        `make_batches` applies it); None for the strategy's number of replicas, as image-mode
+        training passes it, so both modes batch alike.
 
     Returns:
       The HeadTraining.
@@ -190,7 +198,13 @@ def fit_head(
     with strategy.scope():
         head.optimizer.build(head.trainable_variables)
     top_k = min(5, int(head.output.shape[-1]))
-    loop = _HeadLoop(head, strategy=strategy, batch_size=batch_size, top_k=top_k)
+    loop = _HeadLoop(head, strategy=strategy, top_k=top_k)
+    if min_batch_size is None:
+        min_batch_size = strategy.num_replicas_in_sync
+    sizes = pipeline.batch_sizes(count, batch_size=batch_size, min_batch_size=min_batch_size)
+    if sizes is None:
+        sizes = [batch_size] * (count // batch_size) + ([count % batch_size] if count % batch_size else [])
+    batch_ends = tf.constant(np.cumsum(sizes), tf.int32)
     train_features, train_labels = _as_tensors(features, labels)
     validation_tensors = _as_tensors(*validation) if validation is not None else None
     orders = pipeline.make_example_orders(count, shuffle_buffer_size=shuffle_buffer_size, seed=seed)
@@ -201,7 +215,7 @@ def fit_head(
         callback_list.on_epoch_begin(epoch)
         order = next(iter(orders))
         next(iter(orders))  # The shuffle `fit` draws and discards at an epoch's end.
-        logs = loop.train_epoch(train_features, train_labels, order)
+        logs = loop.train_epoch(train_features, train_labels, order, batch_ends)
         if validation_tensors is not None:
             callback_list.on_test_begin()
             validation_logs = loop.evaluate(*validation_tensors)
@@ -221,5 +235,5 @@ def evaluate_head(
 ) -> dict[str, float]:
     """Loss, accuracy and top-5 accuracy of a head on cached features (keys as `evaluate`)."""
     top_k = min(5, int(head.output.shape[-1]))
-    loop = _HeadLoop(head, strategy=strategy, batch_size=1, top_k=top_k)
+    loop = _HeadLoop(head, strategy=strategy, top_k=top_k)
     return loop.evaluate(*_as_tensors(features, labels))

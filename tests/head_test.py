@@ -59,7 +59,10 @@ def test_fit_head_matches_keras_fit_on_the_feature_route():
         assert got[key] == pytest.approx(expected[key], rel=1e-5, abs=1e-6)
 
 
-@pytest.mark.parametrize("count", [19, 17])  # Last batches of 3 (split 2 + 1) and 1 (1 + nothing).
+# Last batches of 3 (split 2 + 1 between the replicas) and of 1, which the route's rule for two
+# replicas turns into batches of 3 and 2 (so one replica never gets nothing): the one-replica
+# run is given the same rule.
+@pytest.mark.parametrize("count", [19, 17])
 def test_two_replicas_train_as_one(count):
     features, labels = _features(count)
     results = {}
@@ -68,7 +71,7 @@ def test_two_replicas_train_as_one(count):
         trained = _compiled_head(strategy)
         history = head.fit_head(
             trained, features=features, labels=labels, validation=_features(5, seed=2), epochs=2, batch_size=4,
-            strategy=strategy, seed=5,
+            strategy=strategy, seed=5, min_batch_size=2,
         ).history
         results[name] = (strategy.num_replicas_in_sync, trained.get_weights(), history)
     assert results["mirrored"][0] == 2
@@ -76,6 +79,22 @@ def test_two_replicas_train_as_one(count):
         np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-6)
     for key, values in results["default"][2].items():
         np.testing.assert_allclose(results["mirrored"][2][key], values, rtol=1e-5, atol=1e-6, err_msg=key)
+
+
+def test_batches_follow_the_route_rule_for_the_strategy():
+    # 17 examples in batches of 4 on two replicas: the route batches 4, 4, 4, 3, 2, not 4, 4, 4, 4, 1.
+    features, labels = _features(17)
+    strategy = distribute.get_strategy("default")
+    weights = {}
+    for rule in (1, 2):
+        trained = _compiled_head(strategy)
+        head.fit_head(trained, features=features, labels=labels, epochs=1, batch_size=4, strategy=strategy, min_batch_size=rule)
+        weights[rule] = trained.get_weights()[0]
+    assert np.abs(weights[1] - weights[2]).max() > 1e-5
+    mirrored = distribute.get_strategy("mirrored")
+    by_default_rule = _compiled_head(mirrored)
+    head.fit_head(by_default_rule, features=features, labels=labels, epochs=1, batch_size=4, strategy=mirrored)
+    np.testing.assert_allclose(by_default_rule.get_weights()[0], weights[2], rtol=1e-5, atol=1e-6)
 
 
 def test_callbacks_see_every_epoch_and_validation():
