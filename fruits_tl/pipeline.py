@@ -300,6 +300,7 @@ def make_datasets(
     seed: int = 42,
     output: str = "float32",
     skip_bad_images: bool = False,
+    min_batch_size: int = 1,
 ) -> Datasets:
     """Checks a `Training/<class>/*`, `Test/<class>/*` folder and returns batched datasets.
 
@@ -320,6 +321,8 @@ def make_datasets(
       seed: Seed for the split and the shuffle.
       output: "float32" (preprocessed) or "uint8" (raw pixels).
       skip_bad_images: Leave out undecodable files instead of raising.
+      min_batch_size: The strategy's number of replicas under MirroredStrategy (see
+        make_batches).
 
     Returns:
       Datasets with train, validation and test batches and the class names.
@@ -336,7 +339,7 @@ def make_datasets(
         seed=seed,
         skip_bad_images=skip_bad_images,
     )
-    common = dict(batch_size=batch_size, cache=cache, output=output)
+    common = dict(batch_size=batch_size, cache=cache, output=output, min_batch_size=min_batch_size)
     train = make_batches(splits.train, training=True, shuffle_buffer_size=shuffle_buffer_size, seed=seed, **common)
     test = make_batches(splits.test, training=False, **common)
     validation = test if splits.validation is splits.test else make_batches(splits.validation, training=False, **common)

@@ -135,3 +135,9 @@ def test_make_batches_rebalances_the_last_batch_and_keeps_the_order(data_dir):
     ]
     assert [len(b) for b in plain] == [4, 4, 1] and [len(b) for b in balanced] == [4, 3, 2]
     np.testing.assert_array_equal(np.concatenate(balanced), np.concatenate(plain))
+
+
+def test_make_datasets_passes_the_replica_rule_to_every_split(data_dir):
+    datasets = pipeline.make_datasets(data_dir, batch_size=4, image_size=32, output="uint8", min_batch_size=2)
+    assert [len(labels) for _, labels in datasets.test] == [4, 3, 2]
+    assert min(len(labels) for _, labels in datasets.train) >= 2
