@@ -334,19 +334,18 @@ def _in_memory_batch(config: BenchConfig, num_classes: int):
     return tf.constant(images), tf.constant(labels)
 
 
-def warm_subset(folder: data.ImageFolder, count: int) -> data.ImageFolder:
-    """The first `count` images of a split, decoded once into a memory cache (untimed)."""
+def warm_batches(folder: data.ImageFolder, count: int, config: BenchConfig, *, training: bool, min_batch_size: int = 1) -> tf.data.Dataset:
+    """The route's batches of the first `count` images of a split, decoded once into a memory
+    cache (untimed), so model variants measure the route's steady state feeding the model."""
     count = min(count, len(folder))
-    dataset = folder.dataset.take(count).cache()
-    for _ in dataset:
-        pass
-    return dataclasses.replace(
-        folder,
-        dataset=dataset,
-        file_paths=folder.file_paths[:count],
-        labels=folder.labels[:count],
-        fingerprint=f"{folder.fingerprint}-first{count}",
+    subset = data.select(folder, np.arange(len(folder)) < count, name=f"{folder.name}-first{count}")
+    batches = pipeline.make_batches(
+        subset, batch_size=config.batch_size, training=training, cache="memory", seed=config.seed,
+        min_batch_size=min_batch_size,
     )
+    for _ in batches:
+        pass
+    return batches
 
 
 def _fit_epochs(classifier, batches: tf.data.Dataset, config: BenchConfig) -> EpochTimes:
@@ -387,15 +386,15 @@ def run_model_variant(
                 images, labels = _in_memory_batch(config, folder.num_classes)
                 batches = tf.data.Dataset.from_tensors((images, labels)).repeat()
             else:
-                subset = warm_subset(folder, steps * config.batch_size)
-                batches = pipeline.make_batches(subset, batch_size=config.batch_size, training=True, cache="none", seed=config.seed).repeat()
+                batches = warm_batches(folder, steps * config.batch_size, config, training=True).repeat()
             times = _fit_epochs(classifier, batches, config)
         elif name == "extract":
-            subset = warm_subset(folder, steps * config.batch_size)
+            batches = warm_batches(
+                folder, steps * config.batch_size, config, training=False, min_batch_size=strategy.num_replicas_in_sync
+            )
 
             def epoch():
-                feature_set = features.extract_features(subset, extractor, strategy=strategy, batch_size=config.batch_size, verbose=False)
-                return [(feature_set.features, feature_set.labels)]
+                return [features.run_extractor(batches, extractor, strategy=strategy)]
 
             times = time_epochs(epoch, epochs=config.epochs)
         else:
@@ -433,18 +432,16 @@ def run_benchmark(config: BenchConfig, *, strategy: tf.distribute.Strategy, log:
     import tempfile
 
     train_dir = os.path.join(config.data_dir, config.train_subdir)
-    classes = data.list_classes(train_dir, role="training")
-    listing = data.list_image_files(train_dir, classes)
-    excluded = {os.path.abspath(p) for p in data.load_exclude_list(config.exclude_list)}
-    paths = [p for ps in listing.values() for p in ps]
-    bad = tuple(b for b in data.find_bad_images(paths) if os.path.abspath(b.path) not in excluded)
-    if bad:
-        raise UserInputError(f"{len(bad)} undecodable file(s) in '{train_dir}', e.g. {bad[0]}; run fruits-tl-audit or remove them.")
-    folder = data.load_split(
-        train_dir, class_names=classes, image_size=config.image_size, name="train", expected_files=paths,
-        exclude={p for p in paths if os.path.abspath(p) in excluded},
-        undecodable={b.path for b in data.find_bad_images(paths)} if excluded else set(),
+    # One check-and-list pass (one decode of every file, as training does): undecodable files
+    # not on the exclude list stop the benchmark.
+    folder, _ = data.load_labeled_folder(
+        train_dir,
+        class_names=data.list_classes(train_dir, role="training"),
+        image_size=config.image_size,
+        name="train",
+        exclude_files=data.load_exclude_list(config.exclude_list),
     )
+    paths = list(folder.file_paths)
     uint8_bytes = len(folder) * config.image_size * config.image_size * 3
     tfds_folder = None
     if any(v in TFDS_VARIANTS for v in config.variants):

@@ -3,9 +3,11 @@
 This module owns the first step of the one data route. File listing is kept apart from
 decoding (as in tensorflow_datasets' image-folder reader): `list_image_files` and the label-map
 checks touch only the file system; `find_bad_images` decodes every file once with TensorFlow's
-own decoder, in parallel, before any training starts; `load_split` wraps
-`keras.utils.image_dataset_from_directory(batch_size=None)` and hands back an `ImageFolder`:
-unbatched `(uint8 image, int32 label)` elements in the order of its `file_paths`.
+own decoder, in parallel, before any training starts; `load_split` takes the listing (file
+order, class order) from `keras.utils.image_dataset_from_directory(batch_size=None)`, without
+ever iterating Keras's dataset, and hands back an `ImageFolder`: the (path, label) listing,
+from which `ImageFolder.make_elements` builds the decoded elements of any shard. Sharding and
+leaving files out happen on the listing, before anything is decoded.
 
 Listing rules are Keras's own (so the files we check are the files Keras loads): class folders
 are the non-hidden sub-folders; images are found recursively below each class folder with a
@@ -24,14 +26,12 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from fruits_tl import preprocess
+from fruits_tl import decode
+from fruits_tl.decode import DECODE_VERSION
 from fruits_tl.errors import UserInputError
 
 # The extensions `keras.utils.image_dataset_from_directory` accepts (its ALLOWLIST_FORMATS).
 IMAGE_EXTENSIONS = (".bmp", ".gif", ".jpeg", ".jpg", ".png")
-# Bumped whenever the decoded pixels for the same file could change (decoder, resize, cast);
-# part of every cache and feature fingerprint.
-DECODE_VERSION = "keras-idfd-bilinear-round-uint8-v1"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,29 +45,30 @@ class BadImage:
         return f"{self.path}: {self.reason}"
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)
 class ImageFolder:
-    """One split: an unbatched dataset plus what `.map()` would otherwise lose.
+    """One split: its (path, label) listing, and the decoded elements of any shard of it.
 
     Attributes:
-      dataset: Unbatched `(image, label)`: uint8 [image_size, image_size, 3] and int32 scalar,
-        in the order of `file_paths`, with a known cardinality.
       class_names: Class names in label-index order (always the training classes).
-      file_paths: The image files, element for element.
+      file_paths: The image files, in the route's element order.
       labels: The int labels, element for element (a NumPy int32 array).
       name: The split's name ("train", "validation", "test"), used in logs and cache names.
       image_size: Images are image_size x image_size.
       fingerprint: Digest of the listing (paths, sizes, modification times), image size and
         decode version: equal fingerprints mean equal decoded elements.
+      records: None for files on disk (each element reads its path); otherwise a dataset of
+        `(encoded image bytes, int32 label)` element for element with `file_paths` (the TFDS
+        route's undecoded records).
     """
 
-    dataset: tf.data.Dataset
     class_names: tuple[str, ...]
     file_paths: tuple[str, ...]
     labels: np.ndarray
     name: str
     image_size: int
     fingerprint: str
+    records: tf.data.Dataset | None = None
 
     def __len__(self) -> int:
         return len(self.file_paths)
@@ -75,6 +76,46 @@ class ImageFolder:
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
+
+    def make_elements(self, *, num_shards: int = 1, shard_index: int = 0) -> tf.data.Dataset:
+        """The decoded elements of one shard: uint8 [S, S, 3] images and int32 labels.
+
+        The listing is sharded by element index before anything is read or decoded, so an
+        input pipeline decodes only its own files: element i goes to shard i % num_shards.
+        Decoding is `decode.decode_image`, in parallel, keeping element order.
+
+        Args:
+          num_shards: How many shards the listing is split into.
+          shard_index: Which one to decode.
+
+        Returns:
+          An unbatched dataset with a known cardinality.
+        """
+        if not 0 <= shard_index < num_shards:
+            raise ValueError(f"shard_index must be in [0, {num_shards}), got {shard_index}.")
+        if self.records is None:
+            sources = tf.data.Dataset.from_tensor_slices(
+                (tf.constant(list(self.file_paths), tf.string), tf.constant(self.labels, tf.int32))
+            )
+            read = tf.io.read_file
+        else:
+            sources = self.records
+            read = tf.identity
+        if num_shards > 1:
+            sources = sources.shard(num_shards, shard_index)
+        image_size = self.image_size
+        elements = sources.map(
+            lambda source, label: (decode.decode_image(read(source), image_size), label),
+            num_parallel_calls=tf.data.AUTOTUNE,
+            deterministic=True,
+        )
+        count = len(range(shard_index, len(self), num_shards))
+        return elements.apply(tf.data.experimental.assert_cardinality(count))
+
+    @property
+    def dataset(self) -> tf.data.Dataset:
+        """All decoded elements, in file order (`make_elements()` of the one shard)."""
+        return self.make_elements()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -295,7 +336,11 @@ def load_split(
     undecodable: frozenset[str] | set[str] = frozenset(),
     expected_files: list[str] | None = None,
 ) -> ImageFolder:
-    """Loads one split folder with `image_dataset_from_directory(batch_size=None)`.
+    """Lists one split folder as Keras does and leaves out files, without decoding any.
+
+    Keras's `image_dataset_from_directory(batch_size=None, shuffle=False)` is the source of
+    truth for the file order; its dataset is never iterated (that would decode every file),
+    only its `file_paths` are read.
 
     Args:
       directory: The split folder.
@@ -304,16 +349,15 @@ def load_split(
       image_size: Output images are image_size x image_size (bilinear, as Keras resizes).
       name: Split name for logs and cache files.
       exclude: Paths of files to leave out (decodable or not).
-      undecodable: Paths of files that Keras's decoder rejects (from find_bad_images); they
-        are dropped too, and must be named here so they can be.
+      undecodable: Paths of files that the decoder rejects (from find_bad_images).
       expected_files: The listing the caller checked; a mismatch with Keras's own listing is an
         error rather than silently unchecked files.
 
     Returns:
-      The split as an ImageFolder with uint8 images.
+      The split as an ImageFolder.
     """
     present = [c for c in class_names if os.path.isdir(os.path.join(directory, c))]
-    dataset = keras.utils.image_dataset_from_directory(
+    listing = keras.utils.image_dataset_from_directory(
         directory,
         labels="inferred",
         label_mode="int",
@@ -325,45 +369,19 @@ def load_split(
         interpolation="bilinear",
         verbose=False,
     )
-    file_paths = list(dataset.file_paths)
+    file_paths = list(listing.file_paths)
     if expected_files is not None and sorted(file_paths) != sorted(expected_files):
         raise RuntimeError(
             f"Keras listed different files in '{directory}' than fruits_tl checked; the listing "
             "rules in fruits_tl.data no longer match this Keras version."
         )
-    present_index = {c: i for i, c in enumerate(present)}
-    labels_in_present = np.asarray(
-        [present_index[os.path.relpath(p, directory).split(os.sep)[0]] for p in file_paths],
-        dtype=np.int32,
+    label_of = {c: list(class_names).index(c) for c in present}
+    left_out = set(exclude) | set(undecodable)
+    file_paths = [p for p in file_paths if p not in left_out]
+    labels = np.asarray(
+        [label_of[os.path.relpath(p, directory).split(os.sep)[0]] for p in file_paths], dtype=np.int32
     )
-    to_label_map = np.asarray([list(class_names).index(c) for c in present], dtype=np.int32)
-    labels = to_label_map[labels_in_present] if len(file_paths) else labels_in_present
-    remap = tf.constant(to_label_map)
-
-    def to_uint8(image, label):
-        # Keras resizes to float32; values stay in [0, 255] under bilinear resizing, so round
-        # and saturate: the cache then holds 1 byte per channel instead of 4.
-        return preprocess.to_uint8(image), tf.gather(remap, label)
-
-    dataset = dataset.map(to_uint8, num_parallel_calls=tf.data.AUTOTUNE)
-    # Keras's loader cannot be told to leave files out. Undecodable files (exactly the ones
-    # its own decoder rejects, found by find_bad_images with the same call) are dropped by
-    # ignore_errors; other excluded files by their index among the decodable ones.
-    # assert_cardinality below catches any mismatch.
-    if undecodable & set(file_paths):
-        dataset = dataset.ignore_errors()
-        decodable = np.asarray([p not in undecodable for p in file_paths], dtype=bool)
-        file_paths = [p for p, k in zip(file_paths, decodable) if k]
-        labels = labels[decodable]
-    if exclude & set(file_paths):
-        keep = np.asarray([p not in exclude for p in file_paths], dtype=bool)
-        keep_tensor = tf.constant(keep)
-        dataset = dataset.enumerate().filter(lambda index, element: keep_tensor[index]).map(lambda index, element: element)
-        file_paths = [p for p, k in zip(file_paths, keep) if k]
-        labels = labels[keep]
-    dataset = dataset.apply(tf.data.experimental.assert_cardinality(len(file_paths)))
     return ImageFolder(
-        dataset=dataset,
         class_names=tuple(class_names),
         file_paths=tuple(file_paths),
         labels=labels,
@@ -374,34 +392,38 @@ def load_split(
 
 
 def select(folder: ImageFolder, mask: np.ndarray, *, name: str) -> ImageFolder:
-    """Returns the elements of `folder` where `mask` is true, keeping file paths aligned."""
-    keep = tf.constant(mask)
-    dataset = folder.dataset.enumerate().filter(lambda index, element: keep[index])
-    dataset = dataset.map(lambda index, element: element)
-    file_paths = tuple(p for p, k in zip(folder.file_paths, mask) if k)
-    dataset = dataset.apply(tf.data.experimental.assert_cardinality(len(file_paths)))
+    """Returns the elements of `folder` where `mask` is true, keeping file paths aligned.
+
+    Selection works on the listing (or, for records, on the undecoded records), so nothing
+    left out is ever decoded.
+    """
+    mask = np.asarray(mask, dtype=bool)
+    records = folder.records
+    if records is not None:
+        keep = tf.constant(mask)
+        records = records.enumerate().filter(lambda index, record: keep[index]).map(lambda index, record: record)
     return dataclasses.replace(
         folder,
-        dataset=dataset,
-        file_paths=file_paths,
+        file_paths=tuple(p for p, k in zip(folder.file_paths, mask) if k),
         labels=folder.labels[mask],
         name=name,
         fingerprint=hashlib.sha256(
             (folder.fingerprint + name + np.packbits(mask).tobytes().hex()).encode()
         ).hexdigest()[:16],
+        records=records,
     )
 
 
-def load_image(path, image_size: int) -> tf.Tensor:
-    """Loads one image file as the route does: uint8 [image_size, image_size, 3].
-
-    The same steps as Keras's image_dataset_from_directory loader (read, decode_image with 3
-    channels and no animation, bilinear resize) followed by `preprocess.to_uint8`; a test checks
-    it against the route. For files outside a class folder (prediction).
-    """
-    image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
-    image = tf.image.resize(image, (image_size, image_size), method="bilinear")
-    return preprocess.to_uint8(image)
+def folder_of_files(file_paths: list[str] | tuple[str, ...], *, image_size: int, name: str) -> ImageFolder:
+    """An unlabelled split of arbitrary image files (prediction): labels are all 0."""
+    return ImageFolder(
+        class_names=(),
+        file_paths=tuple(file_paths),
+        labels=np.zeros(len(file_paths), dtype=np.int32),
+        name=name,
+        image_size=image_size,
+        fingerprint=listing_fingerprint(file_paths, image_size=image_size),
+    )
 
 
 def load_labeled_folder(

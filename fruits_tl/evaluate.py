@@ -250,9 +250,13 @@ def predict_paths(
     good = [p for p in paths if p not in errors]
     probabilities = np.zeros((0, len(class_names)))
     if good:
-        dataset = tf.data.Dataset.from_tensor_slices(good)
-        dataset = dataset.map(lambda p: data.load_image(p, image_size), num_parallel_calls=tf.data.AUTOTUNE)
-        probabilities = classifier.predict(dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE), verbose=0)
+        # The one route: (path) listing -> decode -> batch, with the strategy's smallest batch.
+        folder = data.folder_of_files(good, image_size=image_size, name="predict")
+        batches = pipeline.make_batches(
+            folder, batch_size=batch_size, training=False, cache="none", output="uint8",
+            min_batch_size=strategy.num_replicas_in_sync,
+        )
+        probabilities = classifier.predict(batches.map(lambda images, labels: images), verbose=0)
     by_path = dict(zip(good, probabilities))
     k = min(top_k, len(class_names))
     results = []

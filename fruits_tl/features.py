@@ -26,7 +26,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from fruits_tl import data, files, model, pipeline, preprocess
+from fruits_tl import data, decode, files, model, pipeline, preprocess
 from fruits_tl.config import FEATURE_DTYPES
 from fruits_tl.errors import UserInputError
 
@@ -97,7 +97,7 @@ def make_fingerprint(
         "alpha": float(alpha),
         "image_size": int(image_size),
         "preprocessing_version": preprocess.PREPROCESSING_VERSION,
-        "decode_version": data.DECODE_VERSION,
+        "decode_version": decode.DECODE_VERSION,
         "feature_dtype": feature_dtype,
         "splits": {name: folder.fingerprint for name, folder in sorted(splits.items())},
     }
@@ -132,6 +132,39 @@ def _extraction_step(extractor: keras.Model):
 
         _STEPS[extractor] = step
     return _STEPS[extractor]
+
+
+def run_extractor(
+    batches: tf.data.Dataset,
+    extractor: keras.Model,
+    *,
+    strategy: tf.distribute.Strategy,
+    feature_dtype: str = "float32",
+    count: int = 0,
+    verbose: bool = False,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Runs the extractor over uint8 `(images, labels)` batches of the route, in order.
+
+    Features and labels come out of the same distributed step, gathered from the replicas in
+    order, so they cannot drift apart.
+
+    Returns:
+      ([N, D] features in `feature_dtype`, [N] int32 labels).
+    """
+    distributed = strategy.experimental_distribute_dataset(batches)
+    step = _extraction_step(extractor)
+    progress = keras.utils.Progbar(count or None, unit_name="image", verbose=1 if verbose else 0)
+    features, labels = [], []
+    for images, batch_labels in distributed:
+        batch_features, batch_labels = strategy.run(step, args=(images, batch_labels))
+        batch_features = strategy.gather(batch_features, axis=0).numpy()
+        batch_labels = strategy.gather(batch_labels, axis=0).numpy()
+        features.append(batch_features.astype(feature_dtype))
+        labels.append(batch_labels.astype(np.int32))
+        progress.add(len(batch_labels))
+    features_array = np.concatenate(features) if features else np.zeros((0, 0), feature_dtype)
+    labels_array = np.concatenate(labels) if labels else np.zeros((0,), np.int32)
+    return features_array, labels_array
 
 
 def extract_features(
@@ -169,20 +202,9 @@ def extract_features(
         min_batch_size=strategy.num_replicas_in_sync,
     )
     batches = pipeline.share_cpu_with_model(batches)
-    distributed = strategy.experimental_distribute_dataset(batches)
-
-    step = _extraction_step(extractor)
-    progress = keras.utils.Progbar(len(folder), unit_name="image", verbose=1 if verbose else 0)
-    features, labels = [], []
-    for images, batch_labels in distributed:
-        batch_features, batch_labels = strategy.run(step, args=(images, batch_labels))
-        batch_features = strategy.gather(batch_features, axis=0).numpy()
-        batch_labels = strategy.gather(batch_labels, axis=0).numpy()
-        features.append(batch_features.astype(feature_dtype))
-        labels.append(batch_labels.astype(np.int32))
-        progress.add(len(batch_labels))
-    features_array = np.concatenate(features) if features else np.zeros((0, 0), feature_dtype)
-    labels_array = np.concatenate(labels) if labels else np.zeros((0,), np.int32)
+    features_array, labels_array = run_extractor(
+        batches, extractor, strategy=strategy, feature_dtype=feature_dtype, count=len(folder), verbose=verbose
+    )
     if not np.array_equal(labels_array, folder.labels):
         raise RuntimeError(f"extracted labels of split {folder.name} do not match its file order")
     return FeatureSet(

@@ -2,7 +2,8 @@
 
 The order is written once, here (after big_vision's input_pipeline):
 
-1. shard (only for `input_fn`, before the cache, so each input pipeline caches its own part);
+1. shard the (path, label) listing (for an `input_fn` or a worker), then decode only that
+   shard with `decode.decode_image` (`data.ImageFolder.make_elements`);
 2. cache the unbatched uint8 elements (memory, or a file prefix): the first epoch decodes, the
    rest replay decoded pixels. uint8, never float32: a float32 cache is 4x the memory;
 3. shuffle (training only), reshuffled every epoch with a seeded generator. The buffer defaults
@@ -175,11 +176,9 @@ def make_batches(
         raise UserInputError(f"batch_size must be >= 1, got {batch_size}.")
     if not 0 <= shard_index < num_shards:
         raise UserInputError(f"shard_index must be in [0, {num_shards}), got {shard_index}.")
-    dataset = folder.dataset
-    count = len(folder)
-    if num_shards > 1:
-        dataset = dataset.shard(num_shards, shard_index)
-        count = len(range(shard_index, len(folder), num_shards))
+    # Shard the listing before anything is decoded: this pipeline decodes only its own files.
+    dataset = folder.make_elements(num_shards=num_shards, shard_index=shard_index)
+    count = len(range(shard_index, len(folder), num_shards))
     dataset = apply_cache(
         dataset,
         cache,

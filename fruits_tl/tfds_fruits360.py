@@ -13,6 +13,7 @@ names as paths), so TFDS data takes the same cache, shuffle, batch and preproces
 
 from __future__ import annotations
 
+import hashlib
 import os
 
 import numpy as np
@@ -21,7 +22,7 @@ import tensorflow_datasets as tfds
 from absl import logging
 from etils import epath
 
-from fruits_tl import data, download, preprocess
+from fruits_tl import data, decode, download
 from fruits_tl.errors import UserInputError
 
 NAME = "fruits360"
@@ -134,10 +135,9 @@ def _as_encoded_jpeg_or_pixels(contents: bytes):
     tensor = tf.constant(contents)
     if bool(tf.io.is_jpeg(tensor)) and tuple(tf.io.extract_jpeg_shape(tensor).numpy()) == IMAGE_SHAPE:
         return contents
-    image = tf.io.decode_image(tensor, channels=3, expand_animations=False)
-    if tuple(image.shape[:2]) != IMAGE_SHAPE[:2]:
-        image = preprocess.to_uint8(tf.image.resize(image, IMAGE_SHAPE[:2]))
-    return image.numpy().astype(np.uint8)
+    # Other images are stored as pixels at the dataset's size, by the one decode function (a
+    # bilinear resize to the same size leaves pixels unchanged).
+    return decode.decode_image(tensor, IMAGE_SHAPE[0]).numpy()
 
 
 def prepare(*, tfds_data_dir: str, manual_dir: str = "") -> tfds.core.DatasetBuilder:
@@ -145,7 +145,6 @@ def prepare(*, tfds_data_dir: str, manual_dir: str = "") -> tfds.core.DatasetBui
     builder = tfds.builder(NAME, data_dir=tfds_data_dir or None)
     if not builder.is_prepared():
         logging.info("Preparing the %s TFDS dataset in %s (a one-time step)", NAME, builder.data_dir)
-        print(f"fruits_tl: preparing the {NAME} TFDS dataset in {builder.data_dir} (one time)")
         config = tfds.download.DownloadConfig(manual_dir=manual_dir or None)
         try:
             builder.download_and_prepare(download_config=config)
@@ -167,21 +166,28 @@ def _load_tfds_split(builder, split: str, *, image_size: int, class_names: tuple
         names += [n.decode("utf-8") for n in example[0]]
         labels.append(example[1].astype(np.int32))
     labels_array = np.concatenate(labels) if labels else np.zeros((0,), np.int32)
-    dataset = builder.as_dataset(split=split, shuffle_files=False, decoders={"image": tfds.decode.SkipDecoding()})
-
-    def decode(example):
-        # The same decode and bilinear resize as Keras's folder loader, then uint8.
-        image = tf.io.decode_image(example["image"], channels=3, expand_animations=False)
-        image = tf.image.resize(image, (image_size, image_size), method="bilinear")
-        return preprocess.to_uint8(image), tf.cast(example["label"], tf.int32)
-
-    dataset = dataset.map(decode, num_parallel_calls=tf.data.AUTOTUNE)
-    dataset = dataset.apply(tf.data.experimental.assert_cardinality(len(names)))
+    # Undecoded records: the route shards and selects them before decoding
+    # (data.ImageFolder.make_elements decodes with the one decode function).
+    records = skip.map(
+        lambda example: (example["image"], tf.cast(example["label"], tf.int32)),
+        num_parallel_calls=tf.data.AUTOTUNE,
+    ).apply(tf.data.experimental.assert_cardinality(len(names)))
     file_paths = tuple(f"tfds://{NAME}/{split}/{n}" for n in names)
-    fingerprint = data.listing_fingerprint([], image_size=image_size, extra=f"{NAME}:{builder.info.version}:{split}:{len(names)}:{builder.data_dir}")
+    # What identifies the records: their files (paths, sizes, modification times, as for an
+    # image folder) and the listing inside them, so records rebuilt in place never reuse
+    # stale caches or features.
+    record_files = sorted(
+        os.path.join(builder.data_dir, n) for n in os.listdir(builder.data_dir) if n.startswith(f"{NAME}-{split}.")
+    )
+    fingerprint = data.listing_fingerprint(
+        record_files,
+        image_size=image_size,
+        extra=f"{NAME}:{builder.info.version}:{split}:"
+        + hashlib.sha256("\n".join(names).encode() + labels_array.tobytes()).hexdigest(),
+    )
     return data.ImageFolder(
-        dataset=dataset, class_names=class_names, file_paths=file_paths, labels=labels_array,
-        name=split, image_size=image_size, fingerprint=fingerprint,
+        class_names=class_names, file_paths=file_paths, labels=labels_array,
+        name=split, image_size=image_size, fingerprint=fingerprint, records=records,
     )
 
 

@@ -102,12 +102,6 @@ def test_predict_classifies_good_files_and_reports_the_corrupt_one(trained, tiny
     assert len(table) == 3 and all("Banana 0." in row for row in table)
 
 
-def test_load_image_matches_the_route(tiny_dataset):
-    splits = data.load_dataset(tiny_dataset, image_size=40)
-    image, _ = next(splits.test.dataset.as_numpy_iterator())
-    np.testing.assert_array_equal(data.load_image(splits.test.file_paths[0], 40).numpy(), image)
-
-
 def test_extract_binary_from_weights_and_from_a_model(trained, tiny_dataset, tmp_path, capsys):
     out = tmp_path / "features"
     args = [f"--data_dir={tiny_dataset}", f"--features_dir={out}", "--alpha=0.25", "--image_size=32", "--weights=none",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -41,12 +42,13 @@ class Fruits360BuilderTest(tfds.testing.DatasetBuilderTestCase):
         shutil.rmtree(cls._examples, ignore_errors=True)
 
 
-def test_tfds_source_trains_with_the_folder_class_order(tmp_path, capsys):
+def test_tfds_source_trains_with_the_folder_class_order(tmp_path, caplog, capsys):
     manual = tmp_path / "manual"
     source = _write_fake_fruits(str(manual))
     records = tmp_path / "records"
-    splits = tfds_fruits360.load_tfds_splits(tfds_data_dir=str(records), manual_dir=str(manual), image_size=32)
-    assert "preparing the fruits360 TFDS dataset" in capsys.readouterr().out
+    with caplog.at_level(logging.INFO, logger="absl"):
+        splits = tfds_fruits360.load_tfds_splits(tfds_data_dir=str(records), manual_dir=str(manual), image_size=32)
+    assert "Preparing the fruits360 TFDS dataset" in caplog.text
     folder = data.load_dataset(source, image_size=32)
     assert splits.class_names == folder.class_names
     assert (len(splits.train), len(splits.test)) == (12, 6)
@@ -58,11 +60,12 @@ def test_tfds_source_trains_with_the_folder_class_order(tmp_path, capsys):
         assert label == expected_label
         np.testing.assert_array_equal(image, expected_image)
     model_dir = tmp_path / "run"
+    caplog.clear()
     code = run_main(train_main, ["--data_source=tfds", f"--tfds_data_dir={records}", f"--manual_dir={manual}",
                                  f"--model_dir={model_dir}", "--alpha=0.25", "--image_size=32", "--weights=none",
                                  "--epochs=1", "--batch_size=4", "--verbose=0"])
     assert code == 0, capsys.readouterr().err
-    assert "preparing" not in capsys.readouterr().out  # Already prepared: reused.
+    assert "Preparing" not in caplog.text  # Already prepared: reused.
     metrics = json.loads((model_dir / "metrics.json").read_text())
     assert (metrics["num_train_images"], metrics["num_test_images"]) == (12, 6)
     assert (model_dir / "labels.txt").read_text().splitlines() == list(folder.class_names)

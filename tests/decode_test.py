@@ -1,0 +1,84 @@
+"""The one decode function and the route that shards before it decodes."""
+
+from __future__ import annotations
+
+import os
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+from fruits_tl import data, decode, pipeline
+
+
+def _add_unusual_images(data_dir: str) -> None:
+    banana = os.path.join(data_dir, "Training", "Banana")
+    rng = np.random.default_rng(0)
+    pixels = (rng.random((50, 60, 3)) * 255).astype(np.uint8)
+    Image.fromarray(pixels).convert("L").save(os.path.join(banana, "gray.jpg"))
+    Image.fromarray(pixels).convert("CMYK").save(os.path.join(banana, "cmyk.jpg"))
+    Image.fromarray(pixels).save(os.path.join(banana, "progressive.jpg"), progressive=True)
+    Image.fromarray(np.dstack([pixels, pixels[..., :1]])).save(os.path.join(banana, "alpha.png"))
+    Image.fromarray(pixels).save(os.path.join(banana, "UPPER.JPG"))
+    Image.fromarray(pixels).save(os.path.join(banana, "bitmap.bmp"))
+    Image.fromarray(pixels).save(os.path.join(banana, "still.gif"))
+
+
+@pytest.mark.parametrize("image_size", [32, 128])
+def test_route_pixels_equal_keras_loader_rounded(data_dir, image_size):
+    _add_unusual_images(data_dir)
+    train_dir = os.path.join(data_dir, "Training")
+    reference = keras.utils.image_dataset_from_directory(
+        train_dir, batch_size=None, image_size=(image_size, image_size), shuffle=False, verbose=False
+    )
+    expected = {
+        path: np.clip(np.round(image), 0, 255).astype(np.uint8)
+        for path, (image, _) in zip(reference.file_paths, reference.as_numpy_iterator())
+    }
+    splits = data.load_dataset(data_dir, image_size=image_size)
+    assert len(splits.train) == 18 + 7
+    for path, (image, _) in zip(splits.train.file_paths, splits.train.dataset.as_numpy_iterator()):
+        np.testing.assert_array_equal(image, expected[path], err_msg=path)
+
+
+def test_decode_is_the_same_eagerly_in_a_map_and_in_a_function(tiny_dataset):
+    path = os.path.join(tiny_dataset, "Test", "Banana", sorted(os.listdir(os.path.join(tiny_dataset, "Test", "Banana")))[0])
+    eager = decode.load_image(tf.constant(path), 40).numpy()
+    mapped = next(iter(tf.data.Dataset.from_tensors(path).map(lambda p: decode.load_image(p, 40)))).numpy()
+    traced = tf.function(lambda p: decode.decode_image(tf.io.read_file(p), 40))(tf.constant(path)).numpy()
+    assert eager.dtype == np.uint8 and eager.shape == (40, 40, 3)
+    np.testing.assert_array_equal(mapped, eager)
+    np.testing.assert_array_equal(traced, eager)
+
+
+def test_each_shard_decodes_only_its_own_files(data_dir):
+    """A corrupt file at an odd index breaks shard 1 only: shard 0 never reads it."""
+    train_dir = os.path.join(data_dir, "Training")
+    classes = data.list_classes(train_dir)
+    listing = data.load_split(train_dir, class_names=classes, image_size=32, name="train")
+    corrupt = listing.file_paths[3]
+    with open(corrupt, "wb") as stream:
+        stream.write(b"not an image at all")
+    # The listing is taken again without any check, so nothing knows the file is corrupt.
+    folder = data.load_split(train_dir, class_names=classes, image_size=32, name="train")
+    assert folder.file_paths[3] == corrupt
+    shard0 = list(folder.make_elements(num_shards=2, shard_index=0).as_numpy_iterator())
+    assert len(shard0) == 9
+    np.testing.assert_array_equal([label for _, label in shard0], folder.labels[0::2])
+    with pytest.raises(tf.errors.InvalidArgumentError):
+        list(folder.make_elements(num_shards=2, shard_index=1).as_numpy_iterator())
+    # The same holds through the whole route (cache, batch, prefetch) of an input pipeline.
+    batches = pipeline.make_batches(folder, batch_size=4, training=True, num_shards=2, shard_index=0)
+    assert sum(len(labels) for _, labels in batches) == 9
+
+
+def test_excluded_files_are_never_decoded(data_dir):
+    train_dir = os.path.join(data_dir, "Training")
+    classes = data.list_classes(train_dir)
+    path = data.load_split(train_dir, class_names=classes, image_size=32, name="train").file_paths[0]
+    with open(path, "wb") as stream:
+        stream.write(b"corrupt")
+    folder = data.load_split(train_dir, class_names=classes, image_size=32, name="train", exclude={path})
+    assert len(list(folder.dataset)) == 17
