@@ -180,3 +180,52 @@ class TrainConfig:
 
     def resolved_features_dir(self) -> str:
         return self.features_dir or os.path.join(self.model_dir, "features")
+
+
+EXPORT_FORMATS = ("saved_model", "tflite")
+QUANTIZATIONS = ("none", "dynamic", "float16", "int8")
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportConfig:
+    """One export of a trained classifier (see fruits-tl-export).
+
+    Attributes:
+      model: The trained model: a model_dir or a .keras file (labels.txt beside it).
+      output_dir: Where the artifacts, labels.txt and export_report.json are written.
+      formats: Subset of EXPORT_FORMATS.
+      quantize: TFLite variants to write, a subset of QUANTIZATIONS ("none" is float32).
+      top_k: Classes the SavedModel's serve_jpeg signature returns per image.
+      representative_images: Training images (seeded choice) that calibrate int8.
+      data: The data whose test split the report is measured on, and whose training split
+        calibrates int8; None for no report and no int8.
+      latency_images: Test images timed one at a time for the report's latency.
+    """
+
+    model: str
+    output_dir: str
+    formats: tuple[str, ...] = EXPORT_FORMATS
+    quantize: tuple[str, ...] = QUANTIZATIONS
+    top_k: int = 5
+    representative_images: int = 300
+    data: DataConfig | None = None
+    latency_images: int = 100
+
+    def __post_init__(self) -> None:
+        _require(bool(self.model), "model is required: the trained model_dir or .keras file to export.")
+        _require(bool(self.output_dir), "output_dir is required: where the exported files go.")
+        unknown = [f for f in self.formats if f not in EXPORT_FORMATS]
+        _require(not unknown and bool(self.formats), f"formats must be a non-empty subset of {', '.join(EXPORT_FORMATS)}, got {', '.join(self.formats) or '(none)'}.")
+        unknown = [q for q in self.quantize if q not in QUANTIZATIONS]
+        _require(not unknown, f"quantize takes {', '.join(QUANTIZATIONS)}; unknown: {', '.join(unknown)}.")
+        _require(
+            "tflite" not in self.formats or bool(self.quantize),
+            "quantize must name at least one of none, dynamic, float16, int8 when formats has tflite.",
+        )
+        _require(self.top_k >= 1, f"top_k must be >= 1, got {self.top_k}.")
+        _require(self.representative_images >= 1, f"representative_images must be >= 1, got {self.representative_images}.")
+        _require(self.latency_images >= 1, f"latency_images must be >= 1, got {self.latency_images}.")
+        _require(
+            self.data is not None or not ("tflite" in self.formats and "int8" in self.quantize),
+            "quantize=int8 needs --data_dir: its training images calibrate the integer ranges.",
+        )

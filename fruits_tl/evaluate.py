@@ -1,8 +1,9 @@
 """Evaluation and prediction with a trained model: reports, confusion matrix, top-k.
 
 `compute_report` is pure NumPy over labels and probabilities, so its arithmetic is tested on
-known predictions; `evaluate_folder` and `predict_paths` run a saved model through the data
-route (uint8 batches in file order) under a distribution strategy.
+known predictions; `evaluate_folder` and `predict_paths` run a saved model (any format of
+`servable.load_servable`: model_dir, .keras, SavedModel, .tflite) through the data route
+(uint8 batches in file order) under a distribution strategy.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from collections.abc import Callable
 import numpy as np
 import tensorflow as tf
 
-from fruits_tl import data, files, model, pipeline
+from fruits_tl import data, files, pipeline, servable
 
 # Keras's SparseCategoricalCrossentropy clips probabilities to [epsilon, 1 - epsilon].
 EPSILON = 1e-7
@@ -144,6 +145,19 @@ def summary_table(report: Report, *, worst: int = 5) -> str:
     return "\n".join(lines)
 
 
+def predict_batches(classifier: servable.Servable, batches: tf.data.Dataset) -> np.ndarray:
+    """Class probabilities for the route's `(uint8 images, labels)` batches, in order.
+
+    A Keras model runs through `predict` (under the strategy it was loaded in); the other
+    formats take one batch at a time.
+    """
+    images = batches.map(lambda pixels, labels: pixels)
+    if classifier.keras_model is not None:
+        return np.asarray(classifier.keras_model.predict(images, verbose=0))
+    outputs = [classifier.predict_pixels(batch) for batch in images.as_numpy_iterator()]
+    return np.concatenate(outputs) if outputs else np.zeros((0, len(classifier.class_names)), np.float32)
+
+
 def evaluate_split(
     model_path: str,
     folder_for: "Callable[[tuple[str, ...], int], data.ImageFolder]",
@@ -155,18 +169,20 @@ def evaluate_split(
     """Evaluates a saved model on a split made by `folder_for(class_names, image_size)`.
 
     The split comes from the model's own label map and input size; this is how the TFDS source
-    is evaluated (and evaluate_folder, for folders).
+    is evaluated (and evaluate_folder, for folders). The model may be in any format
+    `servable.load_servable` takes; the report is the same for each.
     """
     with strategy.scope():
-        classifier, class_names, image_size = model.load_trained(model_path)
-    folder = folder_for(class_names, image_size)
+        classifier = servable.load_servable(model_path)
+    folder = folder_for(classifier.class_names, classifier.image_size)
     batches = pipeline.make_batches(
         folder, batch_size=batch_size, training=False, cache="none", output="uint8",
         min_batch_size=strategy.num_replicas_in_sync,
     )
-    probabilities = classifier.predict(batches, verbose=0)
+    probabilities = predict_batches(classifier, batches)
     return compute_report(
-        folder.labels, probabilities, class_names=class_names, file_paths=folder.file_paths, num_mistakes=num_mistakes
+        folder.labels, probabilities, class_names=classifier.class_names, file_paths=folder.file_paths,
+        num_mistakes=num_mistakes,
     )
 
 
@@ -183,7 +199,8 @@ def evaluate_folder(
     """Evaluates a saved model on a labelled folder (`<class>/<images>`) in file order.
 
     Args:
-      model_path: model_dir or .keras file (labels.txt beside it).
+      model_path: A model_dir, .keras file, SavedModel folder or .tflite file (labels.txt
+        beside it; see servable.load_servable).
       directory: The folder to evaluate, e.g. `<data_dir>/Test`.
       strategy: Distribution strategy; the model is loaded in its scope.
       batch_size: Global batch size.
@@ -241,22 +258,26 @@ def predict_paths(
       One Prediction per file, in input order.
     """
     with strategy.scope():
-        classifier, class_names, image_size = model.load_trained(model_path)
+        classifier = servable.load_servable(model_path)
+    class_names = classifier.class_names
     listed = {os.path.abspath(p) for p in exclude_files}
     paths = [p for p in collect_image_paths(inputs) if os.path.abspath(p) not in listed]
     missing = {p: "no such file" for p in paths if not os.path.isfile(p)}
     bad = {b.path: b.reason for b in data.find_bad_images([p for p in paths if p not in missing])}
     errors = {**missing, **bad}
     good = [p for p in paths if p not in errors]
+    if classifier.predict_encoded is not None:
+        # A SavedModel decodes inside (serve_jpeg): the files' bytes go straight in.
+        return _predict_encoded(classifier, paths, good, errors, top_k=top_k, batch_size=batch_size)
     probabilities = np.zeros((0, len(class_names)))
     if good:
         # The one route: (path) listing -> decode -> batch, with the strategy's smallest batch.
-        folder = data.folder_of_files(good, image_size=image_size, name="predict")
+        folder = data.folder_of_files(good, image_size=classifier.image_size, name="predict")
         batches = pipeline.make_batches(
             folder, batch_size=batch_size, training=False, cache="none", output="uint8",
             min_batch_size=strategy.num_replicas_in_sync,
         )
-        probabilities = classifier.predict(batches.map(lambda images, labels: images), verbose=0)
+        probabilities = predict_batches(classifier, batches)
     by_path = dict(zip(good, probabilities))
     k = min(top_k, len(class_names))
     results = []
@@ -268,3 +289,20 @@ def predict_paths(
         order = np.argsort(-row, kind="stable")[:k]
         results.append(Prediction(path=path, top=tuple((class_names[i], float(row[i])) for i in order)))
     return results
+
+
+def _predict_encoded(
+    classifier: servable.Servable, paths: list[str], good: list[str], errors: dict, *, top_k: int, batch_size: int
+) -> list[Prediction]:
+    """Predictions from a SavedModel's serve_jpeg signature (its top-k, at most `top_k`)."""
+    top: dict[str, tuple[tuple[str, float], ...]] = {}
+    for start in range(0, len(good), batch_size):
+        chunk = good[start : start + batch_size]
+        contents = []
+        for path in chunk:
+            with open(path, "rb") as stream:
+                contents.append(stream.read())
+        names, probabilities, _ = classifier.predict_encoded(contents)
+        for path, row_names, row_probabilities in zip(chunk, names, probabilities):
+            top[path] = tuple((name.decode("utf-8"), float(p)) for name, p in zip(row_names, row_probabilities))[:top_k]
+    return [Prediction(path=p, error=errors[p]) if p in errors else Prediction(path=p, top=top[p]) for p in paths]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from typing import Any
@@ -44,6 +45,33 @@ def atomic_path(path: str | os.PathLike) -> Iterator[str]:
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temporary)
+        raise
+
+
+@contextlib.contextmanager
+def atomic_directory(path: str | os.PathLike) -> Iterator[str]:
+    """Yields a temporary folder beside `path`; puts it in place of `path` if the block succeeds.
+
+    A reader sees the old complete folder or the new complete one. The swap is two renames
+    (old folder aside, new folder in), then the old folder is removed; if the block raises,
+    the temporary folder is removed and `path` is left untouched.
+    """
+    path = os.path.abspath(os.fspath(path))
+    parent = os.path.dirname(path)
+    os.makedirs(parent, exist_ok=True)
+    temporary = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.tmp-", dir=parent)
+    try:
+        yield temporary
+        previous = None
+        if os.path.exists(path):
+            previous = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.old-", dir=parent)
+            os.rmdir(previous)
+            os.replace(path, previous)
+        os.replace(temporary, path)
+        if previous is not None:
+            shutil.rmtree(previous, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(temporary, ignore_errors=True)
         raise
 
 

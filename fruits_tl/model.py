@@ -1,8 +1,11 @@
 """Keras models: the frozen MobileNet v1 backbone, the new head, and their assembly.
 
-Every model here takes raw pixels (uint8, or float in [0, 255]) and applies the package's one
-preprocessing function in its first layer, so a saved model cannot be served with the wrong
-preprocessing. Build models inside `strategy.scope()`.
+Every model here takes raw pixels (uint8, or float in [0, 255]) and applies MobileNet's
+preprocessing in its first layer, so a saved model cannot be served with the wrong
+preprocessing. That layer is Keras's own `Rescaling(1/127.5, offset=-1)` (the same float32
+arithmetic as `preprocess.mobilenet_inputs`, x * (1/127.5) - 1), so a saved `model.keras`
+loads with plain `keras.models.load_model`, without this package. Build models inside
+`strategy.scope()`.
 """
 
 from __future__ import annotations
@@ -24,7 +27,12 @@ BACKBONE_NAME = "backbone"
 
 @keras.saving.register_keras_serializable(package="fruits_tl")
 class MobileNetPreprocessing(keras.layers.Layer):
-    """Applies `fruits_tl.preprocess.mobilenet_inputs`: raw pixels to float32 in [-1, 1]."""
+    """Applies `fruits_tl.preprocess.mobilenet_inputs`: raw pixels to float32 in [-1, 1].
+
+    Only for loading models saved by fruits_tl 0.1.0, whose first layer this was (it stays
+    registered so that `load_model` finds it). New models use `build_preprocessing()`, a
+    built-in layer that needs no registration.
+    """
 
     def __init__(self, **kwargs):
         kwargs.setdefault("dtype", "float32")
@@ -35,6 +43,11 @@ class MobileNetPreprocessing(keras.layers.Layer):
 
     def compute_output_shape(self, input_shape):
         return input_shape
+
+
+def build_preprocessing() -> keras.layers.Layer:
+    """MobileNet's preprocessing as a built-in Keras layer: x / 127.5 - 1 on raw pixels."""
+    return keras.layers.Rescaling(1.0 / 127.5, offset=-1.0, dtype="float32", name="preprocessing")
 
 
 def imagenet_weights_file_name(*, alpha: float, image_size: int, include_top: bool = False) -> str:
@@ -132,7 +145,7 @@ def build_backbone(*, image_size: int, alpha: float, weights: str = "imagenet", 
 def build_feature_extractor(backbone: keras.Model, *, image_size: int) -> keras.Model:
     """Raw pixels -> preprocessing -> frozen backbone -> global average pool: the features."""
     inputs = keras.Input((image_size, image_size, 3), dtype="uint8", name="pixels")
-    x = MobileNetPreprocessing(name="preprocessing")(inputs)
+    x = build_preprocessing()(inputs)
     x = backbone(x, training=False)
     outputs = keras.layers.GlobalAveragePooling2D(name="head_pool")(x)
     return keras.Model(inputs, outputs, name="feature_extractor")
@@ -150,7 +163,7 @@ def build_classifier(
 ) -> keras.Model:
     """Builds the tutorial's model, fixed: raw pixels in, class probabilities out.
 
-    pixels (uint8) -> MobileNetPreprocessing -> frozen MobileNet(training=False)
+    pixels (uint8) -> Rescaling(1/127.5, offset=-1) -> frozen MobileNet(training=False)
     -> GlobalAveragePooling2D -> [Dropout] -> Dense(num_classes, softmax).
 
     Softmax with sparse categorical cross-entropy, not the tutorial's sigmoid with binary
@@ -173,7 +186,7 @@ def build_classifier(
         raise UserInputError(f"A classifier needs at least 2 classes, got {num_classes}.")
     backbone = build_backbone(image_size=image_size, alpha=alpha, weights=weights, cache_dir=cache_dir)
     inputs = keras.Input((image_size, image_size, 3), dtype="uint8", name="pixels")
-    x = MobileNetPreprocessing(name="preprocessing")(inputs)
+    x = build_preprocessing()(inputs)
     x = backbone(x, training=False)
     x = keras.layers.GlobalAveragePooling2D(name="head_pool")(x)
     outputs = _head_layers(x, num_classes, dropout=dropout, seed=seed)

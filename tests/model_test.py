@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from conftest import NO_TOP_WEIGHTS, TOP_WEIGHTS, needs_weights
-from fruits_tl import model
+from fruits_tl import model, preprocess
 from fruits_tl.errors import UserInputError
 
 
@@ -27,9 +27,12 @@ def test_classifier_takes_uint8_and_freezes_backbone():
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
 
 
-def test_first_layer_is_the_package_preprocessing():
+def test_first_layer_is_a_built_in_rescaling_equal_to_the_package_preprocessing():
     classifier = model.build_classifier(3, image_size=32, alpha=0.25, weights="none")
-    assert isinstance(classifier.get_layer("preprocessing"), model.MobileNetPreprocessing)
+    layer = classifier.get_layer("preprocessing")
+    assert type(layer) is keras.layers.Rescaling  # Built in: loads anywhere without fruits_tl.
+    every_value = np.arange(256, dtype=np.uint8).reshape(1, 16, 16, 1).repeat(3, axis=-1)
+    np.testing.assert_array_equal(layer(every_value).numpy(), preprocess.mobilenet_inputs(every_value).numpy())
     extractor = model.build_feature_extractor(classifier.get_layer(model.BACKBONE_NAME), image_size=32)
     pixels = np.full((1, 32, 32, 3), 200, np.uint8)
     # The same pixels as uint8 or as float give the same features.

@@ -42,7 +42,11 @@ flags.DEFINE_string(
 flags.DEFINE_integer("seed", 42, "Seed for the validation split, the shuffle and the head initialisation.")
 flags.DEFINE_string("features_dir", "", "Where backbone features are stored and reused (<split>.npz, labels.txt, fingerprint.json); train defaults to <model_dir>/features.")
 flags.DEFINE_enum("feature_dtype", "float32", ["float32", "float16"], "dtype of stored features (float16 halves their size).")
-flags.DEFINE_string("model", None, "A trained model: its model_dir or a .keras file.")
+flags.DEFINE_string(
+    "model", None,
+    "A trained model: its model_dir or a .keras file; fruits-tl-evaluate and fruits-tl-predict "
+    "also take an exported SavedModel folder or .tflite file (labels.txt beside it).",
+)
 flags.DEFINE_integer("epochs", 25, "Passes over the training images (fruits-tl-bench: epochs per repeat, 5 when not given).")
 flags.DEFINE_float("learning_rate", 1e-4, "Optimizer learning rate.")
 flags.DEFINE_string("output_dir", "", "Where a binary's report files go (see each binary's help).")
@@ -52,6 +56,7 @@ flags.DEFINE_string("manual_dir", "", "Where the extracted Fruits-360 folder or 
 flags.DEFINE_string("dest", None, "Destination folder: fruits-tl-download downloads and extracts under it; fruits-tl-synthetic writes Training/ and Test/ into it.")
 flags.DEFINE_string("exclude_list", "", "A file of image paths to leave out, one per line (fruits-tl-audit --write_exclude_list writes one).")
 flags.DEFINE_string("output_json", "", "Also write the full report or figures to this JSON file.")
+flags.DEFINE_integer("top_k", 5, "How many classes per image: shown by fruits-tl-predict, returned by the exported serve_jpeg signature.")
 flags.DEFINE_bool("skip_bad_images", False, "Leave out undecodable images (listed in model_dir/skipped_images.txt) instead of stopping.")
 
 

@@ -15,7 +15,6 @@ from absl import flags
 
 from fruits_tl.cli import common
 
-flags.DEFINE_integer("top_k", 5, "How many classes to show per image.")
 flags.DEFINE_enum("output", "table", ["table", "json"], "table: aligned text; json: one JSON object per line per image.")
 
 FLAGS = flags.FLAGS

@@ -1,0 +1,303 @@
+"""Export of a trained classifier for serving: SavedModel on JPEG bytes, TFLite, and a report.
+
+`export_model` writes into `output_dir`:
+- `saved_model/`, via `keras.export.ExportArchive`, with two signatures:
+  `serve_jpeg` (a batch of encoded images as tf.string, decoded inside with the package's one
+  decode function; returns the top-k `classes` as strings, their `probabilities` and
+  `indices`) and `serve_pixels` (uint8 [N, S, S, 3]; returns all `probabilities`). The class
+  names are a constant inside it, and `labels.txt` is written inside it and beside it.
+- `model_<quantize>.tflite` for each `quantize` choice: float32 ("none"), dynamic-range,
+  float16, and full-integer int8 (int8 input and output, calibrated on a seeded choice of
+  training images taken through the data route). The TFLite graph takes pixels as float32 in
+  [0, 255] (int8: quantized pixels); JPEG decoding needs Select TF ops, which TF 2.21's
+  Python interpreter cannot run, so decoding stays outside.
+- `export_report.json`: per format, file size, test accuracy, top-1 agreement with the Keras
+  model on the test split, and mean latency per image at batch 1 on this machine.
+
+Every artifact is written to a temporary name and renamed into place, so a failed conversion
+leaves no partial artifact; the error names the format that failed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tempfile
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+from absl import logging
+
+from fruits_tl import data, decode, files, model, pipeline, servable, sources
+from fruits_tl.config import ExportConfig
+from fruits_tl.errors import UserInputError
+
+REPORT_FILE = "export_report.json"
+SAVED_MODEL_DIR = "saved_model"
+
+
+def tflite_file_name(quantize: str) -> str:
+    """`model_float32.tflite` for "none", else `model_<quantize>.tflite`."""
+    return f"model_{'float32' if quantize == 'none' else quantize}.tflite"
+
+
+@dataclasses.dataclass(frozen=True)
+class FormatReport:
+    """One exported artifact, measured on the test split.
+
+    Attributes:
+      format: "keras", "saved_model" or "tflite-<quantize>".
+      path: The artifact.
+      size_bytes: Its size on disk (a folder: all its files).
+      test_accuracy: Top-1 accuracy on the test split (None without data).
+      agreement_with_keras: Fraction of test images whose top-1 class equals the Keras
+        model's (None without data).
+      latency_ms_per_image: Mean wall time of one batch-1 prediction, in milliseconds.
+    """
+
+    format: str
+    path: str
+    size_bytes: int
+    test_accuracy: float | None
+    agreement_with_keras: float | None
+    latency_ms_per_image: float | None
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportResult:
+    """What `export_model` wrote and measured.
+
+    Attributes:
+      output_dir: Where everything is.
+      class_names: The label map.
+      image_size: Input height and width.
+      num_test_images: Images the report was measured on (0 without data).
+      formats: One FormatReport per artifact, the Keras model first.
+    """
+
+    output_dir: str
+    class_names: tuple[str, ...]
+    image_size: int
+    num_test_images: int
+    formats: tuple[FormatReport, ...]
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _disk_size(path: str) -> int:
+    if os.path.isfile(path):
+        return os.path.getsize(path)
+    return sum(os.path.getsize(os.path.join(root, name)) for root, _, names in os.walk(path) for name in names)
+
+
+def _float_forward(classifier: keras.Model):
+    """The classifier's layers after its uint8 input, applied to float32 pixels in [0, 255].
+
+    The TFLite graph starts from float pixels (int8 quantization needs a float input to
+    quantize), so the uint8 input layer is left out; the layers after it are the model's own.
+    """
+    layers = [layer for layer in classifier.layers if not isinstance(layer, keras.layers.InputLayer)]
+
+    def forward(images):
+        x = images
+        for layer in layers:
+            x = layer(x, training=False) if isinstance(layer, keras.Model) else layer(x)
+        return x
+
+    return forward
+
+
+def write_saved_model(
+    classifier: keras.Model, path: str, *, class_names: tuple[str, ...], image_size: int, top_k: int
+) -> None:
+    """Writes the serving SavedModel (serve_jpeg, serve_pixels) atomically, labels.txt inside."""
+    k = min(top_k, len(class_names))
+    names = tf.constant(list(class_names), tf.string)
+    archive = keras.export.ExportArchive()
+    archive.track(classifier)
+
+    def serve_pixels(images):
+        return {"probabilities": classifier(images, training=False)}
+
+    def serve_jpeg(images):
+        # add_endpoint traces with autograph off: tf.map_fn, not a Python loop.
+        pixels = tf.map_fn(
+            lambda contents: decode.decode_image(contents, image_size),
+            images,
+            fn_output_signature=tf.TensorSpec((image_size, image_size, 3), tf.uint8),
+        )
+        top = tf.math.top_k(classifier(pixels, training=False), k=k)
+        return {"classes": tf.gather(names, top.indices), "probabilities": top.values, "indices": top.indices}
+
+    archive.add_endpoint(
+        servable.SERVE_PIXELS,
+        serve_pixels,
+        input_signature=[tf.TensorSpec((None, image_size, image_size, 3), tf.uint8, name="images")],
+    )
+    archive.add_endpoint(
+        servable.SERVE_JPEG, serve_jpeg, input_signature=[tf.TensorSpec((None,), tf.string, name="images")]
+    )
+    with files.atomic_directory(path) as temporary:
+        archive.write_out(temporary, verbose=False)
+        files.write_lines(os.path.join(temporary, servable.LABELS_FILE), list(class_names))
+
+
+def representative_batches(folder: data.ImageFolder, *, count: int, seed: int) -> tf.data.Dataset:
+    """A seeded choice of `count` images of a split, one per batch, through the data route."""
+    count = min(count, len(folder))
+    chosen = np.zeros(len(folder), dtype=bool)
+    chosen[np.random.default_rng(seed).choice(len(folder), size=count, replace=False)] = True
+    subset = data.select(folder, chosen, name=f"{folder.name}-representative")
+    return pipeline.make_batches(subset, batch_size=1, training=False, cache="none", output="uint8")
+
+
+def convert_tflite(
+    classifier: keras.Model, *, quantize: str, image_size: int, representative: tf.data.Dataset | None
+) -> bytes:
+    """Converts the classifier to a TFLite flatbuffer with one quantization choice."""
+    forward = _float_forward(classifier)
+    archive = keras.export.ExportArchive()
+    archive.track(classifier)
+    archive.add_endpoint(
+        "serving_default",
+        lambda images: {"probabilities": forward(images)},
+        input_signature=[tf.TensorSpec((1, image_size, image_size, 3), tf.float32, name="images")],
+    )
+    with tempfile.TemporaryDirectory(prefix="fruits-tl-tflite-") as directory:
+        archive.write_out(directory, verbose=False)
+        converter = tf.lite.TFLiteConverter.from_saved_model(directory, signature_keys=["serving_default"])
+        if quantize != "none":
+            converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        if quantize == "float16":
+            converter.target_spec.supported_types = [tf.float16]
+        if quantize == "int8":
+
+            def calibration():
+                for images, _ in representative:
+                    yield [tf.cast(images, tf.float32)]
+
+            converter.representative_dataset = calibration
+            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+            converter.inference_input_type = tf.int8
+            converter.inference_output_type = tf.int8
+        return converter.convert()
+
+
+def _measure(
+    name: str, path: str, predict, *, test_batches, test_labels, reference: np.ndarray | None, latency_images: np.ndarray | None
+) -> FormatReport:
+    accuracy = agreement = latency = None
+    predicted = None
+    if test_batches is not None:
+        outputs = [predict(images) for images, _ in test_batches.as_numpy_iterator()]
+        predicted = np.concatenate(outputs).argmax(axis=1)
+        accuracy = float(np.mean(predicted == test_labels))
+        if reference is not None:
+            agreement = float(np.mean(predicted == reference))
+    if latency_images is not None and len(latency_images):
+        predict(latency_images[:1])  # Warm-up (tracing, allocation) outside the timing.
+        start = time.perf_counter()
+        for image in latency_images:
+            predict(image[None])
+        latency = (time.perf_counter() - start) / len(latency_images) * 1000.0
+    report = FormatReport(
+        format=name, path=path, size_bytes=_disk_size(path), test_accuracy=accuracy,
+        agreement_with_keras=agreement, latency_ms_per_image=latency,
+    )
+    logging.info("%s: %s", name, report)
+    return report, predicted
+
+
+def export_model(config: ExportConfig) -> ExportResult:
+    """Exports a trained classifier to the configured formats and measures each.
+
+    Raises:
+      UserInputError: The model or data cannot be used, or a conversion failed (the message
+        names the format); nothing partial is left in output_dir.
+    """
+    classifier, class_names, image_size = model.load_trained(config.model)
+    test_batches = test_labels = latency_images = representative = None
+    if config.data is not None:
+        splits = sources.load_splits(dataclasses.replace(config.data, image_size=image_size))
+        if splits.class_names != tuple(class_names):
+            raise UserInputError(
+                f"The training classes of the data (--data_dir) differ from the labels.txt of '{config.model}': "
+                "export measures and calibrates on the data the model was trained for."
+            )
+        test_batches = pipeline.make_batches(splits.test, batch_size=32, training=False, cache="memory", output="uint8")
+        test_labels = splits.test.labels
+        latency_count = min(config.latency_images, len(splits.test))
+        latency_images = np.concatenate([images for images, _ in test_batches.as_numpy_iterator()])[:latency_count]
+        representative = representative_batches(splits.train, count=config.representative_images, seed=config.data.seed)
+    os.makedirs(config.output_dir, exist_ok=True)
+    files.write_lines(os.path.join(config.output_dir, servable.LABELS_FILE), list(class_names))
+
+    keras_path = os.path.join(config.model, "model.keras") if os.path.isdir(config.model) else config.model
+    keras_report, reference = _measure(
+        "keras", keras_path, lambda images: classifier.predict_on_batch(images),
+        test_batches=test_batches, test_labels=test_labels, reference=None, latency_images=latency_images,
+    )
+    reports = [keras_report]
+    if "saved_model" in config.formats:
+        path = os.path.join(config.output_dir, SAVED_MODEL_DIR)
+        try:
+            write_saved_model(classifier, path, class_names=tuple(class_names), image_size=image_size, top_k=config.top_k)
+        except UserInputError:
+            raise
+        except Exception as error:
+            raise UserInputError(f"Export to format saved_model failed: {str(error).splitlines()[0][:300]}") from None
+        loaded = servable.load_servable(path)
+        report, _ = _measure(
+            "saved_model", path, loaded.predict_pixels,
+            test_batches=test_batches, test_labels=test_labels, reference=reference, latency_images=latency_images,
+        )
+        reports.append(report)
+    if "tflite" in config.formats:
+        for quantize in config.quantize:
+            name = f"tflite-{quantize}"
+            path = os.path.join(config.output_dir, tflite_file_name(quantize))
+            logging.info("Converting to %s", name)
+            try:
+                flatbuffer = convert_tflite(
+                    classifier, quantize=quantize, image_size=image_size, representative=representative
+                )
+            except Exception as error:
+                raise UserInputError(
+                    f"Export to format {name} failed ({type(error).__name__}): {str(error).splitlines()[0][:300]}"
+                ) from None
+            files.write_bytes(path, flatbuffer)
+            runner = servable.TFLiteRunner(path)
+            report, _ = _measure(
+                name, path, runner,
+                test_batches=test_batches, test_labels=test_labels, reference=reference, latency_images=latency_images,
+            )
+            reports.append(report)
+    result = ExportResult(
+        output_dir=config.output_dir,
+        class_names=tuple(class_names),
+        image_size=image_size,
+        num_test_images=0 if test_labels is None else len(test_labels),
+        formats=tuple(reports),
+    )
+    files.write_json(os.path.join(config.output_dir, REPORT_FILE), result.to_json())
+    return result
+
+
+def format_table(result: ExportResult) -> str:
+    """The report as an aligned table."""
+
+    def shown(value, pattern):
+        return "-" if value is None else pattern.format(value)
+
+    lines = [f"{'format':16} {'size MB':>8} {'test acc':>8} {'agrees':>7} {'ms/image':>8}  path"]
+    for r in result.formats:
+        lines.append(
+            f"{r.format:16} {r.size_bytes / 2**20:8.2f} {shown(r.test_accuracy, '{:.4f}'):>8} "
+            f"{shown(r.agreement_with_keras, '{:.4f}'):>7} {shown(r.latency_ms_per_image, '{:.2f}'):>8}  {r.path}"
+        )
+    if result.num_test_images:
+        lines.append(f"measured on {result.num_test_images} test images; latency at batch 1 on this machine")
+    return "\n".join(lines)
