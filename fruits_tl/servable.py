@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import warnings
 from collections.abc import Callable
 
 import numpy as np
@@ -123,7 +124,11 @@ class TFLiteRunner:
 
     def __init__(self, path: str):
         try:
-            self.interpreter = tf.lite.Interpreter(model_path=path, num_threads=os.cpu_count() or 1)
+            with warnings.catch_warnings():
+                # tf.lite.Interpreter warns that it moves to ai_edge_litert; it is TF 2.21's own
+                # interpreter and needs no further dependency (BUILD_NOTES, "TFLite interpreter").
+                warnings.simplefilter("ignore", UserWarning)
+                self.interpreter = tf.lite.Interpreter(model_path=path, num_threads=os.cpu_count() or 1)
         except (ValueError, RuntimeError) as error:
             raise UserInputError(f"The TFLite file '{path}' cannot be loaded: {str(error).splitlines()[0][:300]}") from None
         self.interpreter.allocate_tensors()

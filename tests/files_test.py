@@ -42,3 +42,23 @@ def test_weights_suffix_is_kept(tmp_path):
     with files.atomic_path(tmp_path / "a.weights.h5") as temporary:
         assert temporary.endswith(".weights.h5")
         open(temporary, "w").close()
+
+
+def test_atomic_directory_replaces_whole_or_not_at_all(tmp_path):
+    target = tmp_path / "artifact"
+    with files.atomic_directory(target) as temporary:
+        open(os.path.join(temporary, "a"), "w").write("first")
+    assert sorted(os.listdir(tmp_path)) == ["artifact"] and (target / "a").read_text() == "first"
+    umask = os.umask(0)
+    os.umask(umask)
+    assert os.stat(target).st_mode & 0o777 == 0o777 & ~umask  # Not mkdtemp's private 0700.
+    try:
+        with files.atomic_directory(target) as temporary:
+            open(os.path.join(temporary, "b"), "w").write("half")
+            raise RuntimeError("conversion failed")
+    except RuntimeError:
+        pass
+    assert sorted(os.listdir(tmp_path)) == ["artifact"] and sorted(os.listdir(target)) == ["a"]
+    with files.atomic_directory(target) as temporary:
+        open(os.path.join(temporary, "c"), "w").write("second")
+    assert sorted(os.listdir(tmp_path)) == ["artifact"] and sorted(os.listdir(target)) == ["c"]
