@@ -173,9 +173,11 @@ class TrainConfig:
         """The mode that will run and why."""
         if self.mode != "auto":
             return self.mode, f"--mode={self.mode} was asked for"
+        # No check is made here because none is needed yet: this version always freezes the
+        # backbone and has no augmentation. When either becomes an option, auto must look at it.
         return "features", (
-            "auto: the backbone is frozen and there is no augmentation, so its features are the "
-            "same every epoch and are computed once"
+            "auto: this version always freezes the backbone and never augments images, so the "
+            "backbone's features are the same every epoch and are computed once"
         )
 
     def resolved_features_dir(self) -> str:

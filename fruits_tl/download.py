@@ -69,6 +69,7 @@ def download(
     partial = destination + ".part"
     offset = os.path.getsize(partial) if os.path.exists(partial) else 0
     request = urllib.request.Request(url, headers={"User-Agent": "fruits_tl"})
+    total = None
     if offset:
         request.add_header("Range", f"bytes={offset}-")
     try:
@@ -89,15 +90,24 @@ def download(
                 os.fsync(stream.fileno())
     except urllib.error.HTTPError as error:
         if error.code == 416 and offset:
-            pass  # Range not satisfiable: the partial file is already complete.
+            # Range not satisfiable: the partial file already holds every byte (the digest
+            # below still checks it).
+            total = offset
         else:
             raise UserInputError(f"Downloading {url} failed: HTTP {error.code} {error.reason}.") from None
-    except (urllib.error.URLError, socket.timeout, ConnectionError, OSError) as error:
+    except (urllib.error.URLError, socket.timeout, ConnectionError) as error:
         reason = getattr(error, "reason", error)
         raise UserInputError(
             f"Could not download {url} ({reason}); this machine may be offline. The partial file "
             f"'{partial}' is kept and the next run resumes it; or download the archive elsewhere "
             "and pass it with --archive."
+        ) from None
+    except OSError as error:
+        # Not the network: the local file system (a full disk, no permission, a read-only
+        # folder) failed while writing the partial file.
+        raise UserInputError(
+            f"Could not write the download of {url} to '{partial}': {error.strerror or error}. "
+            "Free space or fix the folder's permissions (--dest), then run again to resume."
         ) from None
     if total is not None and os.path.getsize(partial) < total:
         raise UserInputError(f"The download of {url} ended early ({os.path.getsize(partial)} of {total} bytes); run again to resume.")

@@ -64,7 +64,8 @@ def _fill_file_cache(dataset: tf.data.Dataset, prefix: str, *, expected: int) ->
     owner_path = prefix + ".owner"
     if os.path.exists(owner_path):
         try:
-            host, pid_text = open(owner_path, encoding="utf-8").read().split()
+            with open(owner_path, encoding="utf-8") as stream:
+                host, pid_text = stream.read().split()
             pid = int(pid_text)
         except (OSError, ValueError):
             host, pid = "", -1

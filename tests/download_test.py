@@ -104,6 +104,28 @@ def test_partial_download_is_resumed_with_a_range_request(server, tmp_path):
     assert (tmp_path / "big.zip").read_bytes() == body
 
 
+def test_complete_partial_download_answered_416_is_verified_and_kept(server, tmp_path):
+    base, handler = server
+    body = b"all of it" * 1000
+    handler.files["/done.zip"] = body
+    (tmp_path / "done.zip.part").write_bytes(body)
+    path = download.download(f"{base}/done.zip", str(tmp_path / "done.zip"), sha256=hashlib.sha256(body).hexdigest())
+    assert handler.seen_ranges == [f"bytes={len(body)}-"]  # The server answered 416.
+    assert (tmp_path / "done.zip").read_bytes() == body and path == str(tmp_path / "done.zip")
+    assert not (tmp_path / "done.zip.part").exists()
+
+
+def test_a_local_write_failure_is_not_called_offline(server, tmp_path):
+    base, handler = server
+    handler.files["/a.zip"] = b"x" * 5000
+    (tmp_path / "a.zip.part").mkdir()  # The partial file cannot be opened for writing.
+    with pytest.raises(UserInputError) as raised:
+        download.download(f"{base}/a.zip", str(tmp_path / "a.zip"))
+    message = str(raised.value)
+    assert "Could not write the download" in message and "a.zip.part" in message
+    assert "offline" not in message
+
+
 def test_server_without_ranges_restarts_the_download(server, tmp_path):
     base, handler = server
     handler.ranges = False

@@ -35,7 +35,9 @@ def _main(argv):
     return 0
 
 
-main = common.guarded(PROGRAM, _main)
+# The shared flags (cli/common.py) this binary uses; --help lists them with its own.
+USES = ("data_dir", "train_subdir", "test_subdir", "output_json")
+main = common.guarded(PROGRAM, _main, module_name=__name__, uses=USES)
 run = common.main_runner(main)
 
 if __name__ == "__main__":

@@ -67,15 +67,61 @@ def fail(program: str, message: str) -> None:
     sys.exit(2)
 
 
-def guarded(program: str, main):
-    """Wraps a binary's main so that UserInputError becomes a clear message and exit code 2."""
+# The flags `data_config` reads (besides --cache, which only binaries that honour it take).
+DATA_FLAGS = (
+    "data_dir", "train_subdir", "test_subdir", "validation_split", "image_size", "seed",
+    "skip_bad_images", "exclude_list", "data_source", "tfds_data_dir", "manual_dir",
+)
+QUIET_NOTE = (
+    "\nTensorFlow's C++ start-up messages (CUDA probing, the oneDNN notice) are hidden: the "
+    "binaries set TF_CPP_MIN_LOG_LEVEL=2 unless it is set. Run with TF_CPP_MIN_LOG_LEVEL=0 to "
+    "see them.\n"
+)
+
+
+def binary_flag_names(module_name: str, uses: tuple[str, ...]) -> tuple[str, ...]:
+    """A binary's flags: the ones its module defines plus the shared ones it `uses`."""
+    own = [flag.name for flag in FLAGS.get_flags_for_module(module_name)]
+    return tuple(sorted(set(own) | set(uses)))
+
+
+def _reject_foreign_flags(program: str, allowed: tuple[str, ...]) -> None:
+    """A flag set on the command line that this binary does not use is an error naming it."""
+    foreign = []
+    for name in FLAGS:
+        flag = FLAGS[name]
+        if name != flag.name or not flag.present or name in allowed:
+            continue
+        if (FLAGS.find_module_defining_flag(name) or "").startswith("absl"):
+            continue  # absl's own (--flagfile, --verbosity, --logtostderr, ...).
+        foreign.append(f"--{name}")
+    if foreign:
+        raise UserInputError(
+            f"{program} does not use {', '.join(sorted(foreign))}; its flags are listed by "
+            f"{program} --help."
+        )
+
+
+def guarded(program: str, main, *, module_name: str, uses: tuple[str, ...] = ()):
+    """Wraps a binary's main: refuses flags it does not use, and turns UserInputError into one
+    clear message and exit code 2.
+
+    Args:
+      program: The binary's name, for messages.
+      main: The binary's main(argv).
+      module_name: The binary's module (its own flags are the ones it defines).
+      uses: The shared flags (defined here) that the binary uses.
+    """
 
     def wrapped(argv):
         try:
+            _reject_foreign_flags(program, binary_flag_names(module_name, uses))
             return main(argv)
         except UserInputError as error:
             fail(program, str(error))
 
+    wrapped.module_name = module_name
+    wrapped.uses = uses
     return wrapped
 
 
@@ -134,5 +180,19 @@ def value_or(name: str, default):
 
 
 def main_runner(main):
-    """The console-script entry point: parse flags with absl and run `main`."""
-    return lambda: app.run(main)
+    """The console-script entry point: parse flags with absl and run `main`.
+
+    absl's `--help` lists the key flags of the `__main__` module, which for a console script is
+    the generated wrapper: the binary's flags are registered as its key flags here, and its
+    module docstring (plus how to see TensorFlow's messages) becomes the usage text.
+    """
+
+    def run():
+        for name in binary_flag_names(main.module_name, main.uses):
+            FLAGS.register_key_flag_for_module(sys.argv[0], FLAGS[name])
+        entry = sys.modules.get("__main__")
+        if entry is not None:
+            entry.__doc__ = (sys.modules[main.module_name].__doc__ or "") + QUIET_NOTE
+        app.run(main)
+
+    return run

@@ -51,7 +51,9 @@ def _main(argv):
     return 0
 
 
-main = common.guarded(PROGRAM, _main)
+# The shared flags (cli/common.py) this binary uses; --help lists them with its own.
+USES = ("dest", "train_subdir")
+main = common.guarded(PROGRAM, _main, module_name=__name__, uses=USES)
 run = common.main_runner(main)
 
 if __name__ == "__main__":

@@ -59,7 +59,9 @@ def _main(argv):
     return 0
 
 
-main = common.guarded(PROGRAM, _main)
+# The shared flags (cli/common.py) this binary uses; --help lists them with its own.
+USES = (*common.DATA_FLAGS, "alpha", "batch_size", "feature_dtype", "features_dir", "model", "strategy", "weights")
+main = common.guarded(PROGRAM, _main, module_name=__name__, uses=USES)
 run = common.main_runner(main)
 
 if __name__ == "__main__":

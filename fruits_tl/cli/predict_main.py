@@ -61,7 +61,9 @@ def _main(argv):
     return 1 if any(p.error for p in predictions) else 0
 
 
-main = common.guarded(PROGRAM, _main)
+# The shared flags (cli/common.py) this binary uses; --help lists them with its own.
+USES = ("batch_size", "exclude_list", "model", "strategy", "top_k")
+main = common.guarded(PROGRAM, _main, module_name=__name__, uses=USES)
 run = common.main_runner(main)
 
 if __name__ == "__main__":

@@ -69,7 +69,9 @@ def _main(argv):
     return 0
 
 
-main = common.guarded(PROGRAM, _main)
+# The shared flags (cli/common.py) this binary uses; --help lists them with its own.
+USES = (*common.DATA_FLAGS, "cache", "alpha", "batch_size", "epochs", "feature_dtype", "features_dir", "learning_rate", "strategy", "weights")
+main = common.guarded(PROGRAM, _main, module_name=__name__, uses=USES)
 run = common.main_runner(main)
 
 if __name__ == "__main__":
