@@ -73,9 +73,9 @@ DATA_FLAGS = (
     "skip_bad_images", "exclude_list", "data_source", "tfds_data_dir", "manual_dir",
 )
 QUIET_NOTE = (
-    "\nTensorFlow's C++ start-up messages (CUDA probing, the oneDNN notice) are hidden: the "
-    "binaries set TF_CPP_MIN_LOG_LEVEL=2 unless it is set. Run with TF_CPP_MIN_LOG_LEVEL=0 to "
-    "see them.\n"
+    "\nThe binaries set TF_CPP_MIN_LOG_LEVEL=2 (unless it is set) to quiet TensorFlow's C++ "
+    "logging; run with TF_CPP_MIN_LOG_LEVEL=0 to see all of it. TensorFlow 2.21 still prints a "
+    "few start-up lines (CUDA probing, the oneDNN notice) before that setting takes effect.\n"
 )
 
 
