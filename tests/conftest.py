@@ -49,6 +49,26 @@ def data_dir(tiny_dataset, tmp_path) -> str:
     return path
 
 
+def write_unusual_images(folder: str) -> int:
+    """Writes valid images that differ from plain RGB JPEGs into `folder`; returns how many.
+
+    Grayscale, CMYK and progressive JPEGs, a PNG with alpha, an upper-case extension, a BMP and
+    a still GIF: Keras's loader reads each as RGB, and so must the route.
+    """
+    import numpy as np
+    from PIL import Image
+
+    pixels = (np.random.default_rng(0).random((50, 60, 3)) * 255).astype(np.uint8)
+    Image.fromarray(pixels).convert("L").save(os.path.join(folder, "gray.jpg"))
+    Image.fromarray(pixels).convert("CMYK").save(os.path.join(folder, "cmyk.jpg"))
+    Image.fromarray(pixels).save(os.path.join(folder, "progressive.jpg"), progressive=True)
+    Image.fromarray(np.dstack([pixels, pixels[..., :1]])).save(os.path.join(folder, "alpha.png"))
+    Image.fromarray(pixels).save(os.path.join(folder, "UPPER.JPG"))
+    Image.fromarray(pixels).save(os.path.join(folder, "bitmap.bmp"))
+    Image.fromarray(pixels).save(os.path.join(folder, "still.gif"))
+    return 7
+
+
 class FakeClock:
     """A clock that moves only when a test moves it (`clock.now += seconds`)."""
 

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import write_unusual_images
 from fruits_tl import data
 from fruits_tl.errors import UserInputError
 
@@ -142,16 +143,10 @@ def test_skip_bad_images_leaves_them_out_and_keeps_alignment(data_dir):
 
 def test_unusual_but_valid_images_load_as_rgb(data_dir):
     banana = os.path.join(data_dir, "Training", "Banana")
-    rng = np.random.default_rng(0)
-    pixels = (rng.random((50, 60, 3)) * 255).astype(np.uint8)
-    Image.fromarray(pixels).convert("L").save(os.path.join(banana, "gray.jpg"))
-    Image.fromarray(pixels).convert("CMYK").save(os.path.join(banana, "cmyk.jpg"))
-    Image.fromarray(pixels).save(os.path.join(banana, "progressive.jpg"), progressive=True)
-    Image.fromarray(np.dstack([pixels, pixels[..., :1]])).save(os.path.join(banana, "alpha.png"))
-    Image.fromarray(pixels).save(os.path.join(banana, "UPPER.JPG"))
+    added = write_unusual_images(banana)
     assert data.find_bad_images(sorted(os.path.join(banana, f) for f in os.listdir(banana))) == ()
     splits = data.load_dataset(data_dir, image_size=32)
-    assert len(splits.train) == 18 + 5
+    assert len(splits.train) == 18 + added
     shapes = {image.shape for image, _ in splits.train.dataset.as_numpy_iterator()}
     assert shapes == {(32, 32, 3)}
 

@@ -8,27 +8,14 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from PIL import Image
 
+from conftest import write_unusual_images
 from fruits_tl import data, decode, pipeline
-
-
-def _add_unusual_images(data_dir: str) -> None:
-    banana = os.path.join(data_dir, "Training", "Banana")
-    rng = np.random.default_rng(0)
-    pixels = (rng.random((50, 60, 3)) * 255).astype(np.uint8)
-    Image.fromarray(pixels).convert("L").save(os.path.join(banana, "gray.jpg"))
-    Image.fromarray(pixels).convert("CMYK").save(os.path.join(banana, "cmyk.jpg"))
-    Image.fromarray(pixels).save(os.path.join(banana, "progressive.jpg"), progressive=True)
-    Image.fromarray(np.dstack([pixels, pixels[..., :1]])).save(os.path.join(banana, "alpha.png"))
-    Image.fromarray(pixels).save(os.path.join(banana, "UPPER.JPG"))
-    Image.fromarray(pixels).save(os.path.join(banana, "bitmap.bmp"))
-    Image.fromarray(pixels).save(os.path.join(banana, "still.gif"))
 
 
 @pytest.mark.parametrize("image_size", [32, 128])
 def test_route_pixels_equal_keras_loader_rounded(data_dir, image_size):
-    _add_unusual_images(data_dir)
+    added = write_unusual_images(os.path.join(data_dir, "Training", "Banana"))
     train_dir = os.path.join(data_dir, "Training")
     reference = keras.utils.image_dataset_from_directory(
         train_dir, batch_size=None, image_size=(image_size, image_size), shuffle=False, verbose=False
@@ -38,7 +25,7 @@ def test_route_pixels_equal_keras_loader_rounded(data_dir, image_size):
         for path, (image, _) in zip(reference.file_paths, reference.as_numpy_iterator())
     }
     splits = data.load_dataset(data_dir, image_size=image_size)
-    assert len(splits.train) == 18 + 7
+    assert len(splits.train) == 18 + added
     for path, (image, _) in zip(splits.train.file_paths, splits.train.dataset.as_numpy_iterator()):
         np.testing.assert_array_equal(image, expected[path], err_msg=path)
 
