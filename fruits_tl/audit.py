@@ -93,9 +93,13 @@ def inspect_files(entries: list[tuple[str, str, str]]) -> tuple[list[FileFacts],
     stand_in = tf.constant(_stand_in_jpeg())
     dataset = tf.data.Dataset.from_tensor_slices((tf.range(len(paths), dtype=tf.int64), paths))
     dataset = dataset.map(
-        lambda index, path: _probe(index, path, stand_in), num_parallel_calls=data.decode_parallelism(), deterministic=False
+        lambda index, path: _probe(index, path, stand_in),
+        num_parallel_calls=data.decode_parallelism(),
+        deterministic=False,
     )
-    dataset = dataset.ignore_errors().batch(1024).map(_digest_batch, num_parallel_calls=tf.data.AUTOTUNE)
+    dataset = (
+        dataset.ignore_errors().batch(1024).map(_digest_batch, num_parallel_calls=tf.data.AUTOTUNE)
+    )
     decoded = np.zeros(len(paths), dtype=bool)
     all_shapes = np.zeros((len(paths), 3), dtype=np.int64)
     all_components = np.zeros(len(paths), dtype=np.int64)
@@ -107,25 +111,42 @@ def inspect_files(entries: list[tuple[str, str, str]]) -> tuple[list[FileFacts],
         all_shapes[indices] = shapes
         all_components[indices] = components
         all_fingerprints[indices] = np.ascontiguousarray(fingerprints).view("<u8")[:, 0]
-        for i, head in zip(indices.tolist(), batch_heads.tolist()):
+        for i, head in zip(indices.tolist(), batch_heads.tolist(), strict=True):
             heads[i] = head
     seconds = time.perf_counter() - start
     facts = []
     for index, (path, split, class_name) in enumerate(entries):
         if not decoded[index]:
-            facts.append(FileFacts(path, split, class_name, decodable=False, reason=data.decode_error_reason(path)))
+            facts.append(
+                FileFacts(
+                    path, split, class_name, decodable=False, reason=data.decode_error_reason(path)
+                )
+            )
             continue
         height, width, channels = (int(v) for v in all_shapes[index])
-        facts.append(FileFacts(
-            path, split, class_name, decodable=True, real_format=_format_of(heads[index]), channels=channels,
-            jpeg_components=int(all_components[index]), height=height, width=width,
-            fingerprint=int(all_fingerprints[index]),
-        ))
+        facts.append(
+            FileFacts(
+                path,
+                split,
+                class_name,
+                decodable=True,
+                real_format=_format_of(heads[index]),
+                channels=channels,
+                jpeg_components=int(all_components[index]),
+                height=height,
+                width=width,
+                fingerprint=int(all_fingerprints[index]),
+            )
+        )
     return facts, len(paths) / max(seconds, 1e-9)
 
 
 def audit_folder(
-    data_dir: str, *, train_subdir: str = "Training", test_subdir: str = "Test", min_images_per_class: int = 10
+    data_dir: str,
+    *,
+    train_subdir: str = "Training",
+    test_subdir: str = "Test",
+    min_images_per_class: int = 10,
 ) -> dict:
     """Audits a data folder and returns the full report as a JSON-ready dict."""
     if not os.path.isdir(data_dir):
@@ -134,21 +155,40 @@ def audit_folder(
     for split in (train_subdir, test_subdir):
         directory = os.path.join(data_dir, split)
         if os.path.isdir(directory):
-            classes = sorted(e.name for e in os.scandir(directory) if e.is_dir() and not e.name.startswith("."))
+            classes = sorted(
+                e.name for e in os.scandir(directory) if e.is_dir() and not e.name.startswith(".")
+            )
             splits[split] = (directory, classes, data.list_image_files(directory, classes))
     if train_subdir not in splits:
-        raise UserInputError(f"There is no training folder '{os.path.join(data_dir, train_subdir)}' (--train_subdir).")
-    entries = [(p, split, c) for split, (_, _, listing) in splits.items() for c, paths in listing.items() for p in paths]
+        raise UserInputError(
+            f"There is no training folder '{os.path.join(data_dir, train_subdir)}' "
+            "(--train_subdir)."
+        )
+    entries = [
+        (p, split, c)
+        for split, (_, _, listing) in splits.items()
+        for c, paths in listing.items()
+        for p in paths
+    ]
     facts, images_per_second = inspect_files(entries)
 
-    counts = {split: {c: len(paths) for c, paths in listing.items()} for split, (_, _, listing) in splits.items()}
+    counts = {
+        split: {c: len(paths) for c, paths in listing.items()}
+        for split, (_, _, listing) in splits.items()
+    }
     undecodable = [{"path": f.path, "reason": f.reason} for f in facts if not f.decodable]
     good = [f for f in facts if f.decodable]
     mismatched = []
     for f in good:
         expected = EXTENSION_FORMATS.get(os.path.splitext(f.path)[1].lower())
         if expected and f.real_format != expected:
-            mismatched.append({"path": f.path, "extension": os.path.splitext(f.path)[1], "actual_format": f.real_format})
+            mismatched.append(
+                {
+                    "path": f.path,
+                    "extension": os.path.splitext(f.path)[1],
+                    "actual_format": f.real_format,
+                }
+            )
     grayscale = [f.path for f in good if f.channels in (1, 2)]
     alpha = [f.path for f in good if f.channels in (2, 4)]
     cmyk = [f.path for f in good if f.jpeg_components == 4]
@@ -181,12 +221,20 @@ def audit_folder(
         train_classes, test_classes = splits[train_subdir][1], splits[test_subdir][1]
         for c in test_classes:
             if c not in train_classes:
-                mismatch["test_only"].append({"class": c, "closest_training_class": data.closest_name(c, train_classes)})
+                mismatch["test_only"].append(
+                    {"class": c, "closest_training_class": data.closest_name(c, train_classes)}
+                )
         mismatch["train_only"] = [c for c in train_classes if c not in test_classes]
     return {
         "data_dir": data_dir,
-        "splits": {split: {"num_classes": len(classes), "num_images": sum(counts[split].values()), "images_per_class": counts[split]}
-                   for split, (_, classes, _) in splits.items()},
+        "splits": {
+            split: {
+                "num_classes": len(classes),
+                "num_images": sum(counts[split].values()),
+                "images_per_class": counts[split],
+            }
+            for split, (_, classes, _) in splits.items()
+        },
         "undecodable": undecodable,
         "extension_mismatch": mismatched,
         "grayscale": grayscale,
@@ -215,16 +263,41 @@ def summary(report: dict) -> str:
             lines.append(f"{title}: none")
 
     listed("undecodable files", report["undecodable"], lambda i: f"{i['path']}: {i['reason']}")
-    listed("content not matching extension", report["extension_mismatch"], lambda i: f"{i['path']} is {i['actual_format']}")
+    listed(
+        "content not matching extension",
+        report["extension_mismatch"],
+        lambda i: f"{i['path']} is {i['actual_format']}",
+    )
     listed("grayscale images", report["grayscale"])
     listed("CMYK JPEGs", report["cmyk"])
     listed("images with alpha", report["alpha"])
-    listed("duplicate groups within a split", report["duplicates_within_split"], lambda i: ", ".join(i["paths"]))
-    listed("train/test duplicates (leakage)", report["duplicates_across_train_test"], lambda i: f"{i['train'][0]} = {i['test'][0]}")
-    listed(f"classes under {report['min_images_per_class']} images", report["small_or_empty_classes"],
-           lambda i: f"{i['split']}/{i['class']}: {i['images']}")
-    listed("test classes not in training", report["class_mismatch"]["test_only"],
-           lambda i: f"'{i['class']}'" + (f" (closest: '{i['closest_training_class']}')" if i["closest_training_class"] else ""))
+    listed(
+        "duplicate groups within a split",
+        report["duplicates_within_split"],
+        lambda i: ", ".join(i["paths"]),
+    )
+    listed(
+        "train/test duplicates (leakage)",
+        report["duplicates_across_train_test"],
+        lambda i: f"{i['train'][0]} = {i['test'][0]}",
+    )
+    listed(
+        f"classes under {report['min_images_per_class']} images",
+        report["small_or_empty_classes"],
+        lambda i: f"{i['split']}/{i['class']}: {i['images']}",
+    )
+    listed(
+        "test classes not in training",
+        report["class_mismatch"]["test_only"],
+        lambda i: (
+            f"'{i['class']}'"
+            + (
+                f" (closest: '{i['closest_training_class']}')"
+                if i["closest_training_class"]
+                else ""
+            )
+        ),
+    )
     listed("training classes not in test", report["class_mismatch"]["train_only"])
     lines.append(f"decoded at {report['decode_images_per_second']:.0f} images/s")
     return "\n".join(lines)

@@ -37,8 +37,12 @@ from fruits_tl import data, distribute, features, model, pipeline, preprocess
 from fruits_tl.errors import UserInputError
 
 INPUT_VARIANTS = (
-    "legacy", "idfd", "pipeline-memory-uint8", "pipeline-memory-float32",
-    "pipeline-file-uint8", "pipeline-file-float32",
+    "legacy",
+    "idfd",
+    "pipeline-memory-uint8",
+    "pipeline-memory-float32",
+    "pipeline-file-uint8",
+    "pipeline-file-float32",
 )
 # Decode-rate variants (every epoch reads and decodes every file; nothing is cached):
 # `decode` is the ceiling, TensorFlow's JPEG decoder alone over all files in parallel;
@@ -68,7 +72,9 @@ class EpochTimes:
 
     @property
     def images_per_second(self) -> tuple[float, ...]:
-        return tuple(n / max(s, 1e-12) for n, s in zip(self.epoch_images, self.epoch_seconds))
+        return tuple(
+            n / max(s, 1e-12) for n, s in zip(self.epoch_images, self.epoch_seconds, strict=True)
+        )
 
 
 def _batch_size_of(batch) -> int:
@@ -77,7 +83,10 @@ def _batch_size_of(batch) -> int:
 
 
 def time_epochs(
-    make_epoch: Callable[[], Iterable], *, epochs: int, clock: Callable[[], float] = time.perf_counter
+    make_epoch: Callable[[], Iterable],
+    *,
+    epochs: int,
+    clock: Callable[[], float] = time.perf_counter,
 ) -> EpochTimes:
     """Times `epochs` full passes of `make_epoch()` and counts the images each delivers.
 
@@ -96,7 +105,7 @@ def time_epochs(
         raise UserInputError(f"epochs must be >= 1, got {epochs}.")
     seconds, counts = [], []
     first_batch = None
-    for epoch in range(epochs):
+    for _epoch in range(epochs):
         start = clock()
         count = 0
         for batch in make_epoch():
@@ -105,7 +114,11 @@ def time_epochs(
             count += _batch_size_of(batch)
         seconds.append(clock() - start)
         counts.append(count)
-    return EpochTimes(time_to_first_batch=first_batch or 0.0, epoch_seconds=tuple(seconds), epoch_images=tuple(counts))
+    return EpochTimes(
+        time_to_first_batch=first_batch or 0.0,
+        epoch_seconds=tuple(seconds),
+        epoch_images=tuple(counts),
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -135,7 +148,9 @@ class Throughput:
     repeats: tuple[float, ...]
 
 
-def summarize(name: str, runs: list[EpochTimes], *, peak_rss_bytes: int = 0, cache_bytes: int = 0) -> Throughput:
+def summarize(
+    name: str, runs: list[EpochTimes], *, peak_rss_bytes: int = 0, cache_bytes: int = 0
+) -> Throughput:
     """Aggregates repeats: the first epoch of each repeat is cold, the rest steady state.
 
     With a single epoch per repeat there is no steady state; the steady figures are then those
@@ -160,7 +175,7 @@ def summarize(name: str, runs: list[EpochTimes], *, peak_rss_bytes: int = 0, cac
 
 def median_ratio(numerator: Throughput, denominator: Throughput) -> float:
     """Median over repeats of the side-by-side ratio of steady images/s."""
-    ratios = [a / b for a, b in zip(numerator.repeats, denominator.repeats) if b > 0]
+    ratios = [a / b for a, b in zip(numerator.repeats, denominator.repeats, strict=True) if b > 0]
     return statistics.median(ratios) if ratios else float("nan")
 
 
@@ -226,7 +241,9 @@ class BenchConfig:
                 f"unknown --variants {', '.join(unknown)}; known: {', '.join(ALL_VARIANTS + TFDS_VARIANTS)}."
             )
         if self.epochs < 2:
-            raise UserInputError(f"epochs must be >= 2 (one cold, at least one steady), got {self.epochs}.")
+            raise UserInputError(
+                f"epochs must be >= 2 (one cold, at least one steady), got {self.epochs}."
+            )
         if self.repeats < 1 or self.batch_size < 1 or self.model_steps < 1:
             raise UserInputError("repeats, batch_size and model_steps must be >= 1.")
 
@@ -237,11 +254,19 @@ def _legacy_epochs(train_dir: str, config: BenchConfig):
     try:
         ImageDataGenerator = tf.keras.preprocessing.image.ImageDataGenerator
     except AttributeError as error:
-        raise UserInputError(f"this TensorFlow/Keras has no ImageDataGenerator ({error}); drop 'legacy' from --variants.") from None
-    generator = ImageDataGenerator(preprocessing_function=keras.applications.mobilenet.preprocess_input)
+        raise UserInputError(
+            f"this TensorFlow/Keras has no ImageDataGenerator ({error}); drop 'legacy' from --variants."
+        ) from None
+    generator = ImageDataGenerator(
+        preprocessing_function=keras.applications.mobilenet.preprocess_input
+    )
     iterator = generator.flow_from_directory(
-        train_dir, target_size=(config.image_size, config.image_size), batch_size=config.batch_size,
-        class_mode="sparse", shuffle=True, seed=config.seed,
+        train_dir,
+        target_size=(config.image_size, config.image_size),
+        batch_size=config.batch_size,
+        class_mode="sparse",
+        shuffle=True,
+        seed=config.seed,
     )
 
     def epoch():
@@ -252,26 +277,41 @@ def _legacy_epochs(train_dir: str, config: BenchConfig):
 
 def _idfd_epochs(train_dir: str, config: BenchConfig):
     dataset = keras.utils.image_dataset_from_directory(
-        train_dir, batch_size=config.batch_size, image_size=(config.image_size, config.image_size),
-        shuffle=True, seed=config.seed, verbose=False,
+        train_dir,
+        batch_size=config.batch_size,
+        image_size=(config.image_size, config.image_size),
+        shuffle=True,
+        seed=config.seed,
+        verbose=False,
     )
-    dataset = dataset.map(lambda x, y: (preprocess.mobilenet_inputs(x), y), num_parallel_calls=tf.data.AUTOTUNE)
+    dataset = dataset.map(
+        lambda x, y: (preprocess.mobilenet_inputs(x), y), num_parallel_calls=tf.data.AUTOTUNE
+    )
     return lambda: dataset
 
 
 def _decode_epochs(paths: list[str]):
-    dataset = tf.data.Dataset.from_tensor_slices(paths).map(
-        lambda p: tf.shape(tf.io.decode_image(tf.io.read_file(p), channels=3, expand_animations=False)),
-        num_parallel_calls=data.decode_parallelism(),
-        deterministic=False,
-    ).batch(256)
+    dataset = (
+        tf.data.Dataset.from_tensor_slices(paths)
+        .map(
+            lambda p: tf.shape(
+                tf.io.decode_image(tf.io.read_file(p), channels=3, expand_animations=False)
+            ),
+            num_parallel_calls=data.decode_parallelism(),
+            deterministic=False,
+        )
+        .batch(256)
+    )
     return lambda: dataset
 
 
 def _audit_epochs(folder: data.ImageFolder):
     from fruits_tl import audit
 
-    entries = [(p, "train", folder.class_names[label]) for p, label in zip(folder.file_paths, folder.labels)]
+    entries = [
+        (p, "train", folder.class_names[label])
+        for p, label in zip(folder.file_paths, folder.labels, strict=True)
+    ]
 
     def epoch():
         facts, _ = audit.inspect_files(entries)
@@ -283,10 +323,16 @@ def _audit_epochs(folder: data.ImageFolder):
 def _disk_bytes(prefix: str) -> int:
     directory = os.path.dirname(prefix) or "."
     base = os.path.basename(prefix)
-    return sum(os.path.getsize(os.path.join(directory, n)) for n in os.listdir(directory) if n.startswith(base))
+    return sum(
+        os.path.getsize(os.path.join(directory, n))
+        for n in os.listdir(directory)
+        if n.startswith(base)
+    )
 
 
-def run_input_variant(name: str, folder: data.ImageFolder, config: BenchConfig, *, cache_root: str, repeat: int) -> tuple[EpochTimes, int, int]:
+def run_input_variant(
+    name: str, folder: data.ImageFolder, config: BenchConfig, *, cache_root: str, repeat: int
+) -> tuple[EpochTimes, int, int]:
     """Measures one input variant once; returns (times, peak RSS, cache bytes)."""
     train_dir = os.path.join(config.data_dir, config.train_subdir)
     cache_bytes = 0
@@ -310,7 +356,12 @@ def run_input_variant(name: str, folder: data.ImageFolder, config: BenchConfig, 
                 # cold epoch's timing; later epochs reuse it.
                 if "dataset" not in holder:
                     holder["dataset"] = pipeline.make_batches(
-                        folder, batch_size=config.batch_size, training=True, cache=prefix, seed=config.seed, output=output
+                        folder,
+                        batch_size=config.batch_size,
+                        training=True,
+                        cache=prefix,
+                        seed=config.seed,
+                        output=output,
                     )
                 return holder["dataset"]
 
@@ -322,25 +373,42 @@ def run_input_variant(name: str, folder: data.ImageFolder, config: BenchConfig, 
                 epoch_seconds=cold.epoch_seconds + steady.epoch_seconds,
                 epoch_images=cold.epoch_images + steady.epoch_images,
             )
-            cache_bytes = grown if cache == "memory" else _disk_bytes(pipeline.get_cache_prefix(prefix, folder))
+            cache_bytes = (
+                grown
+                if cache == "memory"
+                else _disk_bytes(pipeline.get_cache_prefix(prefix, folder))
+            )
             holder.clear()
     return times, memory.peak, max(cache_bytes, 0)
 
 
 def _in_memory_batch(config: BenchConfig, num_classes: int):
     rng = np.random.default_rng(config.seed)
-    images = rng.integers(0, 256, size=(config.batch_size, config.image_size, config.image_size, 3), dtype=np.uint8)
+    images = rng.integers(
+        0, 256, size=(config.batch_size, config.image_size, config.image_size, 3), dtype=np.uint8
+    )
     labels = rng.integers(0, num_classes, size=(config.batch_size,)).astype(np.int32)
     return tf.constant(images), tf.constant(labels)
 
 
-def warm_batches(folder: data.ImageFolder, count: int, config: BenchConfig, *, training: bool, min_batch_size: int = 1) -> tf.data.Dataset:
+def warm_batches(
+    folder: data.ImageFolder,
+    count: int,
+    config: BenchConfig,
+    *,
+    training: bool,
+    min_batch_size: int = 1,
+) -> tf.data.Dataset:
     """The route's batches of the first `count` images of a split, decoded once into a memory
     cache (untimed), so model variants measure the route's steady state feeding the model."""
     count = min(count, len(folder))
     subset = data.select(folder, np.arange(len(folder)) < count, name=f"{folder.name}-first{count}")
     batches = pipeline.make_batches(
-        subset, batch_size=config.batch_size, training=training, cache="memory", seed=config.seed,
+        subset,
+        batch_size=config.batch_size,
+        training=training,
+        cache="memory",
+        seed=config.seed,
         min_batch_size=min_batch_size,
     )
     for _ in batches:
@@ -354,12 +422,29 @@ def _fit_epochs(classifier, batches: tf.data.Dataset, config: BenchConfig) -> Ep
 
     images = config.model_steps * config.batch_size
     callback = ThroughputCallback(images, log_name="bench")
-    classifier.fit(batches, epochs=config.epochs, steps_per_epoch=config.model_steps, callbacks=[callback], verbose=0, shuffle=False)
-    return EpochTimes(time_to_first_batch=0.0, epoch_seconds=tuple(callback.epoch_seconds), epoch_images=(images,) * config.epochs)
+    classifier.fit(
+        batches,
+        epochs=config.epochs,
+        steps_per_epoch=config.model_steps,
+        callbacks=[callback],
+        verbose=0,
+        shuffle=False,
+    )
+    return EpochTimes(
+        time_to_first_batch=0.0,
+        epoch_seconds=tuple(callback.epoch_seconds),
+        epoch_images=(images,) * config.epochs,
+    )
 
 
 def run_model_variant(
-    name: str, folder: data.ImageFolder, config: BenchConfig, *, strategy: tf.distribute.Strategy, classifier, extractor
+    name: str,
+    folder: data.ImageFolder,
+    config: BenchConfig,
+    *,
+    strategy: tf.distribute.Strategy,
+    classifier,
+    extractor,
 ) -> tuple[EpochTimes, int]:
     """Measures one model variant once; an "epoch" is `model_steps` batches.
 
@@ -386,11 +471,17 @@ def run_model_variant(
                 images, labels = _in_memory_batch(config, folder.num_classes)
                 batches = tf.data.Dataset.from_tensors((images, labels)).repeat()
             else:
-                batches = warm_batches(folder, steps * config.batch_size, config, training=True).repeat()
+                batches = warm_batches(
+                    folder, steps * config.batch_size, config, training=True
+                ).repeat()
             times = _fit_epochs(classifier, batches, config)
         elif name == "extract":
             batches = warm_batches(
-                folder, steps * config.batch_size, config, training=False, min_batch_size=strategy.num_replicas_in_sync
+                folder,
+                steps * config.batch_size,
+                config,
+                training=False,
+                min_batch_size=strategy.num_replicas_in_sync,
             )
 
             def epoch():
@@ -427,7 +518,9 @@ def environment(strategy: tf.distribute.Strategy, config: BenchConfig) -> dict:
     }
 
 
-def run_benchmark(config: BenchConfig, *, strategy: tf.distribute.Strategy, log: Callable[[str], None] = print) -> BenchResult:
+def run_benchmark(
+    config: BenchConfig, *, strategy: tf.distribute.Strategy, log: Callable[[str], None] = print
+) -> BenchResult:
     """Runs every requested variant `repeats` times, interleaved, and aggregates."""
     import tempfile
 
@@ -441,24 +534,38 @@ def run_benchmark(config: BenchConfig, *, strategy: tf.distribute.Strategy, log:
         name="train",
         exclude_files=data.load_exclude_list(config.exclude_list),
     )
-    paths = list(folder.file_paths)
     uint8_bytes = len(folder) * config.image_size * config.image_size * 3
     tfds_folder = None
     if any(v in TFDS_VARIANTS for v in config.variants):
         from fruits_tl import tfds_fruits360
 
         tfds_folder = tfds_fruits360.load_tfds_splits(
-            tfds_data_dir=config.tfds_data_dir, manual_dir=config.manual_dir, image_size=config.image_size, seed=config.seed
+            tfds_data_dir=config.tfds_data_dir,
+            manual_dir=config.manual_dir,
+            image_size=config.image_size,
+            seed=config.seed,
         ).train
         if tfds_folder.class_names != folder.class_names or len(tfds_folder) != len(folder):
-            log(f"note: the TFDS train split ({len(tfds_folder)} images) is not the folder's ({len(folder)}); "
-                "compare their rates, not their totals")
+            log(
+                f"note: the TFDS train split ({len(tfds_folder)} images) is not the folder's ({len(folder)}); "
+                "compare their rates, not their totals"
+            )
     classifier = extractor = None
     if any(v in MODEL_VARIANTS for v in config.variants):
         with strategy.scope():
-            classifier = model.build_classifier(folder.num_classes, image_size=config.image_size, alpha=config.alpha, weights=config.weights, seed=config.seed)
-            model.compile_classifier(classifier, optimizer="rmsprop", learning_rate=1e-4, num_classes=folder.num_classes)
-            extractor = model.build_feature_extractor(classifier.get_layer(model.BACKBONE_NAME), image_size=config.image_size)
+            classifier = model.build_classifier(
+                folder.num_classes,
+                image_size=config.image_size,
+                alpha=config.alpha,
+                weights=config.weights,
+                seed=config.seed,
+            )
+            model.compile_classifier(
+                classifier, optimizer="rmsprop", learning_rate=1e-4, num_classes=folder.num_classes
+            )
+            extractor = model.build_feature_extractor(
+                classifier.get_layer(model.BACKBONE_NAME), image_size=config.image_size
+            )
     runs: dict[str, list[EpochTimes]] = {v: [] for v in config.variants}
     peaks: dict[str, int] = {v: 0 for v in config.variants}
     caches: dict[str, int] = {v: 0 for v in config.variants}
@@ -467,31 +574,53 @@ def run_benchmark(config: BenchConfig, *, strategy: tf.distribute.Strategy, log:
         for variant in config.variants:
             if variant in TFDS_VARIANTS:
                 times, peak, cache = run_input_variant(
-                    variant.replace("tfds-", "pipeline-"), tfds_folder, config, cache_root=cache_root, repeat=repeat
+                    variant.replace("tfds-", "pipeline-"),
+                    tfds_folder,
+                    config,
+                    cache_root=cache_root,
+                    repeat=repeat,
                 )
             elif variant in MODEL_VARIANTS:
-                times, peak = run_model_variant(variant, folder, config, strategy=strategy, classifier=classifier, extractor=extractor)
+                times, peak = run_model_variant(
+                    variant,
+                    folder,
+                    config,
+                    strategy=strategy,
+                    classifier=classifier,
+                    extractor=extractor,
+                )
                 cache = 0
             else:
-                times, peak, cache = run_input_variant(variant, folder, config, cache_root=cache_root, repeat=repeat)
+                times, peak, cache = run_input_variant(
+                    variant, folder, config, cache_root=cache_root, repeat=repeat
+                )
             runs[variant].append(times)
             peaks[variant] = max(peaks[variant], peak)
             caches[variant] = max(caches[variant], cache)
             rates = times.images_per_second
-            log(f"repeat {repeat + 1}/{config.repeats} {variant}: cold {rates[0]:.0f} images/s, steady median "
-                f"{statistics.median(rates[1:]):.0f} images/s")
-    results = {v: summarize(v, runs[v], peak_rss_bytes=peaks[v], cache_bytes=caches[v]) for v in config.variants}
+            log(
+                f"repeat {repeat + 1}/{config.repeats} {variant}: cold {rates[0]:.0f} images/s, steady median "
+                f"{statistics.median(rates[1:]):.0f} images/s"
+            )
+    results = {
+        v: summarize(v, runs[v], peak_rss_bytes=peaks[v], cache_bytes=caches[v])
+        for v in config.variants
+    }
     ratios = {}
     if "legacy" in results:
         for name, result in results.items():
             if name in INPUT_VARIANTS + DECODE_VARIANTS + TFDS_VARIANTS:
                 ratios[name] = {
                     "steady": median_ratio(result, results["legacy"]),
-                    "cold": result.first_epoch_images_per_second / results["legacy"].first_epoch_images_per_second,
+                    "cold": result.first_epoch_images_per_second
+                    / results["legacy"].first_epoch_images_per_second,
                 }
     return BenchResult(
-        results=results, ratios_to_legacy=ratios, verdict=make_verdict(results),
-        environment=environment(strategy, config), uint8_image_bytes=uint8_bytes,
+        results=results,
+        ratios_to_legacy=ratios,
+        verdict=make_verdict(results),
+        environment=environment(strategy, config),
+        uint8_image_bytes=uint8_bytes,
     )
 
 
@@ -504,11 +633,15 @@ def make_verdict(results: dict) -> str:
         return "verdict needs both pipeline-memory-uint8 and model-train"
     headroom = pipeline_result.steady_median / model_train.steady_median
     bound = "model-bound" if headroom >= 1.0 else "input-bound"
-    text = (f"{bound}: the input route delivers {pipeline_result.steady_median:.0f} images/s, "
-            f"{headroom:.1f}x what the train step consumes ({model_train.steady_median:.0f} images/s on in-memory tensors)")
+    text = (
+        f"{bound}: the input route delivers {pipeline_result.steady_median:.0f} images/s, "
+        f"{headroom:.1f}x what the train step consumes ({model_train.steady_median:.0f} images/s on in-memory tensors)"
+    )
     if train:
-        text += (f"; the real training step reaches {train.steady_median / model_train.steady_median:.0%} of "
-                 "model-only throughput")
+        text += (
+            f"; the real training step reaches {train.steady_median / model_train.steady_median:.0%} of "
+            "model-only throughput"
+        )
     extract, infer = results.get("extract"), results.get("model-infer")
     if extract and infer:
         text += f"; feature extraction reaches {extract.steady_median / infer.steady_median:.0%} of model-only inference"
@@ -517,8 +650,10 @@ def make_verdict(results: dict) -> str:
 
 def format_table(result: BenchResult) -> str:
     """The human table: one row per variant."""
-    header = (f"{'variant':24} {'img/epoch':>9} {'cold img/s':>10} {'steady med':>10} {'min':>8} {'max':>8} "
-              f"{'1st batch s':>11} {'x legacy':>8} {'peak RSS MB':>11} {'cache MB':>8}")
+    header = (
+        f"{'variant':24} {'img/epoch':>9} {'cold img/s':>10} {'steady med':>10} {'min':>8} {'max':>8} "
+        f"{'1st batch s':>11} {'x legacy':>8} {'peak RSS MB':>11} {'cache MB':>8}"
+    )
     lines = [header, "-" * len(header)]
     for name, r in result.results.items():
         ratio = result.ratios_to_legacy.get(name, {}).get("steady")
@@ -589,7 +724,11 @@ def _train_in_fresh_process(config, strategy_name: str) -> dict:
 
 
 def compare_train_modes(
-    train_config, *, strategy_name: str = "auto", repeats: int = 1, log: Callable[[str], None] = print
+    train_config,
+    *,
+    strategy_name: str = "auto",
+    repeats: int = 1,
+    log: Callable[[str], None] = print,
 ) -> ModeComparison:
     """Trains the same recipe with --mode=images and --mode=features and compares them.
 
@@ -608,18 +747,24 @@ def compare_train_modes(
             model_dir = os.path.join(train_config.model_dir, mode)
             shutil.rmtree(os.path.join(model_dir, "features-fresh"), ignore_errors=True)
             config = dataclasses.replace(
-                train_config, mode=mode, model_dir=model_dir, features_dir=os.path.join(model_dir, "features-fresh")
+                train_config,
+                mode=mode,
+                model_dir=model_dir,
+                features_dir=os.path.join(model_dir, "features-fresh"),
             )
             result_metrics = _train_in_fresh_process(config, strategy_name)
             seconds[mode] = result_metrics["total_seconds"]
             metrics[mode] = dict(result_metrics, end_to_end_seconds=seconds[mode])
-            log(f"repeat {repeat + 1}/{repeats} mode {mode}: {seconds[mode]:.1f} s end to end, "
-                f"test accuracy {result_metrics['test_accuracy']:.4f}")
+            log(
+                f"repeat {repeat + 1}/{repeats} mode {mode}: {seconds[mode]:.1f} s end to end, "
+                f"test accuracy {result_metrics['test_accuracy']:.4f}"
+            )
         ratios.append(seconds["images"] / seconds["features"])
     return ModeComparison(
         images_metrics=metrics["images"],
         features_metrics=metrics["features"],
         speedup=statistics.median(ratios),
         speedups=tuple(ratios),
-        accuracy_difference=metrics["features"]["test_accuracy"] - metrics["images"]["test_accuracy"],
+        accuracy_difference=metrics["features"]["test_accuracy"]
+        - metrics["images"]["test_accuracy"],
     )

@@ -21,8 +21,12 @@ def write_scalar(tag: str, value: float, *, step: int) -> None:
     import tensorflow as tf
     from tensorflow.core.framework import summary_pb2
 
-    metadata = summary_pb2.SummaryMetadata(plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="scalars"))
-    tf.summary.write(tag, tf.constant(float(value), tf.float32), step=step, metadata=metadata.SerializeToString())
+    metadata = summary_pb2.SummaryMetadata(
+        plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="scalars")
+    )
+    tf.summary.write(
+        tag, tf.constant(float(value), tf.float32), step=step, metadata=metadata.SerializeToString()
+    )
 
 
 class ThroughputCallback(keras.callbacks.Callback):
@@ -77,7 +81,12 @@ class ThroughputCallback(keras.callbacks.Callback):
         if logs is not None:
             logs["images_per_second"] = rate
         logging.info(
-            "epoch %d: %s %d images in %.2f s, %.1f images/s", epoch + 1, self.log_name, self.num_images, seconds, rate
+            "epoch %d: %s %d images in %.2f s, %.1f images/s",
+            epoch + 1,
+            self.log_name,
+            self.num_images,
+            seconds,
+            rate,
         )
         if self.tensorboard_dir:
             import tensorflow as tf

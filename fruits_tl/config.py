@@ -153,7 +153,10 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         _require(bool(self.model_dir), "model_dir is required: where the model is written.")
-        _require(1 <= self.batch_size <= 65536, f"batch_size must be in [1, 65536], got {self.batch_size}.")
+        _require(
+            1 <= self.batch_size <= 65536,
+            f"batch_size must be in [1, 65536], got {self.batch_size}.",
+        )
         _require(1 <= self.epochs <= 100000, f"epochs must be >= 1, got {self.epochs}.")
         _require(
             0.0 < self.learning_rate <= 10.0,
@@ -166,7 +169,8 @@ class TrainConfig:
         _require(self.mode in MODES, f"mode must be one of {', '.join(MODES)}, got {self.mode!r}.")
         _require(
             self.feature_dtype in FEATURE_DTYPES,
-            f"feature_dtype must be one of {', '.join(FEATURE_DTYPES)}, got {self.feature_dtype!r}.",
+            f"feature_dtype must be one of {', '.join(FEATURE_DTYPES)}, "
+            f"got {self.feature_dtype!r}.",
         )
 
     def resolved_mode(self) -> tuple[str, str]:
@@ -214,19 +218,34 @@ class ExportConfig:
     latency_images: int = 100
 
     def __post_init__(self) -> None:
-        _require(bool(self.model), "model is required: the trained model_dir or .keras file to export.")
+        _require(
+            bool(self.model), "model is required: the trained model_dir or .keras file to export."
+        )
         _require(bool(self.output_dir), "output_dir is required: where the exported files go.")
         unknown = [f for f in self.formats if f not in EXPORT_FORMATS]
-        _require(not unknown and bool(self.formats), f"formats must be a non-empty subset of {', '.join(EXPORT_FORMATS)}, got {', '.join(self.formats) or '(none)'}.")
+        _require(
+            not unknown and bool(self.formats),
+            f"formats must be a non-empty subset of {', '.join(EXPORT_FORMATS)}, got "
+            f"{', '.join(self.formats) or '(none)'}.",
+        )
         unknown = [q for q in self.quantize if q not in QUANTIZATIONS]
-        _require(not unknown, f"quantize takes {', '.join(QUANTIZATIONS)}; unknown: {', '.join(unknown)}.")
+        _require(
+            not unknown,
+            f"quantize takes {', '.join(QUANTIZATIONS)}; unknown: {', '.join(unknown)}.",
+        )
         _require(
             "tflite" not in self.formats or bool(self.quantize),
-            "quantize must name at least one of none, dynamic, float16, int8 when formats has tflite.",
+            "quantize must name at least one of none, dynamic, float16, int8 when formats has "
+            "tflite.",
         )
         _require(self.top_k >= 1, f"top_k must be >= 1, got {self.top_k}.")
-        _require(self.representative_images >= 1, f"representative_images must be >= 1, got {self.representative_images}.")
-        _require(self.latency_images >= 1, f"latency_images must be >= 1, got {self.latency_images}.")
+        _require(
+            self.representative_images >= 1,
+            f"representative_images must be >= 1, got {self.representative_images}.",
+        )
+        _require(
+            self.latency_images >= 1, f"latency_images must be >= 1, got {self.latency_images}."
+        )
         _require(
             self.data is not None or not ("tflite" in self.formats and "int8" in self.quantize),
             "quantize=int8 needs --data_dir: its training images calibrate the integer ranges.",

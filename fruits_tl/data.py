@@ -169,7 +169,9 @@ def list_classes(directory: str, *, role: str = "image") -> list[str]:
     return names
 
 
-def list_image_files(directory: str, class_names: list[str] | tuple[str, ...]) -> dict[str, list[str]]:
+def list_image_files(
+    directory: str, class_names: list[str] | tuple[str, ...]
+) -> dict[str, list[str]]:
     """Lists the image files of each class, with Keras's rules and in Keras's order.
 
     Args:
@@ -182,7 +184,9 @@ def list_image_files(directory: str, class_names: list[str] | tuple[str, ...]) -
     listing: dict[str, list[str]] = {}
     for class_name in class_names:
         paths = []
-        for root, _, files in sorted(os.walk(os.path.join(directory, class_name)), key=lambda x: x[0]):
+        for root, _, files in sorted(
+            os.walk(os.path.join(directory, class_name)), key=lambda x: x[0]
+        ):
             for file_name in sorted(files):
                 if file_name.lower().endswith(IMAGE_EXTENSIONS):
                     paths.append(os.path.join(root, file_name))
@@ -307,7 +311,9 @@ def find_bad_images(file_paths: list[str] | tuple[str, ...]) -> tuple[BadImage, 
         good = np.all(shapes > 0, axis=1)
         decoded[indices[good]] = True
     return tuple(
-        BadImage(path, decode_error_reason(path)) for path, ok in zip(paths, decoded) if not ok
+        BadImage(path, decode_error_reason(path))
+        for path, ok in zip(paths, decoded, strict=True)
+        if not ok
     )
 
 
@@ -379,7 +385,8 @@ def load_split(
     left_out = set(exclude) | set(undecodable)
     file_paths = [p for p in file_paths if p not in left_out]
     labels = np.asarray(
-        [label_of[os.path.relpath(p, directory).split(os.sep)[0]] for p in file_paths], dtype=np.int32
+        [label_of[os.path.relpath(p, directory).split(os.sep)[0]] for p in file_paths],
+        dtype=np.int32,
     )
     return ImageFolder(
         class_names=tuple(class_names),
@@ -387,7 +394,9 @@ def load_split(
         labels=labels,
         name=name,
         image_size=image_size,
-        fingerprint=listing_fingerprint(file_paths, image_size=image_size, extra=",".join(class_names)),
+        fingerprint=listing_fingerprint(
+            file_paths, image_size=image_size, extra=",".join(class_names)
+        ),
     )
 
 
@@ -401,10 +410,14 @@ def select(folder: ImageFolder, mask: np.ndarray, *, name: str) -> ImageFolder:
     records = folder.records
     if records is not None:
         keep = tf.constant(mask)
-        records = records.enumerate().filter(lambda index, record: keep[index]).map(lambda index, record: record)
+        records = (
+            records.enumerate()
+            .filter(lambda index, record: keep[index])
+            .map(lambda index, record: record)
+        )
     return dataclasses.replace(
         folder,
-        file_paths=tuple(p for p, k in zip(folder.file_paths, mask) if k),
+        file_paths=tuple(p for p, k in zip(folder.file_paths, mask, strict=True) if k),
         labels=folder.labels[mask],
         name=name,
         fingerprint=hashlib.sha256(
@@ -414,7 +427,9 @@ def select(folder: ImageFolder, mask: np.ndarray, *, name: str) -> ImageFolder:
     )
 
 
-def folder_of_files(file_paths: list[str] | tuple[str, ...], *, image_size: int, name: str) -> ImageFolder:
+def folder_of_files(
+    file_paths: list[str] | tuple[str, ...], *, image_size: int, name: str
+) -> ImageFolder:
     """An unlabelled split of arbitrary image files (prediction): labels are all 0."""
     return ImageFolder(
         class_names=(),
@@ -454,7 +469,9 @@ def load_labeled_folder(
                 described.append(f"'{c}'" + (f" (closest model class: '{near}')" if near else ""))
             parts.append(f"not in the model's labels: {', '.join(described)}")
         if missing:
-            parts.append(f"model classes with no folder here: {', '.join(repr(c) for c in missing)}")
+            parts.append(
+                f"model classes with no folder here: {', '.join(repr(c) for c in missing)}"
+            )
         raise UserInputError(
             f"The classes in '{directory}' do not match the model's labels.txt: {'; '.join(parts)}."
         )
@@ -490,9 +507,13 @@ def load_exclude_list(path: str) -> frozenset[str]:
         return frozenset()
     try:
         with open(path, encoding="utf-8") as stream:
-            return frozenset(line.rstrip("\n") for line in stream if line.strip() and not line.startswith("#"))
+            return frozenset(
+                line.rstrip("\n") for line in stream if line.strip() and not line.startswith("#")
+            )
     except OSError as error:
-        raise UserInputError(f"The exclude list '{path}' cannot be read ({error.strerror}) (--exclude_list).") from None
+        raise UserInputError(
+            f"The exclude list '{path}' cannot be read ({error.strerror}) (--exclude_list)."
+        ) from None
 
 
 def _describe_bad_images(bad: tuple[BadImage, ...]) -> str:
@@ -536,10 +557,14 @@ def load_dataset(
     if not os.path.exists(data_dir):
         raise UserInputError(f"The data directory '{data_dir}' does not exist (--data_dir).")
     if not os.path.isdir(data_dir):
-        raise UserInputError(f"The data directory '{data_dir}' is a file, not a folder (--data_dir).")
+        raise UserInputError(
+            f"The data directory '{data_dir}' is a file, not a folder (--data_dir)."
+        )
     train_dir = os.path.join(data_dir, train_subdir)
     if not os.path.isdir(train_dir):
-        found = sorted(e.name for e in os.scandir(data_dir) if e.is_dir() and not e.name.startswith("."))
+        found = sorted(
+            e.name for e in os.scandir(data_dir) if e.is_dir() and not e.name.startswith(".")
+        )
         shown = ", ".join(found[:10]) + (", ..." if len(found) > 10 else "") if found else "none"
         raise UserInputError(
             f"The training folder '{train_dir}' does not exist: --data_dir must hold "
@@ -593,7 +618,8 @@ def load_dataset(
     ]
     if emptied:
         raise UserInputError(
-            f"After leaving out undecodable and excluded files, {len(emptied)} class folder(s) hold no "
+            f"After leaving out undecodable and excluded files, {len(emptied)} class folder(s) "
+            "hold no "
             f"images: {', '.join(emptied)}."
         )
 

@@ -50,7 +50,9 @@ def get_strategy(name: str = "auto", *, devices: list[str] | None = None) -> tf.
     # keeps the first use of a key for the process, so a second strategy in one process whose
     # first collective differs fails ("Collective instance 100 expected type 2 and data_type
     # 3 but got type 0 and data_type 1"). Reducing through one device uses no collectives.
-    return tf.distribute.MirroredStrategy(devices=devices, cross_device_ops=tf.distribute.ReductionToOneDevice())
+    return tf.distribute.MirroredStrategy(
+        devices=devices, cross_device_ops=tf.distribute.ReductionToOneDevice()
+    )
 
 
 def describe(strategy: tf.distribute.Strategy) -> str:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-import socket
 import tarfile
 import tempfile
 import urllib.error
@@ -24,7 +23,9 @@ from fruits_tl.errors import UserInputError
 
 # The public release of Fruits-360 (100x100 images, Training/ and Test/ folders), by Horea
 # Muresan and Mihai Oltean, MIT licence. The one place this address is written.
-FRUITS360_ARCHIVE_URL = "https://github.com/Horea94/Fruit-Images-Dataset/archive/refs/heads/master.zip"
+FRUITS360_ARCHIVE_URL = (
+    "https://github.com/Horea94/Fruit-Images-Dataset/archive/refs/heads/master.zip"
+)
 # A branch archive changes with every commit, so no digest is pinned by default; pass --sha256
 # to verify a known archive.
 FRUITS360_ARCHIVE_SHA256: str | None = None
@@ -94,8 +95,10 @@ def download(
             # below still checks it).
             total = offset
         else:
-            raise UserInputError(f"Downloading {url} failed: HTTP {error.code} {error.reason}.") from None
-    except (urllib.error.URLError, socket.timeout, ConnectionError) as error:
+            raise UserInputError(
+                f"Downloading {url} failed: HTTP {error.code} {error.reason}."
+            ) from None
+    except (TimeoutError, urllib.error.URLError, ConnectionError) as error:
         reason = getattr(error, "reason", error)
         raise UserInputError(
             f"Could not download {url} ({reason}); this machine may be offline. The partial file "
@@ -110,12 +113,17 @@ def download(
             "Free space or fix the folder's permissions (--dest), then run again to resume."
         ) from None
     if total is not None and os.path.getsize(partial) < total:
-        raise UserInputError(f"The download of {url} ended early ({os.path.getsize(partial)} of {total} bytes); run again to resume.")
+        raise UserInputError(
+            f"The download of {url} ended early ({os.path.getsize(partial)} of {total} bytes); "
+            "run again to resume."
+        )
     if sha256 is not None:
         actual = sha256_of(partial)
         if actual != sha256.lower():
             os.unlink(partial)
-            raise UserInputError(f"The download of {url} has sha256 {actual}, expected {sha256}; it was deleted.")
+            raise UserInputError(
+                f"The download of {url} has sha256 {actual}, expected {sha256}; it was deleted."
+            )
     os.replace(partial, destination)
     return destination
 
@@ -128,9 +136,13 @@ def _inside(root: str, path: str) -> bool:
 def _check_member_name(name: str, archive: str) -> None:
     parts = name.replace("\\", "/").split("/")
     if name.startswith(("/", "\\")) or (len(name) > 1 and name[1] == ":"):
-        raise UserInputError(f"Refusing to extract '{archive}': member '{name}' has an absolute path.")
+        raise UserInputError(
+            f"Refusing to extract '{archive}': member '{name}' has an absolute path."
+        )
     if ".." in parts:
-        raise UserInputError(f"Refusing to extract '{archive}': member '{name}' has a '..' component.")
+        raise UserInputError(
+            f"Refusing to extract '{archive}': member '{name}' has a '..' component."
+        )
 
 
 def check_archive(archive: str, destination: str) -> None:
@@ -143,8 +155,13 @@ def check_archive(archive: str, destination: str) -> None:
                 if (info.external_attr >> 16) & 0o170000 == 0o120000:
                     target = opened.read(info).decode("utf-8", "replace")
                     link_dir = os.path.dirname(os.path.join(destination, info.filename))
-                    if os.path.isabs(target) or not _inside(destination, os.path.join(link_dir, target)):
-                        raise UserInputError(f"Refusing to extract '{archive}': member '{info.filename}' links outside the destination ({target}).")
+                    if os.path.isabs(target) or not _inside(
+                        destination, os.path.join(link_dir, target)
+                    ):
+                        raise UserInputError(
+                            f"Refusing to extract '{archive}': member '{info.filename}' links "
+                            f"outside the destination ({target})."
+                        )
         return
     try:
         opened = tarfile.open(archive)
@@ -154,14 +171,21 @@ def check_archive(archive: str, destination: str) -> None:
         for member in opened.getmembers():
             _check_member_name(member.name, archive)
             if member.issym() or member.islnk():
-                base = destination if member.islnk() else os.path.dirname(os.path.join(destination, member.name))
+                base = (
+                    destination
+                    if member.islnk()
+                    else os.path.dirname(os.path.join(destination, member.name))
+                )
                 target = os.path.join(base, member.linkname)
                 if os.path.isabs(member.linkname) or not _inside(destination, target):
                     raise UserInputError(
-                        f"Refusing to extract '{archive}': member '{member.name}' links outside the destination ({member.linkname})."
+                        f"Refusing to extract '{archive}': member '{member.name}' links "
+                        f"outside the destination ({member.linkname})."
                     )
             elif not (member.isfile() or member.isdir()):
-                raise UserInputError(f"Refusing to extract '{archive}': member '{member.name}' is a device or fifo.")
+                raise UserInputError(
+                    f"Refusing to extract '{archive}': member '{member.name}' is a device or fifo."
+                )
 
 
 def extract(archive: str, destination: str) -> str:

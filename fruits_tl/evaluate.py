@@ -66,15 +66,25 @@ def compute_report(
     true_positive = np.diag(confusion).astype(np.float64)
     predicted_count = confusion.sum(axis=0)
     support = confusion.sum(axis=1)
-    precision = np.divide(true_positive, predicted_count, out=np.zeros(num_classes), where=predicted_count > 0)
+    precision = np.divide(
+        true_positive, predicted_count, out=np.zeros(num_classes), where=predicted_count > 0
+    )
     recall = np.divide(true_positive, support, out=np.zeros(num_classes), where=support > 0)
     denominator = precision + recall
-    f1 = np.divide(2 * precision * recall, denominator, out=np.zeros(num_classes), where=denominator > 0)
+    f1 = np.divide(
+        2 * precision * recall, denominator, out=np.zeros(num_classes), where=denominator > 0
+    )
     true_probability = probabilities[np.arange(len(labels)), labels]
-    loss = float(-np.mean(np.log(np.clip(true_probability, EPSILON, 1 - EPSILON)))) if len(labels) else 0.0
+    loss = (
+        float(-np.mean(np.log(np.clip(true_probability, EPSILON, 1 - EPSILON))))
+        if len(labels)
+        else 0.0
+    )
     metrics = {
         "accuracy": float(np.mean(predicted == labels)) if len(labels) else 0.0,
-        "top5_accuracy": float(np.mean((top_k == labels[:, None]).any(axis=1))) if len(labels) else 0.0,
+        "top5_accuracy": float(np.mean((top_k == labels[:, None]).any(axis=1)))
+        if len(labels)
+        else 0.0,
         "loss": loss,
         "macro_precision": float(precision.mean()),
         "macro_recall": float(recall.mean()),
@@ -84,7 +94,13 @@ def compute_report(
         "num_mistakes": int(np.sum(predicted != labels)),
     }
     per_class = [
-        {"class": name, "precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]), "support": int(support[i])}
+        {
+            "class": name,
+            "precision": float(precision[i]),
+            "recall": float(recall[i]),
+            "f1": float(f1[i]),
+            "support": int(support[i]),
+        }
         for i, name in enumerate(class_names)
     ]
     (wrong,) = np.nonzero(predicted != labels)
@@ -98,7 +114,13 @@ def compute_report(
         }
         for i in order
     ]
-    return Report(metrics=metrics, per_class=per_class, confusion=confusion, mistakes=mistakes, class_names=tuple(class_names))
+    return Report(
+        metrics=metrics,
+        per_class=per_class,
+        confusion=confusion,
+        mistakes=mistakes,
+        class_names=tuple(class_names),
+    )
 
 
 def _csv(rows: list[list]) -> str:
@@ -112,18 +134,39 @@ def save_report(output_dir: str, report: Report) -> None:
     os.makedirs(output_dir, exist_ok=True)
     files.write_text(
         os.path.join(output_dir, "per_class.csv"),
-        _csv([["class", "precision", "recall", "f1", "support"]]
-             + [[r["class"], f"{r['precision']:.6f}", f"{r['recall']:.6f}", f"{r['f1']:.6f}", r["support"]] for r in report.per_class]),
+        _csv(
+            [["class", "precision", "recall", "f1", "support"]]
+            + [
+                [
+                    r["class"],
+                    f"{r['precision']:.6f}",
+                    f"{r['recall']:.6f}",
+                    f"{r['f1']:.6f}",
+                    r["support"],
+                ]
+                for r in report.per_class
+            ]
+        ),
     )
     files.write_text(
         os.path.join(output_dir, "confusion_matrix.csv"),
-        _csv([["true \\ predicted", *report.class_names]]
-             + [[name, *row.tolist()] for name, row in zip(report.class_names, report.confusion)]),
+        _csv(
+            [["true \\ predicted", *report.class_names]]
+            + [
+                [name, *row.tolist()]
+                for name, row in zip(report.class_names, report.confusion, strict=True)
+            ]
+        ),
     )
     files.write_text(
         os.path.join(output_dir, "mistakes.csv"),
-        _csv([["file_path", "true_class", "predicted_class", "probability"]]
-             + [[m["file_path"], m["true_class"], m["predicted_class"], f"{m['probability']:.6f}"] for m in report.mistakes]),
+        _csv(
+            [["file_path", "true_class", "predicted_class", "probability"]]
+            + [
+                [m["file_path"], m["true_class"], m["predicted_class"], f"{m['probability']:.6f}"]
+                for m in report.mistakes
+            ]
+        ),
     )
     files.write_json(os.path.join(output_dir, "metrics.json"), report.metrics)
 
@@ -134,14 +177,18 @@ def summary_table(report: Report, *, worst: int = 5) -> str:
     lines = [
         f"images {m['num_images']}  classes {m['num_classes']}  accuracy {m['accuracy']:.4f}  "
         f"top-5 {m['top5_accuracy']:.4f}  loss {m['loss']:.4f}",
-        f"macro precision {m['macro_precision']:.4f}  recall {m['macro_recall']:.4f}  F1 {m['macro_f1']:.4f}",
+        f"macro precision {m['macro_precision']:.4f}  recall {m['macro_recall']:.4f}  F1 "
+        f"{m['macro_f1']:.4f}",
     ]
     rows = sorted(report.per_class, key=lambda r: (r["f1"], r["class"]))[:worst]
     if rows:
         width = max([len("lowest F1 classes")] + [len(r["class"]) for r in rows])
         lines.append(f"{'lowest F1 classes'.ljust(width)}  precision  recall     f1  support")
         for r in rows:
-            lines.append(f"{r['class'].ljust(width)}  {r['precision']:9.4f}  {r['recall']:6.4f}  {r['f1']:5.4f}  {r['support']:7d}")
+            lines.append(
+                f"{r['class'].ljust(width)}  {r['precision']:9.4f}  {r['recall']:6.4f}  "
+                f"{r['f1']:5.4f}  {r['support']:7d}"
+            )
     return "\n".join(lines)
 
 
@@ -155,12 +202,16 @@ def predict_batches(classifier: servable.Servable, batches: tf.data.Dataset) -> 
     if classifier.keras_model is not None:
         return np.asarray(classifier.keras_model.predict(images, verbose=0))
     outputs = [classifier.predict_pixels(batch) for batch in images.as_numpy_iterator()]
-    return np.concatenate(outputs) if outputs else np.zeros((0, len(classifier.class_names)), np.float32)
+    return (
+        np.concatenate(outputs)
+        if outputs
+        else np.zeros((0, len(classifier.class_names)), np.float32)
+    )
 
 
 def evaluate_split(
     model_path: str,
-    folder_for: "Callable[[tuple[str, ...], int], data.ImageFolder]",
+    folder_for: Callable[[tuple[str, ...], int], data.ImageFolder],
     *,
     strategy: tf.distribute.Strategy,
     batch_size: int = 32,
@@ -176,12 +227,19 @@ def evaluate_split(
         classifier = servable.load_servable(model_path)
     folder = folder_for(classifier.class_names, classifier.image_size)
     batches = pipeline.make_batches(
-        folder, batch_size=batch_size, training=False, cache="none", output="uint8",
+        folder,
+        batch_size=batch_size,
+        training=False,
+        cache="none",
+        output="uint8",
         min_batch_size=strategy.num_replicas_in_sync,
     )
     probabilities = predict_batches(classifier, batches)
     return compute_report(
-        folder.labels, probabilities, class_names=classifier.class_names, file_paths=folder.file_paths,
+        folder.labels,
+        probabilities,
+        class_names=classifier.class_names,
+        file_paths=folder.file_paths,
         num_mistakes=num_mistakes,
     )
 
@@ -214,12 +272,18 @@ def evaluate_folder(
 
     def folder_for(class_names, image_size):
         folder, _ = data.load_labeled_folder(
-            directory, class_names=class_names, image_size=image_size, name="evaluation",
-            skip_bad_images=skip_bad_images, exclude_files=exclude_files,
+            directory,
+            class_names=class_names,
+            image_size=image_size,
+            name="evaluation",
+            skip_bad_images=skip_bad_images,
+            exclude_files=exclude_files,
         )
         return folder
 
-    return evaluate_split(model_path, folder_for, strategy=strategy, batch_size=batch_size, num_mistakes=num_mistakes)
+    return evaluate_split(
+        model_path, folder_for, strategy=strategy, batch_size=batch_size, num_mistakes=num_mistakes
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -237,7 +301,11 @@ def collect_image_paths(inputs: list[str]) -> list[str]:
     for item in inputs:
         if os.path.isdir(item):
             for root, _, names in sorted(os.walk(item), key=lambda x: x[0]):
-                paths += [os.path.join(root, n) for n in sorted(names) if n.lower().endswith(data.IMAGE_EXTENSIONS)]
+                paths += [
+                    os.path.join(root, n)
+                    for n in sorted(names)
+                    if n.lower().endswith(data.IMAGE_EXTENSIONS)
+                ]
         else:
             paths.append(item)
     return paths
@@ -274,11 +342,15 @@ def predict_paths(
         # The one route: (path) listing -> decode -> batch, with the strategy's smallest batch.
         folder = data.folder_of_files(good, image_size=classifier.image_size, name="predict")
         batches = pipeline.make_batches(
-            folder, batch_size=batch_size, training=False, cache="none", output="uint8",
+            folder,
+            batch_size=batch_size,
+            training=False,
+            cache="none",
+            output="uint8",
             min_batch_size=strategy.num_replicas_in_sync,
         )
         probabilities = predict_batches(classifier, batches)
-    by_path = dict(zip(good, probabilities))
+    by_path = dict(zip(good, probabilities, strict=True))
     k = min(top_k, len(class_names))
     results = []
     for path in paths:
@@ -287,12 +359,20 @@ def predict_paths(
             continue
         row = by_path[path]
         order = np.argsort(-row, kind="stable")[:k]
-        results.append(Prediction(path=path, top=tuple((class_names[i], float(row[i])) for i in order)))
+        results.append(
+            Prediction(path=path, top=tuple((class_names[i], float(row[i])) for i in order))
+        )
     return results
 
 
 def _predict_encoded(
-    classifier: servable.Servable, paths: list[str], good: list[str], errors: dict, *, top_k: int, batch_size: int
+    classifier: servable.Servable,
+    paths: list[str],
+    good: list[str],
+    errors: dict,
+    *,
+    top_k: int,
+    batch_size: int,
 ) -> list[Prediction]:
     """Predictions from a SavedModel's serve_jpeg signature (its top-k, at most `top_k`)."""
     top: dict[str, tuple[tuple[str, float], ...]] = {}
@@ -303,6 +383,12 @@ def _predict_encoded(
             with open(path, "rb") as stream:
                 contents.append(stream.read())
         names, probabilities, _ = classifier.predict_encoded(contents)
-        for path, row_names, row_probabilities in zip(chunk, names, probabilities):
-            top[path] = tuple((name.decode("utf-8"), float(p)) for name, p in zip(row_names, row_probabilities))[:top_k]
-    return [Prediction(path=p, error=errors[p]) if p in errors else Prediction(path=p, top=top[p]) for p in paths]
+        for path, row_names, row_probabilities in zip(chunk, names, probabilities, strict=True):
+            top[path] = tuple(
+                (name.decode("utf-8"), float(p))
+                for name, p in zip(row_names, row_probabilities, strict=True)
+            )[:top_k]
+    return [
+        Prediction(path=p, error=errors[p]) if p in errors else Prediction(path=p, top=top[p])
+        for p in paths
+    ]

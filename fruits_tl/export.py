@@ -90,7 +90,11 @@ class ExportResult:
 def _disk_size(path: str) -> int:
     if os.path.isfile(path):
         return os.path.getsize(path)
-    return sum(os.path.getsize(os.path.join(root, name)) for root, _, names in os.walk(path) for name in names)
+    return sum(
+        os.path.getsize(os.path.join(root, name))
+        for root, _, names in os.walk(path)
+        for name in names
+    )
 
 
 def _float_forward(classifier: keras.Model):
@@ -99,7 +103,9 @@ def _float_forward(classifier: keras.Model):
     The TFLite graph starts from float pixels (int8 quantization needs a float input to
     quantize), so the uint8 input layer is left out; the layers after it are the model's own.
     """
-    layers = [layer for layer in classifier.layers if not isinstance(layer, keras.layers.InputLayer)]
+    layers = [
+        layer for layer in classifier.layers if not isinstance(layer, keras.layers.InputLayer)
+    ]
 
     def forward(images):
         x = images
@@ -130,7 +136,11 @@ def write_saved_model(
             fn_output_signature=tf.TensorSpec((image_size, image_size, 3), tf.uint8),
         )
         top = tf.math.top_k(classifier(pixels, training=False), k=k)
-        return {"classes": tf.gather(names, top.indices), "probabilities": top.values, "indices": top.indices}
+        return {
+            "classes": tf.gather(names, top.indices),
+            "probabilities": top.values,
+            "indices": top.indices,
+        }
 
     archive.add_endpoint(
         servable.SERVE_PIXELS,
@@ -138,7 +148,9 @@ def write_saved_model(
         input_signature=[tf.TensorSpec((None, image_size, image_size, 3), tf.uint8, name="images")],
     )
     archive.add_endpoint(
-        servable.SERVE_JPEG, serve_jpeg, input_signature=[tf.TensorSpec((None,), tf.string, name="images")]
+        servable.SERVE_JPEG,
+        serve_jpeg,
+        input_signature=[tf.TensorSpec((None,), tf.string, name="images")],
     )
     with files.atomic_directory(path) as temporary:
         archive.write_out(temporary, verbose=False)
@@ -155,7 +167,11 @@ def representative_batches(folder: data.ImageFolder, *, count: int, seed: int) -
 
 
 def convert_tflite(
-    classifier: keras.Model, *, quantize: str, image_size: int, representative: tf.data.Dataset | None
+    classifier: keras.Model,
+    *,
+    quantize: str,
+    image_size: int,
+    representative: tf.data.Dataset | None,
 ) -> bytes:
     """Converts the classifier to a TFLite flatbuffer with one quantization choice."""
     forward = _float_forward(classifier)
@@ -168,7 +184,9 @@ def convert_tflite(
     )
     with tempfile.TemporaryDirectory(prefix="fruits-tl-tflite-") as directory:
         archive.write_out(directory, verbose=False)
-        converter = tf.lite.TFLiteConverter.from_saved_model(directory, signature_keys=["serving_default"])
+        converter = tf.lite.TFLiteConverter.from_saved_model(
+            directory, signature_keys=["serving_default"]
+        )
         if quantize != "none":
             converter.optimizations = [tf.lite.Optimize.DEFAULT]
         if quantize == "float16":
@@ -187,7 +205,14 @@ def convert_tflite(
 
 
 def _measure(
-    name: str, path: str, predict, *, test_batches, test_labels, reference: np.ndarray | None, latency_images: np.ndarray | None
+    name: str,
+    path: str,
+    predict,
+    *,
+    test_batches,
+    test_labels,
+    reference: np.ndarray | None,
+    latency_images: np.ndarray | None,
 ) -> FormatReport:
     accuracy = agreement = latency = None
     predicted = None
@@ -204,8 +229,12 @@ def _measure(
             predict(image[None])
         latency = (time.perf_counter() - start) / len(latency_images) * 1000.0
     report = FormatReport(
-        format=name, path=path, size_bytes=_disk_size(path), test_accuracy=accuracy,
-        agreement_with_keras=agreement, latency_ms_per_image=latency,
+        format=name,
+        path=path,
+        size_bytes=_disk_size(path),
+        test_accuracy=accuracy,
+        agreement_with_keras=agreement,
+        latency_ms_per_image=latency,
     )
     logging.info("%s: %s", name, report)
     return report, predicted
@@ -224,35 +253,62 @@ def export_model(config: ExportConfig) -> ExportResult:
         splits = sources.load_splits(dataclasses.replace(config.data, image_size=image_size))
         if splits.class_names != tuple(class_names):
             raise UserInputError(
-                f"The training classes of the data (--data_dir) differ from the labels.txt of '{config.model}': "
+                "The training classes of the data (--data_dir) differ from the labels.txt of "
+                f"'{config.model}': "
                 "export measures and calibrates on the data the model was trained for."
             )
-        test_batches = pipeline.make_batches(splits.test, batch_size=32, training=False, cache="memory", output="uint8")
+        test_batches = pipeline.make_batches(
+            splits.test, batch_size=32, training=False, cache="memory", output="uint8"
+        )
         test_labels = splits.test.labels
         latency_count = min(config.latency_images, len(splits.test))
-        latency_images = np.concatenate([images for images, _ in test_batches.as_numpy_iterator()])[:latency_count]
-        representative = representative_batches(splits.train, count=config.representative_images, seed=config.data.seed)
+        latency_images = np.concatenate([images for images, _ in test_batches.as_numpy_iterator()])[
+            :latency_count
+        ]
+        representative = representative_batches(
+            splits.train, count=config.representative_images, seed=config.data.seed
+        )
     os.makedirs(config.output_dir, exist_ok=True)
     files.write_lines(os.path.join(config.output_dir, servable.LABELS_FILE), list(class_names))
 
-    keras_path = os.path.join(config.model, "model.keras") if os.path.isdir(config.model) else config.model
+    keras_path = (
+        os.path.join(config.model, "model.keras") if os.path.isdir(config.model) else config.model
+    )
     keras_report, reference = _measure(
-        "keras", keras_path, lambda images: classifier.predict_on_batch(images),
-        test_batches=test_batches, test_labels=test_labels, reference=None, latency_images=latency_images,
+        "keras",
+        keras_path,
+        lambda images: classifier.predict_on_batch(images),
+        test_batches=test_batches,
+        test_labels=test_labels,
+        reference=None,
+        latency_images=latency_images,
     )
     reports = [keras_report]
     if "saved_model" in config.formats:
         path = os.path.join(config.output_dir, SAVED_MODEL_DIR)
         try:
-            write_saved_model(classifier, path, class_names=tuple(class_names), image_size=image_size, top_k=config.top_k)
+            write_saved_model(
+                classifier,
+                path,
+                class_names=tuple(class_names),
+                image_size=image_size,
+                top_k=config.top_k,
+            )
         except UserInputError:
             raise
         except Exception as error:
-            raise UserInputError(f"Export to format saved_model failed: {str(error).splitlines()[0][:300]}") from None
+            raise UserInputError(
+                f"Export to format saved_model failed: {str(error).splitlines()[0][:300]}"
+            ) from None
         loaded = servable.load_servable(path)
         report, _ = _measure(
-            "saved_model", path, loaded.predict_pixels,
-            test_batches=test_batches, test_labels=test_labels, reference=reference, latency_images=latency_images,
+            "saved_model",
+            path,
+            loaded.predict_pixels,
+            test_batches=test_batches,
+            test_labels=test_labels,
+            reference=reference,
+            latency_images=latency_images,
         )
         reports.append(report)
     if "tflite" in config.formats:
@@ -262,17 +318,26 @@ def export_model(config: ExportConfig) -> ExportResult:
             logging.info("Converting to %s", name)
             try:
                 flatbuffer = convert_tflite(
-                    classifier, quantize=quantize, image_size=image_size, representative=representative
+                    classifier,
+                    quantize=quantize,
+                    image_size=image_size,
+                    representative=representative,
                 )
             except Exception as error:
                 raise UserInputError(
-                    f"Export to format {name} failed ({type(error).__name__}): {str(error).splitlines()[0][:300]}"
+                    f"Export to format {name} failed ({type(error).__name__}): "
+                    f"{str(error).splitlines()[0][:300]}"
                 ) from None
             files.write_bytes(path, flatbuffer)
             runner = servable.TFLiteRunner(path)
             report, _ = _measure(
-                name, path, runner,
-                test_batches=test_batches, test_labels=test_labels, reference=reference, latency_images=latency_images,
+                name,
+                path,
+                runner,
+                test_batches=test_batches,
+                test_labels=test_labels,
+                reference=reference,
+                latency_images=latency_images,
             )
             reports.append(report)
     result = ExportResult(
@@ -296,8 +361,11 @@ def format_table(result: ExportResult) -> str:
     for r in result.formats:
         lines.append(
             f"{r.format:16} {r.size_bytes / 2**20:8.2f} {shown(r.test_accuracy, '{:.4f}'):>8} "
-            f"{shown(r.agreement_with_keras, '{:.4f}'):>7} {shown(r.latency_ms_per_image, '{:.2f}'):>8}  {r.path}"
+            f"{shown(r.agreement_with_keras, '{:.4f}'):>7} "
+            f"{shown(r.latency_ms_per_image, '{:.2f}'):>8}  {r.path}"
         )
     if result.num_test_images:
-        lines.append(f"measured on {result.num_test_images} test images; latency at batch 1 on this machine")
+        lines.append(
+            f"measured on {result.num_test_images} test images; latency at batch 1 on this machine"
+        )
     return "\n".join(lines)

@@ -88,7 +88,12 @@ def weights_digest(backbone: keras.Model) -> str:
 
 
 def make_fingerprint(
-    *, backbone: keras.Model, alpha: float, image_size: int, feature_dtype: str, splits: dict[str, data.ImageFolder]
+    *,
+    backbone: keras.Model,
+    alpha: float,
+    image_size: int,
+    feature_dtype: str,
+    splits: dict[str, data.ImageFolder],
 ) -> dict:
     """What determines the features: backbone weights, architecture, preprocessing, files."""
     return {
@@ -114,7 +119,6 @@ def _extraction_step(extractor: keras.Model):
     makes the second trace (a split's last, smaller batch) shape-generic, so it is the last.
     """
     if extractor not in _STEPS:
-
         feature_dim = int(extractor.output.shape[-1])
 
         @tf.function(reduce_retracing=True)
@@ -196,14 +200,25 @@ def extract_features(
       The FeatureSet.
     """
     if feature_dtype not in FEATURE_DTYPES:
-        raise UserInputError(f"feature_dtype must be one of {', '.join(FEATURE_DTYPES)}, got {feature_dtype!r}.")
+        raise UserInputError(
+            f"feature_dtype must be one of {', '.join(FEATURE_DTYPES)}, got {feature_dtype!r}."
+        )
     batches = pipeline.make_batches(
-        folder, batch_size=batch_size, training=False, cache=cache, output="uint8",
+        folder,
+        batch_size=batch_size,
+        training=False,
+        cache=cache,
+        output="uint8",
         min_batch_size=strategy.num_replicas_in_sync,
     )
     batches = pipeline.share_cpu_with_model(batches)
     features_array, labels_array = run_extractor(
-        batches, extractor, strategy=strategy, feature_dtype=feature_dtype, count=len(folder), verbose=verbose
+        batches,
+        extractor,
+        strategy=strategy,
+        feature_dtype=feature_dtype,
+        count=len(folder),
+        verbose=verbose,
     )
     if not np.array_equal(labels_array, folder.labels):
         raise RuntimeError(f"extracted labels of split {folder.name} do not match its file order")
@@ -285,18 +300,40 @@ def extract_or_reuse(
       The Extraction.
     """
     fingerprint = make_fingerprint(
-        backbone=backbone, alpha=alpha, image_size=image_size, feature_dtype=feature_dtype, splits=splits
+        backbone=backbone,
+        alpha=alpha,
+        image_size=image_size,
+        feature_dtype=feature_dtype,
+        splits=splits,
     )
     paths = {name: os.path.join(features_dir, f"{name}.npz") for name in splits}
-    if _read_fingerprint(features_dir) == fingerprint and all(os.path.exists(p) for p in paths.values()):
+    if _read_fingerprint(features_dir) == fingerprint and all(
+        os.path.exists(p) for p in paths.values()
+    ):
         loaded = {name: load_feature_set(path) for name, path in paths.items()}
         if all(loaded[name].fingerprint == splits[name].fingerprint for name in splits):
-            logging.info("Reusing the features in %s: their fingerprint matches this backbone and these files.", features_dir)
-            return Extraction(feature_sets=loaded, reused=True, seconds=0.0, images_per_second=0.0, features_dir=features_dir)
+            logging.info(
+                "Reusing the features in %s: their fingerprint matches this backbone and these "
+                "files.",
+                features_dir,
+            )
+            return Extraction(
+                feature_sets=loaded,
+                reused=True,
+                seconds=0.0,
+                images_per_second=0.0,
+                features_dir=features_dir,
+            )
     previous = _read_fingerprint(features_dir)
     if previous is not None:
-        changed = sorted(k for k in set(previous) | set(fingerprint) if previous.get(k) != fingerprint.get(k))
-        logging.info("Recomputing the features in %s: fingerprint changed (%s).", features_dir, ", ".join(changed))
+        changed = sorted(
+            k for k in set(previous) | set(fingerprint) if previous.get(k) != fingerprint.get(k)
+        )
+        logging.info(
+            "Recomputing the features in %s: fingerprint changed (%s).",
+            features_dir,
+            ", ".join(changed),
+        )
     os.makedirs(features_dir, exist_ok=True)
     # Invalidate first: from here until the new fingerprint is written, nothing here counts.
     try:
@@ -310,7 +347,12 @@ def extract_or_reuse(
     for name, folder in splits.items():
         logging.info("Extracting %s features of %d images", name, len(folder))
         feature_sets[name] = extract_features(
-            folder, extractor, strategy=strategy, batch_size=batch_size, feature_dtype=feature_dtype, verbose=verbose
+            folder,
+            extractor,
+            strategy=strategy,
+            batch_size=batch_size,
+            feature_dtype=feature_dtype,
+            verbose=verbose,
         )
         save_feature_set(paths[name], feature_sets[name])
     seconds = time.perf_counter() - start
@@ -320,4 +362,10 @@ def extract_or_reuse(
     files.write_json(os.path.join(features_dir, FINGERPRINT_FILE), fingerprint)
     rate = images / max(seconds, 1e-9)
     logging.info("Extracted %d images in %.1f s: %.1f images/s", images, seconds, rate)
-    return Extraction(feature_sets=feature_sets, reused=False, seconds=seconds, images_per_second=rate, features_dir=features_dir)
+    return Extraction(
+        feature_sets=feature_sets,
+        reused=False,
+        seconds=seconds,
+        images_per_second=rate,
+        features_dir=features_dir,
+    )

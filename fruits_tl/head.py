@@ -96,9 +96,11 @@ class _HeadLoop:
                 per_example = keras.losses.sparse_categorical_crossentropy(y, probabilities)
                 # Averaged over the global batch: the optimizer sums the replicas' gradients.
                 loss = tf.reduce_sum(per_example) / global_size
-                loss += tf.add_n(head.losses) / strategy.num_replicas_in_sync if head.losses else 0.0
+                loss += (
+                    tf.add_n(head.losses) / strategy.num_replicas_in_sync if head.losses else 0.0
+                )
             gradients = tape.gradient(loss, variables)
-            head.optimizer.apply_gradients(zip(gradients, variables))
+            head.optimizer.apply_gradients(zip(gradients, variables, strict=True))
             return _sums(y, tf.stop_gradient(probabilities), tf.stop_gradient(per_example), top_k)
 
         totals = tf.zeros([3])
@@ -118,7 +120,12 @@ class _HeadLoop:
             indices = _replica_slice(slice_indices)
             probabilities = head(tf.cast(tf.gather(features, indices), tf.float32), training=False)
             y = tf.gather(labels, indices)
-            return _sums(y, probabilities, keras.losses.sparse_categorical_crossentropy(y, probabilities), top_k)
+            return _sums(
+                y,
+                probabilities,
+                keras.losses.sparse_categorical_crossentropy(y, probabilities),
+                top_k,
+            )
 
         totals = tf.zeros([3])
         for start in tf.range(0, count, EVALUATION_SLICE):
@@ -203,7 +210,9 @@ def fit_head(
         min_batch_size = strategy.num_replicas_in_sync
     sizes = pipeline.batch_sizes(count, batch_size=batch_size, min_batch_size=min_batch_size)
     if sizes is None:
-        sizes = [batch_size] * (count // batch_size) + ([count % batch_size] if count % batch_size else [])
+        sizes = [batch_size] * (count // batch_size) + (
+            [count % batch_size] if count % batch_size else []
+        )
     batch_ends = tf.constant(np.cumsum(sizes), tf.int32)
     train_features, train_labels = _as_tensors(features, labels)
     validation_tensors = _as_tensors(*validation) if validation is not None else None
@@ -225,7 +234,12 @@ def fit_head(
         for key, value in logs.items():
             history.setdefault(key, []).append(float(value))
         if verbose:
-            logging.info("epoch %d/%d: %s", epoch + 1, epochs, ", ".join(f"{k} {v:.4f}" for k, v in logs.items()))
+            logging.info(
+                "epoch %d/%d: %s",
+                epoch + 1,
+                epochs,
+                ", ".join(f"{k} {v:.4f}" for k, v in logs.items()),
+            )
     callback_list.on_train_end()
     return HeadTraining(history=history)
 

@@ -51,7 +51,7 @@ def build_preprocessing() -> keras.layers.Layer:
 
 
 def imagenet_weights_file_name(*, alpha: float, image_size: int, include_top: bool = False) -> str:
-    """The file name Keras uses for MobileNet v1 ImageNet weights, e.g. mobilenet_2_5_128_tf_no_top.h5."""
+    """Keras's file name for MobileNet v1 ImageNet weights, e.g. mobilenet_2_5_128_tf_no_top.h5."""
     alpha_text = {1.0: "1_0", 0.75: "7_5", 0.5: "5_0", 0.25: "2_5"}[float(alpha)]
     return f"mobilenet_{alpha_text}_{image_size}_tf{'' if include_top else '_no_top'}.h5"
 
@@ -79,7 +79,9 @@ def fetch_imagenet_weights(
             f"ImageNet MobileNet weights exist only for image sizes {IMAGENET_IMAGE_SIZES}, got "
             f"--image_size={image_size}. Use one of those, or --weights=none or a weights file."
         )
-    file_name = imagenet_weights_file_name(alpha=alpha, image_size=image_size, include_top=include_top)
+    file_name = imagenet_weights_file_name(
+        alpha=alpha, image_size=image_size, include_top=include_top
+    )
     try:
         return keras.utils.get_file(
             file_name, IMAGENET_WEIGHTS_URL + file_name, cache_subdir="models", cache_dir=cache_dir
@@ -94,7 +96,9 @@ def fetch_imagenet_weights(
         ) from None
 
 
-def build_backbone(*, image_size: int, alpha: float, weights: str = "imagenet", cache_dir: str | None = None) -> keras.Model:
+def build_backbone(
+    *, image_size: int, alpha: float, weights: str = "imagenet", cache_dir: str | None = None
+) -> keras.Model:
     """Builds MobileNet v1 without its top, frozen, on preprocessed float32 inputs.
 
     Args:
@@ -110,7 +114,9 @@ def build_backbone(*, image_size: int, alpha: float, weights: str = "imagenet", 
       UserInputError: The weights cannot be had or do not fit the architecture.
     """
     if weights == "imagenet":
-        weights_path = fetch_imagenet_weights(alpha=alpha, image_size=image_size, cache_dir=cache_dir)
+        weights_path = fetch_imagenet_weights(
+            alpha=alpha, image_size=image_size, cache_dir=cache_dir
+        )
     elif weights in ("none", "", None):
         weights_path = None
     else:
@@ -132,11 +138,16 @@ def build_backbone(*, image_size: int, alpha: float, weights: str = "imagenet", 
             backbone.load_weights(weights_path)
         except Exception as error:  # h5py, ValueError and others, from deep inside Keras.
             detail = str(error).splitlines()[0][:300] if str(error) else type(error).__name__
+            published = float(alpha) in IMAGENET_ALPHAS and image_size in IMAGENET_IMAGE_SIZES
+            example = (
+                imagenet_weights_file_name(alpha=alpha, image_size=image_size)
+                if published
+                else "mobilenet_<alpha>_<size>_tf_no_top.h5"
+            )
             raise UserInputError(
                 f"The weights file '{weights_path}' does not fit MobileNet(alpha={alpha}, "
                 f"input_shape=({image_size}, {image_size}, 3), include_top=False): {detail}. "
-                "Pass the no-top weights file for this alpha, e.g. "
-                f"{imagenet_weights_file_name(alpha=alpha, image_size=image_size) if float(alpha) in IMAGENET_ALPHAS and image_size in IMAGENET_IMAGE_SIZES else 'mobilenet_<alpha>_<size>_tf_no_top.h5'}."
+                f"Pass the no-top weights file for this alpha, e.g. {example}."
             ) from None
     backbone.trainable = False
     return backbone
@@ -184,7 +195,9 @@ def build_classifier(
     """
     if num_classes < 2:
         raise UserInputError(f"A classifier needs at least 2 classes, got {num_classes}.")
-    backbone = build_backbone(image_size=image_size, alpha=alpha, weights=weights, cache_dir=cache_dir)
+    backbone = build_backbone(
+        image_size=image_size, alpha=alpha, weights=weights, cache_dir=cache_dir
+    )
     inputs = keras.Input((image_size, image_size, 3), dtype="uint8", name="pixels")
     x = build_preprocessing()(inputs)
     x = backbone(x, training=False)
@@ -205,14 +218,18 @@ def _head_layers(features, num_classes: int, *, dropout: float, seed: int | None
     )(features)
 
 
-def build_head(feature_dim: int, num_classes: int, *, dropout: float = 0.0, seed: int | None = None) -> keras.Model:
+def build_head(
+    feature_dim: int, num_classes: int, *, dropout: float = 0.0, seed: int | None = None
+) -> keras.Model:
     """The classifier's head alone, on pooled backbone features: [Dropout] -> Dense(softmax).
 
     With the same seed it starts from the same weights as build_classifier's head, and its
     trained `head_dense` weights drop into that classifier unchanged (see assemble_classifier).
     """
     inputs = keras.Input((feature_dim,), name="features")
-    return keras.Model(inputs, _head_layers(inputs, num_classes, dropout=dropout, seed=seed), name="head")
+    return keras.Model(
+        inputs, _head_layers(inputs, num_classes, dropout=dropout, seed=seed), name="head"
+    )
 
 
 def assemble_classifier(classifier: keras.Model, head: keras.Model) -> keras.Model:
@@ -237,7 +254,9 @@ def build_optimizer(name: str, *, learning_rate: float) -> keras.optimizers.Opti
     raise UserInputError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {name!r}.")
 
 
-def compile_classifier(model: keras.Model, *, optimizer: str, learning_rate: float, num_classes: int) -> None:
+def compile_classifier(
+    model: keras.Model, *, optimizer: str, learning_rate: float, num_classes: int
+) -> None:
     """Compiles with sparse categorical cross-entropy, accuracy and top-5 accuracy.
 
     Call inside the strategy's scope (the optimizer creates variables). `head.fit_head`
@@ -248,7 +267,9 @@ def compile_classifier(model: keras.Model, *, optimizer: str, learning_rate: flo
         loss=keras.losses.SparseCategoricalCrossentropy(),
         metrics=[
             keras.metrics.SparseCategoricalAccuracy(name="accuracy"),
-            keras.metrics.SparseTopKCategoricalAccuracy(k=min(5, num_classes), name="top5_accuracy"),
+            keras.metrics.SparseTopKCategoricalAccuracy(
+                k=min(5, num_classes), name="top5_accuracy"
+            ),
         ],
     )
 
@@ -258,11 +279,15 @@ def load_model(path: str) -> keras.Model:
     if os.path.isdir(path):
         path = os.path.join(path, "model.keras")
     if not os.path.isfile(path):
-        raise UserInputError(f"There is no model file at '{path}' (--model takes a model_dir or a .keras file).")
+        raise UserInputError(
+            f"There is no model file at '{path}' (--model takes a model_dir or a .keras file)."
+        )
     try:
         return keras.saving.load_model(path, compile=False)
     except Exception as error:
-        raise UserInputError(f"The model file '{path}' cannot be loaded: {str(error).splitlines()[0][:300]}") from None
+        raise UserInputError(
+            f"The model file '{path}' cannot be loaded: {str(error).splitlines()[0][:300]}"
+        ) from None
 
 
 def load_trained(path: str) -> tuple[keras.Model, tuple[str, ...], int]:
@@ -278,13 +303,16 @@ def load_trained(path: str) -> tuple[keras.Model, tuple[str, ...], int]:
     labels_file = os.path.join(os.path.dirname(os.path.abspath(model_file)), "labels.txt")
     classifier = load_model(model_file)
     if not os.path.isfile(labels_file):
-        raise UserInputError(f"There is no labels.txt beside the model '{model_file}'; it holds the class names.")
+        raise UserInputError(
+            f"There is no labels.txt beside the model '{model_file}'; it holds the class names."
+        )
     with open(labels_file, encoding="utf-8") as stream:
         class_names = tuple(line.rstrip("\n") for line in stream if line.strip())
     outputs = int(classifier.outputs[0].shape[-1])
     if len(class_names) != outputs:
         raise UserInputError(
-            f"'{labels_file}' names {len(class_names)} classes but the model '{model_file}' has {outputs} outputs."
+            f"'{labels_file}' names {len(class_names)} classes but the model '{model_file}' "
+            f"has {outputs} outputs."
         )
     return classifier, class_names, int(classifier.inputs[0].shape[1])
 

@@ -43,7 +43,9 @@ def _process_alive(pid: int) -> bool:
     return True
 
 
-def get_cache_prefix(cache: str, folder: data.ImageFolder, *, num_shards: int = 1, shard_index: int = 0) -> str:
+def get_cache_prefix(
+    cache: str, folder: data.ImageFolder, *, num_shards: int = 1, shard_index: int = 0
+) -> str:
     """The file-cache prefix for one split: the user's prefix plus the split's fingerprint.
 
     A different listing, image size or class map gives a different prefix, so a stale cache is
@@ -77,7 +79,8 @@ def _fill_file_cache(dataset: tf.data.Dataset, prefix: str, *, expected: int) ->
     leftovers = glob.glob(glob.escape(prefix) + ".*") + glob.glob(glob.escape(prefix) + "_*")
     if leftovers:
         logging.warning(
-            "Removing an incomplete file cache left by an interrupted run: %s", ", ".join(sorted(leftovers))
+            "Removing an incomplete file cache left by an interrupted run: %s",
+            ", ".join(sorted(leftovers)),
         )
         for path in leftovers:
             os.unlink(path)
@@ -91,7 +94,9 @@ def _fill_file_cache(dataset: tf.data.Dataset, prefix: str, *, expected: int) ->
         os.unlink(owner_path)
 
 
-def apply_cache(dataset: tf.data.Dataset, cache: str, *, prefix: str, expected: int) -> tf.data.Dataset:
+def apply_cache(
+    dataset: tf.data.Dataset, cache: str, *, prefix: str, expected: int
+) -> tf.data.Dataset:
     """Applies the cache setting to an unbatched dataset.
 
     Args:
@@ -233,13 +238,19 @@ def make_feature_batches(
     """
     dataset = tf.data.Dataset.from_tensor_slices((features, labels.astype("int32")))
     if training:
-        dataset = dataset.shuffle(shuffle_buffer_size or max(len(labels), 1), seed=seed, reshuffle_each_iteration=True)
+        dataset = dataset.shuffle(
+            shuffle_buffer_size or max(len(labels), 1), seed=seed, reshuffle_each_iteration=True
+        )
     dataset = dataset.batch(batch_size, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    dataset = dataset.map(lambda x, y: (tf.cast(x, tf.float32), y), num_parallel_calls=tf.data.AUTOTUNE)
+    dataset = dataset.map(
+        lambda x, y: (tf.cast(x, tf.float32), y), num_parallel_calls=tf.data.AUTOTUNE
+    )
     return dataset.prefetch(tf.data.AUTOTUNE)
 
 
-def make_example_orders(count: int, *, shuffle_buffer_size: int = 0, seed: int | None = 42) -> tf.data.Dataset:
+def make_example_orders(
+    count: int, *, shuffle_buffer_size: int = 0, seed: int | None = 42
+) -> tf.data.Dataset:
     """The training route's example order, as indices: one [count] permutation per iteration.
 
     The same shuffle as `make_batches(training=True)` and `make_feature_batches` (buffer rule,
@@ -340,10 +351,18 @@ def make_datasets(
         skip_bad_images=skip_bad_images,
     )
     common = dict(batch_size=batch_size, cache=cache, output=output, min_batch_size=min_batch_size)
-    train = make_batches(splits.train, training=True, shuffle_buffer_size=shuffle_buffer_size, seed=seed, **common)
+    train = make_batches(
+        splits.train, training=True, shuffle_buffer_size=shuffle_buffer_size, seed=seed, **common
+    )
     test = make_batches(splits.test, training=False, **common)
-    validation = test if splits.validation is splits.test else make_batches(splits.validation, training=False, **common)
-    return Datasets(train=train, validation=validation, test=test, class_names=splits.class_names, splits=splits)
+    validation = (
+        test
+        if splits.validation is splits.test
+        else make_batches(splits.validation, training=False, **common)
+    )
+    return Datasets(
+        train=train, validation=validation, test=test, class_names=splits.class_names, splits=splits
+    )
 
 
 def make_input_fn(

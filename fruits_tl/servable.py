@@ -51,7 +51,9 @@ class Servable:
     class_names: tuple[str, ...]
     image_size: int
     predict_pixels: Callable[[np.ndarray], np.ndarray]
-    predict_encoded: Callable[[list[bytes]], tuple[np.ndarray, np.ndarray, np.ndarray]] | None = None
+    predict_encoded: Callable[[list[bytes]], tuple[np.ndarray, np.ndarray, np.ndarray]] | None = (
+        None
+    )
     keras_model: object | None = None
 
 
@@ -67,7 +69,10 @@ def read_labels(path: str, *, model_path: str) -> tuple[str, ...]:
 
 
 def _labels_near(directory: str, *, model_path: str) -> tuple[str, ...]:
-    for candidate in (os.path.join(directory, LABELS_FILE), os.path.join(os.path.dirname(directory), LABELS_FILE)):
+    for candidate in (
+        os.path.join(directory, LABELS_FILE),
+        os.path.join(os.path.dirname(directory), LABELS_FILE),
+    ):
         if os.path.isfile(candidate):
             return read_labels(candidate, model_path=model_path)
     return read_labels(os.path.join(directory, LABELS_FILE), model_path=model_path)
@@ -75,7 +80,10 @@ def _labels_near(directory: str, *, model_path: str) -> tuple[str, ...]:
 
 def _check_outputs(class_names: tuple[str, ...], outputs: int, path: str) -> None:
     if len(class_names) != outputs:
-        raise UserInputError(f"The labels.txt of '{path}' names {len(class_names)} classes but the model has {outputs} outputs.")
+        raise UserInputError(
+            f"The labels.txt of '{path}' names {len(class_names)} classes but the model has "
+            f"{outputs} outputs."
+        )
 
 
 def _load_keras(path: str) -> Servable:
@@ -85,8 +93,12 @@ def _load_keras(path: str) -> Servable:
         return np.asarray(classifier.predict_on_batch(images))
 
     return Servable(
-        path=path, format="keras", class_names=class_names, image_size=image_size,
-        predict_pixels=predict_pixels, keras_model=classifier,
+        path=path,
+        format="keras",
+        class_names=class_names,
+        image_size=image_size,
+        predict_pixels=predict_pixels,
+        keras_model=classifier,
     )
 
 
@@ -94,11 +106,14 @@ def _load_saved_model(path: str) -> Servable:
     try:
         loaded = tf.saved_model.load(path)
     except Exception as error:  # TensorFlow raises several types for a damaged SavedModel.
-        raise UserInputError(f"The SavedModel '{path}' cannot be loaded: {str(error).splitlines()[0][:300]}") from None
+        raise UserInputError(
+            f"The SavedModel '{path}' cannot be loaded: {str(error).splitlines()[0][:300]}"
+        ) from None
     missing = [name for name in (SERVE_PIXELS, SERVE_JPEG) if name not in loaded.signatures]
     if missing:
         raise UserInputError(
-            f"The SavedModel '{path}' has no {' or '.join(missing)} signature: fruits-tl-evaluate and "
+            f"The SavedModel '{path}' has no {' or '.join(missing)} signature: "
+            "fruits-tl-evaluate and "
             "fruits-tl-predict take SavedModels written by fruits-tl-export."
         )
     pixels_fn, jpeg_fn = loaded.signatures[SERVE_PIXELS], loaded.signatures[SERVE_JPEG]
@@ -111,11 +126,19 @@ def _load_saved_model(path: str) -> Servable:
 
     def predict_encoded(contents: list[bytes]):
         outputs = jpeg_fn(images=tf.constant(contents, tf.string))
-        return outputs["classes"].numpy(), outputs["probabilities"].numpy(), outputs["indices"].numpy()
+        return (
+            outputs["classes"].numpy(),
+            outputs["probabilities"].numpy(),
+            outputs["indices"].numpy(),
+        )
 
     return Servable(
-        path=path, format="saved_model", class_names=class_names, image_size=image_size,
-        predict_pixels=predict_pixels, predict_encoded=predict_encoded,
+        path=path,
+        format="saved_model",
+        class_names=class_names,
+        image_size=image_size,
+        predict_pixels=predict_pixels,
+        predict_encoded=predict_encoded,
     )
 
 
@@ -128,9 +151,13 @@ class TFLiteRunner:
                 # tf.lite.Interpreter warns that it moves to ai_edge_litert; it is TF 2.21's own
                 # interpreter and needs no further dependency (BUILD_NOTES, "TFLite interpreter").
                 warnings.simplefilter("ignore", UserWarning)
-                self.interpreter = tf.lite.Interpreter(model_path=path, num_threads=os.cpu_count() or 1)
+                self.interpreter = tf.lite.Interpreter(
+                    model_path=path, num_threads=os.cpu_count() or 1
+                )
         except (ValueError, RuntimeError) as error:
-            raise UserInputError(f"The TFLite file '{path}' cannot be loaded: {str(error).splitlines()[0][:300]}") from None
+            raise UserInputError(
+                f"The TFLite file '{path}' cannot be loaded: {str(error).splitlines()[0][:300]}"
+            ) from None
         self.interpreter.allocate_tensors()
         self.input = self.interpreter.get_input_details()[0]
         self.output = self.interpreter.get_output_details()[0]
@@ -141,7 +168,9 @@ class TFLiteRunner:
     def __call__(self, images: np.ndarray) -> np.ndarray:
         images = np.asarray(images)
         if len(images) != self._batch:
-            self.interpreter.resize_tensor_input(self.input["index"], [len(images), *self.input["shape"][1:]])
+            self.interpreter.resize_tensor_input(
+                self.input["index"], [len(images), *self.input["shape"][1:]]
+            )
             self.interpreter.allocate_tensors()
             self.input = self.interpreter.get_input_details()[0]
             self.output = self.interpreter.get_output_details()[0]
@@ -164,10 +193,16 @@ class TFLiteRunner:
 
 def _load_tflite(path: str) -> Servable:
     runner = TFLiteRunner(path)
-    class_names = read_labels(os.path.join(os.path.dirname(os.path.abspath(path)), LABELS_FILE), model_path=path)
+    class_names = read_labels(
+        os.path.join(os.path.dirname(os.path.abspath(path)), LABELS_FILE), model_path=path
+    )
     _check_outputs(class_names, runner.num_classes, path)
     return Servable(
-        path=path, format="tflite", class_names=class_names, image_size=runner.image_size, predict_pixels=runner,
+        path=path,
+        format="tflite",
+        class_names=class_names,
+        image_size=runner.image_size,
+        predict_pixels=runner,
     )
 
 
@@ -180,7 +215,8 @@ def detect_format(path: str) -> str:
             return "keras"
         raise UserInputError(
             f"'{path}' is a folder with neither model.keras (a model_dir) nor saved_model.pb (a "
-            "SavedModel): --model takes a model_dir, a .keras file, a SavedModel folder or a .tflite file."
+            "SavedModel): --model takes a model_dir, a .keras file, a SavedModel folder or a "
+            ".tflite file."
         )
     if not os.path.isfile(path):
         raise UserInputError(f"There is no model at '{path}' (--model).")
@@ -189,7 +225,8 @@ def detect_format(path: str) -> str:
     if path.endswith((".keras", ".h5")):
         return "keras"
     raise UserInputError(
-        f"'{path}' is not a model file fruits_tl knows (.keras, .h5, .tflite, or a SavedModel folder)."
+        f"'{path}' is not a model file fruits_tl knows (.keras, .h5, .tflite, or a SavedModel "
+        "folder)."
     )
 
 

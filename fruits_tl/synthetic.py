@@ -21,9 +21,26 @@ from fruits_tl import files
 from fruits_tl.errors import UserInputError
 
 FRUIT_NAMES = (
-    "Apple Red", "Banana", "Blueberry", "Cherry", "Kiwi", "Lemon", "Lime", "Mango", "Orange",
-    "Peach", "Pear", "Plum", "Pomegranate", "Raspberry", "Strawberry", "Tomato", "Avocado",
-    "Apricot", "Grape White", "Fig",
+    "Apple Red",
+    "Banana",
+    "Blueberry",
+    "Cherry",
+    "Kiwi",
+    "Lemon",
+    "Lime",
+    "Mango",
+    "Orange",
+    "Peach",
+    "Pear",
+    "Plum",
+    "Pomegranate",
+    "Raspberry",
+    "Strawberry",
+    "Tomato",
+    "Avocado",
+    "Apricot",
+    "Grape White",
+    "Fig",
 )
 TEXTURES = ("plain", "stripes", "spots", "gradient")
 COMPLETE_MARKER = ".fruits_tl_synthetic"
@@ -32,7 +49,10 @@ COMPLETE_MARKER = ".fruits_tl_synthetic"
 def _class_style(index: int, rng: np.random.Generator) -> dict:
     hue = (index * 0.618034) % 1.0
     return {
-        "rgb": np.array(colorsys.hsv_to_rgb(hue, 0.55 + 0.4 * rng.random(), 0.55 + 0.4 * rng.random())) * 255,
+        "rgb": np.array(
+            colorsys.hsv_to_rgb(hue, 0.55 + 0.4 * rng.random(), 0.55 + 0.4 * rng.random())
+        )
+        * 255,
         "aspect": 0.55 + 0.45 * ((index * 7) % 5) / 4,
         "size": 0.45 + 0.25 * ((index * 3) % 4) / 3,
         "texture": TEXTURES[index % len(TEXTURES)],
@@ -62,7 +82,7 @@ def render_fruit(style: dict, rng: np.random.Generator, *, image_size: int = 100
     elif texture == "gradient":
         shade = shade * (0.7 + 0.3 * (u + 1) / 2)
     image = np.full((image_size, image_size, 3), 255.0)
-    image[body] = (colour[None, :] * shade[body][:, None])
+    image[body] = colour[None, :] * shade[body][:, None]
     if style["stem"]:
         stem = (np.abs(u) < 0.08) & (v < -0.9) & (v > -1.35)
         image[stem & ~body] = (70, 50, 20)
@@ -97,7 +117,9 @@ def write_synthetic_dataset(
       `directory`.
     """
     if not 2 <= num_classes <= len(FRUIT_NAMES) * 5:
-        raise UserInputError(f"num_classes must be in [2, {len(FRUIT_NAMES) * 5}], got {num_classes}.")
+        raise UserInputError(
+            f"num_classes must be in [2, {len(FRUIT_NAMES) * 5}], got {num_classes}."
+        )
     if train_per_class < 1 or test_per_class < 0:
         raise UserInputError("train_per_class must be >= 1 and test_per_class >= 0.")
     if file_format not in ("jpg", "png"):
@@ -106,7 +128,9 @@ def write_synthetic_dataset(
     if os.path.exists(marker):
         return directory
     if os.path.exists(directory) and os.listdir(directory):
-        raise UserInputError(f"'{directory}' exists and is not a synthetic dataset; choose an empty or new folder.")
+        raise UserInputError(
+            f"'{directory}' exists and is not a synthetic dataset; choose an empty or new folder."
+        )
     parent = os.path.dirname(os.path.abspath(directory))
     os.makedirs(parent, exist_ok=True)
     staging = tempfile.mkdtemp(prefix=".synthetic-", dir=parent)
@@ -126,7 +150,9 @@ def write_synthetic_dataset(
                         encoded = tf.io.encode_jpeg(pixels, quality=92).numpy()
                     else:
                         encoded = tf.io.encode_png(pixels).numpy()
-                    with open(os.path.join(class_dir, f"{number}_100.{file_format}"), "wb") as stream:
+                    with open(
+                        os.path.join(class_dir, f"{number}_100.{file_format}"), "wb"
+                    ) as stream:
                         stream.write(encoded)
         files.write_text(
             os.path.join(staging, COMPLETE_MARKER),

@@ -37,7 +37,11 @@ def _find_extracted_root(directory: epath.Path, *, depth: int = 3) -> epath.Path
         if (current / "Training").is_dir():
             return current
         if level < depth and current.is_dir():
-            pending += [(child, level + 1) for child in sorted(current.iterdir()) if child.is_dir() and not child.name.startswith(".")]
+            pending += [
+                (child, level + 1)
+                for child in sorted(current.iterdir())
+                if child.is_dir() and not child.name.startswith(".")
+            ]
     return None
 
 
@@ -58,12 +62,15 @@ class Fruits360(tfds.core.GeneratorBasedBuilder):
 
     def _info(self) -> tfds.core.DatasetInfo:
         return self.dataset_info_from_configs(
-            description="Fruits-360 (Muresan & Oltean), 100x100 images of fruits on a white background.",
-            features=tfds.features.FeaturesDict({
-                "image": tfds.features.Image(shape=IMAGE_SHAPE, encoding_format="jpeg"),
-                "label": tfds.features.ClassLabel(),  # Names come from the training folder.
-                "file_name": tfds.features.Text(),
-            }),
+            description="Fruits-360 (Muresan & Oltean), 100x100 images of fruits on a white "
+            "background.",
+            features=tfds.features.FeaturesDict(
+                {
+                    "image": tfds.features.Image(shape=IMAGE_SHAPE, encoding_format="jpeg"),
+                    "label": tfds.features.ClassLabel(),  # Names come from the training folder.
+                    "file_name": tfds.features.Text(),
+                }
+            ),
             supervised_keys=("image", "label"),
             homepage="https://github.com/Horea94/Fruit-Images-Dataset",
             license="MIT",
@@ -79,24 +86,36 @@ class Fruits360(tfds.core.GeneratorBasedBuilder):
             root = _find_extracted_root(manual)
             if root is not None:
                 return root
-            archives = sorted(p for p in manual.iterdir() if p.name.endswith((".zip", ".tar.gz", ".tgz", ".tar")))
+            archives = sorted(
+                p for p in manual.iterdir() if p.name.endswith((".zip", ".tar.gz", ".tgz", ".tar"))
+            )
             if archives:
                 root = _find_extracted_root(epath.Path(dl_manager.extract(archives[0])))
                 if root is not None:
                     return root
         # Our downloader, not dl_manager's: it resumes, verifies a configured sha256, and fails
         # at once with one sentence when offline (TFDS's retries back off for minutes).
-        archive = os.path.join(os.fspath(dl_manager.download_dir), os.path.basename(download.FRUITS360_ARCHIVE_URL))
-        download.download(download.FRUITS360_ARCHIVE_URL, archive, sha256=download.FRUITS360_ARCHIVE_SHA256)
+        archive = os.path.join(
+            os.fspath(dl_manager.download_dir), os.path.basename(download.FRUITS360_ARCHIVE_URL)
+        )
+        download.download(
+            download.FRUITS360_ARCHIVE_URL, archive, sha256=download.FRUITS360_ARCHIVE_SHA256
+        )
         extracted = epath.Path(download.extract(archive, archive + ".extracted"))
         root = _find_extracted_root(extracted)
         if root is None:
-            raise UserInputError(f"The Fruits-360 source in {manual or extracted} holds no Training/ folder.")
+            raise UserInputError(
+                f"The Fruits-360 source in {manual or extracted} holds no Training/ folder."
+            )
         return root
 
     def _split_generators(self, dl_manager):
         root = self._source_root(dl_manager)
-        names = sorted(p.name for p in (root / "Training").iterdir() if p.is_dir() and not p.name.startswith("."))
+        names = sorted(
+            p.name
+            for p in (root / "Training").iterdir()
+            if p.is_dir() and not p.name.startswith(".")
+        )
         self.info.features["label"].names = names
         splits = {"train": self._generate_examples(root / "Training", names)}
         if (root / "Test").is_dir():
@@ -105,9 +124,14 @@ class Fruits360(tfds.core.GeneratorBasedBuilder):
 
     def _generate_examples(self, split_dir: epath.Path, names: list[str]):
         known = set(names)
-        for class_dir in sorted(p for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        for class_dir in sorted(
+            p for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith(".")
+        ):
             if class_dir.name not in known:
-                raise UserInputError(f"'{class_dir}' is not a training class; the test folder must share the label map.")
+                raise UserInputError(
+                    f"'{class_dir}' is not a training class; the test folder must share the "
+                    "label map."
+                )
             for path in _image_files(class_dir):
                 key = f"{split_dir.name}/{path.relative_to(split_dir)}"
                 contents = path.read_bytes()
@@ -116,7 +140,14 @@ class Fruits360(tfds.core.GeneratorBasedBuilder):
                 except (tf.errors.OpError, ValueError):
                     logging.warning("Skipping undecodable image %s", path)
                     continue
-                yield key, {"image": image, "label": class_dir.name, "file_name": str(path.relative_to(split_dir))}
+                yield (
+                    key,
+                    {
+                        "image": image,
+                        "label": class_dir.name,
+                        "file_name": str(path.relative_to(split_dir)),
+                    },
+                )
 
 
 def _image_files(directory: epath.Path) -> list[epath.Path]:
@@ -133,7 +164,10 @@ def _image_files(directory: epath.Path) -> list[epath.Path]:
 def _as_encoded_jpeg_or_pixels(contents: bytes):
     """The bytes as they are for a 100x100 RGB JPEG, else decoded, RGB and resized pixels."""
     tensor = tf.constant(contents)
-    if bool(tf.io.is_jpeg(tensor)) and tuple(tf.io.extract_jpeg_shape(tensor).numpy()) == IMAGE_SHAPE:
+    if (
+        bool(tf.io.is_jpeg(tensor))
+        and tuple(tf.io.extract_jpeg_shape(tensor).numpy()) == IMAGE_SHAPE
+    ):
         return contents
     # Other images are stored as pixels at the dataset's size, by the one decode function (a
     # bilinear resize to the same size leaves pixels unchanged).
@@ -144,7 +178,9 @@ def prepare(*, tfds_data_dir: str, manual_dir: str = "") -> tfds.core.DatasetBui
     """Returns the builder, preparing the dataset first (and saying so) if it is not ready."""
     builder = tfds.builder(NAME, data_dir=tfds_data_dir or None)
     if not builder.is_prepared():
-        logging.info("Preparing the %s TFDS dataset in %s (a one-time step)", NAME, builder.data_dir)
+        logging.info(
+            "Preparing the %s TFDS dataset in %s (a one-time step)", NAME, builder.data_dir
+        )
         config = tfds.download.DownloadConfig(manual_dir=manual_dir or None)
         try:
             builder.download_and_prepare(download_config=config)
@@ -153,14 +189,19 @@ def prepare(*, tfds_data_dir: str, manual_dir: str = "") -> tfds.core.DatasetBui
         except Exception as error:
             raise UserInputError(
                 f"Could not prepare the {NAME} TFDS dataset in '{tfds_data_dir}' from manual dir "
-                f"'{manual_dir or '(none)'}': {str(error).splitlines()[0][:300]}. Put the extracted "
+                f"'{manual_dir or '(none)'}': {str(error).splitlines()[0][:300]}. Put the "
+                "extracted "
                 "Fruits-360 folder or its archive in --manual_dir."
             ) from None
     return builder
 
 
-def _load_tfds_split(builder, split: str, *, image_size: int, class_names: tuple[str, ...]) -> data.ImageFolder:
-    skip = builder.as_dataset(split=split, shuffle_files=False, decoders={"image": tfds.decode.SkipDecoding()})
+def _load_tfds_split(
+    builder, split: str, *, image_size: int, class_names: tuple[str, ...]
+) -> data.ImageFolder:
+    skip = builder.as_dataset(
+        split=split, shuffle_files=False, decoders={"image": tfds.decode.SkipDecoding()}
+    )
     names, labels = [], []
     for example in skip.map(lambda e: (e["file_name"], e["label"])).batch(4096).as_numpy_iterator():
         names += [n.decode("utf-8") for n in example[0]]
@@ -177,7 +218,9 @@ def _load_tfds_split(builder, split: str, *, image_size: int, class_names: tuple
     # image folder) and the listing inside them, so records rebuilt in place never reuse
     # stale caches or features.
     record_files = sorted(
-        os.path.join(builder.data_dir, n) for n in os.listdir(builder.data_dir) if n.startswith(f"{NAME}-{split}.")
+        os.path.join(builder.data_dir, n)
+        for n in os.listdir(builder.data_dir)
+        if n.startswith(f"{NAME}-{split}.")
     )
     fingerprint = data.listing_fingerprint(
         record_files,
@@ -186,13 +229,23 @@ def _load_tfds_split(builder, split: str, *, image_size: int, class_names: tuple
         + hashlib.sha256("\n".join(names).encode() + labels_array.tobytes()).hexdigest(),
     )
     return data.ImageFolder(
-        class_names=class_names, file_paths=file_paths, labels=labels_array,
-        name=split, image_size=image_size, fingerprint=fingerprint, records=records,
+        class_names=class_names,
+        file_paths=file_paths,
+        labels=labels_array,
+        name=split,
+        image_size=image_size,
+        fingerprint=fingerprint,
+        records=records,
     )
 
 
 def load_tfds_splits(
-    *, tfds_data_dir: str, manual_dir: str = "", image_size: int = 128, validation_split: float = 0.0, seed: int = 42,
+    *,
+    tfds_data_dir: str,
+    manual_dir: str = "",
+    image_size: int = 128,
+    validation_split: float = 0.0,
+    seed: int = 42,
     exclude_files: frozenset[str] = frozenset(),
 ) -> data.Splits:
     """Prepares (if needed) and loads the fruits360 TFDS dataset as `data.Splits`.
@@ -202,20 +255,38 @@ def load_tfds_splits(
     builder = prepare(tfds_data_dir=tfds_data_dir, manual_dir=manual_dir)
     class_names = tuple(builder.info.features["label"].names)
     train = _load_tfds_split(builder, "train", image_size=image_size, class_names=class_names)
-    test = _load_tfds_split(builder, "test", image_size=image_size, class_names=class_names) if "test" in builder.info.splits else None
+    test = (
+        _load_tfds_split(builder, "test", image_size=image_size, class_names=class_names)
+        if "test" in builder.info.splits
+        else None
+    )
     if exclude_files:
-        train = data.select(train, np.asarray([p not in exclude_files for p in train.file_paths]), name="train")
+        train = data.select(
+            train, np.asarray([p not in exclude_files for p in train.file_paths]), name="train"
+        )
         if test is not None:
-            test = data.select(test, np.asarray([p not in exclude_files for p in test.file_paths]), name="test")
+            test = data.select(
+                test, np.asarray([p not in exclude_files for p in test.file_paths]), name="test"
+            )
     if validation_split > 0 or test is None:
         if validation_split <= 0:
-            raise UserInputError("The fruits360 TFDS dataset has no test split: set --validation_split.")
+            raise UserInputError(
+                "The fruits360 TFDS dataset has no test split: set --validation_split."
+            )
         mask = data.validation_mask(train.labels, validation_split, seed)
-        validation, train = data.select(train, mask, name="validation"), data.select(train, ~mask, name="train")
+        validation, train = (
+            data.select(train, mask, name="validation"),
+            data.select(train, ~mask, name="train"),
+        )
         source = "validation_split"
     else:
         validation, source = test, "test folder"
     return data.Splits(
-        train=train, validation=validation, test=test if test is not None else validation, class_names=class_names,
-        bad_images=(), warnings=(), validation_source=source,
+        train=train,
+        validation=validation,
+        test=test if test is not None else validation,
+        class_names=class_names,
+        bad_images=(),
+        warnings=(),
+        validation_source=source,
     )

@@ -53,7 +53,12 @@ def history_to_csv(history: dict[str, list[float]]) -> str:
     writer.writerow(["epoch", *keys])
     epochs = max((len(v) for v in history.values()), default=0)
     for epoch in range(epochs):
-        writer.writerow([epoch + 1, *(f"{history[k][epoch]:.6g}" if epoch < len(history[k]) else "" for k in keys)])
+        writer.writerow(
+            [
+                epoch + 1,
+                *(f"{history[k][epoch]:.6g}" if epoch < len(history[k]) else "" for k in keys),
+            ]
+        )
     return out.getvalue()
 
 
@@ -114,15 +119,26 @@ def train(
     for warning in splits.warnings:
         logging.warning("%s", warning)
     if splits.bad_images:
-        logging.warning("Leaving out %d undecodable file(s): %s", len(splits.bad_images), ", ".join(b.path for b in splits.bad_images))
+        logging.warning(
+            "Leaving out %d undecodable file(s): %s",
+            len(splits.bad_images),
+            ", ".join(b.path for b in splits.bad_images),
+        )
     num_classes = len(splits.class_names)
     logging.info(
         "Data: %d classes, %d training, %d validation (%s), %d test images",
-        num_classes, len(splits.train), len(splits.validation), splits.validation_source, len(splits.test),
+        num_classes,
+        len(splits.train),
+        len(splits.validation),
+        splits.validation_source,
+        len(splits.test),
     )
     logging.info(
         "Strategy %s: %d replica(s), global batch %d = %d per replica",
-        distribute.describe(strategy), replicas, config.batch_size, per_replica,
+        distribute.describe(strategy),
+        replicas,
+        config.batch_size,
+        per_replica,
     )
 
     keras.utils.set_random_seed(data_config.seed)
@@ -137,10 +153,17 @@ def train(
             seed=data_config.seed,
         )
         model.compile_classifier(
-            classifier, optimizer=config.optimizer, learning_rate=config.learning_rate, num_classes=num_classes
+            classifier,
+            optimizer=config.optimizer,
+            learning_rate=config.learning_rate,
+            num_classes=num_classes,
         )
     parameters = model.count_parameters(classifier)
-    logging.info("Model: %d trainable (head), %d frozen (backbone) parameters", parameters["trainable"], parameters["frozen"])
+    logging.info(
+        "Model: %d trainable (head), %d frozen (backbone) parameters",
+        parameters["trainable"],
+        parameters["frozen"],
+    )
 
     mode, reason = config.resolved_mode()
     logging.info("Mode %s (%s).", mode, reason)
@@ -153,6 +176,7 @@ def train(
     extract_seconds = 0.0
     features_reused = False
     if mode == "images":
+
         def batches(folder, training):
             return pipeline.make_batches(
                 folder,
@@ -167,7 +191,9 @@ def train(
 
         train_batches = batches(splits.train, True)
         validation_batches = batches(splits.validation, False)
-        test_batches = validation_batches if splits.test is splits.validation else batches(splits.test, False)
+        test_batches = (
+            validation_batches if splits.test is splits.validation else batches(splits.test, False)
+        )
         fit = classifier.fit(
             train_batches,
             validation_data=validation_batches,
@@ -201,10 +227,16 @@ def train(
 
         with strategy.scope():
             head = model.build_head(
-                model.feature_dim(classifier), num_classes, dropout=config.model.dropout, seed=data_config.seed
+                model.feature_dim(classifier),
+                num_classes,
+                dropout=config.model.dropout,
+                seed=data_config.seed,
             )
             model.compile_classifier(
-                head, optimizer=config.optimizer, learning_rate=config.learning_rate, num_classes=num_classes
+                head,
+                optimizer=config.optimizer,
+                learning_rate=config.learning_rate,
+                num_classes=num_classes,
             )
         head_start = time.perf_counter()
         validation_set = sets["validation"] if "validation" in sets else sets["test"]
@@ -227,7 +259,11 @@ def train(
             head, features=sets["test"].features, labels=sets["test"].labels, strategy=strategy
         )
         model.assemble_classifier(classifier, head)
-    history = {key: [float(v) for v in values] for key, values in fit.history.items() if key != "images_per_second"}
+    history = {
+        key: [float(v) for v in values]
+        for key, values in fit.history.items()
+        if key != "images_per_second"
+    }
     history["images_per_second"] = list(throughput.images_per_second)
     history["epoch_seconds"] = list(throughput.epoch_seconds)
 
@@ -282,7 +318,12 @@ def train(
     )
     logging.info(
         "Test accuracy %.4f, top-5 %.4f, loss %.4f; %.1f training images/s; wrote %s",
-        metrics["test_accuracy"], metrics["test_top5_accuracy"], metrics["test_loss"],
-        metrics["train_images_per_second"], config.model_dir,
+        metrics["test_accuracy"],
+        metrics["test_top5_accuracy"],
+        metrics["test_loss"],
+        metrics["train_images_per_second"],
+        config.model_dir,
     )
-    return TrainResult(model_dir=config.model_dir, metrics=metrics, history=history, model=classifier)
+    return TrainResult(
+        model_dir=config.model_dir, metrics=metrics, history=history, model=classifier
+    )

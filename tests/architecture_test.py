@@ -26,7 +26,11 @@ def test_only_cli_defines_absl_flags():
         if path.startswith(os.path.join("fruits_tl", "cli")):
             continue
         for node in ast.walk(tree):
-            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr.startswith("DEFINE"):
+            if (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Attribute)
+                and node.func.attr.startswith("DEFINE")
+            ):
                 offenders.append(f"{path}:{node.lineno}")
             if isinstance(node, (ast.Import, ast.ImportFrom)):
                 names = [a.name for a in node.names]
@@ -44,7 +48,9 @@ def test_nothing_outside_cli_imports_cli():
         for node in ast.walk(tree):
             if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("fruits_tl.cli"):
                 offenders.append(path)
-            if isinstance(node, ast.Import) and any(a.name.startswith("fruits_tl.cli") for a in node.names):
+            if isinstance(node, ast.Import) and any(
+                a.name.startswith("fruits_tl.cli") for a in node.names
+            ):
                 offenders.append(path)
     assert offenders == []
 
@@ -61,9 +67,12 @@ def test_importing_the_package_touches_no_device():
         "import fruits_tl\n"
         f"for name in {modules!r}: importlib.import_module(name)\n"
         "cpu = tf.config.list_physical_devices('CPU')[0]\n"
-        "tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)\n"
+        "tf.config.set_logical_device_configuration(cpu, "
+        "[tf.config.LogicalDeviceConfiguration()] * 2)\n"
         "print('untouched')\n"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=300
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "untouched" in result.stdout

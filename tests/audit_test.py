@@ -7,9 +7,9 @@ import os
 import shutil
 
 import numpy as np
+from conftest import FRUITS_SAMPLE, needs_fruits_sample, run_main
 from PIL import Image
 
-from conftest import FRUITS_SAMPLE, needs_fruits_sample, run_main
 from fruits_tl import data
 from fruits_tl.cli import audit_main, train_main
 
@@ -46,24 +46,48 @@ def _seed_problems(data_dir):
 def test_audit_reports_every_seeded_problem(data_dir, tmp_path, capsys):
     seeded, first = _seed_problems(data_dir)
     report_path, exclude_path = tmp_path / "audit.json", tmp_path / "exclude.txt"
-    code = run_main(audit_main, [f"--data_dir={data_dir}", f"--output_json={report_path}", f"--write_exclude_list={exclude_path}", "--min_images_per_class=4"])
+    code = run_main(
+        audit_main,
+        [
+            f"--data_dir={data_dir}",
+            f"--output_json={report_path}",
+            f"--write_exclude_list={exclude_path}",
+            "--min_images_per_class=4",
+        ],
+    )
     assert code == 0, capsys.readouterr().err
     report = json.loads(report_path.read_text())
-    assert sorted(i["path"] for i in report["undecodable"]) == sorted([seeded["empty"], seeded["text"]])
-    assert report["extension_mismatch"] == [{"path": seeded["png_as_jpg"], "extension": ".jpg", "actual_format": "png"}]
+    assert sorted(i["path"] for i in report["undecodable"]) == sorted(
+        [seeded["empty"], seeded["text"]]
+    )
+    assert report["extension_mismatch"] == [
+        {"path": seeded["png_as_jpg"], "extension": ".jpg", "actual_format": "png"}
+    ]
     assert report["grayscale"] == [seeded["gray"]]
     assert report["cmyk"] == [seeded["cmyk"]]
     assert report["alpha"] == [seeded["alpha"]]
-    assert {"split": "Training", "paths": sorted([first, seeded["duplicate"]])} in report["duplicates_within_split"]
-    assert report["duplicates_across_train_test"] == [{"train": sorted([first, seeded["duplicate"]]), "test": [seeded["leak"]]}]
+    assert {"split": "Training", "paths": sorted([first, seeded["duplicate"]])} in report[
+        "duplicates_within_split"
+    ]
+    assert report["duplicates_across_train_test"] == [
+        {"train": sorted([first, seeded["duplicate"]]), "test": [seeded["leak"]]}
+    ]
     assert {"split": "Training", "class": "Durian", "images": 0} in report["small_or_empty_classes"]
     assert {"split": "Test", "class": "Apple Red", "images": 3} in report["small_or_empty_classes"]
-    assert report["class_mismatch"]["test_only"] == [{"class": "Blueberries", "closest_training_class": "Blueberry"}]
+    assert report["class_mismatch"]["test_only"] == [
+        {"class": "Blueberries", "closest_training_class": "Blueberry"}
+    ]
     assert report["class_mismatch"]["train_only"] == ["Blueberry", "Durian"]
     assert report["splits"]["Training"]["images_per_class"]["Banana"] == 6 + 8 - 1
-    assert sorted(exclude_path.read_text().splitlines()) == sorted([seeded["empty"], seeded["text"]])
+    assert sorted(exclude_path.read_text().splitlines()) == sorted(
+        [seeded["empty"], seeded["text"]]
+    )
     out = capsys.readouterr().out
-    assert "undecodable files: 2" in out and "train/test duplicates (leakage): 1" in out and "closest: 'Blueberry'" in out
+    assert (
+        "undecodable files: 2" in out
+        and "train/test duplicates (leakage): 1" in out
+        and "closest: 'Blueberry'" in out
+    )
 
 
 def test_exclude_list_leaves_files_out_of_training(data_dir, tmp_path, capsys):
@@ -73,22 +97,59 @@ def test_exclude_list_leaves_files_out_of_training(data_dir, tmp_path, capsys):
     fine = os.path.join(banana, sorted(os.listdir(banana))[0])
     exclude = tmp_path / "exclude.txt"
     exclude.write_text(f"{broken}\n{fine}\n")
-    splits = data.load_dataset(data_dir, image_size=32, exclude_files=data.load_exclude_list(str(exclude)))
-    assert len(splits.train) == 17 and fine not in splits.train.file_paths and splits.bad_images == ()
+    splits = data.load_dataset(
+        data_dir, image_size=32, exclude_files=data.load_exclude_list(str(exclude))
+    )
+    assert (
+        len(splits.train) == 17 and fine not in splits.train.file_paths and splits.bad_images == ()
+    )
     labels = [label for _, label in splits.train.dataset.as_numpy_iterator()]
     np.testing.assert_array_equal(labels, splits.train.labels)
-    code = run_main(train_main, [f"--data_dir={data_dir}", f"--model_dir={tmp_path / 'run'}", f"--exclude_list={exclude}",
-                                 "--alpha=0.25", "--image_size=32", "--weights=none", "--epochs=1", "--batch_size=4", "--verbose=0"])
+    code = run_main(
+        train_main,
+        [
+            f"--data_dir={data_dir}",
+            f"--model_dir={tmp_path / 'run'}",
+            f"--exclude_list={exclude}",
+            "--alpha=0.25",
+            "--image_size=32",
+            "--weights=none",
+            "--epochs=1",
+            "--batch_size=4",
+            "--verbose=0",
+        ],
+    )
     assert code == 0, capsys.readouterr().err
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["num_train_images"] == 17
-    assert run_main(train_main, [f"--data_dir={data_dir}", f"--model_dir={tmp_path / 'r2'}", f"--exclude_list={tmp_path / 'nope.txt'}"]) == 2
+    assert (
+        run_main(
+            train_main,
+            [
+                f"--data_dir={data_dir}",
+                f"--model_dir={tmp_path / 'r2'}",
+                f"--exclude_list={tmp_path / 'nope.txt'}",
+            ],
+        )
+        == 2
+    )
     assert "exclude list" in capsys.readouterr().err
 
 
 @needs_fruits_sample
 def test_audit_counts_the_real_sample(tmp_path, capsys):
-    assert run_main(audit_main, [f"--data_dir={FRUITS_SAMPLE}", f"--output_json={tmp_path / 'a.json'}"]) == 0
+    assert (
+        run_main(
+            audit_main, [f"--data_dir={FRUITS_SAMPLE}", f"--output_json={tmp_path / 'a.json'}"]
+        )
+        == 0
+    )
     report = json.loads((tmp_path / "a.json").read_text())
-    assert report["splits"]["Training"]["num_classes"] == 95 and report["splits"]["Training"]["num_images"] == 5700
-    assert report["splits"]["Test"]["num_classes"] == 95 and report["splits"]["Test"]["num_images"] == 1900
+    assert (
+        report["splits"]["Training"]["num_classes"] == 95
+        and report["splits"]["Training"]["num_images"] == 5700
+    )
+    assert (
+        report["splits"]["Test"]["num_classes"] == 95
+        and report["splits"]["Test"]["num_images"] == 1900
+    )
     assert report["undecodable"] == []

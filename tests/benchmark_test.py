@@ -7,8 +7,8 @@ import os
 
 import numpy as np
 import pytest
-
 from conftest import FakeClock, run_main
+
 from fruits_tl import benchmark
 from fruits_tl.cli import bench_main, train_main
 
@@ -44,7 +44,13 @@ def test_summarize_separates_the_cold_epoch_and_ratios_are_side_by_side():
     assert result.steady_min == pytest.approx(25.0) and result.steady_max == pytest.approx(100.0)
     assert result.steady_median == pytest.approx(50.0)
     assert result.repeats == pytest.approx((100.0, 50.0))
-    legacy = benchmark.summarize("legacy", [benchmark.EpochTimes(0, (1, 2, 2), (10, 10, 10)), benchmark.EpochTimes(0, (1, 1, 1), (10, 10, 10))])
+    legacy = benchmark.summarize(
+        "legacy",
+        [
+            benchmark.EpochTimes(0, (1, 2, 2), (10, 10, 10)),
+            benchmark.EpochTimes(0, (1, 1, 1), (10, 10, 10)),
+        ],
+    )
     # Per repeat: 100/5 = 20 and 50/10 = 5; the median of side-by-side ratios is 12.5.
     assert benchmark.median_ratio(result, legacy) == pytest.approx(12.5)
 
@@ -53,17 +59,35 @@ def test_verdict_names_the_bound():
     def fixed(name, rate):
         return benchmark.summarize(name, [benchmark.EpochTimes(0, (1.0, 1.0), (rate, rate))])
 
-    verdict = benchmark.make_verdict({"pipeline-memory-uint8": fixed("p", 5000), "model-train": fixed("m", 500), "train": fixed("t", 450)})
+    verdict = benchmark.make_verdict(
+        {
+            "pipeline-memory-uint8": fixed("p", 5000),
+            "model-train": fixed("m", 500),
+            "train": fixed("t", 450),
+        }
+    )
     assert verdict.startswith("model-bound") and "10.0x" in verdict and "90%" in verdict
-    assert benchmark.make_verdict({"pipeline-memory-uint8": fixed("p", 100), "model-train": fixed("m", 500)}).startswith("input-bound")
+    assert benchmark.make_verdict(
+        {"pipeline-memory-uint8": fixed("p", 100), "model-train": fixed("m", 500)}
+    ).startswith("input-bound")
 
 
 def test_bench_binary_end_to_end(tiny_dataset, tmp_path, capsys):
     out = tmp_path / "bench.json"
-    code = run_main(bench_main, [
-        f"--data_dir={tiny_dataset}", "--image_size=32", "--alpha=0.25", "--repeats=1", "--epochs=2",
-        "--model_steps=2", "--batch_size=4", f"--output_json={out}", f"--output_dir={tmp_path / 'scratch'}",
-    ])
+    code = run_main(
+        bench_main,
+        [
+            f"--data_dir={tiny_dataset}",
+            "--image_size=32",
+            "--alpha=0.25",
+            "--repeats=1",
+            "--epochs=2",
+            "--model_steps=2",
+            "--batch_size=4",
+            f"--output_json={out}",
+            f"--output_dir={tmp_path / 'scratch'}",
+        ],
+    )
     assert code == 0, capsys.readouterr().err
     report = json.loads(out.read_text())
     assert set(report["results"]) == set(benchmark.ALL_VARIANTS)
@@ -73,12 +97,26 @@ def test_bench_binary_end_to_end(tiny_dataset, tmp_path, capsys):
     assert report["results"]["model-train"]["images_per_epoch"] == 8
     assert report["results"]["pipeline-file-uint8"]["cache_bytes"] >= 18 * 32 * 32 * 3
     assert report["environment"]["tensorflow"] and report["environment"]["replicas"] == 1
-    assert set(report["ratios_to_legacy"]) == set(benchmark.INPUT_VARIANTS + benchmark.DECODE_VARIANTS)
-    assert report["results"]["audit"]["images_per_epoch"] == 18 and report["results"]["decode"]["images_per_epoch"] == 18
+    assert set(report["ratios_to_legacy"]) == set(
+        benchmark.INPUT_VARIANTS + benchmark.DECODE_VARIANTS
+    )
+    assert (
+        report["results"]["audit"]["images_per_epoch"] == 18
+        and report["results"]["decode"]["images_per_epoch"] == 18
+    )
     table = capsys.readouterr().out
     assert "pipeline-memory-uint8" in table and ("model-bound" in table or "input-bound" in table)
-    code = run_main(bench_main, [f"--data_dir={tiny_dataset}", "--image_size=32", "--repeats=1", "--epochs=2",
-                                 "--variants=legacy,pipeline-memory-uint8", "--assert_min_speedup=1000000"])
+    code = run_main(
+        bench_main,
+        [
+            f"--data_dir={tiny_dataset}",
+            "--image_size=32",
+            "--repeats=1",
+            "--epochs=2",
+            "--variants=legacy,pipeline-memory-uint8",
+            "--assert_min_speedup=1000000",
+        ],
+    )
     assert code == 1 and "below --assert_min_speedup" in capsys.readouterr().out
 
 
@@ -88,21 +126,47 @@ def test_bench_rejects_unknown_variants(tiny_dataset, capsys):
 
 
 def test_compare_modes_end_to_end(tiny_dataset, tmp_path, capsys, informative_weights):
-    code = run_main(bench_main, [
-        f"--data_dir={tiny_dataset}", "--compare_modes", "--image_size=32", "--alpha=0.25", f"--weights={informative_weights}",
-        "--epochs=2", "--batch_size=4", "--repeats=1", f"--output_dir={tmp_path / 'modes'}", f"--output_json={tmp_path / 'modes.json'}",
-    ])
+    code = run_main(
+        bench_main,
+        [
+            f"--data_dir={tiny_dataset}",
+            "--compare_modes",
+            "--image_size=32",
+            "--alpha=0.25",
+            f"--weights={informative_weights}",
+            "--epochs=2",
+            "--batch_size=4",
+            "--repeats=1",
+            f"--output_dir={tmp_path / 'modes'}",
+            f"--output_json={tmp_path / 'modes.json'}",
+        ],
+    )
     assert code == 0, capsys.readouterr().err
     comparison = json.loads((tmp_path / "modes.json").read_text())
-    assert comparison["images_metrics"]["mode"] == "images" and comparison["features_metrics"]["mode"] == "features"
+    assert (
+        comparison["images_metrics"]["mode"] == "images"
+        and comparison["features_metrics"]["mode"] == "features"
+    )
     assert comparison["speedup"] > 0
     assert "faster end to end" in capsys.readouterr().out
 
 
 def test_tensorboard_scalars_from_training(tiny_dataset, tmp_path, capsys):
     board = tmp_path / "tb"
-    code = run_main(train_main, [f"--data_dir={tiny_dataset}", f"--model_dir={tmp_path / 'run'}", "--alpha=0.25", "--image_size=32",
-                                 "--weights=none", "--epochs=2", "--batch_size=4", "--verbose=0", f"--tensorboard_dir={board}"])
+    code = run_main(
+        train_main,
+        [
+            f"--data_dir={tiny_dataset}",
+            f"--model_dir={tmp_path / 'run'}",
+            "--alpha=0.25",
+            "--image_size=32",
+            "--weights=none",
+            "--epochs=2",
+            "--batch_size=4",
+            "--verbose=0",
+            f"--tensorboard_dir={board}",
+        ],
+    )
     assert code == 0, capsys.readouterr().err
     import tensorflow as tf
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-
 from conftest import FakeClock
+
 from fruits_tl.callbacks import ThroughputCallback
 
 

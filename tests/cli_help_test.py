@@ -9,7 +9,6 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import run_main
 
 BINARIES = {
@@ -50,11 +49,16 @@ def test_help_lists_the_binarys_flags_and_no_other(program):
 
 @pytest.mark.parametrize("module_name", sorted(BINARIES.values()))
 def test_every_flag_a_binary_reads_is_one_of_its_flags(module_name):
-    path = os.path.join(os.path.dirname(importlib.import_module("fruits_tl.cli").__file__), f"{module_name}.py")
+    path = os.path.join(
+        os.path.dirname(importlib.import_module("fruits_tl.cli").__file__), f"{module_name}.py"
+    )
     tree = ast.parse(open(path, encoding="utf-8").read())
     read = {
-        node.attr for node in ast.walk(tree)
-        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "FLAGS"
+        node.attr
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Attribute)
+        and isinstance(node.value, ast.Name)
+        and node.value.id == "FLAGS"
     }
     assert read <= _flag_names(module_name), sorted(read - _flag_names(module_name))
 

@@ -29,16 +29,21 @@ NO_TOP_WEIGHTS = os.path.join(SHARED, "weights", "mobilenet_2_5_128_tf_no_top.h5
 TOP_WEIGHTS = os.path.join(SHARED, "weights", "mobilenet_2_5_128_tf.h5")
 
 needs_fruits_sample = pytest.mark.skipif(
-    not os.path.isdir(os.path.join(FRUITS_SAMPLE, "Training")), reason="../shared/fruits360-sample is absent"
+    not os.path.isdir(os.path.join(FRUITS_SAMPLE, "Training")),
+    reason="../shared/fruits360-sample is absent",
 )
-needs_weights = pytest.mark.skipif(not os.path.isfile(NO_TOP_WEIGHTS), reason="../shared/weights is absent")
+needs_weights = pytest.mark.skipif(
+    not os.path.isfile(NO_TOP_WEIGHTS), reason="../shared/weights is absent"
+)
 
 
 @pytest.fixture(scope="session")
 def tiny_dataset(tmp_path_factory) -> str:
     """3 classes, 6 training and 3 test real JPEGs each (100x100)."""
     path = str(tmp_path_factory.mktemp("tiny") / "fruits")
-    return synthetic.write_synthetic_dataset(path, num_classes=3, train_per_class=6, test_per_class=3, seed=1)
+    return synthetic.write_synthetic_dataset(
+        path, num_classes=3, train_per_class=6, test_per_class=3, seed=1
+    )
 
 
 @pytest.fixture
@@ -115,7 +120,11 @@ def informative_weights(tmp_path_factory) -> str:
         if isinstance(layer, (keras.layers.Conv2D, keras.layers.DepthwiseConv2D)):
             weights = layer.get_weights()
             kernel = weights[0]
-            fan_in = kernel.shape[0] * kernel.shape[1] * (1 if isinstance(layer, keras.layers.DepthwiseConv2D) else kernel.shape[2])
+            fan_in = (
+                kernel.shape[0]
+                * kernel.shape[1]
+                * (1 if isinstance(layer, keras.layers.DepthwiseConv2D) else kernel.shape[2])
+            )
             weights[0] = rng.normal(0.0, np.sqrt(2.0 / fan_in), kernel.shape).astype("float32")
             layer.set_weights(weights)
     path = str(tmp_path_factory.mktemp("weights") / "informative_alpha_0_25.weights.h5")

@@ -6,9 +6,9 @@ import os
 
 import numpy as np
 import pytest
+from conftest import write_unusual_images
 from PIL import Image
 
-from conftest import write_unusual_images
 from fruits_tl import data
 from fruits_tl.errors import UserInputError
 
@@ -29,7 +29,7 @@ def test_load_dataset_gives_uint8_splits_with_aligned_paths(data_dir):
         labels.append(label)
     assert images[0].dtype == np.uint8 and images[0].shape == (32, 32, 3)
     np.testing.assert_array_equal(labels, splits.train.labels)
-    for path, label in zip(splits.train.file_paths, labels):
+    for path, label in zip(splits.train.file_paths, labels, strict=True):
         assert os.path.basename(os.path.dirname(path)) == splits.class_names[label]
 
 
@@ -74,7 +74,9 @@ def test_empty_class_folders_are_all_named(data_dir):
     os.makedirs(os.path.join(data_dir, "Test", "Durian"))
     with open(os.path.join(data_dir, "Training", "Durian", "notes.txt"), "w") as stream:
         stream.write("not an image")
-    with pytest.raises(UserInputError, match=r"2 class folder\(s\) hold no images.*Training/Durian.*Test/Durian"):
+    with pytest.raises(
+        UserInputError, match=r"2 class folder\(s\) hold no images.*Training/Durian.*Test/Durian"
+    ):
         data.load_dataset(data_dir)
 
 
@@ -93,7 +95,7 @@ def test_training_class_absent_from_test_is_a_warning_and_labels_still_align(dat
     labels = [label for _, label in splits.test.dataset.as_numpy_iterator()]
     # Blueberry keeps its training index 2 although the test folder has only 2 classes.
     assert sorted(set(labels)) == [0, 2]
-    for path, label in zip(splits.test.file_paths, labels):
+    for path, label in zip(splits.test.file_paths, labels, strict=True):
         assert os.path.basename(os.path.dirname(path)) == splits.class_names[label]
 
 

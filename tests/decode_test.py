@@ -8,8 +8,8 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-
 from conftest import write_unusual_images
+
 from fruits_tl import data, decode, pipeline
 
 
@@ -18,23 +18,40 @@ def test_route_pixels_equal_keras_loader_rounded(data_dir, image_size):
     added = write_unusual_images(os.path.join(data_dir, "Training", "Banana"))
     train_dir = os.path.join(data_dir, "Training")
     reference = keras.utils.image_dataset_from_directory(
-        train_dir, batch_size=None, image_size=(image_size, image_size), shuffle=False, verbose=False
+        train_dir,
+        batch_size=None,
+        image_size=(image_size, image_size),
+        shuffle=False,
+        verbose=False,
     )
     expected = {
         path: np.clip(np.round(image), 0, 255).astype(np.uint8)
-        for path, (image, _) in zip(reference.file_paths, reference.as_numpy_iterator())
+        for path, (image, _) in zip(
+            reference.file_paths, reference.as_numpy_iterator(), strict=True
+        )
     }
     splits = data.load_dataset(data_dir, image_size=image_size)
     assert len(splits.train) == 18 + added
-    for path, (image, _) in zip(splits.train.file_paths, splits.train.dataset.as_numpy_iterator()):
+    for path, (image, _) in zip(
+        splits.train.file_paths, splits.train.dataset.as_numpy_iterator(), strict=True
+    ):
         np.testing.assert_array_equal(image, expected[path], err_msg=path)
 
 
 def test_decode_is_the_same_eagerly_in_a_map_and_in_a_function(tiny_dataset):
-    path = os.path.join(tiny_dataset, "Test", "Banana", sorted(os.listdir(os.path.join(tiny_dataset, "Test", "Banana")))[0])
+    path = os.path.join(
+        tiny_dataset,
+        "Test",
+        "Banana",
+        sorted(os.listdir(os.path.join(tiny_dataset, "Test", "Banana")))[0],
+    )
     eager = decode.load_image(tf.constant(path), 40).numpy()
-    mapped = next(iter(tf.data.Dataset.from_tensors(path).map(lambda p: decode.load_image(p, 40)))).numpy()
-    traced = tf.function(lambda p: decode.decode_image(tf.io.read_file(p), 40))(tf.constant(path)).numpy()
+    mapped = next(
+        iter(tf.data.Dataset.from_tensors(path).map(lambda p: decode.load_image(p, 40)))
+    ).numpy()
+    traced = tf.function(lambda p: decode.decode_image(tf.io.read_file(p), 40))(
+        tf.constant(path)
+    ).numpy()
     assert eager.dtype == np.uint8 and eager.shape == (40, 40, 3)
     np.testing.assert_array_equal(mapped, eager)
     np.testing.assert_array_equal(traced, eager)
@@ -57,15 +74,21 @@ def test_each_shard_decodes_only_its_own_files(data_dir):
     with pytest.raises(tf.errors.InvalidArgumentError):
         list(folder.make_elements(num_shards=2, shard_index=1).as_numpy_iterator())
     # The same holds through the whole route (cache, batch, prefetch) of an input pipeline.
-    batches = pipeline.make_batches(folder, batch_size=4, training=True, num_shards=2, shard_index=0)
+    batches = pipeline.make_batches(
+        folder, batch_size=4, training=True, num_shards=2, shard_index=0
+    )
     assert sum(len(labels) for _, labels in batches) == 9
 
 
 def test_excluded_files_are_never_decoded(data_dir):
     train_dir = os.path.join(data_dir, "Training")
     classes = data.list_classes(train_dir)
-    path = data.load_split(train_dir, class_names=classes, image_size=32, name="train").file_paths[0]
+    path = data.load_split(train_dir, class_names=classes, image_size=32, name="train").file_paths[
+        0
+    ]
     with open(path, "wb") as stream:
         stream.write(b"corrupt")
-    folder = data.load_split(train_dir, class_names=classes, image_size=32, name="train", exclude={path})
+    folder = data.load_split(
+        train_dir, class_names=classes, image_size=32, name="train", exclude={path}
+    )
     assert len(list(folder.dataset)) == 17

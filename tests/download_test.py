@@ -12,8 +12,8 @@ import threading
 import zipfile
 
 import pytest
-
 from conftest import run_main
+
 from fruits_tl import download
 from fruits_tl.cli import download_main
 from fruits_tl.errors import UserInputError
@@ -73,11 +73,13 @@ def _zip(members: dict) -> bytes:
 
 
 def _fruits_zip() -> bytes:
-    return _zip({
-        "Fruit-Images-Dataset-master/Training/Apple/0_100.jpg": b"jpeg bytes",
-        "Fruit-Images-Dataset-master/Test/Apple/1_100.jpg": b"jpeg bytes",
-        "Fruit-Images-Dataset-master/LICENSE": b"MIT",
-    })
+    return _zip(
+        {
+            "Fruit-Images-Dataset-master/Training/Apple/0_100.jpg": b"jpeg bytes",
+            "Fruit-Images-Dataset-master/Test/Apple/1_100.jpg": b"jpeg bytes",
+            "Fruit-Images-Dataset-master/LICENSE": b"MIT",
+        }
+    )
 
 
 def test_download_verify_extract_and_find_data_dir(server, tmp_path, capsys):
@@ -85,12 +87,18 @@ def test_download_verify_extract_and_find_data_dir(server, tmp_path, capsys):
     body = _fruits_zip()
     handler.files["/fruits.zip"] = body
     digest = hashlib.sha256(body).hexdigest()
-    code = run_main(download_main, [f"--dest={tmp_path}", f"--url={base}/fruits.zip", f"--sha256={digest}"])
+    code = run_main(
+        download_main, [f"--dest={tmp_path}", f"--url={base}/fruits.zip", f"--sha256={digest}"]
+    )
     assert code == 0, capsys.readouterr().err
     data_dir = capsys.readouterr().out.strip()
     assert data_dir == str(tmp_path / "extracted" / "Fruit-Images-Dataset-master")
-    assert (tmp_path / "extracted" / "Fruit-Images-Dataset-master" / "Training" / "Apple" / "0_100.jpg").read_bytes() == b"jpeg bytes"
-    assert (tmp_path / "fruits.zip").read_bytes() == body and not (tmp_path / "fruits.zip.part").exists()
+    assert (
+        tmp_path / "extracted" / "Fruit-Images-Dataset-master" / "Training" / "Apple" / "0_100.jpg"
+    ).read_bytes() == b"jpeg bytes"
+    assert (tmp_path / "fruits.zip").read_bytes() == body and not (
+        tmp_path / "fruits.zip.part"
+    ).exists()
     assert [n for n in os.listdir(tmp_path / "extracted") if n.startswith(".")] == []
 
 
@@ -99,7 +107,9 @@ def test_partial_download_is_resumed_with_a_range_request(server, tmp_path):
     body = bytes(range(256)) * 4000
     handler.files["/big.zip"] = body
     (tmp_path / "big.zip.part").write_bytes(body[:300000])
-    download.download(f"{base}/big.zip", str(tmp_path / "big.zip"), sha256=hashlib.sha256(body).hexdigest())
+    download.download(
+        f"{base}/big.zip", str(tmp_path / "big.zip"), sha256=hashlib.sha256(body).hexdigest()
+    )
     assert handler.seen_ranges == ["bytes=300000-"]
     assert (tmp_path / "big.zip").read_bytes() == body
 
@@ -109,7 +119,9 @@ def test_complete_partial_download_answered_416_is_verified_and_kept(server, tmp
     body = b"all of it" * 1000
     handler.files["/done.zip"] = body
     (tmp_path / "done.zip.part").write_bytes(body)
-    path = download.download(f"{base}/done.zip", str(tmp_path / "done.zip"), sha256=hashlib.sha256(body).hexdigest())
+    path = download.download(
+        f"{base}/done.zip", str(tmp_path / "done.zip"), sha256=hashlib.sha256(body).hexdigest()
+    )
     assert handler.seen_ranges == [f"bytes={len(body)}-"]  # The server answered 416.
     assert (tmp_path / "done.zip").read_bytes() == body and path == str(tmp_path / "done.zip")
     assert not (tmp_path / "done.zip.part").exists()
@@ -148,7 +160,9 @@ def test_offline_is_one_clear_sentence(tmp_path, capsys):
     with socket.socket() as probe:  # A port with nothing listening.
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    code = run_main(download_main, [f"--dest={tmp_path}", f"--url=http://127.0.0.1:{port}/x.zip", "--timeout=5"])
+    code = run_main(
+        download_main, [f"--dest={tmp_path}", f"--url=http://127.0.0.1:{port}/x.zip", "--timeout=5"]
+    )
     err = capsys.readouterr().err
     assert code == 2 and "Could not download" in err and "offline" in err and "Traceback" not in err
 

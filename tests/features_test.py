@@ -11,8 +11,8 @@ import time
 
 import numpy as np
 import pytest
-
 from conftest import REPO
+
 from fruits_tl import config, data, distribute, features, model, train
 
 
@@ -30,15 +30,32 @@ def _config(data_dir, model_dir, weights, **overrides):
     return config.TrainConfig(**values)
 
 
-def test_features_mode_is_the_same_computation_as_images_mode(data_dir, tmp_path, informative_weights):
+def test_features_mode_is_the_same_computation_as_images_mode(
+    data_dir, tmp_path, informative_weights
+):
     strategy = distribute.get_strategy("default")
     # Two epochs: the second epoch's order (a reshuffle) must match as well as the first's.
-    by_images = train.train(_config(data_dir, tmp_path / "images", informative_weights, mode="images", epochs=2), strategy=strategy)
-    by_features = train.train(_config(data_dir, tmp_path / "features", informative_weights, mode="features", epochs=2), strategy=strategy)
+    by_images = train.train(
+        _config(data_dir, tmp_path / "images", informative_weights, mode="images", epochs=2),
+        strategy=strategy,
+    )
+    by_features = train.train(
+        _config(data_dir, tmp_path / "features", informative_weights, mode="features", epochs=2),
+        strategy=strategy,
+    )
     assert by_images.metrics["mode"] == "images" and by_features.metrics["mode"] == "features"
     # The same per-epoch history: training and validation loss and accuracies.
-    for key in ("loss", "accuracy", "top5_accuracy", "val_loss", "val_accuracy", "val_top5_accuracy"):
-        np.testing.assert_allclose(by_features.history[key], by_images.history[key], rtol=1e-4, atol=1e-6, err_msg=key)
+    for key in (
+        "loss",
+        "accuracy",
+        "top5_accuracy",
+        "val_loss",
+        "val_accuracy",
+        "val_top5_accuracy",
+    ):
+        np.testing.assert_allclose(
+            by_features.history[key], by_images.history[key], rtol=1e-4, atol=1e-6, err_msg=key
+        )
     kernel_images, bias_images = by_images.model.get_layer("head_dense").get_weights()
     kernel_features, bias_features = by_features.model.get_layer("head_dense").get_weights()
     initial = model.build_head(256, 3, seed=7).get_layer("head_dense").get_weights()[0]
@@ -48,10 +65,19 @@ def test_features_mode_is_the_same_computation_as_images_mode(data_dir, tmp_path
     np.testing.assert_allclose(bias_features, bias_images, rtol=1e-4, atol=1e-5)
     # Another example order gives other weights: the comparison above can fail.
     shuffled = train.train(
-        _config(data_dir, tmp_path / "order", informative_weights, mode="features", data=config.DataConfig(data_dir=data_dir, image_size=32, seed=7, shuffle_buffer_size=1)),
+        _config(
+            data_dir,
+            tmp_path / "order",
+            informative_weights,
+            mode="features",
+            data=config.DataConfig(data_dir=data_dir, image_size=32, seed=7, shuffle_buffer_size=1),
+        ),
         strategy=strategy,
     )
-    assert np.abs(shuffled.model.get_layer("head_dense").get_weights()[0] - kernel_features).max() > 1e-5
+    assert (
+        np.abs(shuffled.model.get_layer("head_dense").get_weights()[0] - kernel_features).max()
+        > 1e-5
+    )
     # The assembled model on images predicts what the head predicts on the cached features.
     test_set = features.load_feature_set(str(tmp_path / "features" / "features" / "test.npz"))
     head = model.build_head(256, 3)
@@ -59,17 +85,32 @@ def test_features_mode_is_the_same_computation_as_images_mode(data_dir, tmp_path
     splits = data.load_dataset(data_dir, image_size=32)
     images = np.stack([image for image, _ in splits.test.dataset.as_numpy_iterator()])
     np.testing.assert_allclose(
-        by_features.model.predict(images, verbose=0), head.predict(test_set.features, verbose=0), rtol=1e-4, atol=1e-6
+        by_features.model.predict(images, verbose=0),
+        head.predict(test_set.features, verbose=0),
+        rtol=1e-4,
+        atol=1e-6,
     )
-    for key in ("test_accuracy", "extract_seconds", "head_train_seconds", "train_images_per_second"):
+    for key in (
+        "test_accuracy",
+        "extract_seconds",
+        "head_train_seconds",
+        "train_images_per_second",
+    ):
         assert key in by_features.metrics and key in by_images.metrics
     assert set(by_images.history) == set(by_features.history)
 
 
 def _extract(splits, backbone, features_dir, **kwargs):
     return features.extract_or_reuse(
-        {"train": splits.train, "test": splits.test}, backbone=backbone, alpha=0.25, image_size=32,
-        features_dir=str(features_dir), strategy=distribute.get_strategy("default"), batch_size=4, verbose=False, **kwargs,
+        {"train": splits.train, "test": splits.test},
+        backbone=backbone,
+        alpha=0.25,
+        image_size=32,
+        features_dir=str(features_dir),
+        strategy=distribute.get_strategy("default"),
+        batch_size=4,
+        verbose=False,
+        **kwargs,
     )
 
 
@@ -82,7 +123,9 @@ def test_fingerprint_reuse_and_invalidation(data_dir, tmp_path, informative_weig
     assert first.feature_sets["train"].file_paths == splits.train.file_paths
     second = _extract(splits, backbone, tmp_path / "f")
     assert second.reused
-    np.testing.assert_array_equal(second.feature_sets["test"].features, first.feature_sets["test"].features)
+    np.testing.assert_array_equal(
+        second.feature_sets["test"].features, first.feature_sets["test"].features
+    )
     # A changed file changes the listing digest: recompute.
     path = splits.train.file_paths[0]
     os.utime(path, ns=(time.time_ns(), time.time_ns() + 10**9))
@@ -94,19 +137,37 @@ def test_fingerprint_reuse_and_invalidation(data_dir, tmp_path, informative_weig
     half = _extract(changed, backbone, tmp_path / "f", feature_dtype="float16")
     assert not half.reused and half.feature_sets["train"].features.dtype == np.float16
     stored = json.loads((tmp_path / "f" / "fingerprint.json").read_text())
-    assert {"backbone_weights_digest", "alpha", "image_size", "preprocessing_version", "splits"} <= set(stored)
+    assert {
+        "backbone_weights_digest",
+        "alpha",
+        "image_size",
+        "preprocessing_version",
+        "splits",
+    } <= set(stored)
 
 
 def test_killed_extraction_leaves_nothing_that_looks_complete(tmp_path):
     from fruits_tl import synthetic
 
-    data_dir = synthetic.write_synthetic_dataset(str(tmp_path / "data"), num_classes=3, train_per_class=150, test_per_class=100, seed=3)
+    data_dir = synthetic.write_synthetic_dataset(
+        str(tmp_path / "data"), num_classes=3, train_per_class=150, test_per_class=100, seed=3
+    )
     features_dir = tmp_path / "features"
     command = [
-        sys.executable, "-m", "fruits_tl.cli.extract_main", f"--data_dir={data_dir}", f"--features_dir={features_dir}",
-        "--alpha=0.25", "--image_size=64", "--weights=none", "--batch_size=2", "--extract_verbose=0",
+        sys.executable,
+        "-m",
+        "fruits_tl.cli.extract_main",
+        f"--data_dir={data_dir}",
+        f"--features_dir={features_dir}",
+        "--alpha=0.25",
+        "--image_size=64",
+        "--weights=none",
+        "--batch_size=2",
+        "--extract_verbose=0",
     ]
-    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     deadline = time.time() + 120
     while time.time() < deadline and not (features_dir / "train.npz").exists():
         time.sleep(0.01)
@@ -117,8 +178,14 @@ def test_killed_extraction_leaves_nothing_that_looks_complete(tmp_path):
     splits = data.load_dataset(data_dir, image_size=64)
     backbone = model.build_backbone(image_size=64, alpha=0.25, weights="none")
     extraction = features.extract_or_reuse(
-        {"train": splits.train, "test": splits.test}, backbone=backbone, alpha=0.25, image_size=64,
-        features_dir=str(features_dir), strategy=distribute.get_strategy("default"), batch_size=32, verbose=False,
+        {"train": splits.train, "test": splits.test},
+        backbone=backbone,
+        alpha=0.25,
+        image_size=64,
+        features_dir=str(features_dir),
+        strategy=distribute.get_strategy("default"),
+        batch_size=32,
+        verbose=False,
     )
     assert not extraction.reused
     assert len(extraction.feature_sets["test"]) == 300
@@ -127,13 +194,21 @@ def test_killed_extraction_leaves_nothing_that_looks_complete(tmp_path):
 
 def test_feature_files_load_without_pickle(tmp_path):
     feature_set = features.FeatureSet(
-        split="train", features=np.ones((2, 3), np.float32), labels=np.array([0, 1], np.int32),
-        file_paths=("a.jpg", "b.jpg"), class_names=("A", "B"), fingerprint="abc",
+        split="train",
+        features=np.ones((2, 3), np.float32),
+        labels=np.array([0, 1], np.int32),
+        file_paths=("a.jpg", "b.jpg"),
+        class_names=("A", "B"),
+        fingerprint="abc",
     )
     path = str(tmp_path / "train.npz")
     features.save_feature_set(path, feature_set)
     loaded = features.load_feature_set(path)
-    assert loaded.file_paths == ("a.jpg", "b.jpg") and loaded.class_names == ("A", "B") and loaded.fingerprint == "abc"
+    assert (
+        loaded.file_paths == ("a.jpg", "b.jpg")
+        and loaded.class_names == ("A", "B")
+        and loaded.fingerprint == "abc"
+    )
     (tmp_path / "broken.npz").write_bytes(b"PK\x03\x04 not a zip")
     with pytest.raises(ValueError, match="broken.npz"):
         features.load_feature_set(str(tmp_path / "broken.npz"))
@@ -146,10 +221,16 @@ def test_a_split_with_fewer_images_than_replicas_extracts(data_dir):
     splits = data.load_dataset(data_dir, image_size=32)
     one = data.select(splits.test, np.arange(len(splits.test)) == 0, name="one")
     with strategy.scope():
-        backbone = model.build_classifier(3, image_size=32, alpha=0.25, weights="none").get_layer(model.BACKBONE_NAME)
+        backbone = model.build_classifier(3, image_size=32, alpha=0.25, weights="none").get_layer(
+            model.BACKBONE_NAME
+        )
         extractor = model.build_feature_extractor(backbone, image_size=32)
-    extracted = features.extract_features(one, extractor, strategy=strategy, batch_size=4, verbose=False)
+    extracted = features.extract_features(
+        one, extractor, strategy=strategy, batch_size=4, verbose=False
+    )
     assert strategy.num_replicas_in_sync == 2
     assert extracted.features.shape == (1, 256) and list(extracted.labels) == list(one.labels)
     images = np.stack([image for image, _ in one.dataset.as_numpy_iterator()])
-    np.testing.assert_allclose(extracted.features, extractor(images, training=False).numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        extracted.features, extractor(images, training=False).numpy(), rtol=1e-5, atol=1e-6
+    )

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 
 import keras
 import numpy as np
 import pytest
-
 from conftest import NO_TOP_WEIGHTS, TOP_WEIGHTS, needs_weights
+
 from fruits_tl import model, preprocess
 from fruits_tl.errors import UserInputError
 
@@ -32,12 +31,18 @@ def test_first_layer_is_a_built_in_rescaling_equal_to_the_package_preprocessing(
     layer = classifier.get_layer("preprocessing")
     assert type(layer) is keras.layers.Rescaling  # Built in: loads anywhere without fruits_tl.
     every_value = np.arange(256, dtype=np.uint8).reshape(1, 16, 16, 1).repeat(3, axis=-1)
-    np.testing.assert_array_equal(layer(every_value).numpy(), preprocess.mobilenet_inputs(every_value).numpy())
-    extractor = model.build_feature_extractor(classifier.get_layer(model.BACKBONE_NAME), image_size=32)
+    np.testing.assert_array_equal(
+        layer(every_value).numpy(), preprocess.mobilenet_inputs(every_value).numpy()
+    )
+    extractor = model.build_feature_extractor(
+        classifier.get_layer(model.BACKBONE_NAME), image_size=32
+    )
     pixels = np.full((1, 32, 32, 3), 200, np.uint8)
     # The same pixels as uint8 or as float give the same features.
     np.testing.assert_allclose(
-        extractor.predict(pixels, verbose=0), extractor.predict(pixels.astype(np.float32), verbose=0), rtol=1e-6
+        extractor.predict(pixels, verbose=0),
+        extractor.predict(pixels.astype(np.float32), verbose=0),
+        rtol=1e-6,
     )
 
 
@@ -47,7 +52,9 @@ def test_saved_model_round_trip_keeps_predictions(tmp_path):
     path = str(tmp_path / "m.keras")
     classifier.save(path)
     loaded = model.load_model(path)
-    np.testing.assert_allclose(loaded.predict(pixels, verbose=0), classifier.predict(pixels, verbose=0), rtol=1e-5)
+    np.testing.assert_allclose(
+        loaded.predict(pixels, verbose=0), classifier.predict(pixels, verbose=0), rtol=1e-5
+    )
 
 
 def test_weights_from_a_file_are_loaded(tmp_path):
@@ -55,7 +62,7 @@ def test_weights_from_a_file_are_loaded(tmp_path):
     path = str(tmp_path / "backbone.weights.h5")
     source.save_weights(path)
     loaded = model.build_backbone(image_size=32, alpha=0.25, weights=path)
-    for a, b in zip(source.get_weights(), loaded.get_weights()):
+    for a, b in zip(source.get_weights(), loaded.get_weights(), strict=True):
         np.testing.assert_array_equal(a, b)
 
 
@@ -80,7 +87,9 @@ def test_imagenet_weights_without_network_say_how_to_pass_a_file(tmp_path, monke
     monkeypatch.delenv("no_proxy", raising=False)
     monkeypatch.delenv("NO_PROXY", raising=False)
     with pytest.raises(UserInputError) as raised:
-        model.build_backbone(image_size=128, alpha=0.25, weights="imagenet", cache_dir=str(tmp_path))
+        model.build_backbone(
+            image_size=128, alpha=0.25, weights="imagenet", cache_dir=str(tmp_path)
+        )
     message = str(raised.value)
     assert "mobilenet_2_5_128_tf_no_top.h5" in message and "--weights=/path/to/" in message
     # Nothing half-downloaded is left in the cache.
@@ -99,9 +108,11 @@ def test_imagenet_path_uses_keras_cache_with_the_real_file(tmp_path):
     cache = tmp_path / "keras"
     (cache / "models").mkdir(parents=True)
     shutil.copy(NO_TOP_WEIGHTS, cache / "models" / "mobilenet_2_5_128_tf_no_top.h5")
-    from_cache = model.build_backbone(image_size=128, alpha=0.25, weights="imagenet", cache_dir=str(cache))
+    from_cache = model.build_backbone(
+        image_size=128, alpha=0.25, weights="imagenet", cache_dir=str(cache)
+    )
     from_file = model.build_backbone(image_size=128, alpha=0.25, weights=NO_TOP_WEIGHTS)
-    for a, b in zip(from_cache.get_weights(), from_file.get_weights()):
+    for a, b in zip(from_cache.get_weights(), from_file.get_weights(), strict=True):
         np.testing.assert_array_equal(a, b)
     assert np.abs(from_file.get_weights()[0]).sum() > 0
 

@@ -23,9 +23,14 @@ def _labels_of_epoch(dataset):
 
 def test_training_epochs_come_in_different_orders_but_same_elements(splits):
     batches = pipeline.make_batches(splits.train, batch_size=4, training=True, seed=0)
+
     # File order is class order; compare full element orders by the images' checksums.
     def epoch_order():
-        return [int(image.astype(np.int64).sum()) for images, _ in batches.as_numpy_iterator() for image in images]
+        return [
+            int(image.astype(np.int64).sum())
+            for images, _ in batches.as_numpy_iterator()
+            for image in images
+        ]
 
     first, second = epoch_order(), epoch_order()
     assert first != second
@@ -46,7 +51,9 @@ def test_float32_output_is_the_preprocessed_uint8_output(splits):
     raw_images, _ = next(iter(raw))
     pre_images, _ = next(iter(pre))
     assert pre_images.dtype == tf.float32
-    np.testing.assert_allclose(pre_images.numpy(), raw_images.numpy().astype(np.float32) / 127.5 - 1, atol=1e-6)
+    np.testing.assert_allclose(
+        pre_images.numpy(), raw_images.numpy().astype(np.float32) / 127.5 - 1, atol=1e-6
+    )
 
 
 def test_file_cache_is_written_once_then_reused(splits, tmp_path):
@@ -58,7 +65,7 @@ def test_file_cache_is_written_once_then_reused(splits, tmp_path):
     expected = [images for images, _ in first.as_numpy_iterator()]
     second = pipeline.make_batches(splits.test, batch_size=4, training=False, cache=prefix)
     assert os.path.getmtime(full + ".index") == written
-    for a, b in zip(expected, [images for images, _ in second.as_numpy_iterator()]):
+    for a, b in zip(expected, [images for images, _ in second.as_numpy_iterator()], strict=True):
         np.testing.assert_array_equal(a, b)
 
 
@@ -82,7 +89,9 @@ def test_different_listing_uses_a_different_cache(splits, data_dir, tmp_path):
     prefix = str(tmp_path / "fruits")
     pipeline.make_batches(splits.test, batch_size=4, training=False, cache=prefix)
     resized = data.load_dataset(data_dir, image_size=40)
-    assert pipeline.get_cache_prefix(prefix, resized.test) != pipeline.get_cache_prefix(prefix, splits.test)
+    assert pipeline.get_cache_prefix(prefix, resized.test) != pipeline.get_cache_prefix(
+        prefix, splits.test
+    )
 
 
 def test_make_datasets_public_api(data_dir):
@@ -97,10 +106,12 @@ def test_make_datasets_public_api(data_dir):
 def test_input_fn_gives_each_replica_its_shard_and_per_replica_batch(splits):
     strategy = distribute.get_strategy("mirrored")
     assert strategy.num_replicas_in_sync == 2
-    input_fn = pipeline.make_input_fn(splits.train, global_batch_size=4, training=True, output="uint8")
+    input_fn = pipeline.make_input_fn(
+        splits.train, global_batch_size=4, training=True, output="uint8"
+    )
     distributed = strategy.distribute_datasets_from_function(input_fn)
     seen = 0
-    for images, labels in distributed:
+    for images, _labels in distributed:
         per_replica = strategy.experimental_local_results(images)
         assert [tuple(x.shape) for x in per_replica] == [(2, 32, 32, 3), (2, 32, 32, 3)]
         seen += sum(int(x.shape[0]) for x in per_replica)
@@ -119,7 +130,9 @@ def test_input_fn_gives_each_replica_its_shard_and_per_replica_batch(splits):
         (3, 4, 2, None),  # Fewer elements than one batch: nothing to rebalance with.
     ],
 )
-def test_batch_sizes_never_leave_a_replica_without_examples(count, batch_size, min_batch_size, expected):
+def test_batch_sizes_never_leave_a_replica_without_examples(
+    count, batch_size, min_batch_size, expected
+):
     sizes = pipeline.batch_sizes(count, batch_size=batch_size, min_batch_size=min_batch_size)
     assert sizes == expected
     if sizes is not None:
@@ -128,16 +141,25 @@ def test_batch_sizes_never_leave_a_replica_without_examples(count, batch_size, m
 
 def test_make_batches_rebalances_the_last_batch_and_keeps_the_order(data_dir):
     splits = data.load_dataset(data_dir, image_size=32)
-    plain = [labels for _, labels in pipeline.make_batches(splits.test, batch_size=4, training=False, cache="none")]
+    plain = [
+        labels
+        for _, labels in pipeline.make_batches(
+            splits.test, batch_size=4, training=False, cache="none"
+        )
+    ]
     balanced = [
         labels
-        for _, labels in pipeline.make_batches(splits.test, batch_size=4, training=False, cache="none", min_batch_size=2)
+        for _, labels in pipeline.make_batches(
+            splits.test, batch_size=4, training=False, cache="none", min_batch_size=2
+        )
     ]
     assert [len(b) for b in plain] == [4, 4, 1] and [len(b) for b in balanced] == [4, 3, 2]
     np.testing.assert_array_equal(np.concatenate(balanced), np.concatenate(plain))
 
 
 def test_make_datasets_passes_the_replica_rule_to_every_split(data_dir):
-    datasets = pipeline.make_datasets(data_dir, batch_size=4, image_size=32, output="uint8", min_batch_size=2)
+    datasets = pipeline.make_datasets(
+        data_dir, batch_size=4, image_size=32, output="uint8", min_batch_size=2
+    )
     assert [len(labels) for _, labels in datasets.test] == [4, 3, 2]
     assert min(len(labels) for _, labels in datasets.train) >= 2

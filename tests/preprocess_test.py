@@ -25,11 +25,15 @@ def test_mobilenet_inputs_matches_keras_preprocess_input():
 
 
 def test_mobilenet_inputs_same_inside_tf_data_map_and_for_float_input():
-    dataset = tf.data.Dataset.from_tensors(PIXELS).map(preprocess.mobilenet_inputs, num_parallel_calls=2)
+    dataset = tf.data.Dataset.from_tensors(PIXELS).map(
+        preprocess.mobilenet_inputs, num_parallel_calls=2
+    )
     in_map = next(iter(dataset)).numpy()
     eager = preprocess.mobilenet_inputs(tf.constant(PIXELS)).numpy()
     np.testing.assert_array_equal(in_map, eager)
-    np.testing.assert_array_equal(preprocess.mobilenet_inputs(PIXELS.astype(np.float32)).numpy(), eager)
+    np.testing.assert_array_equal(
+        preprocess.mobilenet_inputs(PIXELS.astype(np.float32)).numpy(), eager
+    )
 
 
 def test_to_uint8_rounds_and_saturates_eagerly_and_in_a_map():

@@ -13,13 +13,23 @@ from fruits_tl.errors import UserInputError
 
 def test_layout_and_reuse(tmp_path):
     path = str(tmp_path / "syn")
-    synthetic.write_synthetic_dataset(path, num_classes=4, train_per_class=3, test_per_class=2, seed=5)
+    synthetic.write_synthetic_dataset(
+        path, num_classes=4, train_per_class=3, test_per_class=2, seed=5
+    )
     assert sorted(os.listdir(os.path.join(path, "Training"))) == sorted(synthetic.FRUIT_NAMES[:4])
     assert len(os.listdir(os.path.join(path, "Test", "Banana"))) == 2
-    listed = sorted(p for paths in data.list_image_files(os.path.join(path, "Training"), synthetic.FRUIT_NAMES[:4]).values() for p in paths)
+    listed = sorted(
+        p
+        for paths in data.list_image_files(
+            os.path.join(path, "Training"), synthetic.FRUIT_NAMES[:4]
+        ).values()
+        for p in paths
+    )
     assert len(listed) == 12 and data.find_bad_images(listed) == ()
     before = os.path.getmtime(listed[0])
-    synthetic.write_synthetic_dataset(path, num_classes=4, train_per_class=3, test_per_class=2, seed=5)
+    synthetic.write_synthetic_dataset(
+        path, num_classes=4, train_per_class=3, test_per_class=2, seed=5
+    )
     assert os.path.getmtime(listed[0]) == before
     assert [n for n in os.listdir(tmp_path) if n.startswith(".")] == []
 
@@ -27,11 +37,15 @@ def test_layout_and_reuse(tmp_path):
 def test_generation_is_deterministic_and_classes_differ():
     style_a = synthetic._class_style(0, np.random.default_rng(0))
     first = synthetic.render_fruit(style_a, np.random.default_rng(1))
-    again = synthetic.render_fruit(synthetic._class_style(0, np.random.default_rng(0)), np.random.default_rng(1))
+    again = synthetic.render_fruit(
+        synthetic._class_style(0, np.random.default_rng(0)), np.random.default_rng(1)
+    )
     np.testing.assert_array_equal(first, again)
     assert first.shape == (100, 100, 3) and first.dtype == np.uint8
     assert (first[0, 0] > 200).all()  # white background in the corner
-    other = synthetic.render_fruit(synthetic._class_style(1, np.random.default_rng(0)), np.random.default_rng(1))
+    other = synthetic.render_fruit(
+        synthetic._class_style(1, np.random.default_rng(0)), np.random.default_rng(1)
+    )
     fruit = (first < 200).any(axis=2)
     other_fruit = (other < 200).any(axis=2)
     assert np.abs(first[fruit].mean(axis=0) - other[other_fruit].mean(axis=0)).max() > 20

@@ -10,8 +10,8 @@ import tempfile
 
 import numpy as np
 import tensorflow_datasets as tfds
-
 from conftest import run_main
+
 from fruits_tl import data, synthetic, tfds_fruits360
 from fruits_tl.cli import train_main
 
@@ -20,7 +20,11 @@ def _write_fake_fruits(directory: str) -> str:
     """A fake Fruits-360 release: 3 classes, 4 training and 2 test 100x100 JPEGs each, nested
     one level down as in the release archive."""
     return synthetic.write_synthetic_dataset(
-        os.path.join(directory, "Fruit-Images-Dataset-master"), num_classes=3, train_per_class=4, test_per_class=2, seed=11
+        os.path.join(directory, "Fruit-Images-Dataset-master"),
+        num_classes=3,
+        train_per_class=4,
+        test_per_class=2,
+        seed=11,
     )
 
 
@@ -47,23 +51,43 @@ def test_tfds_source_trains_with_the_folder_class_order(tmp_path, caplog, capsys
     source = _write_fake_fruits(str(manual))
     records = tmp_path / "records"
     with caplog.at_level(logging.INFO, logger="absl"):
-        splits = tfds_fruits360.load_tfds_splits(tfds_data_dir=str(records), manual_dir=str(manual), image_size=32)
+        splits = tfds_fruits360.load_tfds_splits(
+            tfds_data_dir=str(records), manual_dir=str(manual), image_size=32
+        )
     assert "Preparing the fruits360 TFDS dataset" in caplog.text
     folder = data.load_dataset(source, image_size=32)
     assert splits.class_names == folder.class_names
     assert (len(splits.train), len(splits.test)) == (12, 6)
     # Same images and labels as the folder route, file for file.
-    by_name = {os.path.relpath(p, os.path.join(source, "Training")): (image, label)
-               for p, (image, label) in zip(folder.train.file_paths, folder.train.dataset.as_numpy_iterator())}
-    for path, (image, label) in zip(splits.train.file_paths, splits.train.dataset.as_numpy_iterator()):
+    by_name = {
+        os.path.relpath(p, os.path.join(source, "Training")): (image, label)
+        for p, (image, label) in zip(
+            folder.train.file_paths, folder.train.dataset.as_numpy_iterator(), strict=True
+        )
+    }
+    for path, (image, label) in zip(
+        splits.train.file_paths, splits.train.dataset.as_numpy_iterator(), strict=True
+    ):
         expected_image, expected_label = by_name[path.split("/train/", 1)[1]]
         assert label == expected_label
         np.testing.assert_array_equal(image, expected_image)
     model_dir = tmp_path / "run"
     caplog.clear()
-    code = run_main(train_main, ["--data_source=tfds", f"--tfds_data_dir={records}", f"--manual_dir={manual}",
-                                 f"--model_dir={model_dir}", "--alpha=0.25", "--image_size=32", "--weights=none",
-                                 "--epochs=1", "--batch_size=4", "--verbose=0"])
+    code = run_main(
+        train_main,
+        [
+            "--data_source=tfds",
+            f"--tfds_data_dir={records}",
+            f"--manual_dir={manual}",
+            f"--model_dir={model_dir}",
+            "--alpha=0.25",
+            "--image_size=32",
+            "--weights=none",
+            "--epochs=1",
+            "--batch_size=4",
+            "--verbose=0",
+        ],
+    )
     assert code == 0, capsys.readouterr().err
     assert "Preparing" not in caplog.text  # Already prepared: reused.
     metrics = json.loads((model_dir / "metrics.json").read_text())
@@ -75,7 +99,9 @@ def test_tfds_load_works_once_the_package_is_imported(tmp_path):
     manual = tmp_path / "manual"
     _write_fake_fruits(str(manual))
     tfds_fruits360.prepare(tfds_data_dir=str(tmp_path / "records"), manual_dir=str(manual))
-    dataset, info = tfds.load("fruits360", split="test", data_dir=str(tmp_path / "records"), with_info=True)
+    dataset, info = tfds.load(
+        "fruits360", split="test", data_dir=str(tmp_path / "records"), with_info=True
+    )
     example = next(iter(dataset))
     assert example["image"].shape == (100, 100, 3) and info.features["label"].num_classes == 3
     assert str(info.version) == "1.0.0"
@@ -87,7 +113,9 @@ def test_archive_in_manual_dir_is_extracted(tmp_path):
     manual = tmp_path / "manual"
     manual.mkdir()
     shutil.make_archive(str(manual / "fruits-360"), "zip", str(staging))
-    splits = tfds_fruits360.load_tfds_splits(tfds_data_dir=str(tmp_path / "records"), manual_dir=str(manual), image_size=32)
+    splits = tfds_fruits360.load_tfds_splits(
+        tfds_data_dir=str(tmp_path / "records"), manual_dir=str(manual), image_size=32
+    )
     assert len(splits.train) == 12 and len(splits.class_names) == 3
 
 
@@ -100,8 +128,18 @@ def test_tfds_build_command_prepares_the_records(tmp_path):
     manual = tmp_path / "manual"
     _write_fake_fruits(str(manual))
     result = subprocess.run(
-        [sys.executable, "-m", "fruits_tl.cli.tfds_build_main", "fruits360", f"--manual_dir={manual}", f"--data_dir={tmp_path / 'records'}"],
-        cwd=REPO, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "fruits_tl.cli.tfds_build_main",
+            "fruits360",
+            f"--manual_dir={manual}",
+            f"--data_dir={tmp_path / 'records'}",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 0, result.stderr[-2000:]
     builder = tfds.builder("fruits360", data_dir=str(tmp_path / "records"))
@@ -118,4 +156,6 @@ def test_offline_without_manual_data_is_one_clear_error(tmp_path, monkeypatch):
         monkeypatch.setenv(name, "http://127.0.0.1:9")
     (tmp_path / "empty").mkdir()
     with pytest.raises(UserInputError, match="Could not download"):
-        tfds_fruits360.prepare(tfds_data_dir=str(tmp_path / "records"), manual_dir=str(tmp_path / "empty"))
+        tfds_fruits360.prepare(
+            tfds_data_dir=str(tmp_path / "records"), manual_dir=str(tmp_path / "empty")
+        )

@@ -7,16 +7,33 @@ import os
 
 import numpy as np
 import pytest
-
 from conftest import run_main
+
 from fruits_tl import model
 from fruits_tl.cli import train_main
 
-TINY = ["--alpha=0.25", "--image_size=32", "--weights=none", "--epochs=1", "--batch_size=4", "--verbose=0"]
+TINY = [
+    "--alpha=0.25",
+    "--image_size=32",
+    "--weights=none",
+    "--epochs=1",
+    "--batch_size=4",
+    "--verbose=0",
+]
 METRIC_KEYS = {
-    "test_accuracy", "test_top5_accuracy", "test_loss", "num_classes", "num_train_images",
-    "num_test_images", "epochs", "train_seconds", "train_images_per_second", "strategy", "total_seconds",
-    "num_replicas", "global_batch_size",
+    "test_accuracy",
+    "test_top5_accuracy",
+    "test_loss",
+    "num_classes",
+    "num_train_images",
+    "num_test_images",
+    "epochs",
+    "train_seconds",
+    "train_images_per_second",
+    "strategy",
+    "total_seconds",
+    "num_replicas",
+    "global_batch_size",
 }
 
 
@@ -24,40 +41,84 @@ METRIC_KEYS = {
 def test_trains_and_writes_everything(data_dir, tmp_path, capsys, strategy, replicas):
     model_dir = tmp_path / "run"
     code = run_main(
-        train_main, [f"--data_dir={data_dir}", f"--model_dir={model_dir}", f"--strategy={strategy}", "--save_h5", *TINY]
+        train_main,
+        [
+            f"--data_dir={data_dir}",
+            f"--model_dir={model_dir}",
+            f"--strategy={strategy}",
+            "--save_h5",
+            *TINY,
+        ],
     )
     assert code == 0, capsys.readouterr().err
     assert sorted(os.listdir(model_dir)) == sorted(
-        ["model.keras", "labels.txt", "history.csv", "flags.txt", "metrics.json", "MobileNet_TransferLearning.h5", "features"]
+        [
+            "model.keras",
+            "labels.txt",
+            "history.csv",
+            "flags.txt",
+            "metrics.json",
+            "MobileNet_TransferLearning.h5",
+            "features",
+        ]
     )
-    assert sorted(os.listdir(model_dir / "features")) == ["fingerprint.json", "labels.txt", "test.npz", "train.npz"]
+    assert sorted(os.listdir(model_dir / "features")) == [
+        "fingerprint.json",
+        "labels.txt",
+        "test.npz",
+        "train.npz",
+    ]
     metrics = json.loads((model_dir / "metrics.json").read_text())
     assert METRIC_KEYS <= set(metrics)
     assert metrics["strategy"] == strategy and metrics["num_replicas"] == replicas
-    assert metrics["mode"] == "features" and metrics["mode_reason"].startswith("auto: this version always freezes")
+    assert metrics["mode"] == "features" and metrics["mode_reason"].startswith(
+        "auto: this version always freezes"
+    )
     assert metrics["global_batch_size"] == 4 and metrics["per_replica_batch_size"] == 4 // replicas
-    assert (metrics["num_classes"], metrics["num_train_images"], metrics["num_test_images"]) == (3, 18, 9)
+    assert (metrics["num_classes"], metrics["num_train_images"], metrics["num_test_images"]) == (
+        3,
+        18,
+        9,
+    )
     assert 0.0 <= metrics["test_accuracy"] <= 1.0 and metrics["train_images_per_second"] > 0
-    assert (model_dir / "labels.txt").read_text().splitlines() == ["Apple Red", "Banana", "Blueberry"]
+    assert (model_dir / "labels.txt").read_text().splitlines() == [
+        "Apple Red",
+        "Banana",
+        "Blueberry",
+    ]
     assert "--strategy=" + strategy in (model_dir / "flags.txt").read_text()
     history = (model_dir / "history.csv").read_text().splitlines()
-    assert history[0].startswith("epoch,") and "images_per_second" in history[0] and len(history) == 2
+    assert (
+        history[0].startswith("epoch,") and "images_per_second" in history[0] and len(history) == 2
+    )
     loaded = model.load_model(str(model_dir))
     probabilities = loaded.predict(np.zeros((1, 32, 32, 3), np.uint8), verbose=0)
     assert probabilities.shape == (1, 3)
     assert "test_accuracy=" in capsys.readouterr().out
 
 
-def test_images_mode_under_two_replicas_with_a_last_batch_smaller_than_the_replicas(data_dir, tmp_path, capsys):
+def test_images_mode_under_two_replicas_with_a_last_batch_smaller_than_the_replicas(
+    data_dir, tmp_path, capsys
+):
     # 9 test images in batches of 4: the last batch has 1 image, so one replica gets none.
     model_dir = tmp_path / "run"
     code = run_main(
         train_main,
-        [f"--data_dir={data_dir}", f"--model_dir={model_dir}", "--strategy=mirrored", "--mode=images", *TINY],
+        [
+            f"--data_dir={data_dir}",
+            f"--model_dir={model_dir}",
+            "--strategy=mirrored",
+            "--mode=images",
+            *TINY,
+        ],
     )
     assert code == 0, capsys.readouterr().err
     metrics = json.loads((model_dir / "metrics.json").read_text())
-    assert metrics["mode"] == "images" and metrics["num_replicas"] == 2 and metrics["num_test_images"] == 9
+    assert (
+        metrics["mode"] == "images"
+        and metrics["num_replicas"] == 2
+        and metrics["num_test_images"] == 9
+    )
 
 
 def test_flagfile_and_skip_bad_images(data_dir, tmp_path, capsys):
@@ -65,7 +126,9 @@ def test_flagfile_and_skip_bad_images(data_dir, tmp_path, capsys):
     open(bad, "wb").close()
     model_dir = tmp_path / "run"
     flagfile = tmp_path / "flags.cfg"
-    flagfile.write_text("\n".join([f"--data_dir={data_dir}", f"--model_dir={model_dir}", *TINY]) + "\n")
+    flagfile.write_text(
+        "\n".join([f"--data_dir={data_dir}", f"--model_dir={model_dir}", *TINY]) + "\n"
+    )
     assert run_main(train_main, [f"--flagfile={flagfile}"]) == 2
     assert bad in capsys.readouterr().err
     assert not model_dir.exists()
@@ -89,9 +152,13 @@ def test_flagfile_and_skip_bad_images(data_dir, tmp_path, capsys):
         (["--strategy=mirrored", "--batch_size=5"], "divisible by the 2 replicas"),
     ],
 )
-def test_bad_flags_exit_non_zero_with_one_clear_message(data_dir, tmp_path, capsys, extra, expected):
+def test_bad_flags_exit_non_zero_with_one_clear_message(
+    data_dir, tmp_path, capsys, extra, expected
+):
     model_dir = tmp_path / "run"
-    code = run_main(train_main, [f"--data_dir={data_dir}", f"--model_dir={model_dir}", *TINY, *extra])
+    code = run_main(
+        train_main, [f"--data_dir={data_dir}", f"--model_dir={model_dir}", *TINY, *extra]
+    )
     err = capsys.readouterr().err
     assert code != 0
     assert expected in " ".join(err.split())
@@ -102,16 +169,22 @@ def test_bad_flags_exit_non_zero_with_one_clear_message(data_dir, tmp_path, caps
 def test_missing_required_flags_and_data_dir(tmp_path, capsys):
     assert run_main(train_main, []) == 2
     assert "--data_dir, --model_dir" in capsys.readouterr().err
-    assert run_main(train_main, [f"--data_dir={tmp_path / 'none'}", f"--model_dir={tmp_path / 'm'}"]) == 2
+    assert (
+        run_main(train_main, [f"--data_dir={tmp_path / 'none'}", f"--model_dir={tmp_path / 'm'}"])
+        == 2
+    )
     assert "does not exist" in capsys.readouterr().err
 
 
 def test_a_failed_run_leaves_an_existing_model_dir_untouched(data_dir, tmp_path, capsys):
     model_dir = tmp_path / "run"
     assert run_main(train_main, [f"--data_dir={data_dir}", f"--model_dir={model_dir}", *TINY]) == 0
+
     def snapshot():
         return {
-            os.path.relpath(os.path.join(root, name), model_dir): open(os.path.join(root, name), "rb").read()
+            os.path.relpath(os.path.join(root, name), model_dir): open(
+                os.path.join(root, name), "rb"
+            ).read()
             for root, _, names in os.walk(model_dir)
             for name in names
         }

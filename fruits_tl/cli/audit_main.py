@@ -1,7 +1,8 @@
 """fruits-tl-audit: decode every image and report what is wrong with a data folder.
 
 Example:
-  fruits-tl-audit --data_dir=/data/fruits-360 --output_json=audit.json --write_exclude_list=exclude.txt
+  fruits-tl-audit --data_dir=/data/fruits-360 --output_json=audit.json \
+      --write_exclude_list=exclude.txt
   fruits-tl-train --data_dir=/data/fruits-360 --exclude_list=exclude.txt ...
 """
 
@@ -11,8 +12,12 @@ from absl import flags
 
 from fruits_tl.cli import common
 
-flags.DEFINE_string("write_exclude_list", "", "Write the undecodable files here, one per line, for --exclude_list.")
-flags.DEFINE_integer("min_images_per_class", 10, "Classes with fewer decodable images than this are reported.")
+flags.DEFINE_string(
+    "write_exclude_list", "", "Write the undecodable files here, one per line, for --exclude_list."
+)
+flags.DEFINE_integer(
+    "min_images_per_class", 10, "Classes with fewer decodable images than this are reported."
+)
 
 FLAGS = flags.FLAGS
 PROGRAM = "fruits-tl-audit"
@@ -24,14 +29,18 @@ def _main(argv):
     from fruits_tl import audit, files
 
     report = audit.audit_folder(
-        FLAGS.data_dir, train_subdir=FLAGS.train_subdir, test_subdir=FLAGS.test_subdir,
+        FLAGS.data_dir,
+        train_subdir=FLAGS.train_subdir,
+        test_subdir=FLAGS.test_subdir,
         min_images_per_class=FLAGS.min_images_per_class,
     )
     print(audit.summary(report))
     if FLAGS.output_json:
         files.write_json(FLAGS.output_json, report)
     if FLAGS.write_exclude_list:
-        files.write_lines(FLAGS.write_exclude_list, [item["path"] for item in report["undecodable"]])
+        files.write_lines(
+            FLAGS.write_exclude_list, [item["path"] for item in report["undecodable"]]
+        )
     return 0
 
 

@@ -3,12 +3,12 @@
 Examples:
   fruits-tl-bench --data_dir=../shared/fruits360-sample --output_json=bench.json
   fruits-tl-bench --data_dir=... --variants=legacy,pipeline-memory-uint8 --assert_min_speedup=20
-  fruits-tl-bench --data_dir=... --compare_modes --alpha=0.25 --weights=no_top.h5 --output_dir=/tmp/modes
+  fruits-tl-bench --data_dir=... --compare_modes --alpha=0.25 --weights=no_top.h5 \
+      --output_dir=/tmp/modes
 """
 
 from __future__ import annotations
 
-import json
 import os
 
 from absl import flags
@@ -20,13 +20,23 @@ flags.DEFINE_list(
     "legacy,idfd,pipeline-memory-uint8,pipeline-memory-float32,pipeline-file-uint8,pipeline-file-float32,decode,audit,"
     "model-infer,model-train,train,extract",
     "Comma-separated variants to measure (see fruits_tl.benchmark); add tfds-memory-uint8 "
-    "(and tfds-memory-float32, tfds-file-*) to compare the TFDS record route, with --tfds_data_dir.",
+    "(and tfds-memory-float32, tfds-file-*) to compare the TFDS record route, with "
+    "--tfds_data_dir.",
 )
-flags.DEFINE_integer("repeats", 3, "Repeats of every variant, interleaved; medians are taken over them.")
-flags.DEFINE_integer("model_steps", 20, "Batches per 'epoch' of the model variants (model-*, train, extract).")
-flags.DEFINE_float("assert_min_speedup", None, "Exit 1 when the steady pipeline-memory-uint8 rate is below this many times legacy.")
+flags.DEFINE_integer(
+    "repeats", 3, "Repeats of every variant, interleaved; medians are taken over them."
+)
+flags.DEFINE_integer(
+    "model_steps", 20, "Batches per 'epoch' of the model variants (model-*, train, extract)."
+)
+flags.DEFINE_float(
+    "assert_min_speedup",
+    None,
+    "Exit 1 when the steady pipeline-memory-uint8 rate is below this many times legacy.",
+)
 flags.DEFINE_bool(
-    "compare_modes", False,
+    "compare_modes",
+    False,
     "Instead of the variants: train end to end with --mode=images and --mode=features (the "
     "tutorial's recipe: --epochs, --batch_size, --learning_rate, rmsprop) into --output_dir, and "
     "report the speed ratio and the accuracy difference (--repeats times, alternating).",
@@ -44,17 +54,28 @@ def _compare_modes():
     config = TrainConfig(
         data=common.data_config(cache="memory"),
         model=ModelConfig(alpha=FLAGS.alpha, weights=FLAGS.weights),
-        model_dir=FLAGS.output_dir, batch_size=FLAGS.batch_size, epochs=FLAGS.epochs,
-        learning_rate=FLAGS.learning_rate, verbose=0,
+        model_dir=FLAGS.output_dir,
+        batch_size=FLAGS.batch_size,
+        epochs=FLAGS.epochs,
+        learning_rate=FLAGS.learning_rate,
+        verbose=0,
     )
-    comparison = benchmark.compare_train_modes(config, strategy_name=FLAGS.strategy, repeats=FLAGS.repeats)
+    comparison = benchmark.compare_train_modes(
+        config, strategy_name=FLAGS.strategy, repeats=FLAGS.repeats
+    )
     images, features = comparison.images_metrics, comparison.features_metrics
     print(f"{'mode':9} {'end-to-end s':>12} {'extract s':>9} {'head/fit s':>10} {'test acc':>8}")
     for name, m in (("images", images), ("features", features)):
-        print(f"{name:9} {m['end_to_end_seconds']:12.1f} {m['extract_seconds']:9.1f} {m['head_train_seconds']:10.1f} {m['test_accuracy']:8.4f}")
+        print(
+            f"{name:9} {m['end_to_end_seconds']:12.1f} {m['extract_seconds']:9.1f} "
+            f"{m['head_train_seconds']:10.1f} {m['test_accuracy']:8.4f}"
+        )
     print(f"speed-ups per repeat: {', '.join(f'{r:.1f}x' for r in comparison.speedups)}")
-    print(f"features mode is {comparison.speedup:.1f}x faster end to end (median); test accuracy difference "
-          f"{comparison.accuracy_difference * 100:+.2f} points")
+    print(
+        f"features mode is {comparison.speedup:.1f}x faster end to end (median); test accuracy "
+        "difference "
+        f"{comparison.accuracy_difference * 100:+.2f} points"
+    )
     if FLAGS.output_json:
         import dataclasses
 
@@ -93,15 +114,30 @@ def _main(argv):
     if FLAGS.assert_min_speedup is not None:
         ratio = result.ratios_to_legacy.get(benchmark.DEFAULT_TRAINING_FORM, {}).get("steady")
         if ratio is None:
-            raise common.UserInputError("--assert_min_speedup needs the legacy and pipeline-memory-uint8 variants.")
+            raise common.UserInputError(
+                "--assert_min_speedup needs the legacy and pipeline-memory-uint8 variants."
+            )
         if ratio < FLAGS.assert_min_speedup:
-            print(f"{PROGRAM}: steady pipeline is {ratio:.1f}x legacy, below --assert_min_speedup={FLAGS.assert_min_speedup}")
+            print(
+                f"{PROGRAM}: steady pipeline is {ratio:.1f}x legacy, below "
+                f"--assert_min_speedup={FLAGS.assert_min_speedup}"
+            )
             return 1
     return 0
 
 
 # The shared flags (cli/common.py) this binary uses; --help lists them with its own.
-USES = (*common.DATA_FLAGS, "alpha", "batch_size", "epochs", "learning_rate", "output_dir", "output_json", "strategy", "weights")
+USES = (
+    *common.DATA_FLAGS,
+    "alpha",
+    "batch_size",
+    "epochs",
+    "learning_rate",
+    "output_dir",
+    "output_json",
+    "strategy",
+    "weights",
+)
 main = common.guarded(PROGRAM, _main, module_name=__name__, uses=USES)
 run = common.main_runner(main)
 

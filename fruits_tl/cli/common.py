@@ -21,56 +21,140 @@ from fruits_tl.errors import UserInputError  # noqa: E402
 
 FLAGS = flags.FLAGS
 
-flags.DEFINE_string("data_dir", None, "Folder holding <train_subdir>/<class>/* and <test_subdir>/<class>/*.")
-flags.DEFINE_string("train_subdir", "Training", "Training folder inside --data_dir; its class folders define the labels.")
-flags.DEFINE_string("test_subdir", "Test", "Test folder inside --data_dir; checked against the training classes.")
-flags.DEFINE_float("validation_split", 0.0, "Fraction of each training class held out (seeded) for validation; 0 validates on the test folder.")
+flags.DEFINE_string(
+    "data_dir", None, "Folder holding <train_subdir>/<class>/* and <test_subdir>/<class>/*."
+)
+flags.DEFINE_string(
+    "train_subdir",
+    "Training",
+    "Training folder inside --data_dir; its class folders define the labels.",
+)
+flags.DEFINE_string(
+    "test_subdir", "Test", "Test folder inside --data_dir; checked against the training classes."
+)
+flags.DEFINE_float(
+    "validation_split",
+    0.0,
+    "Fraction of each training class held out (seeded) for validation; 0 validates on the test "
+    "folder.",
+)
 flags.DEFINE_integer("image_size", 128, "Images are resized to image_size x image_size.")
 flags.DEFINE_integer("batch_size", 32, "Global batch size, split across replicas.")
-flags.DEFINE_float("alpha", 1.0, "MobileNet width multiplier (ImageNet weights exist for 0.25, 0.5, 0.75, 1.0).")
+flags.DEFINE_float(
+    "alpha", 1.0, "MobileNet width multiplier (ImageNet weights exist for 0.25, 0.5, 0.75, 1.0)."
+)
 flags.DEFINE_string(
-    "weights", "imagenet",
+    "weights",
+    "imagenet",
     "Backbone weights: 'imagenet' (Keras download and cache), 'none' (random), or a path to a "
     "MobileNet no-top .h5 weights file for this alpha.",
 )
-flags.DEFINE_enum("strategy", "auto", ["auto", "default", "one_device", "mirrored"], "tf.distribute strategy; auto: mirrored on several GPUs, one_device on one, default on CPU.")
+flags.DEFINE_enum(
+    "strategy",
+    "auto",
+    ["auto", "default", "one_device", "mirrored"],
+    "tf.distribute strategy; auto: mirrored on several GPUs, one_device on one, default on CPU.",
+)
 flags.DEFINE_string(
-    "cache", "memory",
+    "cache",
+    "memory",
     "Cache of decoded uint8 images: 'memory', 'none', or a file path prefix (files "
     "<prefix>-<split>-<fingerprint>.*; an interrupted cache is detected and rebuilt).",
 )
-flags.DEFINE_integer("seed", 42, "Seed for the validation split, the shuffle and the head initialisation.")
-flags.DEFINE_string("features_dir", "", "Where backbone features are stored and reused (<split>.npz, labels.txt, fingerprint.json); train defaults to <model_dir>/features.")
-flags.DEFINE_enum("feature_dtype", "float32", ["float32", "float16"], "dtype of stored features (float16 halves their size).")
+flags.DEFINE_integer(
+    "seed", 42, "Seed for the validation split, the shuffle and the head initialisation."
+)
 flags.DEFINE_string(
-    "model", None,
+    "features_dir",
+    "",
+    "Where backbone features are stored and reused (<split>.npz, labels.txt, "
+    "fingerprint.json); train defaults to <model_dir>/features.",
+)
+flags.DEFINE_enum(
+    "feature_dtype",
+    "float32",
+    ["float32", "float16"],
+    "dtype of stored features (float16 halves their size).",
+)
+flags.DEFINE_string(
+    "model",
+    None,
     "A trained model: its model_dir or a .keras file; fruits-tl-evaluate and fruits-tl-predict "
     "also take an exported SavedModel folder or .tflite file (labels.txt beside it).",
 )
-flags.DEFINE_integer("epochs", 25, "Passes over the training images (fruits-tl-bench: epochs per repeat, 5 when not given).")
+flags.DEFINE_integer(
+    "epochs",
+    25,
+    "Passes over the training images (fruits-tl-bench: epochs per repeat, 5 when not given).",
+)
 flags.DEFINE_float("learning_rate", 1e-4, "Optimizer learning rate.")
 flags.DEFINE_string("output_dir", "", "Where a binary's report files go (see each binary's help).")
-flags.DEFINE_enum("data_source", "folder", ["folder", "tfds"], "folder: --data_dir; tfds: the fruits360 TFDS dataset in --tfds_data_dir (prepared from --manual_dir first if needed).")
-flags.DEFINE_string("tfds_data_dir", "", "Where the prepared fruits360 TFDS records live ('' for TFDS's default, ~/tensorflow_datasets).")
-flags.DEFINE_string("manual_dir", "", "Where the extracted Fruits-360 folder or its archive lies, to prepare the TFDS dataset from.")
-flags.DEFINE_string("dest", None, "Destination folder: fruits-tl-download downloads and extracts under it; fruits-tl-synthetic writes Training/ and Test/ into it.")
-flags.DEFINE_string("exclude_list", "", "A file of image paths to leave out, one per line (fruits-tl-audit --write_exclude_list writes one).")
+flags.DEFINE_enum(
+    "data_source",
+    "folder",
+    ["folder", "tfds"],
+    "folder: --data_dir; tfds: the fruits360 TFDS dataset in --tfds_data_dir (prepared from "
+    "--manual_dir first if needed).",
+)
+flags.DEFINE_string(
+    "tfds_data_dir",
+    "",
+    "Where the prepared fruits360 TFDS records live ('' for TFDS's default, "
+    "~/tensorflow_datasets).",
+)
+flags.DEFINE_string(
+    "manual_dir",
+    "",
+    "Where the extracted Fruits-360 folder or its archive lies, to prepare the TFDS dataset from.",
+)
+flags.DEFINE_string(
+    "dest",
+    None,
+    "Destination folder: fruits-tl-download downloads and extracts under it; "
+    "fruits-tl-synthetic writes Training/ and Test/ into it.",
+)
+flags.DEFINE_string(
+    "exclude_list",
+    "",
+    "A file of image paths to leave out, one per line (fruits-tl-audit --write_exclude_list "
+    "writes one).",
+)
 flags.DEFINE_string("output_json", "", "Also write the full report or figures to this JSON file.")
-flags.DEFINE_integer("top_k", 5, "How many classes per image: shown by fruits-tl-predict, returned by the exported serve_jpeg signature.")
-flags.DEFINE_bool("skip_bad_images", False, "Leave out undecodable images (listed in model_dir/skipped_images.txt) instead of stopping.")
+flags.DEFINE_integer(
+    "top_k",
+    5,
+    "How many classes per image: shown by fruits-tl-predict, returned by the exported "
+    "serve_jpeg signature.",
+)
+flags.DEFINE_bool(
+    "skip_bad_images",
+    False,
+    "Leave out undecodable images (listed in model_dir/skipped_images.txt) instead of stopping.",
+)
 
 
 def fail(program: str, message: str) -> None:
     """Prints one wrapped paragraph `program: error: message` to stderr and exits with 2."""
-    text = textwrap.fill(f"{program}: error: {message}", width=100, break_long_words=False, break_on_hyphens=False)
+    text = textwrap.fill(
+        f"{program}: error: {message}", width=100, break_long_words=False, break_on_hyphens=False
+    )
     print(text, file=sys.stderr)
     sys.exit(2)
 
 
 # The flags `data_config` reads (besides --cache, which only binaries that honour it take).
 DATA_FLAGS = (
-    "data_dir", "train_subdir", "test_subdir", "validation_split", "image_size", "seed",
-    "skip_bad_images", "exclude_list", "data_source", "tfds_data_dir", "manual_dir",
+    "data_dir",
+    "train_subdir",
+    "test_subdir",
+    "validation_split",
+    "image_size",
+    "seed",
+    "skip_bad_images",
+    "exclude_list",
+    "data_source",
+    "tfds_data_dir",
+    "manual_dir",
 )
 QUIET_NOTE = (
     "\nThe binaries set TF_CPP_MIN_LOG_LEVEL=2 (unless it is set) to quiet TensorFlow's C++ "
@@ -150,7 +234,9 @@ def data_config(**overrides):
 def reject_arguments(argv: list[str]) -> None:
     """Fails clearly on positional arguments, for binaries that take only --flags."""
     if len(argv) > 1:
-        raise UserInputError(f"unexpected arguments: {' '.join(argv[1:])} (all options are --flags).")
+        raise UserInputError(
+            f"unexpected arguments: {' '.join(argv[1:])} (all options are --flags)."
+        )
 
 
 def require_data(flag_names: list[str]) -> None:
@@ -175,7 +261,7 @@ def resolved_flags_text(module_names: list[str]) -> str:
 
 
 def value_or(name: str, default):
-    """A flag's value if given on the command line, else `default` (for binary-specific defaults)."""
+    """A flag's value if given on the command line, else `default` (a binary's own default)."""
     return getattr(FLAGS, name) if FLAGS[name].present else default
 
 

@@ -14,8 +14,12 @@ from absl import flags
 
 from fruits_tl.cli import common
 
-flags.DEFINE_string("url", None, "Archive URL; default: the Fruits-360 public release (fruits_tl.download).")
-flags.DEFINE_string("sha256", None, "Expected sha256 of the archive; a mismatch deletes it and fails.")
+flags.DEFINE_string(
+    "url", None, "Archive URL; default: the Fruits-360 public release (fruits_tl.download)."
+)
+flags.DEFINE_string(
+    "sha256", None, "Expected sha256 of the archive; a mismatch deletes it and fails."
+)
 flags.DEFINE_string("archive", None, "Extract this local archive instead of downloading.")
 flags.DEFINE_float("timeout", 60.0, "Network timeout in seconds.")
 
@@ -39,14 +43,22 @@ def _main(argv):
                 shown = f"{done / 2**20:.1f} MB" + (f" of {total / 2**20:.1f} MB" if total else "")
                 print(f"\r{PROGRAM}: {shown}", end="", file=sys.stderr)
 
-        download.download(url, archive, sha256=FLAGS.sha256 or download.FRUITS360_ARCHIVE_SHA256, timeout=FLAGS.timeout, progress=progress)
+        download.download(
+            url,
+            archive,
+            sha256=FLAGS.sha256 or download.FRUITS360_ARCHIVE_SHA256,
+            timeout=FLAGS.timeout,
+            progress=progress,
+        )
     elif not os.path.isfile(archive):
         raise common.UserInputError(f"The archive '{archive}' does not exist (--archive).")
     extracted = os.path.join(FLAGS.dest, "extracted")
     download.extract(archive, extracted)
     data_dir = download.find_data_dir(extracted, train_subdir=FLAGS.train_subdir)
     if data_dir is None:
-        raise common.UserInputError(f"The archive '{archive}' holds no '{FLAGS.train_subdir}' folder; is it Fruits-360?")
+        raise common.UserInputError(
+            f"The archive '{archive}' holds no '{FLAGS.train_subdir}' folder; is it Fruits-360?"
+        )
     print(data_dir)
     return 0
 

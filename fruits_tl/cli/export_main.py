@@ -19,12 +19,19 @@ from fruits_tl.cli import common
 
 flags.DEFINE_list("formats", ["saved_model", "tflite"], "Formats to write: saved_model, tflite.")
 flags.DEFINE_list(
-    "quantize", ["none", "dynamic", "float16", "int8"],
+    "quantize",
+    ["none", "dynamic", "float16", "int8"],
     "TFLite variants: none (float32), dynamic (dynamic-range int8 weights), float16, int8 "
     "(full integer, int8 input and output; needs --data_dir).",
 )
-flags.DEFINE_integer("representative_images", 300, "Training images (seeded by --seed) that calibrate the int8 model.")
-flags.DEFINE_integer("latency_images", 100, "Test images predicted one at a time to measure each format's latency.")
+flags.DEFINE_integer(
+    "representative_images",
+    300,
+    "Training images (seeded by --seed) that calibrate the int8 model.",
+)
+flags.DEFINE_integer(
+    "latency_images", 100, "Test images predicted one at a time to measure each format's latency."
+)
 
 FLAGS = flags.FLAGS
 PROGRAM = "fruits-tl-export"

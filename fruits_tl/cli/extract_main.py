@@ -37,30 +37,54 @@ def _main(argv):
     splits = sources.load_splits(common.data_config(image_size=image_size))
     if FLAGS.model and splits.class_names != class_names:
         raise common.UserInputError(
-            f"The training classes of '{FLAGS.data_dir}' differ from the labels.txt of '{FLAGS.model}'."
+            f"The training classes of '{FLAGS.data_dir}' differ from the labels.txt of "
+            f"'{FLAGS.model}'."
         )
     if not FLAGS.model:
         with strategy.scope():
-            backbone = model.build_backbone(image_size=image_size, alpha=alpha, weights=FLAGS.weights)
+            backbone = model.build_backbone(
+                image_size=image_size, alpha=alpha, weights=FLAGS.weights
+            )
     named = {"train": splits.train, "test": splits.test}
     if splits.validation is not splits.test:
         named["validation"] = splits.validation
     extraction = features.extract_or_reuse(
-        named, backbone=backbone, alpha=alpha, image_size=image_size, features_dir=FLAGS.features_dir,
-        strategy=strategy, batch_size=FLAGS.batch_size, feature_dtype=FLAGS.feature_dtype,
+        named,
+        backbone=backbone,
+        alpha=alpha,
+        image_size=image_size,
+        features_dir=FLAGS.features_dir,
+        strategy=strategy,
+        batch_size=FLAGS.batch_size,
+        feature_dtype=FLAGS.feature_dtype,
         verbose=FLAGS.extract_verbose == 1,
     )
     for name, feature_set in extraction.feature_sets.items():
-        print(f"{name}: {feature_set.features.shape[0]} x {feature_set.features.shape[1]} {feature_set.features.dtype}")
+        print(
+            f"{name}: {feature_set.features.shape[0]} x {feature_set.features.shape[1]} "
+            f"{feature_set.features.dtype}"
+        )
     if extraction.reused:
         print(f"reused the features in {extraction.features_dir} (fingerprint match)")
     else:
-        print(f"extracted in {extraction.seconds:.1f} s, {extraction.images_per_second:.1f} images/s -> {extraction.features_dir}")
+        print(
+            f"extracted in {extraction.seconds:.1f} s, {extraction.images_per_second:.1f} "
+            f"images/s -> {extraction.features_dir}"
+        )
     return 0
 
 
 # The shared flags (cli/common.py) this binary uses; --help lists them with its own.
-USES = (*common.DATA_FLAGS, "alpha", "batch_size", "feature_dtype", "features_dir", "model", "strategy", "weights")
+USES = (
+    *common.DATA_FLAGS,
+    "alpha",
+    "batch_size",
+    "feature_dtype",
+    "features_dir",
+    "model",
+    "strategy",
+    "weights",
+)
 main = common.guarded(PROGRAM, _main, module_name=__name__, uses=USES)
 run = common.main_runner(main)
 

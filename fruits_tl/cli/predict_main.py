@@ -15,7 +15,12 @@ from absl import flags
 
 from fruits_tl.cli import common
 
-flags.DEFINE_enum("output", "table", ["table", "json"], "table: aligned text; json: one JSON object per line per image.")
+flags.DEFINE_enum(
+    "output",
+    "table",
+    ["table", "json"],
+    "table: aligned text; json: one JSON object per line per image.",
+)
 
 FLAGS = flags.FLAGS
 PROGRAM = "fruits-tl-predict"
@@ -28,7 +33,9 @@ def format_table(predictions) -> str:
         if p.error:
             lines.append(f"{p.path.ljust(width)}  ERROR {p.error}")
         else:
-            lines.append(f"{p.path.ljust(width)}  " + "  ".join(f"{name} {prob:.4f}" for name, prob in p.top))
+            lines.append(
+                f"{p.path.ljust(width)}  " + "  ".join(f"{name} {prob:.4f}" for name, prob in p.top)
+            )
     return "\n".join(lines)
 
 
@@ -43,7 +50,11 @@ def _main(argv):
 
     strategy = distribute.get_strategy(FLAGS.strategy)
     predictions = evaluate.predict_paths(
-        FLAGS.model, inputs, strategy=strategy, top_k=FLAGS.top_k, batch_size=FLAGS.batch_size,
+        FLAGS.model,
+        inputs,
+        strategy=strategy,
+        top_k=FLAGS.top_k,
+        batch_size=FLAGS.batch_size,
         exclude_files=data.load_exclude_list(FLAGS.exclude_list),
     )
     if not predictions:

@@ -26,7 +26,9 @@ def run(argv: list[str] | None = None) -> None:
 
     import fruits_tl.tfds_fruits360  # noqa: F401  (registers the fruits360 builder)
 
-    parse = cli_utils.make_flags_parser(build.Args, description="tfds build, with the fruits360 builder registered")
+    parse = cli_utils.make_flags_parser(
+        build.Args, description="tfds build, with the fruits360 builder registered"
+    )
 
     def main(args):
         args.execute()

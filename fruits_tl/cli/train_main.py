@@ -13,19 +13,31 @@ from absl import flags
 
 from fruits_tl.cli import common
 
-flags.DEFINE_string("model_dir", None, "Where model.keras, labels.txt, metrics.json, history.csv and flags.txt are written.")
+flags.DEFINE_string(
+    "model_dir",
+    None,
+    "Where model.keras, labels.txt, metrics.json, history.csv and flags.txt are written.",
+)
 flags.DEFINE_enum("optimizer", "rmsprop", ["rmsprop", "adam", "sgd"], "Optimizer for the head.")
 flags.DEFINE_float("dropout", 0.0, "Dropout before the Dense head (0 for none).")
-flags.DEFINE_integer("shuffle_buffer", 0, "Shuffle buffer in images; 0 shuffles the whole training split.")
+flags.DEFINE_integer(
+    "shuffle_buffer", 0, "Shuffle buffer in images; 0 shuffles the whole training split."
+)
 flags.DEFINE_bool("save_h5", False, "Also write the legacy Keras .h5 model file.")
 flags.DEFINE_enum(
-    "mode", "auto", ["auto", "features", "images"],
+    "mode",
+    "auto",
+    ["auto", "features", "images"],
     "features: run the frozen backbone once per image and train the head on the cached features; "
     "images: run the backbone on every image every epoch; auto: features (the backbone is frozen "
     "and there is no augmentation).",
 )
-flags.DEFINE_string("tensorboard_dir", "", "Also log per-epoch images/s and metrics as TensorBoard scalars here.")
-flags.DEFINE_integer("verbose", 2, "Keras fit verbosity: 0 silent, 1 progress bar, 2 one line per epoch.")
+flags.DEFINE_string(
+    "tensorboard_dir", "", "Also log per-epoch images/s and metrics as TensorBoard scalars here."
+)
+flags.DEFINE_integer(
+    "verbose", 2, "Keras fit verbosity: 0 silent, 1 progress bar, 2 one line per epoch."
+)
 
 FLAGS = flags.FLAGS
 PROGRAM = "fruits-tl-train"
@@ -63,14 +75,27 @@ def _main(argv):
     result = train.train(config, strategy=strategy, extra_text_files={"flags.txt": flags_text})
     metrics = result.metrics
     print(
-        f"mode={metrics['mode']} test_accuracy={metrics['test_accuracy']:.4f} test_top5_accuracy={metrics['test_top5_accuracy']:.4f} "
-        f"train_images_per_second={metrics['train_images_per_second']:.1f} model_dir={result.model_dir}"
+        f"mode={metrics['mode']} test_accuracy={metrics['test_accuracy']:.4f} "
+        f"test_top5_accuracy={metrics['test_top5_accuracy']:.4f} "
+        f"train_images_per_second={metrics['train_images_per_second']:.1f} "
+        f"model_dir={result.model_dir}"
     )
     return 0
 
 
 # The shared flags (cli/common.py) this binary uses; --help lists them with its own.
-USES = (*common.DATA_FLAGS, "cache", "alpha", "batch_size", "epochs", "feature_dtype", "features_dir", "learning_rate", "strategy", "weights")
+USES = (
+    *common.DATA_FLAGS,
+    "cache",
+    "alpha",
+    "batch_size",
+    "epochs",
+    "feature_dtype",
+    "features_dir",
+    "learning_rate",
+    "strategy",
+    "weights",
+)
 main = common.guarded(PROGRAM, _main, module_name=__name__, uses=USES)
 run = common.main_runner(main)
 
