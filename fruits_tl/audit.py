@@ -11,134 +11,11 @@ class mismatches with near-miss suggestions.
 from __future__ import annotations
 
 import collections
-import dataclasses
-import functools
 import os
-import time
 
-import numpy as np
-import tensorflow as tf
-
-from fruits_tl import data
+from fruits_tl import listing
 from fruits_tl.errors import UserInputError
-
-MAGIC = {b"\xff\xd8\xff": "jpeg", b"\x89PNG": "png", b"GIF8": "gif", b"BM": "bmp", b"RIFF": "webp"}
-EXTENSION_FORMATS = {".jpg": "jpeg", ".jpeg": "jpeg", ".png": "png", ".gif": "gif", ".bmp": "bmp"}
-
-
-def _format_of(head: bytes) -> str:
-    for magic, name in MAGIC.items():
-        if head.startswith(magic):
-            return name
-    return "unknown"
-
-
-@dataclasses.dataclass(frozen=True)
-class FileFacts:
-    """What the decode pass learnt about one file."""
-
-    path: str
-    split: str
-    class_name: str
-    decodable: bool
-    reason: str = ""
-    real_format: str = ""
-    channels: int = 0
-    jpeg_components: int = 0
-    height: int = 0
-    width: int = 0
-    fingerprint: int = 0
-
-
-@functools.cache
-def _stand_in_jpeg() -> bytes:
-    """A 1x1 JPEG made by TensorFlow's encoder: the header parsed in place of a non-JPEG file."""
-    return tf.io.encode_jpeg(tf.zeros([1, 1, 3], tf.uint8)).numpy()
-
-
-def _probe(index, path, stand_in):
-    """Per file, in parallel: read, decode, and the JPEG header's component count.
-
-    One decode op for every format and no tf.cond, so the per-file work is the decode plus a
-    header parse (measured by process CPU time: about 200 microseconds per 100x100 JPEG,
-    against 155 for the decoder alone). The component count (4 for CMYK or YCCK, which decode
-    to 3 channels) comes from the file's own JPEG header, or a stand-in header for other
-    formats, discarded below.
-    """
-    contents = tf.io.read_file(path)
-    image = tf.io.decode_image(contents, channels=0, expand_animations=False)
-    is_jpeg = tf.io.is_jpeg(contents)
-    components = tf.io.extract_jpeg_shape(tf.where(is_jpeg, contents, stand_in))[2]
-    return index, tf.shape(image), tf.where(is_jpeg, components, 0), contents
-
-
-def _digest_batch(indices, shapes, components, contents):
-    """Per batch, vectorised: the first 4 bytes (the real format) and a 64-bit content digest."""
-    return indices, shapes, components, tf.strings.substr(contents, 0, 4), tf.fingerprint(contents)
-
-
-def inspect_files(entries: list[tuple[str, str, str]]) -> tuple[list[FileFacts], float]:
-    """Reads and decodes every file in parallel; returns facts per file and the images/s.
-
-    The decoder is Keras's loader's, `tf.io.decode_image(expand_animations=False)`, here with
-    `channels=0` (the loader asks for 3) so that grayscale or alpha shows as 1, 2 or 4
-    channels; a file that decodes here loads in training.
-
-    Args:
-      entries: (path, split, class name) per file.
-    """
-    paths = [e[0] for e in entries]
-    if not paths:
-        return [], 0.0
-    stand_in = tf.constant(_stand_in_jpeg())
-    dataset = tf.data.Dataset.from_tensor_slices((tf.range(len(paths), dtype=tf.int64), paths))
-    dataset = dataset.map(
-        lambda index, path: _probe(index, path, stand_in),
-        num_parallel_calls=data.decode_parallelism(),
-        deterministic=False,
-    )
-    dataset = (
-        dataset.ignore_errors().batch(1024).map(_digest_batch, num_parallel_calls=tf.data.AUTOTUNE)
-    )
-    decoded = np.zeros(len(paths), dtype=bool)
-    all_shapes = np.zeros((len(paths), 3), dtype=np.int64)
-    all_components = np.zeros(len(paths), dtype=np.int64)
-    all_fingerprints = np.zeros(len(paths), dtype=np.uint64)
-    heads: list = [b""] * len(paths)
-    start = time.perf_counter()
-    for indices, shapes, components, batch_heads, fingerprints in dataset.as_numpy_iterator():
-        decoded[indices] = True
-        all_shapes[indices] = shapes
-        all_components[indices] = components
-        all_fingerprints[indices] = np.ascontiguousarray(fingerprints).view("<u8")[:, 0]
-        for i, head in zip(indices.tolist(), batch_heads.tolist(), strict=True):
-            heads[i] = head
-    seconds = time.perf_counter() - start
-    facts = []
-    for index, (path, split, class_name) in enumerate(entries):
-        if not decoded[index]:
-            facts.append(
-                FileFacts(
-                    path, split, class_name, decodable=False, reason=data.decode_error_reason(path)
-                )
-            )
-            continue
-        height, width, channels = (int(v) for v in all_shapes[index])
-        facts.append(
-            FileFacts(
-                path,
-                split,
-                class_name,
-                decodable=True,
-                real_format=_format_of(heads[index]),
-                channels=channels,
-                jpeg_components=int(all_components[index]),
-                height=height,
-                width=width,
-                fingerprint=int(all_fingerprints[index]),
-            )
-        )
-    return facts, len(paths) / max(seconds, 1e-9)
+from fruits_tl.image_checks import EXTENSION_FORMATS, inspect_files
 
 
 def audit_folder(
@@ -155,10 +32,8 @@ def audit_folder(
     for split in (train_subdir, test_subdir):
         directory = os.path.join(data_dir, split)
         if os.path.isdir(directory):
-            classes = sorted(
-                e.name for e in os.scandir(directory) if e.is_dir() and not e.name.startswith(".")
-            )
-            splits[split] = (directory, classes, data.list_image_files(directory, classes))
+            classes = listing.list_subfolders(directory)
+            splits[split] = (directory, classes, listing.list_image_files(directory, classes))
     if train_subdir not in splits:
         raise UserInputError(
             f"There is no training folder '{os.path.join(data_dir, train_subdir)}' "
@@ -222,7 +97,7 @@ def audit_folder(
         for c in test_classes:
             if c not in train_classes:
                 mismatch["test_only"].append(
-                    {"class": c, "closest_training_class": data.closest_name(c, train_classes)}
+                    {"class": c, "closest_training_class": listing.closest_name(c, train_classes)}
                 )
         mismatch["train_only"] = [c for c in train_classes if c not in test_classes]
     return {

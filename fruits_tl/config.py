@@ -250,3 +250,102 @@ class ExportConfig:
             self.data is not None or not ("tflite" in self.formats and "int8" in self.quantize),
             "quantize=int8 needs --data_dir: its training images calibrate the integer ranges.",
         )
+
+
+# fruits-tl-bench's variants (fruits_tl.benchmark.VARIANTS implements exactly these names).
+BENCH_INPUT_VARIANTS = (
+    "legacy",
+    "idfd",
+    "pipeline-memory-uint8",
+    "pipeline-memory-float32",
+    "pipeline-file-uint8",
+    "pipeline-file-float32",
+)
+# Every epoch reads and decodes every file (nothing cached): `decode` is TensorFlow's decoder
+# alone over all files in parallel (the ceiling); `audit` is fruits-tl-audit's inspection.
+BENCH_DECODE_VARIANTS = ("decode", "audit")
+BENCH_MODEL_VARIANTS = ("model-infer", "model-train", "train", "extract")
+BENCH_VARIANTS = BENCH_INPUT_VARIANTS + BENCH_DECODE_VARIANTS + BENCH_MODEL_VARIANTS
+# The route reading the prepared fruits360 TFDS records; asked for by name (they need
+# tfds_data_dir, and manual_dir to prepare the records the first time).
+BENCH_TFDS_VARIANTS = (
+    "tfds-memory-uint8",
+    "tfds-memory-float32",
+    "tfds-file-uint8",
+    "tfds-file-float32",
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class BenchConfig:
+    """One fruits-tl-bench run.
+
+    Attributes:
+      data: The images (the training folder is measured) and the route's settings.
+      model: The backbone of the model variants (weights do not change throughput).
+      variants: What to measure, from BENCH_VARIANTS and BENCH_TFDS_VARIANTS.
+      epochs: Epochs per repeat: the first is the cold one.
+      repeats: Repeats of every variant, interleaved.
+      batch_size: Images per batch.
+      model_steps: Batches per "epoch" of the model variants.
+      cache_dir: Where file caches go ("" for a temporary folder).
+    """
+
+    data: DataConfig
+    model: ModelConfig = dataclasses.field(default_factory=lambda: ModelConfig(weights="none"))
+    variants: tuple[str, ...] = BENCH_VARIANTS
+    epochs: int = 5
+    repeats: int = 3
+    batch_size: int = 32
+    model_steps: int = 20
+    cache_dir: str = ""
+
+    def __post_init__(self) -> None:
+        known = BENCH_VARIANTS + BENCH_TFDS_VARIANTS
+        unknown = [v for v in self.variants if v not in known]
+        _require(
+            not unknown, f"unknown --variants {', '.join(unknown)}; known: {', '.join(known)}."
+        )
+        _require(
+            self.epochs >= 2,
+            f"epochs must be >= 2 (one cold, at least one steady), got {self.epochs}.",
+        )
+        _require(
+            self.repeats >= 1 and self.batch_size >= 1 and self.model_steps >= 1,
+            "repeats, batch_size and model_steps must be >= 1.",
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class ExtractConfig:
+    """One feature extraction (fruits-tl-extract).
+
+    Attributes:
+      data: The images.
+      model: The backbone to build (ignored with trained_model).
+      features_dir: Where `<split>.npz`, labels.txt and fingerprint.json go.
+      trained_model: A trained model_dir or .keras file whose backbone (and input size and
+        label map) to use instead of `model`; "" to build `model`.
+      batch_size: Global batch size.
+      feature_dtype: "float32" or "float16".
+      verbose: Show progress.
+    """
+
+    data: DataConfig
+    model: ModelConfig
+    features_dir: str
+    trained_model: str = ""
+    batch_size: int = 32
+    feature_dtype: str = "float32"
+    verbose: bool = True
+
+    def __post_init__(self) -> None:
+        _require(bool(self.features_dir), "features_dir is required: where the features go.")
+        _require(
+            1 <= self.batch_size <= 65536,
+            f"batch_size must be in [1, 65536], got {self.batch_size}.",
+        )
+        _require(
+            self.feature_dtype in FEATURE_DTYPES,
+            f"feature_dtype must be one of {', '.join(FEATURE_DTYPES)}, got {self.feature_dtype!r}.",
+        )

@@ -9,40 +9,24 @@ ever iterating Keras's dataset, and hands back an `ImageFolder`: the (path, labe
 from which `ImageFolder.make_elements` builds the decoded elements of any shard. Sharding and
 leaving files out happen on the listing, before anything is decoded.
 
-Listing rules are Keras's own (so the files we check are the files Keras loads): class folders
-are the non-hidden sub-folders; images are found recursively below each class folder with a
-case-insensitive extension in IMAGE_EXTENSIONS.
+Listing rules are Keras's own and live in `fruits_tl.listing`; the decode check in
+`fruits_tl.image_checks`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import hashlib
 import os
-import re
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from fruits_tl import decode
+from fruits_tl import decode, listing
 from fruits_tl.decode import DECODE_VERSION
 from fruits_tl.errors import UserInputError
-
-# The extensions `keras.utils.image_dataset_from_directory` accepts (its ALLOWLIST_FORMATS).
-IMAGE_EXTENSIONS = (".bmp", ".gif", ".jpeg", ".jpg", ".png")
-
-
-@dataclasses.dataclass(frozen=True)
-class BadImage:
-    """A file that TensorFlow's image decoder cannot read."""
-
-    path: str
-    reason: str
-
-    def __str__(self) -> str:
-        return f"{self.path}: {self.reason}"
+from fruits_tl.image_checks import BadImage, describe_bad_images, find_bad_images
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -130,6 +114,8 @@ class Splits:
       bad_images: Files left out by `skip_bad_images`.
       warnings: Things worth telling the user that do not stop the job.
       validation_source: "test folder" or "validation_split".
+      validation_is_test: Validation and test are one split (the test folder validates, or
+        there is no test folder and the held-out part of training is both).
     """
 
     train: ImageFolder
@@ -139,105 +125,14 @@ class Splits:
     bad_images: tuple[BadImage, ...]
     warnings: tuple[str, ...]
     validation_source: str
+    validation_is_test: bool
 
-
-def list_classes(directory: str, *, role: str = "image") -> list[str]:
-    """Returns the sorted non-hidden sub-folder names of `directory`.
-
-    Args:
-      directory: A split folder such as `<data_dir>/Training`.
-      role: Word used in error messages ("training", "test").
-
-    Raises:
-      UserInputError: `directory` does not exist, is not a folder, or has no class folders.
-    """
-    if not os.path.exists(directory):
-        raise UserInputError(f"The {role} folder '{directory}' does not exist.")
-    if not os.path.isdir(directory):
-        raise UserInputError(f"The {role} folder '{directory}' is a file, not a folder.")
-    names = sorted(
-        entry.name
-        for entry in os.scandir(directory)
-        if entry.is_dir() and not entry.name.startswith(".")
-    )
-    if not names:
-        raise UserInputError(
-            f"The {role} folder '{directory}' has no class folders: expected one sub-folder per "
-            "class, each holding that class's images (hidden folders such as "
-            ".ipynb_checkpoints are not classes)."
-        )
-    return names
-
-
-def list_image_files(
-    directory: str, class_names: list[str] | tuple[str, ...]
-) -> dict[str, list[str]]:
-    """Lists the image files of each class, with Keras's rules and in Keras's order.
-
-    Args:
-      directory: A split folder.
-      class_names: The class folders to list.
-
-    Returns:
-      A dict from class name to the sorted list of its image paths (recursive).
-    """
-    listing: dict[str, list[str]] = {}
-    for class_name in class_names:
-        paths = []
-        for root, _, files in sorted(
-            os.walk(os.path.join(directory, class_name)), key=lambda x: x[0]
-        ):
-            for file_name in sorted(files):
-                if file_name.lower().endswith(IMAGE_EXTENSIONS):
-                    paths.append(os.path.join(root, file_name))
-        listing[class_name] = paths
-    return listing
-
-
-def closest_name(name: str, candidates: list[str] | tuple[str, ...]) -> str | None:
-    """Returns the candidate closest to `name` (case-insensitive), or None if none is close."""
-    lowered = {candidate.lower(): candidate for candidate in candidates}
-    matches = difflib.get_close_matches(name.lower(), list(lowered), n=1, cutoff=0.5)
-    return lowered[matches[0]] if matches else None
-
-
-def check_label_map(
-    train_classes: list[str], test_classes: list[str], *, test_dir: str
-) -> list[str]:
-    """Checks a test folder's classes against the training label map.
-
-    Args:
-      train_classes: Class names from the training folder (the label map).
-      test_classes: Class folder names found in the test folder.
-      test_dir: The test folder, for messages.
-
-    Returns:
-      Warnings (training classes absent from the test folder).
-
-    Raises:
-      UserInputError: The test folder has classes that training does not; the message names
-        each one and the closest training class name.
-    """
-    train_set = set(train_classes)
-    extra = [name for name in test_classes if name not in train_set]
-    if extra:
-        described = []
-        for name in extra:
-            suggestion = closest_name(name, train_classes)
-            hint = f" (closest training class: '{suggestion}')" if suggestion else ""
-            described.append(f"'{name}'{hint}")
-        raise UserInputError(
-            f"The test folder '{test_dir}' has {len(extra)} class folder(s) that the training "
-            f"folder does not: {', '.join(described)}. Train and test must share one label map: "
-            "rename or remove these folders."
-        )
-    missing = [name for name in train_classes if name not in set(test_classes)]
-    if missing:
-        return [
-            f"{len(missing)} training class(es) have no folder in '{test_dir}' and will not be "
-            f"tested: {', '.join(missing)}."
-        ]
-    return []
+    def named(self) -> dict[str, ImageFolder]:
+        """The distinct splits by name: train, test and, when it is its own split, validation."""
+        named = {"train": self.train, "test": self.test}
+        if not self.validation_is_test:
+            named["validation"] = self.validation
+        return named
 
 
 def listing_fingerprint(file_paths, *, image_size: int, extra: str = "") -> str:
@@ -248,73 +143,6 @@ def listing_fingerprint(file_paths, *, image_size: int, extra: str = "") -> str:
         stat = os.stat(path)
         digest.update(f"{os.path.abspath(path)}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
     return digest.hexdigest()[:16]
-
-
-def decode_error_reason(path: str) -> str:
-    """Describes why TensorFlow cannot decode `path`, in one line."""
-    try:
-        size = os.path.getsize(path)
-    except OSError as error:
-        return f"cannot be read ({error.strerror})"
-    if size == 0:
-        return "empty file (0 bytes)"
-    try:
-        tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
-    except (tf.errors.OpError, ValueError) as error:
-        message = getattr(error, "message", str(error))
-        # Drop TensorFlow's "{{function_node ...}}" prefix; keep the decoder's own words.
-        message = re.sub(r"\{\{[^}]*\}\}\s*", "", message).strip().splitlines()[0]
-        message = re.sub(r"\s*\[Op:\w+\].*$", "", message)
-        return f"cannot be decoded as an image ({message})"
-    return "cannot be decoded as an image"
-
-
-def decode_parallelism() -> int:
-    """Parallel calls for a one-pass, decode-only tf.data map: twice the cores.
-
-    Reading a file blocks in system calls, so with one call per core a core sits idle while
-    its call waits; and AUTOTUNE sometimes settles on too few. Measured on 2 cores, decoding
-    the 7,600 sample files six times each way: AUTOTUNE and 2 calls swung between about 5,200
-    and 15,000 images/s (about 1 core busy in the slow runs); 4 calls gave 11,600-14,100 every
-    time.
-    """
-    return 2 * (os.cpu_count() or 1)
-
-
-def find_bad_images(file_paths: list[str] | tuple[str, ...]) -> tuple[BadImage, ...]:
-    """Decodes every file with TensorFlow's decoder, in parallel, and returns the failures.
-
-    The decode call is the one Keras's loader makes (`decode_image(channels=3,
-    expand_animations=False)`), so a file that passes here loads in training. Grayscale, CMYK,
-    progressive JPEG and PNG with alpha all decode to RGB and pass.
-
-    Args:
-      file_paths: Files to check.
-
-    Returns:
-      The files that failed, with a reason each, in input order.
-    """
-    paths = list(file_paths)
-    if not paths:
-        return ()
-
-    def probe(index, path):
-        image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
-        # Returning the shape keeps the decode from being pruned as dead code.
-        return index, tf.shape(image)
-
-    dataset = tf.data.Dataset.from_tensor_slices((tf.range(len(paths), dtype=tf.int64), paths))
-    dataset = dataset.map(probe, num_parallel_calls=decode_parallelism(), deterministic=False)
-    dataset = dataset.ignore_errors().batch(4096)
-    decoded = np.zeros(len(paths), dtype=bool)
-    for indices, shapes in dataset.as_numpy_iterator():
-        good = np.all(shapes > 0, axis=1)
-        decoded[indices[good]] = True
-    return tuple(
-        BadImage(path, decode_error_reason(path))
-        for path, ok in zip(paths, decoded, strict=True)
-        if not ok
-    )
 
 
 def validation_mask(labels: np.ndarray, validation_split: float, seed: int) -> np.ndarray:
@@ -457,36 +285,26 @@ def load_labeled_folder(
         differences named, with the closest names), a class folder is empty, or files cannot
         be decoded (unless skip_bad_images).
     """
-    found = list_classes(directory, role=name)
-    extra = [c for c in found if c not in set(class_names)]
-    missing = [c for c in class_names if c not in set(found)]
-    if extra or missing:
-        parts = []
-        if extra:
-            described = []
-            for c in extra:
-                near = closest_name(c, class_names)
-                described.append(f"'{c}'" + (f" (closest model class: '{near}')" if near else ""))
-            parts.append(f"not in the model's labels: {', '.join(described)}")
-        if missing:
-            parts.append(
-                f"model classes with no folder here: {', '.join(repr(c) for c in missing)}"
-            )
-        raise UserInputError(
-            f"The classes in '{directory}' do not match the model's labels.txt: {'; '.join(parts)}."
-        )
-    listing = list_image_files(directory, found)
-    empty = [os.path.join(directory, c) for c, paths in listing.items() if not paths]
+    found = listing.list_classes(directory, role=name)
+    listing.check_same_classes(
+        sorted(found),
+        sorted(class_names),
+        where=f"'{directory}'",
+        expected_as="the model's labels.txt",
+        noun="model class",
+    )
+    listed_files = listing.list_image_files(directory, found)
+    empty = [os.path.join(directory, c) for c, paths in listed_files.items() if not paths]
     if empty:
         raise UserInputError(f"{len(empty)} class folder(s) hold no images: {', '.join(empty)}.")
-    all_files = [p for paths in listing.values() for p in paths]
+    all_files = [p for paths in listed_files.values() for p in paths]
     listed = {os.path.abspath(p) for p in exclude_files}
     user_excluded = {p for p in all_files if os.path.abspath(p) in listed}
     all_bad = find_bad_images(all_files)
     bad = tuple(b for b in all_bad if b.path not in user_excluded)
     if bad and not skip_bad_images:
         raise UserInputError(
-            f"{len(bad)} file(s) cannot be decoded by TensorFlow: {_describe_bad_images(bad)}. "
+            f"{len(bad)} file(s) cannot be decoded by TensorFlow: {describe_bad_images(bad)}. "
             "Fix or remove them, or pass --skip_bad_images to leave them out."
         )
     folder = load_split(
@@ -514,10 +332,6 @@ def load_exclude_list(path: str) -> frozenset[str]:
         raise UserInputError(
             f"The exclude list '{path}' cannot be read ({error.strerror}) (--exclude_list)."
         ) from None
-
-
-def _describe_bad_images(bad: tuple[BadImage, ...]) -> str:
-    return "; ".join(str(item) for item in bad)
 
 
 def load_dataset(
@@ -562,16 +376,14 @@ def load_dataset(
         )
     train_dir = os.path.join(data_dir, train_subdir)
     if not os.path.isdir(train_dir):
-        found = sorted(
-            e.name for e in os.scandir(data_dir) if e.is_dir() and not e.name.startswith(".")
-        )
+        found = listing.list_subfolders(data_dir)
         shown = ", ".join(found[:10]) + (", ..." if len(found) > 10 else "") if found else "none"
         raise UserInputError(
             f"The training folder '{train_dir}' does not exist: --data_dir must hold "
             f"'{train_subdir}/<class>/<images>' (set --train_subdir if it has another name). "
             f"Sub-folders of '{data_dir}': {shown}."
         )
-    train_classes = list_classes(train_dir, role="training")
+    train_classes = listing.list_classes(train_dir, role="training")
     test_dir = os.path.join(data_dir, test_subdir) if test_subdir else ""
     has_test = bool(test_dir) and os.path.isdir(test_dir)
     if not has_test and validation_split <= 0:
@@ -583,17 +395,17 @@ def load_dataset(
     warnings: list[str] = []
     test_classes: list[str] = []
     if has_test:
-        test_classes = list_classes(test_dir, role="test")
-        warnings += check_label_map(train_classes, test_classes, test_dir=test_dir)
+        test_classes = listing.list_classes(test_dir, role="test")
+        warnings += listing.check_label_map(train_classes, test_classes, test_dir=test_dir)
 
-    train_files = list_image_files(train_dir, train_classes)
-    test_files = list_image_files(test_dir, test_classes) if has_test else {}
+    train_files = listing.list_image_files(train_dir, train_classes)
+    test_files = listing.list_image_files(test_dir, test_classes) if has_test else {}
     empty = [os.path.join(train_dir, c) for c, p in train_files.items() if not p]
     empty += [os.path.join(test_dir, c) for c, p in test_files.items() if not p]
     if empty:
         raise UserInputError(
             f"{len(empty)} class folder(s) hold no images (extensions "
-            f"{', '.join(IMAGE_EXTENSIONS)}): {', '.join(empty)}. Add images or remove the folders."
+            f"{', '.join(listing.IMAGE_EXTENSIONS)}): {', '.join(empty)}. Add images or remove the folders."
         )
 
     all_train = [p for paths in train_files.values() for p in paths]
@@ -605,7 +417,7 @@ def load_dataset(
     bad = tuple(item for item in all_bad if item.path not in user_excluded)
     if bad and not skip_bad_images:
         raise UserInputError(
-            f"{len(bad)} file(s) cannot be decoded by TensorFlow: {_describe_bad_images(bad)}. "
+            f"{len(bad)} file(s) cannot be decoded by TensorFlow: {describe_bad_images(bad)}. "
             "Fix or remove them, or pass --skip_bad_images to leave them out (the list is "
             "then written to skipped_images.txt in --model_dir)."
         )
@@ -664,4 +476,5 @@ def load_dataset(
         bad_images=bad,
         warnings=tuple(warnings),
         validation_source=source,
+        validation_is_test=test is None or validation_split <= 0,
     )

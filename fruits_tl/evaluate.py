@@ -17,7 +17,7 @@ from collections.abc import Callable
 import numpy as np
 import tensorflow as tf
 
-from fruits_tl import data, files, pipeline, servable
+from fruits_tl import data, files, image_checks, listing, pipeline, servable
 
 # Keras's SparseCategoricalCrossentropy clips probabilities to [epsilon, 1 - epsilon].
 EPSILON = 1e-7
@@ -295,22 +295,6 @@ class Prediction:
     error: str = ""
 
 
-def collect_image_paths(inputs: list[str]) -> list[str]:
-    """Expands folders (recursively, image extensions only) and keeps files as given."""
-    paths = []
-    for item in inputs:
-        if os.path.isdir(item):
-            for root, _, names in sorted(os.walk(item), key=lambda x: x[0]):
-                paths += [
-                    os.path.join(root, n)
-                    for n in sorted(names)
-                    if n.lower().endswith(data.IMAGE_EXTENSIONS)
-                ]
-        else:
-            paths.append(item)
-    return paths
-
-
 def predict_paths(
     model_path: str,
     inputs: list[str],
@@ -329,9 +313,12 @@ def predict_paths(
         classifier = servable.load_servable(model_path)
     class_names = classifier.class_names
     listed = {os.path.abspath(p) for p in exclude_files}
-    paths = [p for p in collect_image_paths(inputs) if os.path.abspath(p) not in listed]
+    paths = [p for p in listing.collect_image_paths(inputs) if os.path.abspath(p) not in listed]
     missing = {p: "no such file" for p in paths if not os.path.isfile(p)}
-    bad = {b.path: b.reason for b in data.find_bad_images([p for p in paths if p not in missing])}
+    bad = {
+        b.path: b.reason
+        for b in image_checks.find_bad_images([p for p in paths if p not in missing])
+    }
     errors = {**missing, **bad}
     good = [p for p in paths if p not in errors]
     if classifier.predict_encoded is not None:

@@ -357,7 +357,7 @@ def make_datasets(
     test = make_batches(splits.test, training=False, **common)
     validation = (
         test
-        if splits.validation is splits.test
+        if splits.validation_is_test
         else make_batches(splits.validation, training=False, **common)
     )
     return Datasets(

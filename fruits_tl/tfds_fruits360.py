@@ -22,7 +22,7 @@ import tensorflow_datasets as tfds
 from absl import logging
 from etils import epath
 
-from fruits_tl import data, decode, download
+from fruits_tl import data, decode, download, listing
 from fruits_tl.errors import UserInputError
 
 NAME = "fruits360"
@@ -156,7 +156,7 @@ def _image_files(directory: epath.Path) -> list[epath.Path]:
     for child in sorted(directory.iterdir()):
         if child.is_dir():
             found += _image_files(child)
-        elif child.name.lower().endswith(data.IMAGE_EXTENSIONS):
+        elif child.name.lower().endswith(listing.IMAGE_EXTENSIONS):
             found.append(child)
     return found
 
@@ -289,4 +289,5 @@ def load_tfds_splits(
         bad_images=(),
         warnings=(),
         validation_source=source,
+        validation_is_test=test is None or validation_split <= 0,
     )

@@ -5,59 +5,15 @@ from __future__ import annotations
 import json
 import os
 
-import numpy as np
-import pytest
-from conftest import FakeClock, run_main
+from conftest import run_main
 
-from fruits_tl import benchmark
+from fruits_tl import benchmark, config, timing
 from fruits_tl.cli import bench_main, train_main
-
-
-def test_time_epochs_counts_every_batch_and_times_whole_epochs():
-    clock = FakeClock()
-    created = []
-
-    def make_epoch():
-        created.append(clock.now)
-        clock.now += 0.5  # creating the iterator costs time and is counted
-
-        def batches():
-            for size, cost in ((4, 1.0), (4, 1.0), (2, 0.5)):
-                clock.now += cost
-                yield np.zeros((size, 2, 2, 3)), np.zeros(size)
-
-        return batches()
-
-    times = benchmark.time_epochs(make_epoch, epochs=3, clock=clock)
-    assert len(created) == 3
-    assert times.epoch_images == (10, 10, 10)
-    assert times.epoch_seconds == pytest.approx((3.0, 3.0, 3.0))
-    assert times.time_to_first_batch == pytest.approx(1.5)
-    assert times.images_per_second == pytest.approx((10 / 3,) * 3)
-
-
-def test_summarize_separates_the_cold_epoch_and_ratios_are_side_by_side():
-    run_a = benchmark.EpochTimes(0.1, (10.0, 1.0, 2.0, 1.0), (100, 100, 100, 100))
-    run_b = benchmark.EpochTimes(0.1, (20.0, 2.0, 2.0, 4.0), (100, 100, 100, 100))
-    result = benchmark.summarize("x", [run_a, run_b])
-    assert result.first_epoch_images_per_second == pytest.approx(7.5)  # median of 10 and 5
-    assert result.steady_min == pytest.approx(25.0) and result.steady_max == pytest.approx(100.0)
-    assert result.steady_median == pytest.approx(50.0)
-    assert result.repeats == pytest.approx((100.0, 50.0))
-    legacy = benchmark.summarize(
-        "legacy",
-        [
-            benchmark.EpochTimes(0, (1, 2, 2), (10, 10, 10)),
-            benchmark.EpochTimes(0, (1, 1, 1), (10, 10, 10)),
-        ],
-    )
-    # Per repeat: 100/5 = 20 and 50/10 = 5; the median of side-by-side ratios is 12.5.
-    assert benchmark.median_ratio(result, legacy) == pytest.approx(12.5)
 
 
 def test_verdict_names_the_bound():
     def fixed(name, rate):
-        return benchmark.summarize(name, [benchmark.EpochTimes(0, (1.0, 1.0), (rate, rate))])
+        return timing.summarize(name, [timing.EpochTimes(0, (1.0, 1.0), (rate, rate))])
 
     verdict = benchmark.make_verdict(
         {
@@ -90,7 +46,7 @@ def test_bench_binary_end_to_end(tiny_dataset, tmp_path, capsys):
     )
     assert code == 0, capsys.readouterr().err
     report = json.loads(out.read_text())
-    assert set(report["results"]) == set(benchmark.ALL_VARIANTS)
+    assert set(report["results"]) == set(config.BENCH_VARIANTS)
     for name, result in report["results"].items():
         assert result["steady_median"] > 0 and result["peak_rss_bytes"] > 0, name
     assert report["results"]["legacy"]["images_per_epoch"] == 18
@@ -98,14 +54,20 @@ def test_bench_binary_end_to_end(tiny_dataset, tmp_path, capsys):
     assert report["results"]["pipeline-file-uint8"]["cache_bytes"] >= 18 * 32 * 32 * 3
     assert report["environment"]["tensorflow"] and report["environment"]["replicas"] == 1
     assert set(report["ratios_to_legacy"]) == set(
-        benchmark.INPUT_VARIANTS + benchmark.DECODE_VARIANTS
+        config.BENCH_INPUT_VARIANTS + config.BENCH_DECODE_VARIANTS
     )
     assert (
         report["results"]["audit"]["images_per_epoch"] == 18
         and report["results"]["decode"]["images_per_epoch"] == 18
     )
+    # The verdict states the measured figures it rests on.
+    route = report["results"]["pipeline-memory-uint8"]["steady_median"]
+    step = report["results"]["model-train"]["steady_median"]
+    bound = "model-bound" if route >= step else "input-bound"
+    assert report["verdict"].startswith(f"{bound}: the input route delivers {route:.0f} images/s")
+    assert f"({step:.0f} images/s on in-memory tensors)" in report["verdict"]
     table = capsys.readouterr().out
-    assert "pipeline-memory-uint8" in table and ("model-bound" in table or "input-bound" in table)
+    assert report["verdict"] in table
     code = run_main(
         bench_main,
         [
@@ -147,7 +109,12 @@ def test_compare_modes_end_to_end(tiny_dataset, tmp_path, capsys, informative_we
         comparison["images_metrics"]["mode"] == "images"
         and comparison["features_metrics"]["mode"] == "features"
     )
-    assert comparison["speedup"] > 0
+    # The two modes are the same computation (tests/features_test.py), so the same accuracy.
+    assert comparison["accuracy_difference"] == 0.0
+    assert comparison["speedups"] == [
+        comparison["images_metrics"]["total_seconds"]
+        / comparison["features_metrics"]["total_seconds"]
+    ]
     assert "faster end to end" in capsys.readouterr().out
 
 

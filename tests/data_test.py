@@ -9,7 +9,7 @@ import pytest
 from conftest import write_unusual_images
 from PIL import Image
 
-from fruits_tl import data
+from fruits_tl import data, image_checks
 from fruits_tl.errors import UserInputError
 
 
@@ -146,7 +146,10 @@ def test_skip_bad_images_leaves_them_out_and_keeps_alignment(data_dir):
 def test_unusual_but_valid_images_load_as_rgb(data_dir):
     banana = os.path.join(data_dir, "Training", "Banana")
     added = write_unusual_images(banana)
-    assert data.find_bad_images(sorted(os.path.join(banana, f) for f in os.listdir(banana))) == ()
+    assert (
+        image_checks.find_bad_images(sorted(os.path.join(banana, f) for f in os.listdir(banana)))
+        == ()
+    )
     splits = data.load_dataset(data_dir, image_size=32)
     assert len(splits.train) == 18 + added
     shapes = {image.shape for image, _ in splits.train.dataset.as_numpy_iterator()}

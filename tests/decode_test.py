@@ -10,7 +10,7 @@ import pytest
 import tensorflow as tf
 from conftest import write_unusual_images
 
-from fruits_tl import data, decode, pipeline
+from fruits_tl import data, decode, listing, pipeline
 
 
 @pytest.mark.parametrize("image_size", [32, 128])
@@ -60,9 +60,9 @@ def test_decode_is_the_same_eagerly_in_a_map_and_in_a_function(tiny_dataset):
 def test_each_shard_decodes_only_its_own_files(data_dir):
     """A corrupt file at an odd index breaks shard 1 only: shard 0 never reads it."""
     train_dir = os.path.join(data_dir, "Training")
-    classes = data.list_classes(train_dir)
-    listing = data.load_split(train_dir, class_names=classes, image_size=32, name="train")
-    corrupt = listing.file_paths[3]
+    classes = listing.list_classes(train_dir)
+    first = data.load_split(train_dir, class_names=classes, image_size=32, name="train")
+    corrupt = first.file_paths[3]
     with open(corrupt, "wb") as stream:
         stream.write(b"not an image at all")
     # The listing is taken again without any check, so nothing knows the file is corrupt.
@@ -82,7 +82,7 @@ def test_each_shard_decodes_only_its_own_files(data_dir):
 
 def test_excluded_files_are_never_decoded(data_dir):
     train_dir = os.path.join(data_dir, "Training")
-    classes = data.list_classes(train_dir)
+    classes = listing.list_classes(train_dir)
     path = data.load_split(train_dir, class_names=classes, image_size=32, name="train").file_paths[
         0
     ]

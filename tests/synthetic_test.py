@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pytest
 
-from fruits_tl import data, synthetic
+from fruits_tl import image_checks, listing, synthetic
 from fruits_tl.errors import UserInputError
 
 
@@ -20,12 +20,12 @@ def test_layout_and_reuse(tmp_path):
     assert len(os.listdir(os.path.join(path, "Test", "Banana"))) == 2
     listed = sorted(
         p
-        for paths in data.list_image_files(
+        for paths in listing.list_image_files(
             os.path.join(path, "Training"), synthetic.FRUIT_NAMES[:4]
         ).values()
         for p in paths
     )
-    assert len(listed) == 12 and data.find_bad_images(listed) == ()
+    assert len(listed) == 12 and image_checks.find_bad_images(listed) == ()
     before = os.path.getmtime(listed[0])
     synthetic.write_synthetic_dataset(
         path, num_classes=4, train_per_class=3, test_per_class=2, seed=5

@@ -165,7 +165,10 @@ QUIET_NOTE = (
 
 def binary_flag_names(module_name: str, uses: tuple[str, ...]) -> tuple[str, ...]:
     """A binary's flags: the ones its module defines plus the shared ones it `uses`."""
-    own = [flag.name for flag in FLAGS.get_flags_for_module(module_name)]
+    # Run as `python -m fruits_tl.cli.x_main`, absl files the module's flags under
+    # sys.argv[0] (its name for the __main__ module).
+    key = sys.argv[0] if module_name == "__main__" else module_name
+    own = [flag.name for flag in FLAGS.get_flags_for_module(key)]
     return tuple(sorted(set(own) | set(uses)))
 
 

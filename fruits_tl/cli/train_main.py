@@ -75,9 +75,9 @@ def _main(argv):
     result = train.train(config, strategy=strategy, extra_text_files={"flags.txt": flags_text})
     metrics = result.metrics
     print(
-        f"mode={metrics['mode']} test_accuracy={metrics['test_accuracy']:.4f} "
-        f"test_top5_accuracy={metrics['test_top5_accuracy']:.4f} "
-        f"train_images_per_second={metrics['train_images_per_second']:.1f} "
+        f"mode={metrics.mode} test_accuracy={metrics.test_accuracy:.4f} "
+        f"test_top5_accuracy={metrics.test_top5_accuracy:.4f} "
+        f"train_images_per_second={metrics.train_images_per_second:.1f} "
         f"model_dir={result.model_dir}"
     )
     return 0

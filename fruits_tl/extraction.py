@@ -26,7 +26,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from fruits_tl import data, decode, files, model, pipeline, preprocess
+from fruits_tl import data, decode, faults, files, model, pipeline, preprocess
 from fruits_tl.config import FEATURE_DTYPES
 from fruits_tl.errors import UserInputError
 
@@ -281,6 +281,7 @@ def extract_or_reuse(
     strategy: tf.distribute.Strategy,
     batch_size: int,
     feature_dtype: str = "float32",
+    cache: str = "none",
     verbose: bool = True,
 ) -> Extraction:
     """Returns the features of every split, reusing `features_dir` when its fingerprint matches.
@@ -294,6 +295,8 @@ def extract_or_reuse(
       strategy: Distribution strategy for the backbone pass.
       batch_size: Global batch size.
       feature_dtype: "float32" or "float16".
+      cache: The route's cache for the one pass: "none", or a file prefix to fill a file
+        cache that later image-mode runs read ("memory" would hold images never read again).
       verbose: Progress bars.
 
     Returns:
@@ -352,9 +355,11 @@ def extract_or_reuse(
             strategy=strategy,
             batch_size=batch_size,
             feature_dtype=feature_dtype,
+            cache=cache,
             verbose=verbose,
         )
         save_feature_set(paths[name], feature_sets[name])
+        faults.point(f"extraction:saved:{name}")
     seconds = time.perf_counter() - start
     images = sum(len(folder) for folder in splits.values())
     any_split = next(iter(splits.values()))

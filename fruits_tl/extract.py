@@ -1,0 +1,59 @@
+"""The extraction job (fruits-tl-extract): a backbone's features of every split, stored once.
+
+The backbone is built from a ModelConfig or taken from a trained model (whose input size and
+label map then apply); `extraction.extract_or_reuse` does the work and reuses features whose
+fingerprint matches.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import tensorflow as tf
+
+from fruits_tl import distribute, extraction, listing, model, sources
+from fruits_tl.config import ExtractConfig
+
+
+def extract(config: ExtractConfig, *, strategy: tf.distribute.Strategy) -> extraction.Extraction:
+    """Extracts (or reuses) the features of every split of `config.data`.
+
+    Raises:
+      UserInputError: Bad data, weights or model; the training classes differ from a trained
+        model's labels.txt.
+    """
+    distribute.per_replica_batch_size(strategy, config.batch_size)
+    data_config = config.data
+    class_names = None
+    if config.trained_model:
+        with strategy.scope():
+            classifier, class_names, image_size = model.load_trained(config.trained_model)
+        backbone = classifier.get_layer(model.BACKBONE_NAME)
+        alpha = model.backbone_alpha(backbone)
+        data_config = dataclasses.replace(data_config, image_size=image_size)
+    splits = sources.load_splits(data_config)
+    if class_names is not None:
+        listing.check_same_classes(
+            splits.class_names,
+            class_names,
+            where="the training folder (--data_dir)",
+            expected_as=f"the labels.txt of '{config.trained_model}'",
+            noun="model class",
+        )
+    else:
+        alpha = config.model.alpha
+        with strategy.scope():
+            backbone = model.build_backbone(
+                image_size=data_config.image_size, alpha=alpha, weights=config.model.weights
+            )
+    return extraction.extract_or_reuse(
+        splits.named(),
+        backbone=backbone,
+        alpha=alpha,
+        image_size=data_config.image_size,
+        features_dir=config.features_dir,
+        strategy=strategy,
+        batch_size=config.batch_size,
+        feature_dtype=config.feature_dtype,
+        verbose=config.verbose,
+    )
