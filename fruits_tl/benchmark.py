@@ -107,7 +107,8 @@ def _legacy_epochs(context: Context):
         ImageDataGenerator = tf.keras.preprocessing.image.ImageDataGenerator
     except AttributeError as error:
         raise UserInputError(
-            f"this TensorFlow/Keras has no ImageDataGenerator ({error}); drop 'legacy' from --variants."
+            f"this TensorFlow/Keras has no ImageDataGenerator ({error}); drop 'legacy' from "
+            "--variants."
         ) from None
     generator = ImageDataGenerator(
         preprocessing_function=keras.applications.mobilenet.preprocess_input
@@ -523,23 +524,29 @@ def make_verdict(results: dict) -> str:
     bound = "model-bound" if headroom >= 1.0 else "input-bound"
     text = (
         f"{bound}: the input route delivers {pipeline_result.steady_median:.0f} images/s, "
-        f"{headroom:.1f}x what the train step consumes ({model_train.steady_median:.0f} images/s on in-memory tensors)"
+        f"{headroom:.1f}x what the train step consumes ({model_train.steady_median:.0f} "
+        "images/s on in-memory tensors)"
     )
     if train:
         text += (
-            f"; the real training step reaches {train.steady_median / model_train.steady_median:.0%} of "
+            "; the real training step reaches "
+            f"{train.steady_median / model_train.steady_median:.0%} of "
             "model-only throughput"
         )
     extract, infer = results.get("extract"), results.get("model-infer")
     if extract and infer:
-        text += f"; feature extraction reaches {extract.steady_median / infer.steady_median:.0%} of model-only inference"
+        text += (
+            "; feature extraction reaches "
+            f"{extract.steady_median / infer.steady_median:.0%} of model-only inference"
+        )
     return text
 
 
 def format_table(result: BenchResult) -> str:
     """The human table: one row per variant."""
     header = (
-        f"{'variant':24} {'img/epoch':>9} {'cold img/s':>10} {'steady med':>10} {'min':>8} {'max':>8} "
+        f"{'variant':24} {'img/epoch':>9} {'cold img/s':>10} {'steady med':>10} {'min':>8} "
+        f"{'max':>8} "
         f"{'1st batch s':>11} {'x legacy':>8} {'peak RSS MB':>11} {'cache MB':>8}"
     )
     lines = [header, "-" * len(header)]
@@ -548,9 +555,11 @@ def format_table(result: BenchResult) -> str:
         # Model variants time whole steps (fit, or one extraction call), not batch arrival.
         first = "-" if name in BENCH_MODEL_VARIANTS else f"{r.time_to_first_batch:.3f}"
         lines.append(
-            f"{name:24} {r.images_per_epoch:9d} {r.first_epoch_images_per_second:10.0f} {r.steady_median:10.0f} "
+            f"{name:24} {r.images_per_epoch:9d} {r.first_epoch_images_per_second:10.0f} "
+            f"{r.steady_median:10.0f} "
             f"{r.steady_min:8.0f} {r.steady_max:8.0f} {first:>11} "
-            f"{(f'{ratio:.1f}x' if ratio is not None else '-'):>8} {r.peak_rss_bytes / 2**20:11.0f} {r.cache_bytes / 2**20:8.1f}"
+            f"{(f'{ratio:.1f}x' if ratio is not None else '-'):>8} "
+            f"{r.peak_rss_bytes / 2**20:11.0f} {r.cache_bytes / 2**20:8.1f}"
         )
     lines.append(f"uint8 size of the decoded images: {result.uint8_image_bytes / 2**20:.1f} MB")
     lines.append(result.verdict)

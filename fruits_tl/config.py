@@ -347,5 +347,58 @@ class ExtractConfig:
         )
         _require(
             self.feature_dtype in FEATURE_DTYPES,
-            f"feature_dtype must be one of {', '.join(FEATURE_DTYPES)}, got {self.feature_dtype!r}.",
+            f"feature_dtype must be one of {', '.join(FEATURE_DTYPES)}, "
+            f"got {self.feature_dtype!r}.",
         )
+
+
+# fruits-tl-evaluate --split names of the TFDS source's splits (case-insensitive).
+TFDS_SPLIT_NAMES = {
+    "test": "test",
+    "training": "train",
+    "train": "train",
+    "validation": "validation",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class EvaluateConfig:
+    """One evaluation (fruits-tl-evaluate).
+
+    Attributes:
+      model: A model_dir, .keras file, SavedModel folder or .tflite file.
+      data: Where the images are (a folder, or the TFDS source).
+      split: The folder inside data_dir to evaluate, or a TFDS split name (TFDS_SPLIT_NAMES).
+      output_dir: Where the report goes; "" for `<model_dir>/evaluation-<split>`.
+      batch_size: Global batch size.
+      num_mistakes: How many of the most confident mistakes to keep.
+    """
+
+    model: str
+    data: DataConfig
+    split: str = "Test"
+    output_dir: str = ""
+    batch_size: int = 32
+    num_mistakes: int = 20
+
+    def __post_init__(self) -> None:
+        _require(bool(self.model), "model is required: the trained model to evaluate.")
+        _require(self.num_mistakes >= 0, f"num_mistakes must be >= 0, got {self.num_mistakes}.")
+        _require(
+            1 <= self.batch_size <= 65536,
+            f"batch_size must be in [1, 65536], got {self.batch_size}.",
+        )
+        _require(
+            self.data.data_source != "tfds" or self.split.lower() in TFDS_SPLIT_NAMES,
+            f"--split={self.split} is not a split of the TFDS source (Test, Training, validation).",
+        )
+
+    def resolved_output_dir(self) -> str:
+        if self.output_dir:
+            return self.output_dir
+        model_dir = (
+            self.model
+            if os.path.isdir(self.model)
+            else os.path.dirname(os.path.abspath(self.model))
+        )
+        return os.path.join(model_dir, f"evaluation-{self.split}")

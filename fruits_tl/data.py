@@ -405,7 +405,8 @@ def load_dataset(
     if empty:
         raise UserInputError(
             f"{len(empty)} class folder(s) hold no images (extensions "
-            f"{', '.join(listing.IMAGE_EXTENSIONS)}): {', '.join(empty)}. Add images or remove the folders."
+            f"{', '.join(listing.IMAGE_EXTENSIONS)}): {', '.join(empty)}. Add images or remove "
+            "the folders."
         )
 
     all_train = [p for paths in train_files.values() for p in paths]

@@ -17,28 +17,68 @@ from collections.abc import Callable
 import numpy as np
 import tensorflow as tf
 
-from fruits_tl import data, files, image_checks, listing, pipeline, servable
+from fruits_tl import data, files, image_checks, listing, pipeline, servable, sources
+from fruits_tl.config import TFDS_SPLIT_NAMES, EvaluateConfig
 
 # Keras's SparseCategoricalCrossentropy clips probabilities to [epsilon, 1 - epsilon].
 EPSILON = 1e-7
 
 
 @dataclasses.dataclass(frozen=True)
+class ReportMetrics:
+    """The headline figures of an evaluation (metrics.json)."""
+
+    accuracy: float
+    top5_accuracy: float
+    loss: float
+    macro_precision: float
+    macro_recall: float
+    macro_f1: float
+    num_images: int
+    num_classes: int
+    num_mistakes: int
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass(frozen=True)
+class ClassFigures:
+    """One class's row of per_class.csv."""
+
+    class_name: str
+    precision: float
+    recall: float
+    f1: float
+    support: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Mistake:
+    """One confident wrong prediction (a row of mistakes.csv)."""
+
+    file_path: str
+    true_class: str
+    predicted_class: str
+    probability: float
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
 class Report:
-    """An evaluation of one labelled folder.
+    """An evaluation of one labelled split.
 
     Attributes:
-      metrics: accuracy, top5_accuracy, loss, macro precision/recall/F1, num_images, ...
-      per_class: One dict per class: class, precision, recall, f1, support.
+      metrics: The headline figures.
+      per_class: One row per class, in label order.
       confusion: [C, C] counts, rows true class, columns predicted class.
       mistakes: The most confident wrong predictions, highest probability first.
       class_names: The label map.
     """
 
-    metrics: dict
-    per_class: list
+    metrics: ReportMetrics
+    per_class: tuple[ClassFigures, ...]
     confusion: np.ndarray
-    mistakes: list
+    mistakes: tuple[Mistake, ...]
     class_names: tuple[str, ...]
 
 
@@ -80,40 +120,33 @@ def compute_report(
         if len(labels)
         else 0.0
     )
-    metrics = {
-        "accuracy": float(np.mean(predicted == labels)) if len(labels) else 0.0,
-        "top5_accuracy": float(np.mean((top_k == labels[:, None]).any(axis=1)))
-        if len(labels)
-        else 0.0,
-        "loss": loss,
-        "macro_precision": float(precision.mean()),
-        "macro_recall": float(recall.mean()),
-        "macro_f1": float(f1.mean()),
-        "num_images": int(len(labels)),
-        "num_classes": num_classes,
-        "num_mistakes": int(np.sum(predicted != labels)),
-    }
-    per_class = [
-        {
-            "class": name,
-            "precision": float(precision[i]),
-            "recall": float(recall[i]),
-            "f1": float(f1[i]),
-            "support": int(support[i]),
-        }
+    count = len(labels)
+    metrics = ReportMetrics(
+        accuracy=float(np.mean(predicted == labels)) if count else 0.0,
+        top5_accuracy=float(np.mean((top_k == labels[:, None]).any(axis=1))) if count else 0.0,
+        loss=loss,
+        macro_precision=float(precision.mean()),
+        macro_recall=float(recall.mean()),
+        macro_f1=float(f1.mean()),
+        num_images=int(count),
+        num_classes=num_classes,
+        num_mistakes=int(np.sum(predicted != labels)),
+    )
+    per_class = tuple(
+        ClassFigures(name, float(precision[i]), float(recall[i]), float(f1[i]), int(support[i]))
         for i, name in enumerate(class_names)
-    ]
+    )
     (wrong,) = np.nonzero(predicted != labels)
     order = wrong[np.argsort(-probabilities[wrong, predicted[wrong]], kind="stable")][:num_mistakes]
-    mistakes = [
-        {
-            "file_path": file_paths[i],
-            "true_class": class_names[labels[i]],
-            "predicted_class": class_names[predicted[i]],
-            "probability": float(probabilities[i, predicted[i]]),
-        }
+    mistakes = tuple(
+        Mistake(
+            file_path=file_paths[i],
+            true_class=class_names[labels[i]],
+            predicted_class=class_names[predicted[i]],
+            probability=float(probabilities[i, predicted[i]]),
+        )
         for i in order
-    ]
+    )
     return Report(
         metrics=metrics,
         per_class=per_class,
@@ -130,64 +163,43 @@ def _csv(rows: list[list]) -> str:
 
 
 def save_report(output_dir: str, report: Report) -> None:
-    """Writes metrics.json, per_class.csv, confusion_matrix.csv and mistakes.csv atomically."""
+    """Writes per_class.csv, confusion_matrix.csv, mistakes.csv, then metrics.json, atomically."""
     os.makedirs(output_dir, exist_ok=True)
-    files.write_text(
-        os.path.join(output_dir, "per_class.csv"),
-        _csv(
-            [["class", "precision", "recall", "f1", "support"]]
-            + [
-                [
-                    r["class"],
-                    f"{r['precision']:.6f}",
-                    f"{r['recall']:.6f}",
-                    f"{r['f1']:.6f}",
-                    r["support"],
-                ]
-                for r in report.per_class
-            ]
-        ),
-    )
-    files.write_text(
-        os.path.join(output_dir, "confusion_matrix.csv"),
-        _csv(
-            [["true \\ predicted", *report.class_names]]
-            + [
-                [name, *row.tolist()]
-                for name, row in zip(report.class_names, report.confusion, strict=True)
-            ]
-        ),
-    )
-    files.write_text(
-        os.path.join(output_dir, "mistakes.csv"),
-        _csv(
-            [["file_path", "true_class", "predicted_class", "probability"]]
-            + [
-                [m["file_path"], m["true_class"], m["predicted_class"], f"{m['probability']:.6f}"]
-                for m in report.mistakes
-            ]
-        ),
-    )
-    files.write_json(os.path.join(output_dir, "metrics.json"), report.metrics)
+    per_class = [["class", "precision", "recall", "f1", "support"]] + [
+        [r.class_name, f"{r.precision:.6f}", f"{r.recall:.6f}", f"{r.f1:.6f}", r.support]
+        for r in report.per_class
+    ]
+    files.write_text(os.path.join(output_dir, "per_class.csv"), _csv(per_class))
+    confusion = [["true \\ predicted", *report.class_names]] + [
+        [name, *row.tolist()]
+        for name, row in zip(report.class_names, report.confusion, strict=True)
+    ]
+    files.write_text(os.path.join(output_dir, "confusion_matrix.csv"), _csv(confusion))
+    mistakes = [["file_path", "true_class", "predicted_class", "probability"]] + [
+        [m.file_path, m.true_class, m.predicted_class, f"{m.probability:.6f}"]
+        for m in report.mistakes
+    ]
+    files.write_text(os.path.join(output_dir, "mistakes.csv"), _csv(mistakes))
+    files.write_json(os.path.join(output_dir, "metrics.json"), report.metrics.to_json())
 
 
 def summary_table(report: Report, *, worst: int = 5) -> str:
     """A short human summary: headline metrics and the classes with the lowest F1."""
     m = report.metrics
     lines = [
-        f"images {m['num_images']}  classes {m['num_classes']}  accuracy {m['accuracy']:.4f}  "
-        f"top-5 {m['top5_accuracy']:.4f}  loss {m['loss']:.4f}",
-        f"macro precision {m['macro_precision']:.4f}  recall {m['macro_recall']:.4f}  F1 "
-        f"{m['macro_f1']:.4f}",
+        f"images {m.num_images}  classes {m.num_classes}  accuracy {m.accuracy:.4f}  "
+        f"top-5 {m.top5_accuracy:.4f}  loss {m.loss:.4f}",
+        f"macro precision {m.macro_precision:.4f}  recall {m.macro_recall:.4f}  "
+        f"F1 {m.macro_f1:.4f}",
     ]
-    rows = sorted(report.per_class, key=lambda r: (r["f1"], r["class"]))[:worst]
+    rows = sorted(report.per_class, key=lambda r: (r.f1, r.class_name))[:worst]
     if rows:
-        width = max([len("lowest F1 classes")] + [len(r["class"]) for r in rows])
+        width = max([len("lowest F1 classes")] + [len(r.class_name) for r in rows])
         lines.append(f"{'lowest F1 classes'.ljust(width)}  precision  recall     f1  support")
         for r in rows:
             lines.append(
-                f"{r['class'].ljust(width)}  {r['precision']:9.4f}  {r['recall']:6.4f}  "
-                f"{r['f1']:5.4f}  {r['support']:7d}"
+                f"{r.class_name.ljust(width)}  {r.precision:9.4f}  {r.recall:6.4f}  "
+                f"{r.f1:5.4f}  {r.support:7d}"
             )
     return "\n".join(lines)
 
@@ -284,6 +296,48 @@ def evaluate_folder(
     return evaluate_split(
         model_path, folder_for, strategy=strategy, batch_size=batch_size, num_mistakes=num_mistakes
     )
+
+
+def evaluate(config: EvaluateConfig, *, strategy: tf.distribute.Strategy) -> Report:
+    """The evaluation job: evaluates `config.model` on its split and writes the report.
+
+    The split is a labelled folder (`<data_dir>/<split>`, checked against the model's label
+    map) or a split of the fruits360 TFDS source.
+    """
+    data_config = config.data
+    if data_config.data_source == "tfds":
+        split = TFDS_SPLIT_NAMES[config.split.lower()]
+
+        def folder_for(class_names, image_size):
+            splits = sources.load_splits(dataclasses.replace(data_config, image_size=image_size))
+            listing.check_same_classes(
+                splits.class_names,
+                class_names,
+                where="the fruits360 TFDS dataset",
+                expected_as="the model's labels.txt",
+                noun="model class",
+            )
+            return getattr(splits, split)
+
+        report = evaluate_split(
+            config.model,
+            folder_for,
+            strategy=strategy,
+            batch_size=config.batch_size,
+            num_mistakes=config.num_mistakes,
+        )
+    else:
+        report = evaluate_folder(
+            config.model,
+            os.path.join(data_config.data_dir, config.split),
+            strategy=strategy,
+            batch_size=config.batch_size,
+            num_mistakes=config.num_mistakes,
+            skip_bad_images=data_config.skip_bad_images,
+            exclude_files=data.load_exclude_list(data_config.exclude_list),
+        )
+    save_report(config.resolved_output_dir(), report)
+    return report
 
 
 @dataclasses.dataclass(frozen=True)

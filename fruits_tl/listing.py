@@ -103,7 +103,8 @@ def check_label_map(
     if extra:
         raise UserInputError(
             f"The test folder '{test_dir}' has {len(extra)} class folder(s) that the training "
-            f"folder does not: {describe_unknown_classes(extra, train_classes, known_as='training class')}. "
+            "folder does not: "
+            f"{describe_unknown_classes(extra, train_classes, known_as='training class')}. "
             "Train and test must share one label map: rename or remove these folders."
         )
     missing = [name for name in train_classes if name not in set(test_classes)]

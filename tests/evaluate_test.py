@@ -32,26 +32,22 @@ def test_report_on_known_predictions():
     report = evaluate.compute_report(
         labels, probabilities, class_names=CLASSES, file_paths=paths, num_mistakes=5
     )
-    assert report.metrics["accuracy"] == pytest.approx(4 / 6)
-    assert report.metrics["top5_accuracy"] == 1.0
+    assert report.metrics.accuracy == pytest.approx(4 / 6)
+    assert report.metrics.top5_accuracy == 1.0
     expected_loss = -np.mean(np.log([0.9, 0.2, 0.8, 0.8, 0.3, 0.8]))
-    assert report.metrics["loss"] == pytest.approx(expected_loss)
+    assert report.metrics.loss == pytest.approx(expected_loss)
     np.testing.assert_array_equal(report.confusion, [[1, 1, 0], [0, 2, 0], [1, 0, 1]])
-    per_class = {r["class"]: r for r in report.per_class}
-    assert per_class["A"]["precision"] == pytest.approx(0.5) and per_class["A"][
-        "recall"
-    ] == pytest.approx(0.5)
-    assert per_class["B"]["precision"] == pytest.approx(2 / 3) and per_class["B"]["recall"] == 1.0
-    assert per_class["C"]["precision"] == 1.0 and per_class["C"]["recall"] == 0.5
-    assert per_class["B"]["f1"] == pytest.approx(0.8)
-    assert report.metrics["macro_f1"] == pytest.approx((0.5 + 0.8 + 2 / 3) / 3)
-    assert [m["file_path"] for m in report.mistakes] == ["1.jpg", "4.jpg"]
-    assert report.mistakes[0] == {
-        "file_path": "1.jpg",
-        "true_class": "A",
-        "predicted_class": "B",
-        "probability": 0.7,
-    }
+    per_class = {r.class_name: r for r in report.per_class}
+    assert per_class["A"].precision == pytest.approx(0.5)
+    assert per_class["A"].recall == pytest.approx(0.5)
+    assert per_class["B"].precision == pytest.approx(2 / 3) and per_class["B"].recall == 1.0
+    assert per_class["C"].precision == 1.0 and per_class["C"].recall == 0.5
+    assert per_class["B"].f1 == pytest.approx(0.8)
+    assert report.metrics.macro_f1 == pytest.approx((0.5 + 0.8 + 2 / 3) / 3)
+    assert [m.file_path for m in report.mistakes] == ["1.jpg", "4.jpg"]
+    assert report.mistakes[0] == evaluate.Mistake(
+        file_path="1.jpg", true_class="A", predicted_class="B", probability=0.7
+    )
 
 
 @pytest.fixture(scope="module")

@@ -5,6 +5,9 @@ set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 source "$repo/tools/setup_venv.sh"
 cd "$repo"
+# Format and lint first (ruff, pinned in the test extra; configured in pyproject.toml).
+ruff format --check fruits_tl tests tools
+ruff check fruits_tl tests tools
 set +e
 python -m pytest "$@"
 status=$?

@@ -7,8 +7,6 @@ Example:
 
 from __future__ import annotations
 
-import os
-
 from absl import flags
 
 from fruits_tl.cli import common
@@ -34,62 +32,24 @@ PROGRAM = "fruits-tl-evaluate"
 def _main(argv):
     common.reject_arguments(argv)
     common.require_data(["model"])
-    if FLAGS.num_mistakes < 0:
-        raise common.UserInputError(f"num_mistakes must be >= 0, got {FLAGS.num_mistakes}.")
-    from fruits_tl import data, distribute, evaluate
+    from fruits_tl import distribute, evaluate
+    from fruits_tl.config import EvaluateConfig
 
-    strategy = distribute.get_strategy(FLAGS.strategy)
-    if FLAGS.data_source == "tfds":
-        from fruits_tl import sources
-
-        split = {
-            "test": "test",
-            "training": "train",
-            "train": "train",
-            "validation": "validation",
-        }.get(FLAGS.split.lower())
-        if split is None:
-            raise common.UserInputError(
-                f"--split={FLAGS.split} is not a split of the TFDS source (Test, Training, "
-                "validation)."
-            )
-
-        def folder_for(class_names, image_size):
-            splits = sources.load_splits(common.data_config(image_size=image_size))
-            if splits.class_names != tuple(class_names):
-                raise common.UserInputError(
-                    "The fruits360 TFDS classes differ from the model's labels.txt."
-                )
-            return getattr(splits, split)
-
-        report = evaluate.evaluate_split(
-            FLAGS.model,
-            folder_for,
-            strategy=strategy,
-            batch_size=FLAGS.batch_size,
-            num_mistakes=FLAGS.num_mistakes,
-        )
-    else:
-        report = evaluate.evaluate_folder(
-            FLAGS.model,
-            os.path.join(FLAGS.data_dir, FLAGS.split),
-            strategy=strategy,
-            batch_size=FLAGS.batch_size,
-            num_mistakes=FLAGS.num_mistakes,
-            skip_bad_images=FLAGS.skip_bad_images,
-            exclude_files=data.load_exclude_list(FLAGS.exclude_list),
-        )
-    model_dir = (
-        FLAGS.model if os.path.isdir(FLAGS.model) else os.path.dirname(os.path.abspath(FLAGS.model))
+    config = EvaluateConfig(
+        model=FLAGS.model,
+        data=common.data_config(),
+        split=FLAGS.split,
+        output_dir=FLAGS.output_dir,
+        batch_size=FLAGS.batch_size,
+        num_mistakes=FLAGS.num_mistakes,
     )
-    output_dir = FLAGS.output_dir or os.path.join(model_dir, f"evaluation-{FLAGS.split}")
-    evaluate.save_report(output_dir, report)
+    report = evaluate.evaluate(config, strategy=distribute.get_strategy(FLAGS.strategy))
     print(evaluate.summary_table(report))
-    print(f"report: {output_dir}")
+    print(f"report: {config.resolved_output_dir()}")
     threshold = FLAGS.assert_accuracy_at_least
-    if threshold is not None and report.metrics["accuracy"] < threshold:
+    if threshold is not None and report.metrics.accuracy < threshold:
         print(
-            f"{PROGRAM}: accuracy {report.metrics['accuracy']:.4f} is below "
+            f"{PROGRAM}: accuracy {report.metrics.accuracy:.4f} is below "
             f"--assert_accuracy_at_least={threshold}"
         )
         return 1
