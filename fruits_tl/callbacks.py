@@ -5,6 +5,7 @@ The clock is a parameter so tests can check the arithmetic with a fake clock.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 
@@ -37,7 +38,10 @@ class ThroughputCallback(keras.callbacks.Callback):
     does not dilute the figure.
 
     With `tensorboard_dir`, images/s and the epoch's other logs are also written there as
-    TensorBoard scalars (one step per epoch).
+    TensorBoard scalars, one step per epoch, laid out as Keras's own TensorBoard callback lays
+    them out so that the curves overlay: `<dir>/train` and `<dir>/validation` runs, tags
+    `epoch_<metric>` (the `val_` prefix dropped in the validation run), plus
+    `epoch_images_per_second` in the train run.
 
     Attributes:
       epoch_seconds: Training-phase seconds of each finished epoch.
@@ -55,7 +59,7 @@ class ThroughputCallback(keras.callbacks.Callback):
         super().__init__()
         self.num_images = num_images
         self.tensorboard_dir = tensorboard_dir
-        self._writer = None
+        self._writers: dict = {}
         self.clock = clock
         self.log_name = log_name
         self.epoch_seconds: list[float] = []
@@ -89,14 +93,28 @@ class ThroughputCallback(keras.callbacks.Callback):
             rate,
         )
         if self.tensorboard_dir:
-            import tensorflow as tf
-
-            if self._writer is None:
-                self._writer = tf.summary.create_file_writer(self.tensorboard_dir)
-            scalars = {"images_per_second": rate}
-            scalars.update({k: v for k, v in (logs or {}).items() if isinstance(v, (int, float))})
-            with self._writer.as_default():
-                for key, value in scalars.items():
-                    write_scalar(key, value, step=epoch)
-            self._writer.flush()
+            self._write_scalars(epoch, rate, logs or {})
         self._start = None
+
+    def _write_scalars(self, epoch: int, rate: float, logs: dict) -> None:
+        import tensorflow as tf
+
+        runs: dict[str, dict[str, float]] = {"train": {"images_per_second": rate}, "validation": {}}
+        for key, value in logs.items():
+            if not isinstance(value, (int, float)) or key == "images_per_second":
+                continue
+            if key.startswith("val_"):
+                runs["validation"][key[len("val_") :]] = value
+            else:
+                runs["train"][key] = value
+        for run, scalars in runs.items():
+            if not scalars:
+                continue
+            if run not in self._writers:
+                self._writers[run] = tf.summary.create_file_writer(
+                    os.path.join(self.tensorboard_dir, run)
+                )
+            with self._writers[run].as_default():
+                for key, value in scalars.items():
+                    write_scalar(f"epoch_{key}", value, step=epoch)
+            self._writers[run].flush()

@@ -4,7 +4,7 @@ with --mode=images and with --mode=features, side by side.
 Each run is a separate `fruits-tl-train` process, started here as `python -m
 fruits_tl.cli.train_main` with flags made from the TrainConfig, as a user would run two
 commands: in one process the images run's live caches and iterators slowed the features
-run's extraction from about 480 to about 300 images/s. End to end means the job's
+run's extraction (BENCHMARKS.md section 7). End to end means the job's
 `total_seconds` from its metrics.json: data checks, (extraction,) training and the test
 evaluation. Modes alternate, repeat by repeat, so each ratio is side by side.
 """

@@ -14,10 +14,11 @@ import io
 import os
 from collections.abc import Callable
 
+import keras
 import numpy as np
 import tensorflow as tf
 
-from fruits_tl import data, files, image_checks, listing, pipeline, servable, sources
+from fruits_tl import data, files, image_checks, listing, pipeline, progress, servable, sources
 from fruits_tl.config import TFDS_SPLIT_NAMES, EvaluateConfig
 
 # Keras's SparseCategoricalCrossentropy clips probabilities to [epsilon, 1 - epsilon].
@@ -204,16 +205,38 @@ def summary_table(report: Report, *, worst: int = 5) -> str:
     return "\n".join(lines)
 
 
-def predict_batches(classifier: servable.Servable, batches: tf.data.Dataset) -> np.ndarray:
+class _PredictProgress(keras.callbacks.Callback):
+    """Feeds Keras's predict loop into a progress.Progress."""
+
+    def __init__(self, counter: progress.Progress):
+        super().__init__()
+        self.counter = counter
+
+    def on_predict_batch_end(self, batch, logs=None):
+        outputs = (logs or {}).get("outputs")
+        self.counter.add(len(outputs) if outputs is not None else 0)
+
+
+def predict_batches(
+    classifier: servable.Servable, batches: tf.data.Dataset, *, count: int
+) -> np.ndarray:
     """Class probabilities for the route's `(uint8 images, labels)` batches, in order.
 
     A Keras model runs through `predict` (under the strategy it was loaded in); the other
-    formats take one batch at a time.
+    formats take one batch at a time. `count` images are expected (for the progress line).
     """
+    counter = progress.Progress(count, label=f"predict ({classifier.format})")
     images = batches.map(lambda pixels, labels: pixels)
     if classifier.keras_model is not None:
-        return np.asarray(classifier.keras_model.predict(images, verbose=0))
-    outputs = [classifier.predict_pixels(batch) for batch in images.as_numpy_iterator()]
+        result = np.asarray(
+            classifier.keras_model.predict(images, verbose=0, callbacks=[_PredictProgress(counter)])
+        )
+        counter.finish()
+        return result
+    outputs = []
+    for batch in images.as_numpy_iterator():
+        outputs.append(classifier.predict_pixels(batch))
+        counter.add(len(batch))
     return (
         np.concatenate(outputs)
         if outputs
@@ -246,7 +269,7 @@ def evaluate_split(
         output="uint8",
         min_batch_size=strategy.num_replicas_in_sync,
     )
-    probabilities = predict_batches(classifier, batches)
+    probabilities = predict_batches(classifier, batches, count=len(folder))
     return compute_report(
         folder.labels,
         probabilities,
@@ -390,7 +413,7 @@ def predict_paths(
             output="uint8",
             min_batch_size=strategy.num_replicas_in_sync,
         )
-        probabilities = predict_batches(classifier, batches)
+        probabilities = predict_batches(classifier, batches, count=len(folder))
     by_path = dict(zip(good, probabilities, strict=True))
     k = min(top_k, len(class_names))
     results = []

@@ -20,13 +20,14 @@ import os
 import time
 import weakref
 import zipfile
+import zlib
 
 import keras
 import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from fruits_tl import data, decode, faults, files, model, pipeline, preprocess
+from fruits_tl import data, decode, faults, files, model, pipeline, preprocess, progress
 from fruits_tl.config import FEATURE_DTYPES
 from fruits_tl.errors import UserInputError
 
@@ -146,6 +147,7 @@ def run_extractor(
     feature_dtype: str = "float32",
     count: int = 0,
     verbose: bool = False,
+    label: str = "extract",
 ) -> tuple[np.ndarray, np.ndarray]:
     """Runs the extractor over uint8 `(images, labels)` batches of the route, in order.
 
@@ -157,7 +159,7 @@ def run_extractor(
     """
     distributed = strategy.experimental_distribute_dataset(batches)
     step = _extraction_step(extractor)
-    progress = keras.utils.Progbar(count or None, unit_name="image", verbose=1 if verbose else 0)
+    counter = progress.Progress(count, label=label, enabled=verbose)
     features, labels = [], []
     for images, batch_labels in distributed:
         batch_features, batch_labels = strategy.run(step, args=(images, batch_labels))
@@ -165,7 +167,7 @@ def run_extractor(
         batch_labels = strategy.gather(batch_labels, axis=0).numpy()
         features.append(batch_features.astype(feature_dtype))
         labels.append(batch_labels.astype(np.int32))
-        progress.add(len(batch_labels))
+        counter.add(len(batch_labels))
     features_array = np.concatenate(features) if features else np.zeros((0, 0), feature_dtype)
     labels_array = np.concatenate(labels) if labels else np.zeros((0,), np.int32)
     return features_array, labels_array
@@ -219,6 +221,7 @@ def extract_features(
         feature_dtype=feature_dtype,
         count=len(folder),
         verbose=verbose,
+        label=f"extract {folder.name}",
     )
     if not np.array_equal(labels_array, folder.labels):
         raise RuntimeError(f"extracted labels of split {folder.name} do not match its file order")
@@ -259,7 +262,7 @@ def load_feature_set(path: str) -> FeatureSet:
                 class_names=tuple(str(c) for c in stored["class_names"]),
                 fingerprint=str(stored["fingerprint"]),
             )
-    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as error:
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error) as error:
         raise UserInputError(f"The feature file '{path}' cannot be read: {error}") from None
 
 
@@ -313,8 +316,18 @@ def extract_or_reuse(
     if _read_fingerprint(features_dir) == fingerprint and all(
         os.path.exists(p) for p in paths.values()
     ):
-        loaded = {name: load_feature_set(path) for name, path in paths.items()}
-        if all(loaded[name].fingerprint == splits[name].fingerprint for name in splits):
+        try:
+            loaded = {name: load_feature_set(path) for name, path in paths.items()}
+        except UserInputError as error:
+            # A damaged file under a matching fingerprint (a disk error, a copy cut short): the
+            # features can be computed again, so that is what happens, with a warning.
+            logging.warning("Recomputing the features in %s: %s", features_dir, error)
+            loaded = None
+        if loaded is not None and all(
+            loaded[name].fingerprint == splits[name].fingerprint
+            and len(loaded[name]) == len(splits[name])
+            for name in splits
+        ):
             logging.info(
                 "Reusing the features in %s: their fingerprint matches this backbone and these "
                 "files.",

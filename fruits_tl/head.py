@@ -1,11 +1,9 @@
 """Training the classifier's head on cached backbone features, epochs in one compiled loop.
 
 On cached features a training step is a [batch, D] x [D, classes] product and an optimizer
-update: on 2 CPU cores about 200 microseconds. Driving it the way `Model.fit` does, one
-`tf.data` `get_next` per batch and Keras's metric objects per step, costs two to three
-times the step itself (measured: 25 epochs of the tutorial's recipe on 5,700 Fruits-360
-features took 2.5-3.7 s through `fit` with 32 steps per execution, 1.0-1.2 s here once
-traced, 1.5-1.7 s with the tracing in a fresh `fruits-tl-train` process). So here
+update: a fraction of a millisecond on a CPU. Driving it the way `Model.fit` does, one
+`tf.data` `get_next` per batch and Keras's metric objects per step, costs several times the
+step itself (BENCHMARKS.md section 7 has the measured figures). So here
 the features stay in memory as one tensor, and one `tf.function` call runs a whole epoch:
 an in-graph loop over the batches that gathers each by index, runs the head with `training=True`,
 takes the gradient of the loss and applies the compiled Keras optimizer, under the

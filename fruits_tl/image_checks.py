@@ -18,6 +18,12 @@ import time
 import numpy as np
 import tensorflow as tf
 
+from fruits_tl import progress
+
+# Files per batch of the decode-only passes: small enough for a progress line every few
+# hundred files, large enough that the per-batch work stays vectorised.
+PROGRESS_BATCH = 256
+
 
 @dataclasses.dataclass(frozen=True)
 class BadImage:
@@ -53,10 +59,7 @@ def decode_parallelism() -> int:
     """Parallel calls for a one-pass, decode-only tf.data map: twice the cores.
 
     Reading a file blocks in system calls, so with one call per core a core sits idle while
-    its call waits; and AUTOTUNE sometimes settles on too few. Measured on 2 cores, decoding
-    the 7,600 sample files six times each way: AUTOTUNE and 2 calls swung between about 5,200
-    and 15,000 images/s (about 1 core busy in the slow runs); 4 calls gave 11,600-14,100 every
-    time.
+    its call waits; and AUTOTUNE sometimes settles on too few (BENCHMARKS.md section 7).
     """
     return 2 * (os.cpu_count() or 1)
 
@@ -85,11 +88,14 @@ def find_bad_images(file_paths: list[str] | tuple[str, ...]) -> tuple[BadImage, 
 
     dataset = tf.data.Dataset.from_tensor_slices((tf.range(len(paths), dtype=tf.int64), paths))
     dataset = dataset.map(probe, num_parallel_calls=decode_parallelism(), deterministic=False)
-    dataset = dataset.ignore_errors().batch(4096)
+    dataset = dataset.ignore_errors().batch(PROGRESS_BATCH)
     decoded = np.zeros(len(paths), dtype=bool)
+    counter = progress.Progress(len(paths), label="decode check")
     for indices, shapes in dataset.as_numpy_iterator():
+        counter.add(len(indices))
         good = np.all(shapes > 0, axis=1)
         decoded[indices[good]] = True
+    counter.finish()
     return tuple(
         BadImage(path, decode_error_reason(path))
         for path, ok in zip(paths, decoded, strict=True)
@@ -139,10 +145,9 @@ def _probe(index, path, stand_in):
     """Per file, in parallel: read, decode, and the JPEG header's component count.
 
     One decode op for every format and no tf.cond, so the per-file work is the decode plus a
-    header parse (measured by process CPU time: about 200 microseconds per 100x100 JPEG,
-    against 155 for the decoder alone). The component count (4 for CMYK or YCCK, which decode
-    to 3 channels) comes from the file's own JPEG header, or a stand-in header for other
-    formats, discarded below.
+    header parse (BENCHMARKS.md section 3 has its cost). The component count (4 for CMYK or
+    YCCK, which decode to 3 channels) comes from the file's own JPEG header, or a stand-in
+    header for other formats, discarded below.
     """
     contents = tf.io.read_file(path)
     image = tf.io.decode_image(contents, channels=0, expand_animations=False)
@@ -177,7 +182,9 @@ def inspect_files(entries: list[tuple[str, str, str]]) -> tuple[list[FileFacts],
         deterministic=False,
     )
     dataset = (
-        dataset.ignore_errors().batch(1024).map(_digest_batch, num_parallel_calls=tf.data.AUTOTUNE)
+        dataset.ignore_errors()
+        .batch(PROGRESS_BATCH)
+        .map(_digest_batch, num_parallel_calls=tf.data.AUTOTUNE)
     )
     decoded = np.zeros(len(paths), dtype=bool)
     all_shapes = np.zeros((len(paths), 3), dtype=np.int64)
@@ -185,13 +192,16 @@ def inspect_files(entries: list[tuple[str, str, str]]) -> tuple[list[FileFacts],
     all_fingerprints = np.zeros(len(paths), dtype=np.uint64)
     heads: list = [b""] * len(paths)
     start = time.perf_counter()
+    counter = progress.Progress(len(paths), label="audit")
     for indices, shapes, components, batch_heads, fingerprints in dataset.as_numpy_iterator():
+        counter.add(len(indices))
         decoded[indices] = True
         all_shapes[indices] = shapes
         all_components[indices] = components
         all_fingerprints[indices] = np.ascontiguousarray(fingerprints).view("<u8")[:, 0]
         for i, head in zip(indices.tolist(), batch_heads.tolist(), strict=True):
             heads[i] = head
+    counter.finish()
     seconds = time.perf_counter() - start
     facts = []
     for index, (path, split, class_name) in enumerate(entries):

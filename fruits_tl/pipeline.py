@@ -27,7 +27,7 @@ from collections.abc import Callable
 import tensorflow as tf
 from absl import logging
 
-from fruits_tl import data, files, preprocess
+from fruits_tl import data, files, preprocess, progress
 from fruits_tl.errors import UserInputError
 
 OUTPUTS = ("uint8", "float32")
@@ -86,7 +86,11 @@ def _fill_file_cache(dataset: tf.data.Dataset, prefix: str, *, expected: int) ->
             os.unlink(path)
     files.write_text(owner_path, f"{socket.gethostname()} {os.getpid()}\n")
     try:
-        count = int(dataset.cache(prefix).reduce(tf.constant(0, tf.int64), lambda n, _: n + 1))
+        counter = progress.Progress(expected, label=f"file cache {os.path.basename(prefix)}")
+        count = 0
+        for labels in dataset.cache(prefix).map(lambda image, label: label).batch(256):
+            count += int(labels.shape[0])
+            counter.add(int(labels.shape[0]))
         if count != expected:
             raise RuntimeError(f"file cache {prefix} holds {count} elements, expected {expected}")
         files.write_text(prefix + ".complete", f"{count}\n")
@@ -269,8 +273,8 @@ def share_cpu_with_model(dataset: tf.data.Dataset) -> tf.data.Dataset:
     """Caps the input pipeline's threads at half the cores when the model runs on the CPU too.
 
     With no accelerator, decoding and the backbone compete for the same cores, and tf.data's
-    autotuner takes as many as it likes. Measured on 2 cores, extracting 5,700 Fruits-360
-    images: 278-608 images/s uncapped, 555-592 with the input on 1 thread.
+    autotuner takes as many as it likes: capped, extraction is faster and steadier
+    (BENCHMARKS.md section 7).
     """
     if tf.config.list_logical_devices("GPU"):
         return dataset

@@ -1,4 +1,9 @@
-"""Layering rules: flags only in fruits_tl/cli, nothing imports cli, import touches no device."""
+"""Layering rules, checked from the imports themselves.
+
+The layer table (DESIGN.md): imports point downward only, a job never imports another job,
+nothing imports the binaries, only the binaries define flags, and importing the package
+touches no device. A new module must be placed in the table.
+"""
 
 from __future__ import annotations
 
@@ -18,6 +23,111 @@ def _modules():
             if name.endswith(".py"):
                 path = os.path.join(root, name)
                 yield os.path.relpath(path, REPO), ast.parse(open(path, encoding="utf-8").read())
+
+
+# Lowest first. A module may import modules of its own layer or of a lower one; a job may not
+# import another job.
+LAYERS = {
+    "base": {
+        "errors",
+        "config",
+        "files",
+        "faults",
+        "progress",
+        "timing",
+        "listing",
+        "decode",
+        "preprocess",
+        "image_checks",
+        "data",
+        "download",
+    },
+    "route_and_models": {
+        "pipeline",
+        "model",
+        "distribute",
+        "extraction",
+        "head",
+        "callbacks",
+        "servable",
+        "sources",
+        "tfds_fruits360",
+    },
+    "jobs": {
+        "train",
+        "extract",
+        "evaluate",
+        "export",
+        "benchmark",
+        "audit",
+        "compare",
+        "synthetic",
+    },
+    "cli": {"cli"},
+}
+ORDER = list(LAYERS)
+
+
+def _layer_of(module: str) -> str:
+    top = module.split(".")[0]
+    for layer, members in LAYERS.items():
+        if top in members:
+            return layer
+    raise AssertionError(f"fruits_tl.{module} is in no layer of tests/architecture_test.py")
+
+
+def _package_imports(path: str, tree: ast.AST) -> list[tuple[int, str]]:
+    """(line, module under fruits_tl) for every import of the package, in functions too."""
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            if node.module == "fruits_tl":
+                found += [(node.lineno, alias.name) for alias in node.names]
+            elif node.module.startswith("fruits_tl."):
+                found.append((node.lineno, node.module[len("fruits_tl.") :]))
+        elif isinstance(node, ast.Import):
+            found += [
+                (node.lineno, alias.name[len("fruits_tl.") :])
+                for alias in node.names
+                if alias.name.startswith("fruits_tl.")
+            ]
+    return found
+
+
+def _offenders(name: str, path: str, tree: ast.AST) -> list[str]:
+    """The imports of module `name` that break the layer rules."""
+    own = _layer_of(name)
+    offenders = []
+    for line, imported in _package_imports(path, tree):
+        if imported == "__version__":
+            continue
+        theirs = _layer_of(imported)
+        if ORDER.index(theirs) > ORDER.index(own):
+            offenders.append(f"{path}:{line} ({own}) imports {imported} ({theirs}): points up")
+        elif own == theirs == "jobs" and imported.split(".")[0] != name.split(".")[0]:
+            offenders.append(f"{path}:{line}: job {name} imports job {imported}")
+    return offenders
+
+
+def test_imports_point_down_the_layer_table_and_jobs_import_no_job():
+    offenders = []
+    for path, tree in _modules():
+        name = os.path.splitext(os.path.relpath(path, "fruits_tl"))[0].replace(os.sep, ".")
+        if name != "__init__":
+            offenders += _offenders(name, path, tree)
+    assert offenders == []
+
+
+def test_the_layer_check_catches_an_upward_and_a_job_to_job_import():
+    upward = ast.parse("def f():\n    from fruits_tl import train\n")
+    assert _offenders("pipeline", "pipeline.py", upward) == [
+        "pipeline.py:2 (route_and_models) imports train (jobs): points up"
+    ]
+    sideways = ast.parse("from fruits_tl import evaluate, pipeline\nimport fruits_tl.cli.common\n")
+    assert _offenders("export", "export.py", sideways) == [
+        "export.py:1: job export imports job evaluate",
+        "export.py:2 (jobs) imports cli.common (cli): points up",
+    ]
 
 
 def test_only_cli_defines_absl_flags():

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
 
 from conftest import run_main
 
 from fruits_tl import benchmark, config, timing
-from fruits_tl.cli import bench_main, train_main
+from fruits_tl.cli import bench_main
 
 
 def test_verdict_names_the_bound():
@@ -116,29 +115,3 @@ def test_compare_modes_end_to_end(tiny_dataset, tmp_path, capsys, informative_we
         / comparison["features_metrics"]["total_seconds"]
     ]
     assert "faster end to end" in capsys.readouterr().out
-
-
-def test_tensorboard_scalars_from_training(tiny_dataset, tmp_path, capsys):
-    board = tmp_path / "tb"
-    code = run_main(
-        train_main,
-        [
-            f"--data_dir={tiny_dataset}",
-            f"--model_dir={tmp_path / 'run'}",
-            "--alpha=0.25",
-            "--image_size=32",
-            "--weights=none",
-            "--epochs=2",
-            "--batch_size=4",
-            "--verbose=0",
-            f"--tensorboard_dir={board}",
-        ],
-    )
-    assert code == 0, capsys.readouterr().err
-    import tensorflow as tf
-
-    tags = set()
-    for name in os.listdir(board):
-        for event in tf.compat.v1.train.summary_iterator(str(board / name)):
-            tags |= {value.tag for value in event.summary.value}
-    assert {"images_per_second", "loss", "val_accuracy"} <= tags

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -227,3 +228,25 @@ def test_a_split_with_fewer_images_than_replicas_extracts(data_dir):
     np.testing.assert_allclose(
         extracted.features, extractor(images, training=False).numpy(), rtol=1e-5, atol=1e-6
     )
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage"])
+def test_a_corrupt_feature_file_under_a_matching_fingerprint_is_recomputed(
+    tiny_dataset, tmp_path, caplog, damage
+):
+    splits = data.load_dataset(tiny_dataset, image_size=32)
+    backbone = model.build_backbone(image_size=32, alpha=0.25, weights="none")
+    first = _extract(splits, backbone, tmp_path / "f")
+    path = tmp_path / "f" / "train.npz"
+    content = path.read_bytes()
+    path.write_bytes(
+        content[: len(content) // 2] if damage == "truncated" else b"\x00" * len(content)
+    )
+    with caplog.at_level(logging.WARNING, logger="absl"):
+        again = _extract(splits, backbone, tmp_path / "f")
+    assert not again.reused
+    assert "Recomputing the features" in caplog.text and "train.npz" in caplog.text
+    np.testing.assert_array_equal(
+        again.feature_sets["train"].features, first.feature_sets["train"].features
+    )
+    assert _extract(splits, backbone, tmp_path / "f").reused  # The rewritten file is whole.

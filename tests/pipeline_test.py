@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import glob
+import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -163,3 +166,35 @@ def test_make_datasets_passes_the_replica_rule_to_every_split(data_dir):
     )
     assert [len(labels) for _, labels in datasets.test] == [4, 3, 2]
     assert min(len(labels) for _, labels in datasets.train) >= 2
+
+
+ORDER_SCRIPT = """
+import hashlib, json, sys
+from fruits_tl import data, pipeline
+splits = data.load_dataset(sys.argv[1], image_size=16)
+batches = pipeline.make_batches(splits.train, batch_size=4, training=True, seed=int(sys.argv[2]))
+print(json.dumps([
+    hashlib.sha256(images.numpy().tobytes()).hexdigest()[:12]
+    for epoch in range(2)
+    for images, _ in batches
+]))
+"""
+
+
+def test_the_same_seed_gives_the_same_order_in_another_process(tiny_dataset):
+    def order(seed):
+        result = subprocess.run(
+            [sys.executable, "-c", ORDER_SCRIPT, tiny_dataset, str(seed)],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"),
+        )
+        assert result.returncode == 0, result.stderr[-2000:]
+        return json.loads(result.stdout.strip().splitlines()[-1])
+
+    first, again, other = order(42), order(42), order(43)
+    assert len(first) == 10  # 18 images in batches of 4, two epochs.
+    assert first == again
+    assert first != other
+    assert first[:5] != first[5:]  # Reshuffled every epoch.

@@ -9,11 +9,12 @@ import shutil
 import tempfile
 
 import numpy as np
+import pytest
 import tensorflow_datasets as tfds
 from conftest import run_main
 
 from fruits_tl import data, synthetic, tfds_fruits360
-from fruits_tl.cli import train_main
+from fruits_tl.cli import evaluate_main, train_main
 
 
 def _write_fake_fruits(directory: str) -> str:
@@ -93,6 +94,35 @@ def test_tfds_source_trains_with_the_folder_class_order(tmp_path, caplog, capsys
     metrics = json.loads((model_dir / "metrics.json").read_text())
     assert (metrics["num_train_images"], metrics["num_test_images"]) == (12, 6)
     assert (model_dir / "labels.txt").read_text().splitlines() == list(folder.class_names)
+    # Evaluation of the TFDS test split: the same figures as training reported.
+    out = tmp_path / "evaluation"
+    code = run_main(
+        evaluate_main,
+        [
+            "--data_source=tfds",
+            f"--tfds_data_dir={records}",
+            f"--model={model_dir}",
+            "--split=Test",
+            f"--output_dir={out}",
+        ],
+    )
+    assert code == 0, capsys.readouterr().err
+    evaluated = json.loads((out / "metrics.json").read_text())
+    assert evaluated["num_images"] == 6
+    assert evaluated["accuracy"] == pytest.approx(metrics["test_accuracy"], rel=1e-6)
+    assert evaluated["loss"] == pytest.approx(metrics["test_loss"], rel=1e-4)
+    code = run_main(
+        evaluate_main,
+        [
+            "--data_source=tfds",
+            f"--tfds_data_dir={records}",
+            f"--model={model_dir}",
+            "--split=Holdout",
+        ],
+    )
+    assert (
+        code == 2 and "--split=Holdout is not a split of the TFDS source" in capsys.readouterr().err
+    )
 
 
 def test_tfds_load_works_once_the_package_is_imported(tmp_path):

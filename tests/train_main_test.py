@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 
@@ -9,8 +10,8 @@ import numpy as np
 import pytest
 from conftest import run_main
 
-from fruits_tl import model
-from fruits_tl.cli import train_main
+from fruits_tl import model, train
+from fruits_tl.cli import evaluate_main, train_main
 
 TINY = [
     "--alpha=0.25",
@@ -20,21 +21,6 @@ TINY = [
     "--batch_size=4",
     "--verbose=0",
 ]
-METRIC_KEYS = {
-    "test_accuracy",
-    "test_top5_accuracy",
-    "test_loss",
-    "num_classes",
-    "num_train_images",
-    "num_test_images",
-    "epochs",
-    "train_seconds",
-    "train_images_per_second",
-    "strategy",
-    "total_seconds",
-    "num_replicas",
-    "global_batch_size",
-}
 
 
 @pytest.mark.parametrize("strategy, replicas", [("default", 1), ("mirrored", 2)])
@@ -69,7 +55,7 @@ def test_trains_and_writes_everything(data_dir, tmp_path, capsys, strategy, repl
         "train.npz",
     ]
     metrics = json.loads((model_dir / "metrics.json").read_text())
-    assert METRIC_KEYS <= set(metrics)
+    assert set(metrics) == {field.name for field in dataclasses.fields(train.TrainMetrics)}
     assert metrics["strategy"] == strategy and metrics["num_replicas"] == replicas
     assert metrics["mode"] == "features" and metrics["mode_reason"].startswith(
         "auto: this version always freezes"
@@ -80,7 +66,18 @@ def test_trains_and_writes_everything(data_dir, tmp_path, capsys, strategy, repl
         18,
         9,
     )
-    assert 0.0 <= metrics["test_accuracy"] <= 1.0 and metrics["train_images_per_second"] > 0
+    assert metrics["train_images_per_second"] == pytest.approx(18 * 1 / metrics["train_seconds"])
+    # The saved model, evaluated on its own, reproduces the job's test figures.
+    out = tmp_path / "evaluation"
+    assert (
+        run_main(
+            evaluate_main, [f"--model={model_dir}", f"--data_dir={data_dir}", f"--output_dir={out}"]
+        )
+        == 0
+    )
+    evaluated = json.loads((out / "metrics.json").read_text())
+    assert evaluated["accuracy"] == pytest.approx(metrics["test_accuracy"], rel=1e-6)
+    assert evaluated["loss"] == pytest.approx(metrics["test_loss"], rel=1e-4)
     assert (model_dir / "labels.txt").read_text().splitlines() == [
         "Apple Red",
         "Banana",
@@ -195,3 +192,34 @@ def test_a_failed_run_leaves_an_existing_model_dir_untouched(data_dir, tmp_path,
     assert run_main(train_main, [f"--data_dir={data_dir}", f"--model_dir={model_dir}", *TINY]) == 2
     assert "'Bananas' (closest training class: 'Banana')" in capsys.readouterr().err
     assert snapshot() == before
+
+
+def test_validation_split_beside_a_test_folder(data_dir, tmp_path, capsys):
+    model_dir = tmp_path / "run"
+    args = [f"--data_dir={data_dir}", f"--model_dir={model_dir}", "--validation_split=0.34", *TINY]
+    assert run_main(train_main, args) == 0, capsys.readouterr().err
+    metrics = json.loads((model_dir / "metrics.json").read_text())
+    # 6 training images per class: 2 of each held out (seeded, stratified); Test stays the test.
+    assert (
+        metrics["num_train_images"],
+        metrics["num_validation_images"],
+        metrics["num_test_images"],
+    ) == (
+        12,
+        6,
+        9,
+    )
+    assert metrics["test_source"] == "test folder"
+    assert sorted(os.listdir(model_dir / "features")) == [
+        "fingerprint.json",
+        "labels.txt",
+        "test.npz",
+        "train.npz",
+        "validation.npz",
+    ]
+    history = (model_dir / "history.csv").read_text().splitlines()[0].split(",")
+    assert "val_accuracy" in history
+    validation = np.load(model_dir / "features" / "validation.npz")
+    train_files = set(np.load(model_dir / "features" / "train.npz")["file_paths"])
+    assert not train_files & set(validation["file_paths"])
+    assert all(os.sep + "Training" + os.sep in path for path in validation["file_paths"])
