@@ -11,12 +11,15 @@ import os
 import sys
 import textwrap
 
-# Quiet TensorFlow's C++ INFO and WARNING lines (cuda probing, rendezvous aborts on a
-# deliberately undecodable file) unless the user asked for them.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# Quiet TensorFlow's C++ log lines (CUDA probing and the failed cuInit on a CPU-only machine,
+# the oneDNN notice, rendezvous aborts on a deliberately undecodable file) unless the user
+# asked for them: real failures reach the user as the binary's own message. native_log
+# applies the level to the lines TensorFlow 2.21 prints before its logging starts.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 from absl import app, flags  # noqa: E402
 
+from fruits_tl.cli import native_log  # noqa: E402
 from fruits_tl.errors import UserInputError  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -157,9 +160,8 @@ DATA_FLAGS = (
     "manual_dir",
 )
 QUIET_NOTE = (
-    "\nThe binaries set TF_CPP_MIN_LOG_LEVEL=2 (unless it is set) to quiet TensorFlow's C++ "
-    "logging; run with TF_CPP_MIN_LOG_LEVEL=0 to see all of it. TensorFlow 2.21 still prints a "
-    "few start-up lines (CUDA probing, the oneDNN notice) before that setting takes effect.\n"
+    "\nTensorFlow's C++ log lines are hidden: the binaries set TF_CPP_MIN_LOG_LEVEL=3 unless it "
+    "is set. Run with TF_CPP_MIN_LOG_LEVEL=0 to see them all (2: errors only).\n"
 )
 
 
@@ -282,6 +284,7 @@ def main_runner(main):
         entry = sys.modules.get("__main__")
         if entry is not None:
             entry.__doc__ = (sys.modules[main.module_name].__doc__ or "") + QUIET_NOTE
+        native_log.filter_stderr()
         app.run(main)
 
     return run

@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
 def run(argv: list[str] | None = None) -> None:
@@ -25,6 +25,9 @@ def run(argv: list[str] | None = None) -> None:
     from tensorflow_datasets.scripts.cli import build, cli_utils
 
     import fruits_tl.tfds_fruits360  # noqa: F401  (registers the fruits360 builder)
+    from fruits_tl.cli import native_log
+
+    native_log.filter_stderr()
 
     parse = cli_utils.make_flags_parser(
         build.Args, description="tfds build, with the fruits360 builder registered"

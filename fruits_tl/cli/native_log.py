@@ -1,0 +1,68 @@
+"""TF_CPP_MIN_LOG_LEVEL for the C++ log lines TensorFlow 2.21 prints before its logging starts.
+
+TensorFlow sets up its C++ logging (absl) only after importing and probing devices, and the
+lines it writes before that ("Could not find cuda drivers", the oneDNN notice, cuInit
+errors, absl's "All log messages before absl::InitializeLog() ..." preamble) ignore
+TF_CPP_MIN_LOG_LEVEL (tensorflow/tensorflow#100442, open). The binaries therefore route file
+descriptor 2 through a pipe and drop those lines below the level TF_CPP_MIN_LOG_LEVEL asks
+for (0 shows everything: I, W, E lines; 2 drops I and W; 3, the binaries' default, drops E
+too). Every other line, the binaries' own messages included, passes through unchanged.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import re
+import sys
+import threading
+
+# absl's C++ log prefix: severity, MMDD hh:mm:ss.micros, thread id, file:line].
+NATIVE_LINE = re.compile(r"^([IWEF])\d{4} [\d:]+\.\d+\s+\d+ \S+:\d+\] ")
+PREAMBLE = "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR"
+SEVERITY = {"I": 0, "W": 1, "E": 2, "F": 3}
+
+
+def hidden(line: str, level: int) -> bool:
+    """Whether TF_CPP_MIN_LOG_LEVEL=`level` hides this stderr line."""
+    match = NATIVE_LINE.match(line)
+    if match:
+        return SEVERITY[match.group(1)] < level
+    if line.startswith(PREAMBLE):
+        return level >= 2  # It is a warning.
+    return False
+
+
+def min_log_level() -> int:
+    try:
+        return int(os.environ.get("TF_CPP_MIN_LOG_LEVEL", "0"))
+    except ValueError:
+        return 0
+
+
+def filter_stderr() -> None:
+    """Drops the hidden lines from everything this process writes to file descriptor 2."""
+    level = min_log_level()
+    if level <= 0:
+        return
+    read_end, write_end = os.pipe()
+    original = os.dup(2)
+    sys.stderr.flush()
+    os.dup2(write_end, 2)
+    os.close(write_end)
+
+    def forward():
+        with os.fdopen(read_end, "rb") as lines:
+            for raw in lines:
+                if not hidden(raw.decode("utf-8", "replace"), level):
+                    os.write(original, raw)
+
+    thread = threading.Thread(target=forward, name="native-log-filter", daemon=True)
+    thread.start()
+
+    def restore():
+        sys.stderr.flush()
+        os.dup2(original, 2)  # Closes the pipe's last write end: the reader sees its end.
+        thread.join(timeout=5)
+
+    atexit.register(restore)

@@ -1,0 +1,50 @@
+"""The binaries hide TensorFlow's early C++ log lines below TF_CPP_MIN_LOG_LEVEL."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+from fruits_tl.cli import native_log
+
+ONEDNN = (
+    "I0000 00:00:1795961381.708766   10823 port.cc:153] oneDNN custom operations are on. "
+    "You may see slightly different numerical results.\n"
+)
+CUINIT = (
+    "E0000 00:00:1795961382.864567   10823 cuda_platform.cc:52] failed call to cuInit: "
+    "INTERNAL: CUDA error\n"
+)
+LATER = "W1129 13:44:09.960997 139911330737024 export.py:210] a warning after start-up\n"
+
+
+def test_levels_follow_tensorflows_meaning():
+    assert [native_log.hidden(line, 0) for line in (ONEDNN, CUINIT, LATER)] == [False] * 3
+    assert [native_log.hidden(line, 2) for line in (ONEDNN, CUINIT, LATER)] == [True, False, True]
+    assert [native_log.hidden(line, 3) for line in (ONEDNN, CUINIT, LATER)] == [True] * 3
+    assert native_log.hidden(native_log.PREAMBLE + "\n", 2)
+    assert not native_log.hidden("fruits-tl-predict: error: There is no model\n", 3)
+
+
+def test_a_binary_shows_its_error_and_hides_tensorflows_start_up_lines(tmp_path):
+    script = os.path.join(os.path.dirname(sys.executable), "fruits-tl-predict")
+    image = tmp_path / "x.jpg"
+    image.write_bytes(b"not read")
+    command = [script, f"--model={tmp_path / 'nowhere'}", str(image)]
+    quiet = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    result = subprocess.run(command, capture_output=True, text=True, env=quiet, timeout=300)
+    assert result.returncode == 2
+    assert result.stderr.strip().startswith("fruits-tl-predict: error: There is no model at"), (
+        result.stderr
+    )
+    loud = subprocess.run(
+        command,
+        capture_output=True,
+        text=True,
+        env=dict(quiet, TF_CPP_MIN_LOG_LEVEL="0"),
+        timeout=300,
+    )
+    assert loud.returncode == 2 and "There is no model at" in loud.stderr
+    # TensorFlow 2.21 on a CPU-only machine logs its CUDA probing at import: shown at level 0.
+    assert any(native_log.NATIVE_LINE.match(line) for line in loud.stderr.splitlines()), loud.stderr
