@@ -21,13 +21,13 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 def run(argv: list[str] | None = None) -> None:
     """Parses `tfds build` arguments and executes TFDS's build command."""
+    from fruits_tl.cli import native_log
+
+    native_log.filter_stderr()  # Before TensorFlow is imported: it logs at import.
     from absl import app
     from tensorflow_datasets.scripts.cli import build, cli_utils
 
     import fruits_tl.tfds_fruits360  # noqa: F401  (registers the fruits360 builder)
-    from fruits_tl.cli import native_log
-
-    native_log.filter_stderr()
 
     parse = cli_utils.make_flags_parser(
         build.Args, description="tfds build, with the fruits360 builder registered"
