@@ -218,21 +218,30 @@ class _PredictProgress(keras.callbacks.Callback):
 
 
 def predict_batches(
-    classifier: servable.Servable, batches: tf.data.Dataset, *, count: int
+    classifier: servable.Servable, batches: tf.data.Dataset, *, count: int, min_batch_size: int = 1
 ) -> np.ndarray:
     """Class probabilities for the route's `(uint8 images, labels)` batches, in order.
 
     A Keras model runs through `predict` (under the strategy it was loaded in); the other
     formats take one batch at a time. `count` images are expected (for the progress line).
+
+    `min_batch_size` is the strategy's number of replicas: `make_batches` keeps every batch at
+    least that large when it can, but a split with fewer images than replicas still leaves a
+    replica with none, and oneDNN's convolution fails on an empty batch on some CPUs. Such a
+    batch is padded with copies of its last image, whose outputs are dropped.
     """
     counter = progress.Progress(count, label=f"predict ({classifier.format})")
     images = batches.map(lambda pixels, labels: pixels)
+    padded = 0
+    if classifier.keras_model is not None and 0 < count < min_batch_size:
+        padded = min_batch_size - count
+        images = images.map(lambda x: tf.concat([x, tf.repeat(x[-1:], padded, axis=0)], axis=0))
     if classifier.keras_model is not None:
         result = np.asarray(
             classifier.keras_model.predict(images, verbose=0, callbacks=[_PredictProgress(counter)])
         )
         counter.finish()
-        return result
+        return result[: len(result) - padded]
     outputs = []
     for batch in images.as_numpy_iterator():
         outputs.append(classifier.predict_pixels(batch))
@@ -269,7 +278,9 @@ def evaluate_split(
         output="uint8",
         min_batch_size=strategy.num_replicas_in_sync,
     )
-    probabilities = predict_batches(classifier, batches, count=len(folder))
+    probabilities = predict_batches(
+        classifier, batches, count=len(folder), min_batch_size=strategy.num_replicas_in_sync
+    )
     return compute_report(
         folder.labels,
         probabilities,
@@ -413,7 +424,9 @@ def predict_paths(
             output="uint8",
             min_batch_size=strategy.num_replicas_in_sync,
         )
-        probabilities = predict_batches(classifier, batches, count=len(folder))
+        probabilities = predict_batches(
+            classifier, batches, count=len(folder), min_batch_size=strategy.num_replicas_in_sync
+        )
     by_path = dict(zip(good, probabilities, strict=True))
     k = min(top_k, len(class_names))
     results = []

@@ -194,3 +194,29 @@ def test_extract_binary_from_weights_and_from_a_model(trained, tiny_dataset, tmp
         == 0
     )
     assert "reused the features" in capsys.readouterr().out
+
+
+def test_predict_one_image_on_two_replicas_takes_the_route(trained, tiny_dataset, capsys):
+    """One image under MirroredStrategy: the route's smallest batch keeps no replica empty."""
+    folder = os.path.join(tiny_dataset, "Test", "Banana")
+    one = os.path.join(folder, sorted(os.listdir(folder))[0])
+    code = run_main(
+        predict_main, [f"--model={trained}", "--strategy=mirrored", "--output=json", one]
+    )
+    assert code == 0, capsys.readouterr().err
+    mirrored = json.loads(capsys.readouterr().out)
+    assert (
+        run_main(predict_main, [f"--model={trained}", "--strategy=default", "--output=json", one])
+        == 0
+    )
+    single = json.loads(capsys.readouterr().out)
+    assert mirrored["top"][0]["class"] == single["top"][0]["class"] == "Banana"
+    assert mirrored["top"][0]["probability"] == pytest.approx(
+        single["top"][0]["probability"], rel=1e-5
+    )
+
+
+def test_cache_is_refused_where_it_cannot_apply(trained, tiny_dataset, tmp_path, capsys):
+    args = [f"--model={trained}", f"--data_dir={tiny_dataset}", f"--cache={tmp_path / 'c'}"]
+    assert run_main(evaluate_main, args) == 2
+    assert "fruits-tl-evaluate does not use --cache" in capsys.readouterr().err

@@ -189,3 +189,31 @@ def test_offline_without_manual_data_is_one_clear_error(tmp_path, monkeypatch):
         tfds_fruits360.prepare(
             tfds_data_dir=str(tmp_path / "records"), manual_dir=str(tmp_path / "empty")
         )
+
+
+def test_records_rebuilt_with_the_same_count_get_a_new_fingerprint(tmp_path):
+    records = str(tmp_path / "records")
+    first_source = tmp_path / "first"
+    _write_fake_fruits(str(first_source))
+    first = tfds_fruits360.load_tfds_splits(
+        tfds_data_dir=records, manual_dir=str(first_source), image_size=32
+    )
+    again = tfds_fruits360.load_tfds_splits(
+        tfds_data_dir=records, manual_dir=str(first_source), image_size=32
+    )
+    assert again.train.fingerprint == first.train.fingerprint
+    # Same classes and counts, other pixels (another seed), prepared again in the same place.
+    second_source = tmp_path / "second"
+    synthetic.write_synthetic_dataset(
+        str(second_source / "Fruit-Images-Dataset-master"),
+        num_classes=3,
+        train_per_class=4,
+        test_per_class=2,
+        seed=99,
+    )
+    shutil.rmtree(records)
+    rebuilt = tfds_fruits360.load_tfds_splits(
+        tfds_data_dir=records, manual_dir=str(second_source), image_size=32
+    )
+    assert len(rebuilt.train) == len(first.train)
+    assert rebuilt.train.fingerprint != first.train.fingerprint

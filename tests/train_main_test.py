@@ -223,3 +223,20 @@ def test_validation_split_beside_a_test_folder(data_dir, tmp_path, capsys):
     train_files = set(np.load(model_dir / "features" / "train.npz")["file_paths"])
     assert not train_files & set(validation["file_paths"])
     assert all(os.sep + "Training" + os.sep in path for path in validation["file_paths"])
+
+
+def test_a_file_cache_is_filled_by_features_mode_and_read_by_images_mode(
+    data_dir, tmp_path, capsys
+):
+    prefix = tmp_path / "cache" / "fruits"
+    args = [f"--data_dir={data_dir}", f"--cache={prefix}", *TINY]
+    assert (
+        run_main(train_main, [f"--model_dir={tmp_path / 'features'}", "--mode=features", *args])
+        == 0
+    )
+    complete = sorted(p.name for p in prefix.parent.iterdir() if p.name.endswith(".complete"))
+    assert len(complete) == 2  # train and test, filled by the extraction pass.
+    before = {p.name: p.stat().st_mtime_ns for p in prefix.parent.iterdir()}
+    assert run_main(train_main, [f"--model_dir={tmp_path / 'images'}", "--mode=images", *args]) == 0
+    after = {p.name: p.stat().st_mtime_ns for p in prefix.parent.iterdir()}
+    assert after == before  # Read, not rewritten.
