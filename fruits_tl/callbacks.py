@@ -84,6 +84,7 @@ class ThroughputCallback(keras.callbacks.Callback):
         self.images_per_second.append(rate)
         if logs is not None:
             logs["images_per_second"] = rate
+            logs["epoch_seconds"] = seconds
         logging.info(
             "epoch %d: %s %d images in %.2f s, %.1f images/s",
             epoch + 1,
@@ -101,7 +102,7 @@ class ThroughputCallback(keras.callbacks.Callback):
 
         runs: dict[str, dict[str, float]] = {"train": {"images_per_second": rate}, "validation": {}}
         for key, value in logs.items():
-            if not isinstance(value, (int, float)) or key == "images_per_second":
+            if not isinstance(value, (int, float)) or key in ("images_per_second", "epoch_seconds"):
                 continue
             if key.startswith("val_"):
                 runs["validation"][key[len("val_") :]] = value

@@ -135,6 +135,15 @@ class TrainConfig:
       features_dir: Where features are stored and reused; "" means `<model_dir>/features`.
       feature_dtype: "float32" or "float16" for stored features.
       tensorboard_dir: Also write per-epoch images/s and metrics as TensorBoard scalars here.
+      checkpoint_dir: Where checkpoints go; "" means `<model_dir>/checkpoints`.
+      checkpoint_every_steps: Checkpoint after every this many training steps too; 0 for once
+        per epoch only.
+      keep_checkpoints: How many of the most recent checkpoints to keep while training.
+      keep_checkpoints_on_success: Keep them after the job finishes (removed otherwise).
+      restart: Remove the checkpoints and start from the first step.
+      deterministic: Seeded, op-deterministic training (keras.utils.set_random_seed and
+        tf.config.experimental.enable_op_determinism): the same weights on every run.
+      extract_chunk_images: Images per stored chunk of the extraction (features mode).
     """
 
     data: DataConfig
@@ -150,9 +159,29 @@ class TrainConfig:
     features_dir: str = ""
     feature_dtype: str = "float32"
     tensorboard_dir: str = ""
+    checkpoint_dir: str = ""
+    checkpoint_every_steps: int = 0
+    keep_checkpoints: int = 1
+    keep_checkpoints_on_success: bool = False
+    restart: bool = False
+    deterministic: bool = False
+    extract_chunk_images: int = 2048
 
     def __post_init__(self) -> None:
         _require(bool(self.model_dir), "model_dir is required: where the model is written.")
+        _require(
+            self.checkpoint_every_steps >= 0,
+            "checkpoint_every_steps must be >= 0 (0: once per epoch), got "
+            f"{self.checkpoint_every_steps}.",
+        )
+        _require(
+            self.keep_checkpoints >= 1,
+            f"keep_checkpoints must be >= 1, got {self.keep_checkpoints}.",
+        )
+        _require(
+            self.extract_chunk_images >= 1,
+            f"extract_chunk_images must be >= 1, got {self.extract_chunk_images}.",
+        )
         _require(
             1 <= self.batch_size <= 65536,
             f"batch_size must be in [1, 65536], got {self.batch_size}.",
@@ -186,6 +215,9 @@ class TrainConfig:
 
     def resolved_features_dir(self) -> str:
         return self.features_dir or os.path.join(self.model_dir, "features")
+
+    def resolved_checkpoint_dir(self) -> str:
+        return self.checkpoint_dir or os.path.join(self.model_dir, "checkpoints")
 
 
 EXPORT_FORMATS = ("saved_model", "tflite")
@@ -329,6 +361,7 @@ class ExtractConfig:
       batch_size: Global batch size.
       feature_dtype: "float32" or "float16".
       verbose: Show progress.
+      chunk_images: Images per stored chunk (a killed extraction's rerun reuses whole chunks).
     """
 
     data: DataConfig
@@ -338,9 +371,13 @@ class ExtractConfig:
     batch_size: int = 32
     feature_dtype: str = "float32"
     verbose: bool = True
+    chunk_images: int = 2048
 
     def __post_init__(self) -> None:
         _require(bool(self.features_dir), "features_dir is required: where the features go.")
+        _require(
+            self.chunk_images >= 1, f"extract_chunk_images must be >= 1, got {self.chunk_images}."
+        )
         _require(
             1 <= self.batch_size <= 65536,
             f"batch_size must be in [1, 65536], got {self.batch_size}.",

@@ -11,7 +11,7 @@ import dataclasses
 
 import tensorflow as tf
 
-from fruits_tl import distribute, extraction, listing, model, sources
+from fruits_tl import distribute, extraction, listing, model, sources, stopping
 from fruits_tl.config import ExtractConfig
 
 
@@ -46,14 +46,17 @@ def extract(config: ExtractConfig, *, strategy: tf.distribute.Strategy) -> extra
             backbone = model.build_backbone(
                 image_size=data_config.image_size, alpha=alpha, weights=config.model.weights
             )
-    return extraction.extract_or_reuse(
-        splits.named(),
-        backbone=backbone,
-        alpha=alpha,
-        image_size=data_config.image_size,
-        features_dir=config.features_dir,
-        strategy=strategy,
-        batch_size=config.batch_size,
-        feature_dtype=config.feature_dtype,
-        verbose=config.verbose,
-    )
+    with stopping.GracefulStop() as stop:
+        return extraction.extract_or_reuse(
+            splits.named(),
+            backbone=backbone,
+            alpha=alpha,
+            image_size=data_config.image_size,
+            features_dir=config.features_dir,
+            strategy=strategy,
+            batch_size=config.batch_size,
+            feature_dtype=config.feature_dtype,
+            verbose=config.verbose,
+            chunk_images=config.chunk_images,
+            stop=stop,
+        )

@@ -13,6 +13,7 @@ first, each `.npz` is written atomically, and `fingerprint.json` is written last
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -30,8 +31,11 @@ from absl import logging
 from fruits_tl import data, decode, faults, files, model, pipeline, preprocess, progress
 from fruits_tl.config import FEATURE_DTYPES
 from fruits_tl.errors import UserInputError
+from fruits_tl.stopping import GracefulStop
 
 FINGERPRINT_FILE = "fingerprint.json"
+# Images per stored chunk of an extraction: a killed run loses at most this much work.
+DEFAULT_CHUNK_IMAGES = 2048
 FORMAT_VERSION = 1
 
 
@@ -274,6 +278,18 @@ def _read_fingerprint(features_dir: str) -> dict | None:
         return None
 
 
+def _load_chunk(path: str, fingerprint: str, count: int) -> FeatureSet | None:
+    """A stored chunk if it is complete and holds what `fingerprint` names, else None."""
+    if not os.path.exists(path):
+        return None
+    try:
+        part = load_feature_set(path)
+    except UserInputError as error:
+        logging.warning("Recomputing a damaged chunk: %s", error)
+        return None
+    return part if part.fingerprint == fingerprint and len(part) == count else None
+
+
 def extract_or_reuse(
     splits: dict[str, data.ImageFolder],
     *,
@@ -286,8 +302,18 @@ def extract_or_reuse(
     feature_dtype: str = "float32",
     cache: str = "none",
     verbose: bool = True,
+    chunk_images: int = DEFAULT_CHUNK_IMAGES,
+    stop: GracefulStop | None = None,
 ) -> Extraction:
     """Returns the features of every split, reusing `features_dir` when its fingerprint matches.
+
+    The work is stored in chunks of about `chunk_images` images (`<split>.chunk-<k>.npz`, a
+    multiple of the batch size), each written atomically with a fingerprint of what it holds,
+    so a killed extraction's rerun reuses the complete chunks and computes only the rest; the
+    chunks of a split become its `<split>.npz` once all are there. The chunking is the same in
+    every run, so the final files are identical whether or not a run was interrupted. A
+    file cache is filled in one pass per split (it caches whole splits), so with one the
+    extraction resumes per split.
 
     Args:
       splits: Split name -> ImageFolder (one label map).
@@ -301,6 +327,8 @@ def extract_or_reuse(
       cache: The route's cache for the one pass: "none", or a file prefix to fill a file
         cache that later image-mode runs read ("memory" would hold images never read again).
       verbose: Progress bars.
+      chunk_images: Images per stored chunk (rounded up to a multiple of batch_size).
+      stop: Checked after every chunk: a stop request raises StopRequested there.
 
     Returns:
       The Extraction.
@@ -360,19 +388,74 @@ def extract_or_reuse(
         extractor = model.build_feature_extractor(backbone, image_size=image_size)
     start = time.perf_counter()
     feature_sets = {}
+    chunk = -(-max(chunk_images, 1) // batch_size) * batch_size
+    run_digest = hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()[:16]
     for name, folder in splits.items():
-        logging.info("Extracting %s features of %d images", name, len(folder))
-        feature_sets[name] = extract_features(
-            folder,
-            extractor,
-            strategy=strategy,
-            batch_size=batch_size,
-            feature_dtype=feature_dtype,
-            cache=cache,
-            verbose=verbose,
+        size = len(folder) if cache not in ("none", "memory") else chunk
+        bounds = [(i, min(i + size, len(folder))) for i in range(0, len(folder), size)] or [(0, 0)]
+        parts = []
+        for k, (first, last) in enumerate(bounds, start=1):
+            part_path = os.path.join(features_dir, f"{name}.chunk-{k}.npz")
+            part_fingerprint = f"{run_digest}:{name}:{first}-{last}"
+            reused = _load_chunk(part_path, part_fingerprint, last - first)
+            if reused is not None:
+                logging.info(
+                    "Reusing chunk %d of %d of %s (images %d-%d)",
+                    k,
+                    len(bounds),
+                    name,
+                    first,
+                    last - 1,
+                )
+                parts.append(reused)
+                continue
+            logging.info(
+                "Extracting %s features of images %d-%d of %d", name, first, last - 1, len(folder)
+            )
+            subset = data.select(
+                folder,
+                (np.arange(len(folder)) >= first) & (np.arange(len(folder)) < last),
+                name=name,
+            )
+            if last - first == len(folder):
+                subset = folder  # The whole split: its own fingerprint names its file cache.
+            part = extract_features(
+                subset,
+                extractor,
+                strategy=strategy,
+                batch_size=batch_size,
+                feature_dtype=feature_dtype,
+                cache=cache,
+                verbose=verbose,
+            )
+            part = dataclasses.replace(part, fingerprint=part_fingerprint)
+            save_feature_set(part_path, part)
+            parts.append(part)
+            faults.point(f"extraction:chunk:{name}:{k}")
+            if stop is not None and k < len(bounds):
+                stop.check(
+                    f"{k} of {len(bounds)} chunks of the {name} features are saved in "
+                    f"{features_dir}; rerun to resume"
+                )
+        feature_sets[name] = FeatureSet(
+            split=name,
+            features=np.concatenate([p.features for p in parts])
+            if len(parts) > 1
+            else parts[0].features,
+            labels=np.concatenate([p.labels for p in parts]) if len(parts) > 1 else parts[0].labels,
+            file_paths=folder.file_paths,
+            class_names=folder.class_names,
+            fingerprint=folder.fingerprint,
         )
+        if not np.array_equal(feature_sets[name].labels, folder.labels):
+            raise RuntimeError(f"extracted labels of split {name} do not match its file order")
         save_feature_set(paths[name], feature_sets[name])
+        for k in range(1, len(bounds) + 1):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(features_dir, f"{name}.chunk-{k}.npz"))
         faults.point(f"extraction:saved:{name}")
+        if stop is not None:
+            stop.check(f"the {name} features are saved in {features_dir}; rerun to resume")
     seconds = time.perf_counter() - start
     images = sum(len(folder) for folder in splits.values())
     any_split = next(iter(splits.values()))

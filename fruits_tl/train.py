@@ -13,11 +13,23 @@ import os
 import time
 
 import keras
+import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from fruits_tl import callbacks, data, distribute, extraction, files, model, pipeline, sources
-from fruits_tl import head as head_module
+from fruits_tl import (
+    callbacks,
+    data,
+    distribute,
+    extraction,
+    files,
+    loop,
+    model,
+    pipeline,
+    sources,
+    stopping,
+)
+from fruits_tl import checkpoints as checkpoints_module
 from fruits_tl.config import TrainConfig
 
 MODEL_FILE = "model.keras"
@@ -25,6 +37,7 @@ LABELS_FILE = "labels.txt"
 METRICS_FILE = "metrics.json"
 HISTORY_FILE = "history.csv"
 SKIPPED_FILE = "skipped_images.txt"
+DIGESTS_FILE = "batch_digests.csv"
 H5_FILE = "MobileNet_TransferLearning.h5"
 
 
@@ -98,18 +111,6 @@ class TrainResult:
     metrics: TrainMetrics
     history: dict
     model: keras.Model
-
-
-@dataclasses.dataclass(frozen=True)
-class _Trained:
-    """What one mode's training returns to the job."""
-
-    history: dict
-    test: dict
-    extract_seconds: float
-    head_train_seconds: float
-    train_seconds: float
-    features_reused: bool
 
 
 def history_to_csv(history: dict[str, list[float]]) -> str:
@@ -209,6 +210,19 @@ def train(
     )
 
     keras.utils.set_random_seed(data_config.seed)
+    if config.deterministic:
+        # Seeds Python, NumPy and TensorFlow (tf.random.set_seed alone does not seed Keras 3:
+        # keras-team/keras#22620) and makes every op deterministic. Results can still depend on
+        # the thread counts, so they are logged.
+        tf.config.experimental.enable_op_determinism()
+        logging.info(
+            "Deterministic: seed %d; %d cores, inter-op threads %d, intra-op threads %d (0: "
+            "TF's default)",
+            data_config.seed,
+            os.cpu_count() or 0,
+            tf.config.threading.get_inter_op_parallelism_threads(),
+            tf.config.threading.get_intra_op_parallelism_threads(),
+        )
     with strategy.scope():
         classifier = model.build_classifier(
             num_classes,
@@ -239,11 +253,12 @@ def train(
         log_name="train" if mode == "images" else "head on features of",
         tensorboard_dir=config.tensorboard_dir,
     )
-    train_mode = _train_on_images if mode == "images" else _train_on_features
-    trained = train_mode(config, splits, classifier, strategy=strategy, throughput=throughput)
+    with stopping.GracefulStop() as stop:
+        train_mode = _train_on_images if mode == "images" else _train_on_features
+        trained = train_mode(
+            config, splits, classifier, strategy=strategy, throughput=throughput, stop=stop
+        )
     history = {key: [float(v) for v in values] for key, values in trained.history.items()}
-    history["images_per_second"] = list(throughput.images_per_second)
-    history["epoch_seconds"] = list(throughput.epoch_seconds)
     metrics = TrainMetrics(
         mode=mode,
         mode_reason=reason,
@@ -282,6 +297,7 @@ def train(
         total_seconds=time.perf_counter() - job_start,
     )
     extra = dict(extra_text_files or {})
+    extra[DIGESTS_FILE] = digests_to_csv(trained.digests)
     if splits.bad_images:
         extra[SKIPPED_FILE] = "".join(f"{item}\n" for item in splits.bad_images)
     save_model_files(
@@ -293,6 +309,8 @@ def train(
         save_h5=config.save_h5,
         extra_text_files=extra,
     )
+    if not config.keep_checkpoints_on_success:
+        trained.checkpoints.remove()
     logging.info(
         "Test accuracy %.4f, top-5 %.4f, loss %.4f; %.1f training images/s; wrote %s",
         metrics.test_accuracy,
@@ -306,6 +324,147 @@ def train(
     )
 
 
+def digests_to_csv(digests) -> str:
+    """batch_digests.csv: per epoch, the digest of its batches' example indices in feed order
+    and of the trainable weights at its end (compare two runs with diff)."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["epoch", "batches", "indices_digest", "weights_digest"])
+    for row in digests:
+        writer.writerow(
+            [row["epoch"], row["batches"], row["indices_digest"], row["weights_digest"]]
+        )
+    return out.getvalue()
+
+
+def run_fingerprint(
+    config: TrainConfig,
+    splits: data.Splits,
+    *,
+    mode: str,
+    strategy: tf.distribute.Strategy,
+    backbone_digest: str,
+) -> dict:
+    """What a checkpoint must have been made with to be resumed: flags (by flag name) and data."""
+    fingerprint = {
+        "mode": mode,
+        "image_size": config.data.image_size,
+        "alpha": config.model.alpha,
+        "weights": f"{config.model.weights} (digest {backbone_digest})",
+        "dropout": config.model.dropout,
+        "batch_size": config.batch_size,
+        "epochs": config.epochs,
+        "learning_rate": config.learning_rate,
+        "optimizer": config.optimizer,
+        "seed": config.data.seed,
+        "shuffle_buffer": config.data.shuffle_buffer_size,
+        "feature_dtype": config.feature_dtype if mode == "features" else "",
+        "deterministic": config.deterministic,
+        "strategy": f"{distribute.describe(strategy)}, {strategy.num_replicas_in_sync} replica(s)",
+    }
+    for name, folder in splits.named().items():
+        fingerprint[f"data {name}"] = folder.fingerprint
+    return fingerprint
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class _Trained:
+    """What one mode's training returns to the job."""
+
+    history: dict
+    digests: tuple
+    test: dict
+    extract_seconds: float
+    head_train_seconds: float
+    train_seconds: float
+    features_reused: bool
+    checkpoints: checkpoints_module.Checkpoints
+
+
+def _fit(
+    config: TrainConfig,
+    splits: data.Splits,
+    trainable: keras.Model,
+    *,
+    mode: str,
+    arrays: dict,
+    strategy: tf.distribute.Strategy,
+    throughput: callbacks.ThroughputCallback,
+    stop: stopping.GracefulStop,
+    backbone_digest: str,
+) -> tuple[loop.Training, dict, checkpoints_module.Checkpoints]:
+    """Trains `trainable` on in-memory arrays, resuming from and writing checkpoints."""
+    with strategy.scope():
+        trainable.optimizer.build(trainable.trainable_variables)
+    store = checkpoints_module.Checkpoints(
+        os.path.join(config.resolved_checkpoint_dir(), mode),
+        objects={"model": trainable, "optimizer": trainable.optimizer},
+        run_fingerprint=run_fingerprint(
+            config, splits, mode=mode, strategy=strategy, backbone_digest=backbone_digest
+        ),
+        keep=config.keep_checkpoints,
+    )
+    if config.restart:
+        store.remove()
+    resume = store.restore_latest()
+    if resume is not None:
+        logging.info(
+            "Resuming from the checkpoint in %s: %d of %d epochs done, step %d of the next",
+            store.directory,
+            resume["epoch"],
+            config.epochs,
+            resume["step"],
+        )
+    evaluation_slice = config.batch_size if mode == "images" else loop.EVALUATION_SLICE
+    validation = "validation" if "validation" in arrays else "test"
+    training = loop.fit(
+        trainable,
+        inputs=arrays["train"][0],
+        labels=arrays["train"][1],
+        validation=arrays[validation],
+        epochs=config.epochs,
+        batch_size=config.batch_size,
+        strategy=strategy,
+        shuffle_buffer_size=config.data.shuffle_buffer_size,
+        seed=config.data.seed,
+        callbacks=[throughput],
+        verbose=config.verbose != 0,
+        # Images: one step per call, so a stop request is answered after the current step.
+        steps_per_call=1 if mode == "images" else 0,
+        evaluation_slice=evaluation_slice,
+        resume=resume,
+        checkpoint=store.save,
+        checkpoint_every_steps=config.checkpoint_every_steps,
+        stop=stop,
+    )
+    test = loop.evaluate(
+        trainable,
+        inputs=arrays["test"][0],
+        labels=arrays["test"][1],
+        strategy=strategy,
+        evaluation_slice=evaluation_slice,
+    )
+    return training, test, store
+
+
+def _decoded_images(folder: data.ImageFolder, *, cache: str) -> np.ndarray:
+    """The split's uint8 images in file order, decoded once through the route.
+
+    Images mode keeps them in memory as one array (what a memory cache holds); a file cache
+    prefix is honoured, so a later run reads the decoded pixels instead of decoding again.
+    """
+    batches = pipeline.make_batches(
+        folder,
+        batch_size=256,
+        training=False,
+        cache="none" if cache == "memory" else cache,
+        output="uint8",
+    )
+    images = [x for x, _ in batches.as_numpy_iterator()]
+    size = folder.image_size
+    return np.concatenate(images) if images else np.zeros((0, size, size, 3), np.uint8)
+
+
 def _train_on_images(
     config: TrainConfig,
     splits: data.Splits,
@@ -313,44 +472,37 @@ def _train_on_images(
     *,
     strategy: tf.distribute.Strategy,
     throughput: callbacks.ThroughputCallback,
+    stop: stopping.GracefulStop,
 ) -> _Trained:
-    """Images mode: Keras fit on the image route, the backbone running on every image."""
-    data_config = config.data
-
-    def batches(folder, training):
-        return pipeline.make_batches(
-            folder,
-            batch_size=config.batch_size,
-            training=training,
-            cache=data_config.cache,
-            shuffle_buffer_size=data_config.shuffle_buffer_size,
-            seed=data_config.seed,
-            output="uint8",
-            min_batch_size=strategy.num_replicas_in_sync,
-        )
-
+    """Images mode: the whole classifier (frozen backbone) trained on the decoded images,
+    the backbone running on every image of every epoch."""
     start = time.perf_counter()
-    validation_batches = batches(splits.validation, False)
-    fit = classifier.fit(
-        batches(splits.train, True),
-        validation_data=validation_batches,
-        epochs=config.epochs,
-        callbacks=[throughput],
-        # The route already shuffles (reshuffled every epoch); Keras cannot shuffle a Dataset.
-        shuffle=False,
-        verbose=config.verbose,
+    arrays = {
+        name: (_decoded_images(folder, cache=config.data.cache), folder.labels)
+        for name, folder in splits.named().items()
+    }
+    backbone = classifier.get_layer(model.BACKBONE_NAME)
+    training, test, store = _fit(
+        config,
+        splits,
+        classifier,
+        mode="images",
+        arrays=arrays,
+        strategy=strategy,
+        throughput=throughput,
+        stop=stop,
+        backbone_digest=extraction.weights_digest(backbone),
     )
     seconds = time.perf_counter() - start
-    test_batches = validation_batches if splits.validation_is_test else batches(splits.test, False)
-    test = classifier.evaluate(test_batches, return_dict=True, verbose=0)
-    history = {key: values for key, values in fit.history.items() if key != "images_per_second"}
     return _Trained(
-        history=history,
+        history=training.history,
+        digests=training.digests,
         test=test,
         extract_seconds=0.0,
         head_train_seconds=seconds,
         train_seconds=seconds,
         features_reused=False,
+        checkpoints=store,
     )
 
 
@@ -361,17 +513,19 @@ def _train_on_features(
     *,
     strategy: tf.distribute.Strategy,
     throughput: callbacks.ThroughputCallback,
+    stop: stopping.GracefulStop,
 ) -> _Trained:
     """Features mode: the backbone once over every split (or its stored features), then the
-    head in `head.fit_head`, and the trained head put back into the classifier."""
+    head on the features, and the trained head put back into the classifier."""
     data_config = config.data
     start = time.perf_counter()
     # One pass over each split: a memory cache would only hold images never read again, so
     # only a file cache (filled here for later image-mode runs) is passed on.
     cache = "none" if data_config.cache == "memory" else data_config.cache
+    backbone = classifier.get_layer(model.BACKBONE_NAME)
     extracted = extraction.extract_or_reuse(
         splits.named(),
-        backbone=classifier.get_layer(model.BACKBONE_NAME),
+        backbone=backbone,
         alpha=config.model.alpha,
         image_size=data_config.image_size,
         features_dir=config.resolved_features_dir(),
@@ -380,9 +534,10 @@ def _train_on_features(
         feature_dtype=config.feature_dtype,
         cache=cache,
         verbose=config.verbose == 1,
+        chunk_images=config.extract_chunk_images,
+        stop=stop,
     )
     extract_seconds = time.perf_counter() - start
-    sets = extracted.feature_sets
     num_classes = len(splits.class_names)
     with strategy.scope():
         head = model.build_head(
@@ -398,31 +553,27 @@ def _train_on_features(
             num_classes=num_classes,
         )
     head_start = time.perf_counter()
-    validation_set = sets.get("validation", sets["test"])
-    fit = head_module.fit_head(
+    arrays = {name: (s.features, s.labels) for name, s in extracted.feature_sets.items()}
+    training, test, store = _fit(
+        config,
+        splits,
         head,
-        features=sets["train"].features,
-        labels=sets["train"].labels,
-        validation=(validation_set.features, validation_set.labels),
-        epochs=config.epochs,
-        batch_size=config.batch_size,
+        mode="features",
+        arrays=arrays,
         strategy=strategy,
-        shuffle_buffer_size=data_config.shuffle_buffer_size,
-        seed=data_config.seed,
-        callbacks=[throughput],
-        verbose=config.verbose != 0,
+        throughput=throughput,
+        stop=stop,
+        backbone_digest=extraction.weights_digest(backbone),
     )
     head_train_seconds = time.perf_counter() - head_start
-    train_seconds = time.perf_counter() - start
-    test = head_module.evaluate_head(
-        head, features=sets["test"].features, labels=sets["test"].labels, strategy=strategy
-    )
     model.assemble_classifier(classifier, head)
     return _Trained(
-        history=fit.history,
+        history=training.history,
+        digests=training.digests,
         test=test,
         extract_seconds=extract_seconds,
         head_train_seconds=head_train_seconds,
-        train_seconds=train_seconds,
+        train_seconds=time.perf_counter() - start,
         features_reused=extracted.reused,
+        checkpoints=store,
     )

@@ -129,6 +129,12 @@ flags.DEFINE_integer(
     "How many classes per image: shown by fruits-tl-predict, returned by the exported "
     "serve_jpeg signature.",
 )
+flags.DEFINE_integer(
+    "extract_chunk_images",
+    2048,
+    "Extraction stores its work in chunks of about this many images: a killed extraction's rerun "
+    "reuses the complete chunks.",
+)
 flags.DEFINE_bool(
     "skip_bad_images",
     False,
@@ -203,11 +209,16 @@ def guarded(program: str, main, *, module_name: str, uses: tuple[str, ...] = ())
     """
 
     def wrapped(argv):
+        from fruits_tl.stopping import StopRequested
+
         try:
             _reject_foreign_flags(program, binary_flag_names(module_name, uses))
             return main(argv)
         except UserInputError as error:
             fail(program, str(error))
+        except StopRequested as stopped:
+            print(f"{program}: {stopped}", file=sys.stderr)
+            sys.exit(stopped.exit_code)
 
     wrapped.module_name = module_name
     wrapped.uses = uses

@@ -32,6 +32,7 @@ def _main(argv):
         batch_size=FLAGS.batch_size,
         feature_dtype=FLAGS.feature_dtype,
         verbose=FLAGS.extract_verbose == 1,
+        chunk_images=FLAGS.extract_chunk_images,
     )
     result = extract.extract(config, strategy=distribute.get_strategy(FLAGS.strategy))
     for name, feature_set in result.feature_sets.items():
@@ -50,6 +51,7 @@ def _main(argv):
 # The shared flags (cli/common.py) this binary uses; --help lists them with its own.
 USES = (
     *common.DATA_FLAGS,
+    "extract_chunk_images",
     "alpha",
     "batch_size",
     "feature_dtype",

@@ -39,6 +39,33 @@ flags.DEFINE_integer(
     "verbose", 2, "Keras fit verbosity: 0 silent, 1 progress bar, 2 one line per epoch."
 )
 
+flags.DEFINE_integer(
+    "checkpoint_every_steps",
+    0,
+    "Also checkpoint after every this many training steps (0: once per epoch). A rerun of the same "
+    "command resumes from the last checkpoint.",
+)
+flags.DEFINE_integer(
+    "keep_checkpoints", 1, "How many of the most recent checkpoints to keep while training."
+)
+flags.DEFINE_bool(
+    "keep_checkpoints_on_success",
+    False,
+    "Keep the checkpoints after the job finishes (removed otherwise).",
+)
+flags.DEFINE_bool(
+    "restart",
+    False,
+    "Remove the checkpoints of an earlier run and start again from the first step.",
+)
+flags.DEFINE_bool(
+    "deterministic",
+    False,
+    "Seeded, op-deterministic training: the same weights, metrics and batch_digests.csv on every "
+    "run on the same machine and thread counts.",
+)
+flags.DEFINE_string("checkpoint_dir", "", "Where checkpoints go (default <model_dir>/checkpoints).")
+
 FLAGS = flags.FLAGS
 PROGRAM = "fruits-tl-train"
 
@@ -62,6 +89,13 @@ def build_config():
         features_dir=FLAGS.features_dir,
         feature_dtype=FLAGS.feature_dtype,
         tensorboard_dir=FLAGS.tensorboard_dir,
+        checkpoint_dir=FLAGS.checkpoint_dir,
+        checkpoint_every_steps=FLAGS.checkpoint_every_steps,
+        keep_checkpoints=FLAGS.keep_checkpoints,
+        keep_checkpoints_on_success=FLAGS.keep_checkpoints_on_success,
+        restart=FLAGS.restart,
+        deterministic=FLAGS.deterministic,
+        extract_chunk_images=FLAGS.extract_chunk_images,
     )
 
 
@@ -95,6 +129,7 @@ USES = (
     "learning_rate",
     "strategy",
     "weights",
+    "extract_chunk_images",
 )
 main = common.guarded(PROGRAM, _main, module_name=__name__, uses=USES)
 run = common.main_runner(main)

@@ -6,7 +6,7 @@ import keras
 import numpy as np
 import pytest
 
-from fruits_tl import distribute, head, model, pipeline
+from fruits_tl import distribute, loop, model, pipeline
 
 NUM_CLASSES = 6
 FEATURE_DIM = 8
@@ -46,9 +46,9 @@ def test_fit_head_matches_keras_fit_on_the_feature_route():
         verbose=0,
     ).history
     by_loop = _compiled_head(strategy)
-    loop_history = head.fit_head(
+    loop_history = loop.fit(
         by_loop,
-        features=features,
+        inputs=features,
         labels=labels,
         validation=validation,
         epochs=3,
@@ -72,9 +72,7 @@ def test_fit_head_matches_keras_fit_on_the_feature_route():
         np.testing.assert_allclose(values, keras_history[key], rtol=1e-5, atol=1e-6, err_msg=key)
     # And the evaluation matches Keras's evaluate.
     expected = by_keras.evaluate(*validation, batch_size=3, return_dict=True, verbose=0)
-    got = head.evaluate_head(
-        by_loop, features=validation[0], labels=validation[1], strategy=strategy
-    )
+    got = loop.evaluate(by_loop, inputs=validation[0], labels=validation[1], strategy=strategy)
     for key in ("loss", "accuracy", "top5_accuracy"):
         assert got[key] == pytest.approx(expected[key], rel=1e-5, abs=1e-6)
 
@@ -89,9 +87,9 @@ def test_two_replicas_train_as_one(count):
     for name in ("default", "mirrored"):
         strategy = distribute.get_strategy(name)
         trained = _compiled_head(strategy)
-        history = head.fit_head(
+        history = loop.fit(
             trained,
-            features=features,
+            inputs=features,
             labels=labels,
             validation=_features(5, seed=2),
             epochs=2,
@@ -118,9 +116,9 @@ def test_batches_follow_the_route_rule_for_the_strategy():
     weights = {}
     for rule in (1, 2):
         trained = _compiled_head(strategy)
-        head.fit_head(
+        loop.fit(
             trained,
-            features=features,
+            inputs=features,
             labels=labels,
             epochs=1,
             batch_size=4,
@@ -131,8 +129,8 @@ def test_batches_follow_the_route_rule_for_the_strategy():
     assert np.abs(weights[1] - weights[2]).max() > 1e-5
     mirrored = distribute.get_strategy("mirrored")
     by_default_rule = _compiled_head(mirrored)
-    head.fit_head(
-        by_default_rule, features=features, labels=labels, epochs=1, batch_size=4, strategy=mirrored
+    loop.fit(
+        by_default_rule, inputs=features, labels=labels, epochs=1, batch_size=4, strategy=mirrored
     )
     np.testing.assert_allclose(by_default_rule.get_weights()[0], weights[2], rtol=1e-5, atol=1e-6)
 
@@ -152,9 +150,9 @@ def test_callbacks_see_every_epoch_and_validation():
 
     features, labels = _features(8)
     strategy = distribute.get_strategy("default")
-    head.fit_head(
+    loop.fit(
         _compiled_head(strategy),
-        features=features,
+        inputs=features,
         labels=labels,
         validation=(features, labels),
         epochs=2,
@@ -178,11 +176,11 @@ def test_float16_features_train_like_their_float32_values():
     half = features.astype(np.float16)
     strategy = distribute.get_strategy("default")
     by_half = _compiled_head(strategy)
-    head.fit_head(by_half, features=half, labels=labels, epochs=1, batch_size=4, strategy=strategy)
+    loop.fit(by_half, inputs=half, labels=labels, epochs=1, batch_size=4, strategy=strategy)
     by_float = _compiled_head(strategy)
-    head.fit_head(
+    loop.fit(
         by_float,
-        features=half.astype(np.float32),
+        inputs=half.astype(np.float32),
         labels=labels,
         epochs=1,
         batch_size=4,
@@ -196,9 +194,9 @@ def test_float16_features_train_like_their_float32_values():
 def test_an_uncompiled_head_is_refused():
     features, labels = _features(4)
     with pytest.raises(ValueError, match="compiled"):
-        head.fit_head(
+        loop.fit(
             model.build_head(FEATURE_DIM, NUM_CLASSES),
-            features=features,
+            inputs=features,
             labels=labels,
             epochs=1,
             batch_size=2,
