@@ -35,11 +35,13 @@ from fruits_tl import (
     data,
     distribute,
     extraction,
+    faults,
     image_checks,
     listing,
     model,
     pipeline,
     preprocess,
+    stopping,
 )
 from fruits_tl.config import (
     BENCH_DECODE_VARIANTS,
@@ -470,15 +472,29 @@ def _context(
 
 
 def run_benchmark(
-    config: BenchConfig, *, strategy: tf.distribute.Strategy, log: Callable[[str], None] = print
+    config: BenchConfig,
+    *,
+    strategy: tf.distribute.Strategy,
+    log: Callable[[str], None] = print,
+    stop: stopping.GracefulStop | None = None,
 ) -> BenchResult:
-    """Runs every requested variant `repeats` times, interleaved, and aggregates."""
+    """Runs every requested variant `repeats` times, interleaved, and aggregates.
+
+    A stop request (SIGINT, SIGTERM) is answered after the variant being measured: a
+    benchmark keeps no checkpoint, since its ratios are only side by side within one run.
+    """
     context = _context(config, strategy=strategy, log=log)
     measured: dict[str, list[Measurement]] = {v: [] for v in config.variants}
     for repeat in range(config.repeats):
         for variant in config.variants:
             measurement = VARIANTS[variant](context, repeat)
             measured[variant].append(measurement)
+            faults.point(f"bench:measured:{variant}:{repeat + 1}")
+            if stop is not None:
+                stop.check(
+                    f"after {variant} in repeat {repeat + 1} of {config.repeats}; a benchmark "
+                    "is not resumed (its figures compare only within one run): rerun it"
+                )
             rates = measurement.times.images_per_second
             log(
                 f"repeat {repeat + 1}/{config.repeats} {variant}: cold {rates[0]:.0f} images/s, "

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import keras
 import tensorflow as tf
 
 from fruits_tl import distribute, extraction, listing, model, sources, stopping
@@ -42,6 +43,9 @@ def extract(config: ExtractConfig, *, strategy: tf.distribute.Strategy) -> extra
         )
     else:
         alpha = config.model.alpha
+        # Seeded as training seeds it: with --weights=none the backbone is the same in every run,
+        # so a rerun's fingerprint matches and stored chunks are reused.
+        keras.utils.set_random_seed(data_config.seed)
         with strategy.scope():
             backbone = model.build_backbone(
                 image_size=data_config.image_size, alpha=alpha, weights=config.model.weights

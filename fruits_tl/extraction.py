@@ -356,7 +356,7 @@ def extract_or_reuse(
             and len(loaded[name]) == len(splits[name])
             for name in splits
         ):
-            logging.info(
+            logging.warning(
                 "Reusing the features in %s: their fingerprint matches this backbone and these "
                 "files.",
                 features_dir,
@@ -399,7 +399,7 @@ def extract_or_reuse(
             part_fingerprint = f"{run_digest}:{name}:{first}-{last}"
             reused = _load_chunk(part_path, part_fingerprint, last - first)
             if reused is not None:
-                logging.info(
+                logging.warning(
                     "Reusing chunk %d of %d of %s (images %d-%d)",
                     k,
                     len(bounds),

@@ -6,7 +6,12 @@ names that point, the process sends itself SIGKILL (or the signal FRUITS_TL_KILL
 names, e.g. SIGTERM) right there: no sleeps, no polling races. Unset, a point costs one
 dictionary lookup.
 
-Points: `extraction:saved:<split>` (a split's .npz is written, the fingerprint not yet).
+Points:
+- `extraction:chunk:<split>:<k>`: chunk k (from 1) of a split's features is saved;
+- `extraction:saved:<split>`: a split's .npz is written (the fingerprint not yet);
+- `train:step:<epoch>:<step>`: training step `step` (from 1) of epoch `epoch` (from 0) is done
+  (the checkpoint due at that step, if any, not yet written);
+- `bench:measured:<variant>:<repeat>`: a benchmark variant's repeat is measured.
 """
 
 from __future__ import annotations

@@ -6,6 +6,7 @@ atomically at the end, so an interrupted run leaves `model_dir` as it was.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import io
@@ -311,6 +312,8 @@ def train(
     )
     if not config.keep_checkpoints_on_success:
         trained.checkpoints.remove()
+        with contextlib.suppress(OSError):  # The checkpoint folder, if nothing else is in it.
+            os.rmdir(config.resolved_checkpoint_dir())
     logging.info(
         "Test accuracy %.4f, top-5 %.4f, loss %.4f; %.1f training images/s; wrote %s",
         metrics.test_accuracy,
@@ -408,7 +411,7 @@ def _fit(
         store.remove()
     resume = store.restore_latest()
     if resume is not None:
-        logging.info(
+        logging.warning(
             "Resuming from the checkpoint in %s: %d of %d epochs done, step %d of the next",
             store.directory,
             resume["epoch"],

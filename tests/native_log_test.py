@@ -16,13 +16,15 @@ CUINIT = (
     "E0000 00:00:1795961382.864567   10823 cuda_platform.cc:52] failed call to cuInit: "
     "INTERNAL: CUDA error\n"
 )
-LATER = "W1129 13:44:09.960997 139911330737024 export.py:210] a warning after start-up\n"
+# absl's Python logging (and TensorFlow's C++ logging once started) carry a real date: the
+# binaries' own warnings must always pass.
+LATER = "W1129 13:44:09.960997 139911330737024 train.py:412] Resuming from the checkpoint\n"
 
 
 def test_levels_follow_tensorflows_meaning():
     assert [native_log.hidden(line, 0) for line in (ONEDNN, CUINIT, LATER)] == [False] * 3
-    assert [native_log.hidden(line, 2) for line in (ONEDNN, CUINIT, LATER)] == [True, False, True]
-    assert [native_log.hidden(line, 3) for line in (ONEDNN, CUINIT, LATER)] == [True] * 3
+    assert [native_log.hidden(line, 2) for line in (ONEDNN, CUINIT, LATER)] == [True, False, False]
+    assert [native_log.hidden(line, 3) for line in (ONEDNN, CUINIT, LATER)] == [True, True, False]
     assert native_log.hidden(native_log.PREAMBLE + "\n", 2)
     assert not native_log.hidden("fruits-tl-predict: error: There is no model\n", 3)
 

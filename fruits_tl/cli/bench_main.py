@@ -98,7 +98,12 @@ def _main(argv):
         model_steps=FLAGS.model_steps,
         cache_dir=FLAGS.output_dir and os.path.join(FLAGS.output_dir, "cache"),
     )
-    result = benchmark.run_benchmark(config, strategy=distribute.get_strategy(FLAGS.strategy))
+    from fruits_tl import stopping
+
+    with stopping.GracefulStop() as stop:
+        result = benchmark.run_benchmark(
+            config, strategy=distribute.get_strategy(FLAGS.strategy), stop=stop
+        )
     print(benchmark.format_table(result))
     if FLAGS.output_json:
         files.write_json(FLAGS.output_json, result.to_json())

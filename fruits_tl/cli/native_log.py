@@ -17,8 +17,11 @@ import re
 import sys
 import threading
 
-# absl's C++ log prefix: severity, MMDD hh:mm:ss.micros, thread id, file:line].
-NATIVE_LINE = re.compile(r"^([IWEF])\d{4} [\d:]+\.\d+\s+\d+ \S+:\d+\] ")
+# absl's C++ log prefix as it is before absl's logging is initialised: the date and clock are
+# not set yet ("0000 00:00:<seconds since the epoch>"). Lines logged later carry a real date
+# and honour TF_CPP_MIN_LOG_LEVEL themselves; absl's Python logging (the package's own
+# warnings) uses the same prefix with a real date, so those lines always pass.
+NATIVE_LINE = re.compile(r"^([IWEF])0000 00:00:\d+\.\d+\s+\d+ \S+:\d+\] ")
 PREAMBLE = "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR"
 SEVERITY = {"I": 0, "W": 1, "E": 2, "F": 3}
 

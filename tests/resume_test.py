@@ -1,0 +1,229 @@
+"""Kill, stop and resume with real processes and real signals, at points the test controls.
+
+The kill points are the documented hook (fruits_tl.faults): FRUITS_TL_KILL_AT names the point,
+FRUITS_TL_KILL_SIGNAL the signal (SIGKILL unless set). No sleeps, no polling.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+from conftest import REPO
+
+TRAIN = [
+    "--alpha=0.25",
+    "--image_size=32",
+    "--weights=none",
+    "--batch_size=4",
+    "--verbose=0",
+    "--deterministic",
+]
+
+
+def _run(
+    module: str, args: list[str], *, kill_at: str = "", kill_signal: str = ""
+) -> subprocess.CompletedProcess:
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("FRUITS_TL_KILL")}
+    environment["TF_CPP_MIN_LOG_LEVEL"] = "3"
+    if kill_at:
+        environment["FRUITS_TL_KILL_AT"] = kill_at
+    if kill_signal:
+        environment["FRUITS_TL_KILL_SIGNAL"] = kill_signal
+    command = [sys.executable, "-m", f"fruits_tl.cli.{module}", *args]
+    return subprocess.run(
+        command, cwd=REPO, env=environment, capture_output=True, text=True, timeout=600
+    )
+
+
+def _weights(model_dir) -> list[np.ndarray]:
+    return keras.saving.load_model(
+        os.path.join(model_dir, "model.keras"), compile=False
+    ).get_weights()
+
+
+def _same_run(a, b) -> None:
+    """Bit for bit: weights, per-epoch digests and the test figures."""
+    assert (a / "batch_digests.csv").read_text() == (b / "batch_digests.csv").read_text()
+    for left, right in zip(_weights(a), _weights(b), strict=True):
+        np.testing.assert_array_equal(left, right)
+    metrics_a = json.loads((a / "metrics.json").read_text())
+    metrics_b = json.loads((b / "metrics.json").read_text())
+    assert (metrics_a["test_loss"], metrics_a["test_accuracy"]) == (
+        metrics_b["test_loss"],
+        metrics_b["test_accuracy"],
+    )
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tiny_dataset, tmp_path_factory):
+    """Images mode, 3 epochs of 5 steps (18 images in batches 4, 4, 4, 4, 2), no interruption."""
+    model_dir = tmp_path_factory.mktemp("resume") / "uninterrupted"
+    result = _run(
+        "train_main",
+        [
+            f"--data_dir={tiny_dataset}",
+            f"--model_dir={model_dir}",
+            "--mode=images",
+            "--epochs=3",
+            *TRAIN,
+        ],
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return model_dir
+
+
+def test_sigkill_in_the_second_epoch_then_rerun_is_bit_for_bit_the_uninterrupted_run(
+    uninterrupted, tiny_dataset, tmp_path
+):
+    model_dir = tmp_path / "killed"
+    args = [
+        f"--data_dir={tiny_dataset}",
+        f"--model_dir={model_dir}",
+        "--mode=images",
+        "--epochs=3",
+        "--checkpoint_every_steps=2",
+        *TRAIN,
+    ]
+    killed = _run("train_main", args, kill_at="train:step:1:3")  # Epoch 2, after its step 3.
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    assert not (model_dir / "metrics.json").exists()
+    saved = sorted(os.listdir(model_dir / "checkpoints" / "images"))
+    # Epoch 1: steps 2 and 4, its end; epoch 2: step 2. --keep_checkpoints=1 keeps the last.
+    assert saved == ["ckpt-000003"]
+    state = json.loads(
+        (model_dir / "checkpoints" / "images" / saved[0] / "state.json").read_text()
+    )["state"]
+    assert (state["epoch"], state["step"]) == (1, 2)
+    rerun = _run("train_main", args)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert (
+        "Resuming from the checkpoint" in rerun.stderr
+        and "1 of 3 epochs done, step 2" in rerun.stderr
+    )
+    _same_run(uninterrupted, model_dir)
+    assert not (model_dir / "checkpoints").exists()  # Removed once the job succeeded.
+
+
+def test_sigterm_saves_and_exits_143_and_a_changed_flag_is_refused(
+    uninterrupted, tiny_dataset, tmp_path
+):
+    model_dir = tmp_path / "stopped"
+    args = [
+        f"--data_dir={tiny_dataset}",
+        f"--model_dir={model_dir}",
+        "--mode=images",
+        "--epochs=3",
+        *TRAIN,
+    ]
+    stopped = _run("train_main", args, kill_at="train:step:1:1", kill_signal="SIGTERM")
+    assert stopped.returncode == 143, stopped.stderr[-3000:]
+    last = stopped.stderr.strip().splitlines()[-1]
+    assert last.startswith(
+        "fruits-tl-train: stopped on SIGTERM: epoch 2, step 1 of 5 is saved; rerun"
+    )
+    assert not (model_dir / "metrics.json").exists()
+    assert [n for n in os.listdir(model_dir) if ".tmp-" in n] == []
+    changed = _run("train_main", [*args, "--learning_rate=0.01"])
+    assert changed.returncode == 2
+    assert "--learning_rate (0.0001, now 0.01)" in changed.stderr and "--restart" in changed.stderr
+    resumed = _run("train_main", args)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    _same_run(uninterrupted, model_dir)
+
+
+def test_another_seed_is_another_run(uninterrupted, tiny_dataset, tmp_path):
+    model_dir = tmp_path / "seed"
+    args = [
+        f"--data_dir={tiny_dataset}",
+        f"--model_dir={model_dir}",
+        "--mode=images",
+        "--epochs=3",
+        *TRAIN,
+        "--seed=43",
+    ]
+    assert _run("train_main", args).returncode == 0
+    ours = (model_dir / "batch_digests.csv").read_text().splitlines()
+    theirs = (uninterrupted / "batch_digests.csv").read_text().splitlines()
+    assert ours[0] == theirs[0] == "epoch,batches,indices_digest,weights_digest" and len(ours) == 4
+    assert all(a != b for a, b in zip(ours[1:], theirs[1:], strict=True))
+
+
+def test_extraction_killed_after_chunk_1_reuses_it_and_ends_identical(tiny_dataset, tmp_path):
+    def extract(features_dir, **kill):
+        args = [
+            f"--data_dir={tiny_dataset}",
+            f"--features_dir={features_dir}",
+            "--alpha=0.25",
+            "--image_size=32",
+            "--weights=none",
+            "--batch_size=4",
+            "--extract_chunk_images=8",
+            "--extract_verbose=0",
+        ]
+        return _run("extract_main", args, **kill)
+
+    whole = extract(tmp_path / "whole")
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    killed = extract(tmp_path / "killed", kill_at="extraction:chunk:train:1")
+    assert killed.returncode == -signal.SIGKILL
+    assert sorted(os.listdir(tmp_path / "killed")) == ["train.chunk-1.npz"]
+    rerun = extract(tmp_path / "killed")
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert "Reusing chunk 1 of 3 of train (images 0-7)" in rerun.stderr
+    assert sorted(os.listdir(tmp_path / "killed")) == [
+        "fingerprint.json",
+        "labels.txt",
+        "test.npz",
+        "train.npz",
+    ]
+    for split in ("train", "test"):
+        with (
+            np.load(tmp_path / "whole" / f"{split}.npz") as a,
+            np.load(tmp_path / "killed" / f"{split}.npz") as b,
+        ):
+            np.testing.assert_array_equal(a["features"], b["features"])
+            np.testing.assert_array_equal(a["labels"], b["labels"])
+
+
+def test_sigterm_during_extraction_and_sigint_during_a_benchmark(tiny_dataset, tmp_path):
+    features_dir = tmp_path / "features"
+    args = [
+        f"--data_dir={tiny_dataset}",
+        f"--features_dir={features_dir}",
+        "--alpha=0.25",
+        "--image_size=32",
+        "--weights=none",
+        "--batch_size=4",
+        "--extract_chunk_images=8",
+        "--extract_verbose=0",
+    ]
+    stopped = _run("extract_main", args, kill_at="extraction:chunk:train:2", kill_signal="SIGTERM")
+    assert stopped.returncode == 143, stopped.stderr[-3000:]
+    assert (
+        stopped.stderr.strip()
+        .splitlines()[-1]
+        .startswith(
+            "fruits-tl-extract: stopped on SIGTERM: 2 of 3 chunks of the train features are saved"
+        )
+    )
+    assert sorted(os.listdir(features_dir)) == ["train.chunk-1.npz", "train.chunk-2.npz"]
+    resumed = _run("extract_main", args)
+    assert resumed.returncode == 0 and "Reusing chunk 2 of 3 of train" in resumed.stderr
+    bench = [
+        f"--data_dir={tiny_dataset}",
+        "--image_size=32",
+        "--repeats=2",
+        "--epochs=2",
+        "--variants=decode,idfd",
+    ]
+    interrupted = _run("bench_main", bench, kill_at="bench:measured:decode:1", kill_signal="SIGINT")
+    assert interrupted.returncode == 130, interrupted.stderr[-3000:]
+    assert "stopped on SIGINT: after decode in repeat 1 of 2" in interrupted.stderr
+    assert "repeat 1/2 idfd" not in interrupted.stdout
