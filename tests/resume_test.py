@@ -227,3 +227,21 @@ def test_sigterm_during_extraction_and_sigint_during_a_benchmark(tiny_dataset, t
     assert interrupted.returncode == 130, interrupted.stderr[-3000:]
     assert "stopped on SIGINT: after decode in repeat 1 of 2" in interrupted.stderr
     assert "repeat 1/2 idfd" not in interrupted.stdout
+
+
+def test_a_second_signal_stops_at_once():
+    code = (
+        "import os, signal\n"
+        "from fruits_tl.stopping import GracefulStop\n"
+        "with GracefulStop() as stop:\n"
+        "    os.kill(os.getpid(), signal.SIGINT)\n"
+        "    assert stop.requested == signal.SIGINT\n"
+        "    print('first signal noted', flush=True)\n"
+        "    os.kill(os.getpid(), signal.SIGINT)\n"
+        "    print('not reached', flush=True)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 130
+    assert result.stdout == "first signal noted\n"
