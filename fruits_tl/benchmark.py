@@ -12,8 +12,8 @@ Variants (each delivers what a model consumes: batches of size x size x 3 images
   decode         TensorFlow's decoder alone over every file, in parallel (the decode ceiling)
   audit          fruits-tl-audit's one-pass inspection of every file
   model-infer    the classifier alone on in-memory uint8 tensors, inference
-  model-train    the classifier alone on in-memory uint8 tensors, train step
-  train          our route (memory, uint8) feeding the real train step (Keras fit)
+  model-train    the training job's compiled step on random in-memory uint8 images
+  train          the same step on the split's images decoded through the route
   extract        feature extraction through our route
 """
 
@@ -38,6 +38,7 @@ from fruits_tl import (
     faults,
     image_checks,
     listing,
+    loop,
     model,
     pipeline,
     preprocess,
@@ -270,24 +271,31 @@ def warm_batches(
     return batches
 
 
-def _fit_epochs(classifier, batches: tf.data.Dataset, config: BenchConfig) -> EpochTimes:
-    """Keras fit for `epochs` x `model_steps` steps, timed per epoch by ThroughputCallback."""
+def _loop_epochs(
+    classifier, inputs: np.ndarray, labels: np.ndarray, context: Context
+) -> EpochTimes:
+    """The training job's compiled step (`loop.fit`, one step per call as images mode runs it)
+    for `epochs` epochs of `model_steps` batches, timed per epoch by ThroughputCallback."""
     from fruits_tl.callbacks import ThroughputCallback
 
-    images = config.model_steps * config.batch_size
-    callback = ThroughputCallback(images, log_name="bench")
-    classifier.fit(
-        batches,
+    config = context.config
+    callback = ThroughputCallback(len(labels), log_name="bench")
+    loop.fit(
+        classifier,
+        inputs=inputs,
+        labels=labels,
         epochs=config.epochs,
-        steps_per_epoch=config.model_steps,
+        batch_size=config.batch_size,
+        strategy=context.strategy,
+        seed=config.data.seed,
         callbacks=[callback],
-        verbose=0,
-        shuffle=False,
+        steps_per_call=1,
+        evaluation_slice=config.batch_size,
     )
     return EpochTimes(
         time_to_first_batch=0.0,
         epoch_seconds=tuple(callback.epoch_seconds),
-        epoch_images=(images,) * config.epochs,
+        epoch_images=(len(labels),) * config.epochs,
     )
 
 
@@ -308,16 +316,26 @@ def _model_infer(context: Context, repeat: int) -> Measurement:
     return Measurement(times=times, peak_rss_bytes=memory.peak)
 
 
-def _train_step(context: Context, repeat: int, *, through_route: bool) -> Measurement:
+def _train_step(context: Context, repeat: int, *, real_images: bool) -> Measurement:
+    """The train step on `model_steps` batches held in memory (as images mode holds them):
+    random pixels (`model-train`) or the split's first images decoded through the route
+    (`train`)."""
     config = context.config
+    count = config.model_steps * config.batch_size
     with PeakMemory() as memory:
-        if through_route:
-            steps = config.model_steps * config.batch_size
-            batches = warm_batches(context.folder, steps, config, training=True).repeat()
+        if real_images:
+            batches = warm_batches(context.folder, count, config, training=False)
+            arrays = [(x, y) for x, y in batches.as_numpy_iterator()]
+            inputs, labels = (
+                np.concatenate([x for x, _ in arrays]),
+                np.concatenate([y for _, y in arrays]),
+            )
         else:
-            images, labels = _in_memory_batch(config, context.folder.num_classes)
-            batches = tf.data.Dataset.from_tensors((images, labels)).repeat()
-        times = _fit_epochs(context.classifier, batches, config)
+            rng = np.random.default_rng(config.data.seed)
+            size = config.data.image_size
+            inputs = rng.integers(0, 256, size=(count, size, size, 3), dtype=np.uint8)
+            labels = rng.integers(0, context.folder.num_classes, size=(count,)).astype(np.int32)
+        times = _loop_epochs(context.classifier, inputs, labels, context)
     return Measurement(times=times, peak_rss_bytes=memory.peak)
 
 
@@ -362,8 +380,8 @@ VARIANTS: dict[str, Callable[[Context, int], Measurement]] = {
     ),
     "audit": functools.partial(_epochs_variant, lambda context: _audit_epochs(context.folder)),
     "model-infer": _model_infer,
-    "model-train": functools.partial(_train_step, through_route=False),
-    "train": functools.partial(_train_step, through_route=True),
+    "model-train": functools.partial(_train_step, real_images=False),
+    "train": functools.partial(_train_step, real_images=True),
     "extract": _extract,
     **_route_variants("tfds"),
 }
