@@ -7,32 +7,115 @@ MirroredStrategy over logical CPU devices.
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import os
+
 import tensorflow as tf
 
 from fruits_tl.errors import UserInputError
 
-STRATEGY_NAMES = ("auto", "default", "one_device", "mirrored")
+STRATEGY_NAMES = ("auto", "default", "one_device", "mirrored", "multi_worker_mirrored")
+# Seconds a collective may wait for the other workers before failing: a dead worker then stops
+# the others with an error instead of a hang.
+DEFAULT_COLLECTIVE_TIMEOUT = 300.0
 
 
-def get_strategy(name: str = "auto", *, devices: list[str] | None = None) -> tf.distribute.Strategy:
+@dataclasses.dataclass(frozen=True)
+class WorkerRole:
+    """This process's place in the cluster.
+
+    Attributes:
+      index: Its task index among the workers (0 in a single process).
+      count: How many workers train together (1 in a single process).
+      is_chief: It writes model_dir (task 0, or the "chief" task when the cluster has one).
+    """
+
+    index: int = 0
+    count: int = 1
+    is_chief: bool = True
+
+
+def tf_config_workers() -> int:
+    """How many tasks (chief and workers) the TF_CONFIG environment variable names; 0 if unset."""
+    text = os.environ.get("TF_CONFIG", "")
+    if not text:
+        return 0
+    try:
+        cluster = json.loads(text).get("cluster", {})
+    except ValueError:
+        raise UserInputError(f"TF_CONFIG is not valid JSON: {text[:200]!r}.") from None
+    return len(cluster.get("chief", [])) + len(cluster.get("worker", []))
+
+
+def worker_role(strategy: tf.distribute.Strategy) -> WorkerRole:
+    """This process's WorkerRole under `strategy`."""
+    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return WorkerRole()
+    resolver = strategy.cluster_resolver
+    spec = resolver.cluster_spec().as_dict()
+    has_chief = bool(spec.get("chief"))
+    count = len(spec.get("chief", [])) + len(spec.get("worker", []))
+    index = resolver.task_id + (1 if has_chief and resolver.task_type == "worker" else 0)
+    chief = resolver.task_type == "chief" or (not has_chief and resolver.task_id == 0)
+    return WorkerRole(index=index, count=count, is_chief=chief)
+
+
+def barrier(strategy: tf.distribute.Strategy) -> None:
+    """Waits until every worker reaches this point (a collective all-reduce of a constant)."""
+    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        strategy.reduce(
+            tf.distribute.ReduceOp.SUM, strategy.run(lambda: tf.constant(1.0)), axis=None
+        )
+
+
+def get_strategy(
+    name: str = "auto",
+    *,
+    devices: list[str] | None = None,
+    collective_timeout: float = DEFAULT_COLLECTIVE_TIMEOUT,
+    allow_multi_worker: bool = True,
+) -> tf.distribute.Strategy:
     """Returns a distribution strategy by name.
 
+    Call it before any other TensorFlow op: MultiWorkerMirroredStrategy configures the runtime
+    for collectives and fails once it has started (tensorflow/tensorflow#34568).
+
     Args:
-      name: "auto": mirrored over all GPUs when there are several, one_device on the only GPU,
-        default on CPU. "default": no distribution (the default strategy). "one_device": the
-        first GPU, else the CPU. "mirrored": all GPUs, or where there are none all logical CPU
-        devices (tests split the CPU into two).
+      name: "auto": multi_worker_mirrored when TF_CONFIG names more than one task, else
+        mirrored over all GPUs when there are several, one_device on the only GPU, default
+        on CPU. "default": no distribution. "one_device": the first GPU, else the CPU.
+        "mirrored": all GPUs, or where there are none all logical CPU devices (tests split the
+        CPU into two). "multi_worker_mirrored": every worker TF_CONFIG names, each with its
+        local devices.
       devices: Explicit device names for "mirrored" or "one_device" (first one), overriding the
         discovery above.
+      collective_timeout: multi_worker_mirrored: seconds a collective waits for the others.
+      allow_multi_worker: False for jobs that run on one machine: "auto" then ignores
+        TF_CONFIG.
 
     Returns:
       A tf.distribute.Strategy.
 
     Raises:
-      UserInputError: An unknown name.
+      UserInputError: An unknown name, or multi_worker_mirrored without TF_CONFIG.
     """
     if name not in STRATEGY_NAMES:
         raise UserInputError(f"strategy must be one of {', '.join(STRATEGY_NAMES)}, got {name!r}.")
+    workers = tf_config_workers() if allow_multi_worker or name == "multi_worker_mirrored" else 0
+    if name == "auto" and workers > 1:
+        name = "multi_worker_mirrored"
+    if name == "multi_worker_mirrored":
+        if not workers:
+            raise UserInputError(
+                "--strategy=multi_worker_mirrored needs the TF_CONFIG environment variable: the "
+                'cluster ({"cluster": {"worker": ["host1:port", "host2:port"]}, "task": {"type": '
+                '"worker", "index": 0}}) on every worker (README, "Many machines").'
+            )
+        options = tf.distribute.experimental.CommunicationOptions(
+            timeout_seconds=collective_timeout
+        )
+        return tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
     gpus = [device.name for device in tf.config.list_logical_devices("GPU")]
     if name == "auto":
         name = "mirrored" if len(gpus) > 1 else "one_device" if gpus else "default"
@@ -57,6 +140,8 @@ def get_strategy(name: str = "auto", *, devices: list[str] | None = None) -> tf.
 
 def describe(strategy: tf.distribute.Strategy) -> str:
     """A short name for logs and metrics: "default", "one_device", "mirrored"."""
+    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return "multi_worker_mirrored"
     if isinstance(strategy, tf.distribute.MirroredStrategy):
         return "mirrored"
     if isinstance(strategy, tf.distribute.OneDeviceStrategy):

@@ -28,7 +28,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from fruits_tl import data, decode, faults, files, model, pipeline, preprocess, progress
+from fruits_tl import data, decode, distribute, faults, files, model, pipeline, preprocess, progress
 from fruits_tl.config import FEATURE_DTYPES
 from fruits_tl.errors import UserInputError
 from fruits_tl.stopping import GracefulStop
@@ -290,6 +290,120 @@ def _load_chunk(path: str, fingerprint: str, count: int) -> FeatureSet | None:
     return part if part.fingerprint == fingerprint and len(part) == count else None
 
 
+def _extract_sharded(
+    splits: dict[str, data.ImageFolder],
+    *,
+    extractor: keras.Model,
+    strategy: tf.distribute.Strategy,
+    role: distribute.WorkerRole,
+    run_digest: str,
+    fingerprint: dict,
+    features_dir: str,
+    paths: dict[str, str],
+    batch_size: int,
+    feature_dtype: str,
+    verbose: bool,
+) -> Extraction:
+    """Extraction under several workers: each runs the backbone on its shard only.
+
+    Worker i of n takes every n-th image from image i of each split (the listing is sharded
+    before decoding, `data.select`), runs the backbone on its own devices, and writes
+    `<split>-<i>-of-<n>.npz` atomically (a rerun reuses it when its fingerprint matches). After
+    a barrier every worker reads all the shards and puts the features back in file order; the
+    chief writes `<split>.npz`, labels.txt and fingerprint.json, and after a second barrier
+    removes the shard files. No two workers write the same file.
+    """
+    start = time.perf_counter()
+    local = tf.distribute.get_strategy()  # Outside any scope: this worker's own devices.
+    shard_batch = max(1, batch_size // role.count)
+
+    def shard_file(name: str, index: int) -> str:
+        return os.path.join(features_dir, f"{name}-{index}-of-{role.count}.npz")
+
+    def shard_fingerprint(name: str, index: int) -> str:
+        return f"{run_digest}:{name}:shard-{index}-of-{role.count}"
+
+    def shard_mask(folder: data.ImageFolder, index: int) -> np.ndarray:
+        return np.arange(len(folder)) % role.count == index
+
+    for name, folder in splits.items():
+        mask = shard_mask(folder, role.index)
+        path, expected = shard_file(name, role.index), shard_fingerprint(name, role.index)
+        if _load_chunk(path, expected, int(mask.sum())) is not None:
+            logging.warning(
+                "Reusing shard %d of %d of %s in %s", role.index, role.count, name, features_dir
+            )
+            continue
+        logging.info(
+            "Extracting shard %d of %d of %s: %d images",
+            role.index,
+            role.count,
+            name,
+            int(mask.sum()),
+        )
+        part = extract_features(
+            data.select(folder, mask, name=name),
+            extractor,
+            strategy=local,
+            batch_size=shard_batch,
+            feature_dtype=feature_dtype,
+            verbose=verbose,
+        )
+        save_feature_set(path, dataclasses.replace(part, fingerprint=expected))
+    distribute.barrier(strategy)
+    feature_sets = {}
+    for name, folder in splits.items():
+        parts = []
+        for index in range(role.count):
+            part = _load_chunk(
+                shard_file(name, index),
+                shard_fingerprint(name, index),
+                int(shard_mask(folder, index).sum()),
+            )
+            if part is None:
+                raise RuntimeError(
+                    f"worker {index}'s shard of {name} is missing or stale in {features_dir}"
+                )
+            parts.append(part)
+        width = max(p.features.shape[1] for p in parts if len(p))
+        features = np.zeros((len(folder), width), dtype=feature_dtype)
+        labels = np.zeros(len(folder), dtype=np.int32)
+        for index, part in enumerate(parts):
+            features[index :: role.count] = part.features
+            labels[index :: role.count] = part.labels
+        if not np.array_equal(labels, folder.labels):
+            raise RuntimeError(f"the shards of split {name} do not match its file order")
+        feature_sets[name] = FeatureSet(
+            split=name,
+            features=features,
+            labels=labels,
+            file_paths=folder.file_paths,
+            class_names=folder.class_names,
+            fingerprint=folder.fingerprint,
+        )
+        if role.is_chief:
+            save_feature_set(paths[name], feature_sets[name])
+    if role.is_chief:
+        any_split = next(iter(splits.values()))
+        files.write_lines(os.path.join(features_dir, "labels.txt"), list(any_split.class_names))
+        files.write_json(os.path.join(features_dir, FINGERPRINT_FILE), fingerprint)
+    distribute.barrier(strategy)  # Every worker has read the shards: the chief may remove them.
+    if role.is_chief:
+        for name in splits:
+            for index in range(role.count):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(shard_file(name, index))
+    seconds = time.perf_counter() - start
+    images = sum(len(folder) for folder in splits.values())
+    return Extraction(
+        feature_sets=feature_sets,
+        reused=False,
+        seconds=seconds,
+        images_per_second=images / max(seconds, 1e-9),
+        features_dir=features_dir,
+    )
+
+
 def extract_or_reuse(
     splits: dict[str, data.ImageFolder],
     *,
@@ -379,17 +493,31 @@ def extract_or_reuse(
             ", ".join(changed),
         )
     os.makedirs(features_dir, exist_ok=True)
+    role = distribute.worker_role(strategy)
     # Invalidate first: from here until the new fingerprint is written, nothing here counts.
-    try:
-        os.unlink(os.path.join(features_dir, FINGERPRINT_FILE))
-    except FileNotFoundError:
-        pass
+    if role.is_chief:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(os.path.join(features_dir, FINGERPRINT_FILE))
     with strategy.scope():
         extractor = model.build_feature_extractor(backbone, image_size=image_size)
+    run_digest = hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()[:16]
+    if role.count > 1:
+        return _extract_sharded(
+            splits,
+            extractor=extractor,
+            strategy=strategy,
+            role=role,
+            run_digest=run_digest,
+            fingerprint=fingerprint,
+            features_dir=features_dir,
+            paths=paths,
+            batch_size=batch_size,
+            feature_dtype=feature_dtype,
+            verbose=verbose,
+        )
     start = time.perf_counter()
     feature_sets = {}
     chunk = -(-max(chunk_images, 1) // batch_size) * batch_size
-    run_digest = hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()[:16]
     for name, folder in splits.items():
         size = len(folder) if cache not in ("none", "memory") else chunk
         bounds = [(i, min(i + size, len(folder))) for i in range(0, len(folder), size)] or [(0, 0)]

@@ -11,6 +11,8 @@ import csv
 import dataclasses
 import io
 import os
+import shutil
+import tempfile
 import time
 
 import keras
@@ -32,6 +34,7 @@ from fruits_tl import (
 )
 from fruits_tl import checkpoints as checkpoints_module
 from fruits_tl.config import TrainConfig
+from fruits_tl.errors import UserInputError
 
 MODEL_FILE = "model.keras"
 LABELS_FILE = "labels.txt"
@@ -252,9 +255,9 @@ def train(
     throughput = callbacks.ThroughputCallback(
         len(splits.train),
         log_name="train" if mode == "images" else "head on features of",
-        tensorboard_dir=config.tensorboard_dir,
+        tensorboard_dir=config.tensorboard_dir if distribute.worker_role(strategy).is_chief else "",
     )
-    with stopping.GracefulStop() as stop:
+    with stopping.GracefulStop() as stop, _clear_worker_errors(strategy):
         train_mode = _train_on_images if mode == "images" else _train_on_features
         trained = train_mode(
             config, splits, classifier, strategy=strategy, throughput=throughput, stop=stop
@@ -301,8 +304,16 @@ def train(
     extra[DIGESTS_FILE] = digests_to_csv(trained.digests)
     if splits.bad_images:
         extra[SKIPPED_FILE] = "".join(f"{item}\n" for item in splits.bad_images)
+    # Only the chief writes model_dir; another worker writes to a temporary folder of its own
+    # and removes it (the TF/Keras convention: every worker runs the same save code).
+    role = distribute.worker_role(strategy)
+    output_dir = (
+        config.model_dir
+        if role.is_chief
+        else tempfile.mkdtemp(prefix=f"fruits-tl-worker-{role.index}-")
+    )
     save_model_files(
-        config.model_dir,
+        output_dir,
         trained=classifier,
         class_names=splits.class_names,
         metrics=metrics,
@@ -310,7 +321,9 @@ def train(
         save_h5=config.save_h5,
         extra_text_files=extra,
     )
-    if not config.keep_checkpoints_on_success:
+    if not role.is_chief:
+        shutil.rmtree(output_dir, ignore_errors=True)
+    elif not config.keep_checkpoints_on_success:
         trained.checkpoints.remove()
         with contextlib.suppress(OSError):  # The checkpoint folder, if nothing else is in it.
             os.rmdir(config.resolved_checkpoint_dir())
@@ -325,6 +338,29 @@ def train(
     return TrainResult(
         model_dir=config.model_dir, metrics=metrics, history=history, model=classifier
     )
+
+
+@contextlib.contextmanager
+def _clear_worker_errors(strategy: tf.distribute.Strategy):
+    """Under several workers, a lost worker becomes one clear message, not a deep traceback."""
+    try:
+        yield
+    except (
+        tf.errors.UnavailableError,
+        tf.errors.DeadlineExceededError,
+        tf.errors.CancelledError,
+        tf.errors.AbortedError,
+        tf.errors.InternalError,
+    ) as error:
+        role = distribute.worker_role(strategy)
+        if role.count <= 1:
+            raise
+        raise UserInputError(
+            f"Worker {role.index} of {role.count} lost contact with the other workers "
+            f"({type(error).__name__} in a collective). A worker died or is unreachable; the "
+            "collectives waited --collective_timeout seconds. Start every worker again: the job "
+            "resumes from the chief's last checkpoint."
+        ) from None
 
 
 def digests_to_csv(digests) -> str:
@@ -407,8 +443,12 @@ def _fit(
         ),
         keep=config.keep_checkpoints,
     )
-    if config.restart:
+    # Under several workers only the chief writes checkpoints (in model_dir's folder, which
+    # they all must reach); every worker resumes from the chief's latest.
+    chief = distribute.worker_role(strategy).is_chief
+    if config.restart and chief:
         store.remove()
+    distribute.barrier(strategy)  # No worker restores before the chief has removed them.
     resume = store.restore_latest()
     if resume is not None:
         logging.warning(
@@ -436,7 +476,7 @@ def _fit(
         steps_per_call=1 if mode == "images" else 0,
         evaluation_slice=evaluation_slice,
         resume=resume,
-        checkpoint=store.save,
+        checkpoint=store.save if chief else None,
         checkpoint_every_steps=config.checkpoint_every_steps,
         stop=stop,
     )

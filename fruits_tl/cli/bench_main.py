@@ -85,7 +85,7 @@ def _main(argv):
     common.require(["data_dir"])
     if FLAGS.compare_modes:
         return _compare_modes()
-    from fruits_tl import benchmark, distribute, files
+    from fruits_tl import benchmark, files
     from fruits_tl.config import BenchConfig, ModelConfig
 
     config = BenchConfig(
@@ -102,7 +102,7 @@ def _main(argv):
 
     with stopping.GracefulStop() as stop:
         result = benchmark.run_benchmark(
-            config, strategy=distribute.get_strategy(FLAGS.strategy), stop=stop
+            config, strategy=common.strategy(multi_worker=False), stop=stop
         )
     print(benchmark.format_table(result))
     if FLAGS.output_json:

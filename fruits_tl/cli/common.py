@@ -55,8 +55,15 @@ flags.DEFINE_string(
 flags.DEFINE_enum(
     "strategy",
     "auto",
-    ["auto", "default", "one_device", "mirrored"],
-    "tf.distribute strategy; auto: mirrored on several GPUs, one_device on one, default on CPU.",
+    ["auto", "default", "one_device", "mirrored", "multi_worker_mirrored"],
+    "tf.distribute strategy; auto: multi_worker_mirrored when TF_CONFIG names several workers, "
+    "mirrored on several GPUs, one_device on one, default on CPU.",
+)
+flags.DEFINE_float(
+    "collective_timeout",
+    300.0,
+    "multi_worker_mirrored: seconds a worker waits for the others before failing (a dead worker "
+    "then stops the rest with an error instead of a hang).",
 )
 flags.DEFINE_string(
     "cache",
@@ -245,6 +252,25 @@ def data_config(**overrides):
     )
     values.update(overrides)
     return DataConfig(**values)
+
+
+def strategy(*, multi_worker: bool = True):
+    """The --strategy the binary runs under (create it before any other TensorFlow op).
+
+    Args:
+      multi_worker: The binary runs on several workers (train, extract); the others run on one
+        machine: `auto` then ignores TF_CONFIG and multi_worker_mirrored is refused.
+    """
+    from fruits_tl import distribute
+
+    if not multi_worker:
+        if FLAGS.strategy == "multi_worker_mirrored":
+            raise UserInputError(
+                "--strategy=multi_worker_mirrored is for fruits-tl-train and fruits-tl-extract; "
+                "run this binary on one machine."
+            )
+        return distribute.get_strategy(FLAGS.strategy, allow_multi_worker=False)
+    return distribute.get_strategy(FLAGS.strategy, collective_timeout=FLAGS.collective_timeout)
 
 
 def reject_arguments(argv: list[str]) -> None:

@@ -32,7 +32,7 @@ PROGRAM = "fruits-tl-evaluate"
 def _main(argv):
     common.reject_arguments(argv)
     common.require_data(["model"])
-    from fruits_tl import distribute, evaluate
+    from fruits_tl import evaluate
     from fruits_tl.config import EvaluateConfig
 
     config = EvaluateConfig(
@@ -43,7 +43,7 @@ def _main(argv):
         batch_size=FLAGS.batch_size,
         num_mistakes=FLAGS.num_mistakes,
     )
-    report = evaluate.evaluate(config, strategy=distribute.get_strategy(FLAGS.strategy))
+    report = evaluate.evaluate(config, strategy=common.strategy(multi_worker=False))
     print(evaluate.summary_table(report))
     print(f"report: {config.resolved_output_dir()}")
     threshold = FLAGS.assert_accuracy_at_least

@@ -21,7 +21,7 @@ PROGRAM = "fruits-tl-extract"
 def _main(argv):
     common.reject_arguments(argv)
     common.require_data(["features_dir"])
-    from fruits_tl import distribute, extract
+    from fruits_tl import extract
     from fruits_tl.config import ExtractConfig, ModelConfig
 
     config = ExtractConfig(
@@ -34,7 +34,7 @@ def _main(argv):
         verbose=FLAGS.extract_verbose == 1,
         chunk_images=FLAGS.extract_chunk_images,
     )
-    result = extract.extract(config, strategy=distribute.get_strategy(FLAGS.strategy))
+    result = extract.extract(config, strategy=common.strategy())
     for name, feature_set in result.feature_sets.items():
         rows, width = feature_set.features.shape
         print(f"{name}: {rows} x {width} {feature_set.features.dtype}")
@@ -58,6 +58,7 @@ USES = (
     "features_dir",
     "model",
     "strategy",
+    "collective_timeout",
     "weights",
 )
 main = common.guarded(PROGRAM, _main, module_name=__name__, uses=USES)

@@ -46,9 +46,9 @@ def _main(argv):
         raise common.UserInputError("give one or more image files or folders after the flags.")
     if FLAGS.top_k < 1:
         raise common.UserInputError(f"top_k must be >= 1, got {FLAGS.top_k}.")
-    from fruits_tl import data, distribute, evaluate
+    from fruits_tl import data, evaluate
 
-    strategy = distribute.get_strategy(FLAGS.strategy)
+    strategy = common.strategy(multi_worker=False)
     predictions = evaluate.predict_paths(
         FLAGS.model,
         inputs,

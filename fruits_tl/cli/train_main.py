@@ -102,9 +102,9 @@ def build_config():
 def _main(argv):
     common.reject_arguments(argv)
     config = build_config()
-    from fruits_tl import distribute, train
+    from fruits_tl import train
 
-    strategy = distribute.get_strategy(FLAGS.strategy)
+    strategy = common.strategy()
     flags_text = common.resolved_flags_text([common.__name__, __name__])
     result = train.train(config, strategy=strategy, extra_text_files={"flags.txt": flags_text})
     metrics = result.metrics
@@ -128,6 +128,7 @@ USES = (
     "features_dir",
     "learning_rate",
     "strategy",
+    "collective_timeout",
     "weights",
     "extract_chunk_images",
 )

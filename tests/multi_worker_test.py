@@ -1,0 +1,202 @@
+"""MultiWorkerMirroredStrategy with two real worker processes on 127.0.0.1 (TF_CONFIG, free
+ports the test picks), against one process with a 2-replica MirroredStrategy."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from conftest import REPO
+
+from fruits_tl import config, distribute, train
+
+RECIPE = [
+    "--alpha=0.25",
+    "--image_size=32",
+    "--batch_size=4",
+    "--epochs=2",
+    "--verbose=0",
+    "--seed=7",
+]
+
+
+def _free_ports(count: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(count)]
+    for sock in sockets:
+        sock.bind(("127.0.0.1", 0))
+    ports = [sock.getsockname()[1] for sock in sockets]
+    for sock in sockets:
+        sock.close()
+    return ports
+
+
+def _workers(
+    args: list[str],
+    *,
+    kill_at: dict | None = None,
+    timeout: float = 300,
+    module: str = "train_main",
+) -> list[subprocess.CompletedProcess]:
+    """Runs a binary (fruits-tl-train by default) as two workers of one cluster; returns both."""
+    ports = _free_ports(2)
+    processes = []
+    for index in range(2):
+        environment = {k: v for k, v in os.environ.items() if not k.startswith("FRUITS_TL_KILL")}
+        environment["TF_CPP_MIN_LOG_LEVEL"] = "3"
+        environment["TF_CONFIG"] = json.dumps(
+            {
+                "cluster": {"worker": [f"127.0.0.1:{p}" for p in ports]},
+                "task": {"type": "worker", "index": index},
+            }
+        )
+        if kill_at and index in kill_at:
+            environment["FRUITS_TL_KILL_AT"] = kill_at[index]
+        command = [
+            sys.executable,
+            "-m",
+            f"fruits_tl.cli.{module}",
+            "--strategy=multi_worker_mirrored",
+            *args,
+        ]
+        processes.append(
+            subprocess.Popen(
+                command,
+                cwd=REPO,
+                env=environment,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
+    results = []
+    try:
+        for process in processes:
+            out, err = process.communicate(timeout=timeout)
+            results.append(subprocess.CompletedProcess(process.args, process.returncode, out, err))
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+    return results
+
+
+@pytest.mark.parametrize("mode", ["features", "images"])
+def test_two_workers_train_as_one_process_with_two_replicas(
+    mode, tiny_dataset, informative_weights, tmp_path
+):
+    model_dir = tmp_path / "cluster"
+    args = [
+        f"--data_dir={tiny_dataset}",
+        f"--model_dir={model_dir}",
+        f"--mode={mode}",
+        f"--weights={informative_weights}",
+        *RECIPE,
+    ]
+    results = _workers(args)
+    for index, result in enumerate(results):
+        assert result.returncode == 0, f"worker {index}: {result.stderr[-3000:]}"
+    # Only the chief wrote model_dir.
+    assert (model_dir / "metrics.json").exists()
+    metrics = json.loads((model_dir / "metrics.json").read_text())
+    assert (metrics["strategy"], metrics["num_replicas"]) == ("multi_worker_mirrored", 2)
+    # One process, MirroredStrategy over the 2 logical CPUs, the same global batch.
+    reference = train.train(
+        config.TrainConfig(
+            data=config.DataConfig(data_dir=tiny_dataset, image_size=32, seed=7),
+            model=config.ModelConfig(alpha=0.25, weights=informative_weights),
+            model_dir=str(tmp_path / "mirrored"),
+            batch_size=4,
+            epochs=2,
+            verbose=0,
+            mode=mode,
+        ),
+        strategy=distribute.get_strategy("mirrored"),
+    )
+    import keras
+
+    ours = keras.saving.load_model(str(model_dir / "model.keras"), compile=False)
+    for left, right in zip(
+        ours.get_layer("head_dense").get_weights(),
+        reference.model.get_layer("head_dense").get_weights(),
+        strict=True,
+    ):
+        np.testing.assert_allclose(left, right, rtol=1e-5, atol=1e-6)
+    assert metrics["test_accuracy"] == pytest.approx(reference.metrics.test_accuracy)
+    if mode == "features":
+        for split in ("train", "test"):
+            with (
+                np.load(model_dir / "features" / f"{split}.npz") as a,
+                np.load(tmp_path / "mirrored" / "features" / f"{split}.npz") as b,
+            ):
+                np.testing.assert_allclose(a["features"], b["features"], rtol=1e-5, atol=1e-7)
+                np.testing.assert_array_equal(a["labels"], b["labels"])
+        assert not [n for n in os.listdir(model_dir / "features") if "-of-" in n]  # Shards removed.
+
+
+def test_a_dead_worker_stops_the_other_with_a_clear_message(tiny_dataset, tmp_path):
+    # Worker 1 dies after the first epoch's 5 steps (features mode runs an epoch per call).
+    args = [
+        f"--data_dir={tiny_dataset}",
+        f"--model_dir={tmp_path / 'cluster'}",
+        "--mode=features",
+        "--weights=none",
+        "--collective_timeout=15",
+        *RECIPE,
+    ]
+    survivor, dead = _workers(args, kill_at={1: "train:step:0:5"}, timeout=240)
+    assert dead.returncode == -9
+    assert survivor.returncode == 2, survivor.stderr[-3000:]
+    text = " ".join(survivor.stderr.split())
+    assert "fruits-tl-train: error: Worker 0 of 2 lost contact with the other workers" in text, (
+        text[-3000:]
+    )
+    assert "Traceback" not in survivor.stderr
+
+
+def test_two_workers_extract_their_shards_and_the_chief_writes_the_features(tiny_dataset, tmp_path):
+    common = [
+        f"--data_dir={tiny_dataset}",
+        "--alpha=0.25",
+        "--image_size=32",
+        "--weights=none",
+        "--batch_size=4",
+        "--extract_verbose=0",
+    ]
+    results = _workers([f"--features_dir={tmp_path / 'cluster'}", *common], module="extract_main")
+    for index, result in enumerate(results):
+        assert result.returncode == 0, f"worker {index}: {result.stderr[-3000:]}"
+    assert "Extracting shard 1 of 2 of train: 9 images" in results[1].stderr
+    single = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "fruits_tl.cli.extract_main",
+            f"--features_dir={tmp_path / 'single'}",
+            *common,
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={k: v for k, v in os.environ.items() if k != "TF_CONFIG"},
+    )
+    assert single.returncode == 0, single.stderr[-3000:]
+    assert sorted(os.listdir(tmp_path / "cluster")) == [
+        "fingerprint.json",
+        "labels.txt",
+        "test.npz",
+        "train.npz",
+    ]
+    for split in ("train", "test"):
+        with (
+            np.load(tmp_path / "cluster" / f"{split}.npz") as a,
+            np.load(tmp_path / "single" / f"{split}.npz") as b,
+        ):
+            np.testing.assert_allclose(a["features"], b["features"], rtol=1e-5, atol=1e-7)
+            assert list(a["file_paths"]) == list(b["file_paths"])
