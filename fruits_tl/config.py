@@ -144,6 +144,8 @@ class TrainConfig:
       deterministic: Seeded, op-deterministic training (keras.utils.set_random_seed and
         tf.config.experimental.enable_op_determinism): the same weights on every run.
       extract_chunk_images: Images per stored chunk of the extraction (features mode).
+      collective_timeout: Under several workers, seconds without progress of the cluster
+        (a training step, a barrier) before this worker stops with an error.
     """
 
     data: DataConfig
@@ -166,9 +168,14 @@ class TrainConfig:
     restart: bool = False
     deterministic: bool = False
     extract_chunk_images: int = 2048
+    collective_timeout: float = 300.0
 
     def __post_init__(self) -> None:
         _require(bool(self.model_dir), "model_dir is required: where the model is written.")
+        _require(
+            self.collective_timeout > 0,
+            f"collective_timeout must be > 0, got {self.collective_timeout}.",
+        )
         _require(
             self.checkpoint_every_steps >= 0,
             "checkpoint_every_steps must be >= 0 (0: once per epoch), got "
@@ -362,6 +369,7 @@ class ExtractConfig:
       feature_dtype: "float32" or "float16".
       verbose: Show progress.
       chunk_images: Images per stored chunk (a killed extraction's rerun reuses whole chunks).
+      collective_timeout: Under several workers, seconds a barrier waits for the others.
     """
 
     data: DataConfig
@@ -372,6 +380,7 @@ class ExtractConfig:
     feature_dtype: str = "float32"
     verbose: bool = True
     chunk_images: int = 2048
+    collective_timeout: float = 300.0
 
     def __post_init__(self) -> None:
         _require(bool(self.features_dir), "features_dir is required: where the features go.")

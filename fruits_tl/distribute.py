@@ -10,6 +10,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import threading
+import time
 
 import tensorflow as tf
 
@@ -61,19 +63,69 @@ def worker_role(strategy: tf.distribute.Strategy) -> WorkerRole:
     return WorkerRole(index=index, count=count, is_chief=chief)
 
 
-def barrier(strategy: tf.distribute.Strategy) -> None:
-    """Waits until every worker reaches this point (a collective all-reduce of a constant)."""
-    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
-        strategy.reduce(
-            tf.distribute.ReduceOp.SUM, strategy.run(lambda: tf.constant(1.0)), axis=None
-        )
+def barrier(strategy: tf.distribute.Strategy, *, timeout: float | None = None) -> None:
+    """Waits until every worker reaches this point: an all-reduce of a constant.
+
+    Args:
+      strategy: The strategy; a no-op unless it spans several workers.
+      timeout: Seconds to wait for the others before failing (a worker that died).
+    """
+    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return
+    options = (
+        tf.distribute.experimental.CommunicationOptions(timeout_seconds=timeout)
+        if timeout
+        else None
+    )
+
+    def all_reduce():
+        context = tf.distribute.get_replica_context()
+        return context.all_reduce(tf.distribute.ReduceOp.SUM, tf.constant(1.0), options=options)
+
+    strategy.run(all_reduce)
+
+
+class Watchdog:
+    """Calls `on_timeout` when `beat()` has not been called for `timeout` seconds.
+
+    Under several workers a dead or frozen peer leaves the others blocked in a collective.
+    TensorFlow's per-collective timeout (CommunicationOptions.timeout_seconds on the
+    strategy) starts a thread for every collective that lives for the whole timeout: at a few
+    hundred steps a second TensorFlow 2.21 ran out of threads ("Resource temporarily
+    unavailable"). So the training loop beats once per call instead, and this one thread
+    watches.
+    """
+
+    def __init__(self, timeout: float, on_timeout):
+        self.timeout = timeout
+        self.on_timeout = on_timeout
+        self._last = time.monotonic()
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="fruits-tl-watchdog", daemon=True)
+
+    def beat(self) -> None:
+        self._last = time.monotonic()
+
+    def _watch(self) -> None:
+        while not self._done.wait(min(1.0, self.timeout / 4)):
+            if time.monotonic() - self._last > self.timeout:
+                self.on_timeout()
+                return
+
+    def __enter__(self) -> Watchdog:
+        self.beat()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._done.set()
+        self._thread.join()
 
 
 def get_strategy(
     name: str = "auto",
     *,
     devices: list[str] | None = None,
-    collective_timeout: float = DEFAULT_COLLECTIVE_TIMEOUT,
     allow_multi_worker: bool = True,
 ) -> tf.distribute.Strategy:
     """Returns a distribution strategy by name.
@@ -90,7 +142,6 @@ def get_strategy(
         local devices.
       devices: Explicit device names for "mirrored" or "one_device" (first one), overriding the
         discovery above.
-      collective_timeout: multi_worker_mirrored: seconds a collective waits for the others.
       allow_multi_worker: False for jobs that run on one machine: "auto" then ignores
         TF_CONFIG.
 
@@ -112,10 +163,9 @@ def get_strategy(
                 'cluster ({"cluster": {"worker": ["host1:port", "host2:port"]}, "task": {"type": '
                 '"worker", "index": 0}}) on every worker (README, "Many machines").'
             )
-        options = tf.distribute.experimental.CommunicationOptions(
-            timeout_seconds=collective_timeout
-        )
-        return tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
+        # No timeout on every collective (see Watchdog): barriers take one of their own and the
+        # training loop is watched.
+        return tf.distribute.MultiWorkerMirroredStrategy()
     gpus = [device.name for device in tf.config.list_logical_devices("GPU")]
     if name == "auto":
         name = "mirrored" if len(gpus) > 1 else "one_device" if gpus else "default"

@@ -63,4 +63,5 @@ def extract(config: ExtractConfig, *, strategy: tf.distribute.Strategy) -> extra
             verbose=config.verbose,
             chunk_images=config.chunk_images,
             stop=stop,
+            barrier_timeout=config.collective_timeout,
         )

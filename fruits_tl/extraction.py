@@ -303,6 +303,7 @@ def _extract_sharded(
     batch_size: int,
     feature_dtype: str,
     verbose: bool,
+    barrier_timeout: float | None,
 ) -> Extraction:
     """Extraction under several workers: each runs the backbone on its shard only.
 
@@ -350,7 +351,7 @@ def _extract_sharded(
             verbose=verbose,
         )
         save_feature_set(path, dataclasses.replace(part, fingerprint=expected))
-    distribute.barrier(strategy)
+    distribute.barrier(strategy, timeout=barrier_timeout)
     feature_sets = {}
     for name, folder in splits.items():
         parts = []
@@ -387,7 +388,9 @@ def _extract_sharded(
         any_split = next(iter(splits.values()))
         files.write_lines(os.path.join(features_dir, "labels.txt"), list(any_split.class_names))
         files.write_json(os.path.join(features_dir, FINGERPRINT_FILE), fingerprint)
-    distribute.barrier(strategy)  # Every worker has read the shards: the chief may remove them.
+    distribute.barrier(
+        strategy, timeout=barrier_timeout
+    )  # Every worker has read the shards: the chief may remove them.
     if role.is_chief:
         for name in splits:
             for index in range(role.count):
@@ -418,6 +421,7 @@ def extract_or_reuse(
     verbose: bool = True,
     chunk_images: int = DEFAULT_CHUNK_IMAGES,
     stop: GracefulStop | None = None,
+    barrier_timeout: float | None = None,
 ) -> Extraction:
     """Returns the features of every split, reusing `features_dir` when its fingerprint matches.
 
@@ -443,6 +447,7 @@ def extract_or_reuse(
       verbose: Progress bars.
       chunk_images: Images per stored chunk (rounded up to a multiple of batch_size).
       stop: Checked after every chunk: a stop request raises StopRequested there.
+      barrier_timeout: Under several workers, seconds a barrier waits for the others.
 
     Returns:
       The Extraction.
@@ -514,6 +519,7 @@ def extract_or_reuse(
             batch_size=batch_size,
             feature_dtype=feature_dtype,
             verbose=verbose,
+            barrier_timeout=barrier_timeout,
         )
     start = time.perf_counter()
     feature_sets = {}

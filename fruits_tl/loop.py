@@ -229,6 +229,7 @@ def fit(
     checkpoint_every_steps: int = 0,
     stop: GracefulStop | None = None,
     resume_hint: str = "rerun the same command to resume",
+    heartbeat: Callable[[], None] | None = None,
 ) -> Training:
     """Trains a compiled model on examples in memory, as `fit` would on the image route.
 
@@ -255,6 +256,7 @@ def fit(
       checkpoint_every_steps: 0 for once per epoch.
       stop: Checked after every call; a request checkpoints and raises StopRequested.
       resume_hint: The end of the stop message.
+      heartbeat: Called after every compiled call and every validation (a watchdog's beat).
 
     Returns:
       The Training.
@@ -329,6 +331,8 @@ def fit(
             )
             state["totals"] = [float(a + b) for a, b in zip(state["totals"], sums, strict=True)]
             state["step"] = step + n
+            if heartbeat is not None:
+                heartbeat()
             faults.point(f"train:step:{epoch}:{state['step']}")
             boundary = checkpoint_every_steps and state["step"] % checkpoint_every_steps == 0
             stopping = stop is not None and stop.requested is not None
@@ -344,6 +348,8 @@ def fit(
         if validation_tensors is not None:
             call("on_test_begin")
             validation_logs = loop.evaluate(*validation_tensors)
+            if heartbeat is not None:
+                heartbeat()
             call("on_test_end", validation_logs)
             logs.update({f"val_{key}": value for key, value in validation_logs.items()})
         call("on_epoch_end", epoch, logs)

@@ -340,6 +340,14 @@ def train(
     )
 
 
+def _lost_worker_message(role: distribute.WorkerRole, what: str) -> str:
+    return (
+        f"Worker {role.index} of {role.count} lost contact with the other workers ({what}). A "
+        "worker died or is unreachable. Start every worker again: the job resumes from the "
+        "chief's last checkpoint."
+    )
+
+
 @contextlib.contextmanager
 def _clear_worker_errors(strategy: tf.distribute.Strategy):
     """Under several workers, a lost worker becomes one clear message, not a deep traceback."""
@@ -356,11 +364,28 @@ def _clear_worker_errors(strategy: tf.distribute.Strategy):
         if role.count <= 1:
             raise
         raise UserInputError(
-            f"Worker {role.index} of {role.count} lost contact with the other workers "
-            f"({type(error).__name__} in a collective). A worker died or is unreachable; the "
-            "collectives waited --collective_timeout seconds. Start every worker again: the job "
-            "resumes from the chief's last checkpoint."
+            _lost_worker_message(role, f"{type(error).__name__} in a collective")
         ) from None
+
+
+def _watch_workers(strategy: tf.distribute.Strategy, timeout: float):
+    """Under several workers, a watchdog that stops this process when the cluster stalls."""
+    role = distribute.worker_role(strategy)
+    if role.count <= 1:
+        return contextlib.nullcontext(None)
+
+    def stalled():
+        # Blocked in a collective: no exception will come, so stop here. Every file is written
+        # atomically, so nothing is left half-written.
+        logging.error(
+            "%s",
+            _lost_worker_message(
+                role, f"no step finished for {timeout:.0f} s, --collective_timeout"
+            ),
+        )
+        os._exit(2)
+
+    return distribute.Watchdog(timeout, stalled)
 
 
 def digests_to_csv(digests) -> str:
@@ -448,7 +473,8 @@ def _fit(
     chief = distribute.worker_role(strategy).is_chief
     if config.restart and chief:
         store.remove()
-    distribute.barrier(strategy)  # No worker restores before the chief has removed them.
+    # No worker restores before the chief has removed them.
+    distribute.barrier(strategy, timeout=config.collective_timeout)
     resume = store.restore_latest()
     if resume is not None:
         logging.warning(
@@ -458,9 +484,36 @@ def _fit(
             config.epochs,
             resume["step"],
         )
+    with _watch_workers(strategy, config.collective_timeout) as watchdog:
+        training = _fit_loop(
+            config,
+            trainable,
+            arrays=arrays,
+            mode=mode,
+            strategy=strategy,
+            throughput=throughput,
+            resume=resume,
+            store=store if chief else None,
+            stop=stop,
+            heartbeat=watchdog.beat if watchdog is not None else None,
+        )
+    test = loop.evaluate(
+        trainable,
+        inputs=arrays["test"][0],
+        labels=arrays["test"][1],
+        strategy=strategy,
+        evaluation_slice=config.batch_size if mode == "images" else loop.EVALUATION_SLICE,
+    )
+    return training, test, store
+
+
+def _fit_loop(
+    config, trainable, *, arrays, mode, strategy, throughput, resume, store, stop, heartbeat
+):
+    """`loop.fit` with the job's settings."""
     evaluation_slice = config.batch_size if mode == "images" else loop.EVALUATION_SLICE
     validation = "validation" if "validation" in arrays else "test"
-    training = loop.fit(
+    return loop.fit(
         trainable,
         inputs=arrays["train"][0],
         labels=arrays["train"][1],
@@ -476,18 +529,11 @@ def _fit(
         steps_per_call=1 if mode == "images" else 0,
         evaluation_slice=evaluation_slice,
         resume=resume,
-        checkpoint=store.save if chief else None,
+        checkpoint=store.save if store is not None else None,
         checkpoint_every_steps=config.checkpoint_every_steps,
         stop=stop,
+        heartbeat=heartbeat,
     )
-    test = loop.evaluate(
-        trainable,
-        inputs=arrays["test"][0],
-        labels=arrays["test"][1],
-        strategy=strategy,
-        evaluation_slice=evaluation_slice,
-    )
-    return training, test, store
 
 
 def _decoded_images(folder: data.ImageFolder, *, cache: str) -> np.ndarray:
@@ -579,6 +625,7 @@ def _train_on_features(
         verbose=config.verbose == 1,
         chunk_images=config.extract_chunk_images,
         stop=stop,
+        barrier_timeout=config.collective_timeout,
     )
     extract_seconds = time.perf_counter() - start
     num_classes = len(splits.class_names)

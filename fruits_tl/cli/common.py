@@ -270,7 +270,7 @@ def strategy(*, multi_worker: bool = True):
                 "run this binary on one machine."
             )
         return distribute.get_strategy(FLAGS.strategy, allow_multi_worker=False)
-    return distribute.get_strategy(FLAGS.strategy, collective_timeout=FLAGS.collective_timeout)
+    return distribute.get_strategy(FLAGS.strategy)
 
 
 def reject_arguments(argv: list[str]) -> None:

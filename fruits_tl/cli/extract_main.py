@@ -33,6 +33,7 @@ def _main(argv):
         feature_dtype=FLAGS.feature_dtype,
         verbose=FLAGS.extract_verbose == 1,
         chunk_images=FLAGS.extract_chunk_images,
+        collective_timeout=FLAGS.collective_timeout,
     )
     result = extract.extract(config, strategy=common.strategy())
     for name, feature_set in result.feature_sets.items():

@@ -96,6 +96,7 @@ def build_config():
         restart=FLAGS.restart,
         deterministic=FLAGS.deterministic,
         extract_chunk_images=FLAGS.extract_chunk_images,
+        collective_timeout=FLAGS.collective_timeout,
     )
 
 
