@@ -53,6 +53,8 @@ class DataConfig:
         tfds_data_dir, prepared from manual_dir first if needed).
       tfds_data_dir: Where the prepared TFDS records live ("" for TFDS's default).
       manual_dir: Where the extracted Fruits-360 folder or its archive lies, for preparing.
+      data_service_address: "grpc://host:port" of a tf.data service dispatcher that decodes
+        the images ("" decodes here).
     """
 
     data_dir: str
@@ -68,8 +70,14 @@ class DataConfig:
     data_source: str = "folder"
     tfds_data_dir: str = ""
     manual_dir: str = ""
+    data_service_address: str = ""
 
     def __post_init__(self) -> None:
+        _require(
+            not self.data_service_address or self.data_service_address.startswith("grpc://"),
+            "data_service_address must look like grpc://host:port, got "
+            f"{self.data_service_address!r}.",
+        )
         _require(
             self.data_source in DATA_SOURCES,
             f"data_source must be one of {', '.join(DATA_SOURCES)}, got {self.data_source!r}.",

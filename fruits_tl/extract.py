@@ -64,4 +64,5 @@ def extract(config: ExtractConfig, *, strategy: tf.distribute.Strategy) -> extra
             chunk_images=config.chunk_images,
             stop=stop,
             barrier_timeout=config.collective_timeout,
+            data_service_address=data_config.data_service_address,
         )

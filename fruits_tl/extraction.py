@@ -28,7 +28,18 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from fruits_tl import data, decode, distribute, faults, files, model, pipeline, preprocess, progress
+from fruits_tl import (
+    data,
+    data_service,
+    decode,
+    distribute,
+    faults,
+    files,
+    model,
+    pipeline,
+    preprocess,
+    progress,
+)
 from fruits_tl.config import FEATURE_DTYPES
 from fruits_tl.errors import UserInputError
 from fruits_tl.stopping import GracefulStop
@@ -186,6 +197,7 @@ def extract_features(
     cache: str = "none",
     feature_dtype: str = "float32",
     verbose: bool = True,
+    data_service_address: str = "",
 ) -> FeatureSet:
     """Runs the extractor over one split in file order, under the strategy, in one pass.
 
@@ -201,6 +213,8 @@ def extract_features(
         filled for later image-mode runs).
       feature_dtype: "float32" or "float16" for the stored features.
       verbose: Show a progress bar.
+      data_service_address: Decode the images on the tf.data service there (each exactly
+        once), then run the backbone here over them.
 
     Returns:
       The FeatureSet.
@@ -209,15 +223,25 @@ def extract_features(
         raise UserInputError(
             f"feature_dtype must be one of {', '.join(FEATURE_DTYPES)}, got {feature_dtype!r}."
         )
-    batches = pipeline.make_batches(
-        folder,
-        batch_size=batch_size,
-        training=False,
-        cache=cache,
-        output="uint8",
-        min_batch_size=strategy.num_replicas_in_sync,
-    )
-    batches = pipeline.share_cpu_with_model(batches)
+    if data_service_address:
+        images = data_service.decode_through_service(folder, data_service_address)
+        elements = tf.data.Dataset.from_tensor_slices((images, folder.labels))
+        ends = pipeline.batch_sizes(
+            len(folder), batch_size=batch_size, min_batch_size=strategy.num_replicas_in_sync
+        )
+        batches = elements.batch(batch_size)
+        if ends is not None:
+            batches = batches.rebatch(tf.constant(ends, tf.int64))
+    else:
+        batches = pipeline.make_batches(
+            folder,
+            batch_size=batch_size,
+            training=False,
+            cache=cache,
+            output="uint8",
+            min_batch_size=strategy.num_replicas_in_sync,
+        )
+        batches = pipeline.share_cpu_with_model(batches)
     features_array, labels_array = run_extractor(
         batches,
         extractor,
@@ -304,6 +328,7 @@ def _extract_sharded(
     feature_dtype: str,
     verbose: bool,
     barrier_timeout: float | None,
+    data_service_address: str,
 ) -> Extraction:
     """Extraction under several workers: each runs the backbone on its shard only.
 
@@ -349,6 +374,7 @@ def _extract_sharded(
             batch_size=shard_batch,
             feature_dtype=feature_dtype,
             verbose=verbose,
+            data_service_address=data_service_address,
         )
         save_feature_set(path, dataclasses.replace(part, fingerprint=expected))
     distribute.barrier(strategy, timeout=barrier_timeout)
@@ -422,6 +448,7 @@ def extract_or_reuse(
     chunk_images: int = DEFAULT_CHUNK_IMAGES,
     stop: GracefulStop | None = None,
     barrier_timeout: float | None = None,
+    data_service_address: str = "",
 ) -> Extraction:
     """Returns the features of every split, reusing `features_dir` when its fingerprint matches.
 
@@ -448,6 +475,7 @@ def extract_or_reuse(
       chunk_images: Images per stored chunk (rounded up to a multiple of batch_size).
       stop: Checked after every chunk: a stop request raises StopRequested there.
       barrier_timeout: Under several workers, seconds a barrier waits for the others.
+      data_service_address: Decode on the tf.data service there ("" decodes here).
 
     Returns:
       The Extraction.
@@ -520,6 +548,7 @@ def extract_or_reuse(
             feature_dtype=feature_dtype,
             verbose=verbose,
             barrier_timeout=barrier_timeout,
+            data_service_address=data_service_address,
         )
     start = time.perf_counter()
     feature_sets = {}
@@ -561,6 +590,7 @@ def extract_or_reuse(
                 feature_dtype=feature_dtype,
                 cache=cache,
                 verbose=verbose,
+                data_service_address=data_service_address,
             )
             part = dataclasses.replace(part, fingerprint=part_fingerprint)
             save_feature_set(part_path, part)

@@ -23,6 +23,7 @@ from absl import logging
 from fruits_tl import (
     callbacks,
     data,
+    data_service,
     distribute,
     extraction,
     files,
@@ -536,12 +537,17 @@ def _fit_loop(
     )
 
 
-def _decoded_images(folder: data.ImageFolder, *, cache: str) -> np.ndarray:
+def _decoded_images(
+    folder: data.ImageFolder, *, cache: str, data_service_address: str = ""
+) -> np.ndarray:
     """The split's uint8 images in file order, decoded once through the route.
 
     Images mode keeps them in memory as one array (what a memory cache holds); a file cache
-    prefix is honoured, so a later run reads the decoded pixels instead of decoding again.
+    prefix is honoured, so a later run reads the decoded pixels instead of decoding again. With
+    a tf.data service address, its workers decode them, each exactly once.
     """
+    if data_service_address:
+        return data_service.decode_through_service(folder, data_service_address)
     batches = pipeline.make_batches(
         folder,
         batch_size=256,
@@ -567,7 +573,14 @@ def _train_on_images(
     the backbone running on every image of every epoch."""
     start = time.perf_counter()
     arrays = {
-        name: (_decoded_images(folder, cache=config.data.cache), folder.labels)
+        name: (
+            _decoded_images(
+                folder,
+                cache=config.data.cache,
+                data_service_address=config.data.data_service_address,
+            ),
+            folder.labels,
+        )
         for name, folder in splits.named().items()
     }
     backbone = classifier.get_layer(model.BACKBONE_NAME)
@@ -626,6 +639,7 @@ def _train_on_features(
         chunk_images=config.extract_chunk_images,
         stop=stop,
         barrier_timeout=config.collective_timeout,
+        data_service_address=data_config.data_service_address,
     )
     extract_seconds = time.perf_counter() - start
     num_classes = len(splits.class_names)

@@ -54,6 +54,7 @@ LAYERS = {
         "servable",
         "sources",
         "tfds_fruits360",
+        "data_service",
     },
     "jobs": {
         "train",

@@ -136,6 +136,12 @@ flags.DEFINE_integer(
     "How many classes per image: shown by fruits-tl-predict, returned by the exported "
     "serve_jpeg signature.",
 )
+flags.DEFINE_string(
+    "data_service_address",
+    "",
+    "grpc://host:port of a tf.data service dispatcher (fruits-tl-data-service) whose workers "
+    "decode the images, each exactly once; empty decodes in this process.",
+)
 flags.DEFINE_integer(
     "extract_chunk_images",
     2048,
@@ -249,6 +255,7 @@ def data_config(**overrides):
         data_source=FLAGS.data_source,
         tfds_data_dir=FLAGS.tfds_data_dir,
         manual_dir=FLAGS.manual_dir,
+        data_service_address=FLAGS["data_service_address"].value,
     )
     values.update(overrides)
     return DataConfig(**values)

@@ -60,6 +60,7 @@ USES = (
     "model",
     "strategy",
     "collective_timeout",
+    "data_service_address",
     "weights",
 )
 main = common.guarded(PROGRAM, _main, module_name=__name__, uses=USES)

@@ -130,6 +130,7 @@ USES = (
     "learning_rate",
     "strategy",
     "collective_timeout",
+    "data_service_address",
     "weights",
     "extract_chunk_images",
 )

@@ -1,0 +1,77 @@
+"""fruits-tl-data-service: a tf.data service dispatcher or worker, until SIGTERM or SIGINT.
+
+Examples:
+  fruits-tl-data-service --port=5050                                       # the dispatcher
+  fruits-tl-data-service --dispatcher_address=grpc://host1:5050 --port=5051  # a worker
+  fruits-tl-train --data_dir=... --model_dir=... --data_service_address=grpc://host1:5050
+
+It prints its address on its first line of output once it serves, and stops cleanly (exit 0)
+on SIGTERM or SIGINT.
+"""
+
+from __future__ import annotations
+
+import signal
+import socket
+import sys
+import threading
+
+from absl import flags
+
+from fruits_tl.cli import common
+
+flags.DEFINE_integer("port", 0, "Port to serve on; 0 picks a free one.")
+flags.DEFINE_string(
+    "dispatcher_address",
+    "",
+    "Start a worker of the dispatcher at this address; empty starts a dispatcher.",
+)
+flags.DEFINE_string("host", "localhost", "The host name other processes reach this worker at.")
+
+FLAGS = flags.FLAGS
+PROGRAM = "fruits-tl-data-service"
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("", 0))
+        return probe.getsockname()[1]
+
+
+def _main(argv):
+    common.reject_arguments(argv)
+    if not 0 <= FLAGS.port <= 65535:
+        raise common.UserInputError(f"--port must be in [0, 65535], got {FLAGS.port}.")
+    from fruits_tl import data_service
+
+    stopping = threading.Event()
+    received = []
+
+    def handle(number, frame):
+        received.append(number)
+        stopping.set()
+
+    for number in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(number, handle)
+    if FLAGS.dispatcher_address:
+        port = FLAGS.port or _free_port()
+        server = data_service.start_worker(FLAGS.dispatcher_address, port=port, host=FLAGS.host)
+        print(
+            f"{PROGRAM}: worker serving at {FLAGS.host}:{port} for {FLAGS.dispatcher_address}",
+            flush=True,
+        )
+    else:
+        server = data_service.start_dispatcher(FLAGS.port)
+        print(f"{PROGRAM}: dispatcher serving at {server.target}", flush=True)
+    stopping.wait()
+    server.stop()
+    print(f"{PROGRAM}: stopped on {signal.Signals(received[0]).name}", file=sys.stderr, flush=True)
+    return 0
+
+
+USES = ()
+main = common.guarded(PROGRAM, _main, module_name=__name__, uses=USES)
+run = common.main_runner(main)
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,96 @@
+"""The tf.data service: decoding the route's images on other machines.
+
+`start_dispatcher` and `start_worker` start real tf.data service servers (fruits-tl-data-service
+runs one per process). `decode_through_service` sends the decode step of the route to them: the
+(index, path, label) listing is split among the workers by tf.data's `distributed_epoch` mode,
+so every image is decoded exactly once, by one worker, with `decode.decode_image`; the client
+puts the pixels back in file order by index, and checks that every index came exactly once.
+The jobs then cache the pixels in memory as they do without the service (images mode keeps
+them; extraction runs the backbone over them).
+
+Why `distributed_epoch` for training too: this package's training decodes each split once and
+keeps the pixels (BUILD_NOTES, "Training engine"), so every consumer of the service wants each
+image exactly once, in a known order; the shuffling and batching happen afterwards, from the
+seed, deterministically (`loop.EpochOrders`). Elements arrive in whatever order the workers
+finish; the index puts them back.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+from absl import logging
+
+from fruits_tl import data, decode
+from fruits_tl.errors import UserInputError
+
+# Images per element sent by a worker: one RPC carries this many decoded images.
+SERVICE_BATCH = 64
+
+
+def start_dispatcher(port: int = 0) -> tf.data.experimental.service.DispatchServer:
+    """Starts a dispatcher on `port` (0: any free port)."""
+    return tf.data.experimental.service.DispatchServer(
+        tf.data.experimental.service.DispatcherConfig(port=port)
+    )
+
+
+def start_worker(
+    dispatcher_address: str, *, port: int, host: str = "localhost"
+) -> tf.data.experimental.service.WorkerServer:
+    """Starts a worker on `port` that registers with the dispatcher at `dispatcher_address`."""
+    config = tf.data.experimental.service.WorkerConfig(
+        dispatcher_address=dispatcher_address.split("://", 1)[-1],
+        worker_address=f"{host}:{port}",
+        port=port,
+    )
+    return tf.data.experimental.service.WorkerServer(config)
+
+
+def decode_through_service(folder: data.ImageFolder, address: str) -> np.ndarray:
+    """The split's uint8 images in file order, decoded by the tf.data service at `address`.
+
+    Raises:
+      UserInputError: The split comes from TFDS records (the service reads image files), or
+        the service did not deliver every image exactly once.
+    """
+    if folder.records is not None:
+        raise UserInputError(
+            "--data_service_address takes an image folder (--data_source=folder): the tf.data "
+            "service workers read the image files themselves."
+        )
+    count, size = len(folder), folder.image_size
+    images = np.zeros((count, size, size, 3), np.uint8)
+    if count == 0:
+        return images
+    listing = tf.data.Dataset.from_tensor_slices(
+        (tf.range(count, dtype=tf.int64), tf.constant(list(folder.file_paths), tf.string))
+    )
+    decoded = listing.map(
+        lambda index, path: (index, decode.load_image(path, size)),
+        num_parallel_calls=tf.data.AUTOTUNE,
+    ).batch(SERVICE_BATCH)
+    distributed = decoded.apply(
+        tf.data.experimental.service.distribute(
+            processing_mode="distributed_epoch", service=address
+        )
+    )
+    seen = np.zeros(count, np.int64)
+    try:
+        for indices, batch in distributed.as_numpy_iterator():
+            images[indices] = batch
+            np.add.at(seen, indices, 1)
+    except tf.errors.OpError as error:
+        raise UserInputError(
+            f"The tf.data service at {address} failed ({type(error).__name__}: "
+            f"{str(error).strip().splitlines()[0][:200]}); is the dispatcher running, with workers?"
+        ) from None
+    if not (seen == 1).all():
+        raise UserInputError(
+            f"The tf.data service at {address} delivered {int((seen == 0).sum())} image(s) of "
+            f"{folder.name} never and {int((seen > 1).sum())} more than once."
+        )
+    logging.info(
+        "Decoded %d %s images through the tf.data service at %s", count, folder.name, address
+    )
+    return images

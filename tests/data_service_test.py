@@ -1,0 +1,135 @@
+"""The tf.data service: real dispatcher and worker processes (fruits-tl-data-service) on
+loopback, each image decoded exactly once, the same features and training as without it."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from conftest import REPO, run_main
+
+from fruits_tl import data, data_service
+from fruits_tl.cli import train_main
+
+
+def _serve(args: list[str]) -> tuple[subprocess.Popen, str]:
+    """Starts fruits-tl-data-service; returns it once it has printed its address (no sleep)."""
+    environment = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "fruits_tl.cli.data_service_main", *args],
+        cwd=REPO,
+        env=environment,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    line = process.stdout.readline()
+    assert " serving at " in line, (
+        line,
+        process.stderr.read() if process.poll() is not None else "",
+    )
+    return process, line.split(" serving at ", 1)[1].split()[0]
+
+
+def _stop(process: subprocess.Popen, number=signal.SIGTERM) -> subprocess.CompletedProcess:
+    process.send_signal(number)
+    out, err = process.communicate(timeout=60)
+    return subprocess.CompletedProcess(process.args, process.returncode, out, err)
+
+
+@pytest.fixture(scope="module")
+def service():
+    """A dispatcher and two workers, each its own process; all stopped at the end."""
+    dispatcher, address = _serve(["--port=0"])
+    workers = [_serve([f"--dispatcher_address={address}", "--host=localhost"])[0] for _ in range(2)]
+    yield address
+    for process in [*workers, dispatcher]:
+        if process.poll() is None:
+            _stop(process)
+
+
+def test_every_image_is_decoded_once_with_the_routes_pixels(service, tiny_dataset):
+    splits = data.load_dataset(tiny_dataset, image_size=32)
+    images = data_service.decode_through_service(splits.train, service)
+    expected = np.stack([image for image, _ in splits.train.dataset.as_numpy_iterator()])
+    np.testing.assert_array_equal(images, expected)
+
+
+def test_training_through_the_service_is_training_without_it(
+    service, tiny_dataset, informative_weights, tmp_path, capsys
+):
+    common = [
+        "--alpha=0.25",
+        "--image_size=32",
+        f"--weights={informative_weights}",
+        "--epochs=2",
+        "--batch_size=4",
+        "--verbose=0",
+    ]
+    for mode in ("features", "images"):
+        assert (
+            run_main(
+                train_main,
+                [
+                    f"--data_dir={tiny_dataset}",
+                    f"--model_dir={tmp_path / mode / 'here'}",
+                    f"--mode={mode}",
+                    *common,
+                ],
+            )
+            == 0
+        )
+        args = [
+            f"--data_dir={tiny_dataset}",
+            f"--model_dir={tmp_path / mode / 'service'}",
+            f"--mode={mode}",
+            *common,
+            f"--data_service_address={service}",
+        ]
+        result = subprocess.run(
+            [sys.executable, "-m", "fruits_tl.cli.train_main", *args],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"),
+        )
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert "Decoded 18 train images through the tf.data service" in result.stderr
+        here = json.loads((tmp_path / mode / "here" / "metrics.json").read_text())
+        there = json.loads((tmp_path / mode / "service" / "metrics.json").read_text())
+        assert (there["test_loss"], there["test_accuracy"]) == pytest.approx(
+            (here["test_loss"], here["test_accuracy"]), rel=1e-6
+        )
+        if mode == "features":
+            for split in ("train", "test"):
+                with (
+                    np.load(tmp_path / mode / "here" / "features" / f"{split}.npz") as a,
+                    np.load(tmp_path / mode / "service" / "features" / f"{split}.npz") as b,
+                ):
+                    np.testing.assert_array_equal(a["features"], b["features"])
+
+
+def test_servers_log_their_address_and_stop_cleanly_on_sigterm_and_sigint():
+    dispatcher, address = _serve(["--port=0"])
+    assert address.startswith("grpc://localhost:")
+    worker, _ = _serve([f"--dispatcher_address={address}"])
+    stopped = _stop(worker, signal.SIGINT)
+    assert stopped.returncode == 0 and "stopped on SIGINT" in stopped.stderr
+    stopped = _stop(dispatcher)
+    assert stopped.returncode == 0 and "stopped on SIGTERM" in stopped.stderr
+
+
+def test_a_bad_address_is_refused(tiny_dataset, tmp_path, capsys):
+    args = [
+        f"--data_dir={tiny_dataset}",
+        f"--model_dir={tmp_path}",
+        "--data_service_address=localhost:5050",
+    ]
+    assert run_main(train_main, args) == 2
+    assert "data_service_address must look like grpc://host:port" in capsys.readouterr().err
