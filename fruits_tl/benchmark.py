@@ -15,6 +15,8 @@ Variants (each delivers what a model consumes: batches of size x size x 3 images
   model-train    the training job's compiled step on random in-memory uint8 images
   train          the same step on the split's images decoded through the route
   extract        feature extraction through our route
+  service-<n>    the decode pass through a tf.data service with n local workers (asked for
+                 by name; the workers share this machine's cores)
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ import tensorflow as tf
 
 from fruits_tl import (
     data,
+    data_service,
     distribute,
     extraction,
     faults,
@@ -48,6 +51,7 @@ from fruits_tl.config import (
     BENCH_DECODE_VARIANTS,
     BENCH_INPUT_VARIANTS,
     BENCH_MODEL_VARIANTS,
+    BENCH_SERVICE_VARIANTS,
     BENCH_TFDS_VARIANTS,
     BENCH_VARIANTS,
     BenchConfig,
@@ -357,6 +361,36 @@ def _extract(context: Context, repeat: int) -> Measurement:
     return Measurement(times=times, peak_rss_bytes=memory.peak)
 
 
+def _service_variant(context: Context, repeat: int, *, workers: int) -> Measurement:
+    """The decode pass through a tf.data service with `workers` local workers (in this process,
+    sharing its cores): every epoch decodes the split once on the service (distributed_epoch),
+    as train and extract do with --data_service_address."""
+    dispatcher = data_service.start_dispatcher(0)
+    servers = [
+        data_service.start_worker(dispatcher.target, port=_free_port()) for _ in range(workers)
+    ]
+    try:
+        with PeakMemory() as memory:
+            times = time_epochs(
+                lambda: [
+                    (data_service.decode_through_service(context.folder, dispatcher.target), None)
+                ],
+                epochs=context.config.epochs,
+            )
+    finally:
+        for server in [*servers, dispatcher]:
+            server.stop()
+    return Measurement(times=times, peak_rss_bytes=memory.peak)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("localhost", 0))
+        return probe.getsockname()[1]
+
+
 def _route_variants(source: str) -> dict[str, Callable[[Context, int], Measurement]]:
     return {
         f"{source}-{cache}-{output}": functools.partial(
@@ -384,8 +418,12 @@ VARIANTS: dict[str, Callable[[Context, int], Measurement]] = {
     "train": functools.partial(_train_step, real_images=True),
     "extract": _extract,
     **_route_variants("tfds"),
+    "service-1": functools.partial(_service_variant, workers=1),
+    "service-2": functools.partial(_service_variant, workers=2),
 }
-assert set(VARIANTS) == set(BENCH_VARIANTS + BENCH_TFDS_VARIANTS), "config's variant names"
+assert set(VARIANTS) == set(BENCH_VARIANTS + BENCH_TFDS_VARIANTS + BENCH_SERVICE_VARIANTS), (
+    "config's names"
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -531,7 +569,13 @@ def run_benchmark(
     if "legacy" in results:
         legacy = results["legacy"]
         for name, result in results.items():
-            if name in BENCH_INPUT_VARIANTS + BENCH_DECODE_VARIANTS + BENCH_TFDS_VARIANTS:
+            if (
+                name
+                in BENCH_INPUT_VARIANTS
+                + BENCH_DECODE_VARIANTS
+                + BENCH_TFDS_VARIANTS
+                + BENCH_SERVICE_VARIANTS
+            ):
                 ratios[name] = Ratio(
                     steady=median_ratio(result, legacy),
                     cold=result.first_epoch_images_per_second

@@ -321,6 +321,8 @@ BENCH_TFDS_VARIANTS = (
     "tfds-file-uint8",
     "tfds-file-float32",
 )
+# The decode pass through a tf.data service with 1 or 2 local workers; asked for by name.
+BENCH_SERVICE_VARIANTS = ("service-1", "service-2")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -348,7 +350,7 @@ class BenchConfig:
     cache_dir: str = ""
 
     def __post_init__(self) -> None:
-        known = BENCH_VARIANTS + BENCH_TFDS_VARIANTS
+        known = BENCH_VARIANTS + BENCH_TFDS_VARIANTS + BENCH_SERVICE_VARIANTS
         unknown = [v for v in self.variants if v not in known]
         _require(
             not unknown, f"unknown --variants {', '.join(unknown)}; known: {', '.join(known)}."

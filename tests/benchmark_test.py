@@ -115,3 +115,20 @@ def test_compare_modes_end_to_end(tiny_dataset, tmp_path, capsys, informative_we
         / comparison["features_metrics"]["total_seconds"]
     ]
     assert "faster end to end" in capsys.readouterr().out
+
+
+def test_service_variants_decode_the_split_through_local_workers(tiny_dataset, tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    args = [
+        f"--data_dir={tiny_dataset}",
+        "--image_size=32",
+        "--repeats=1",
+        "--epochs=2",
+        "--variants=legacy,service-1,service-2",
+        f"--output_json={out}",
+    ]
+    assert run_main(bench_main, args) == 0, capsys.readouterr().err
+    report = json.loads(out.read_text())
+    for name in ("service-1", "service-2"):
+        assert report["results"][name]["images_per_epoch"] == 18
+        assert name in report["ratios_to_legacy"]

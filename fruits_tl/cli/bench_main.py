@@ -21,7 +21,8 @@ flags.DEFINE_list(
     "model-infer,model-train,train,extract",
     "Comma-separated variants to measure (see fruits_tl.benchmark); add tfds-memory-uint8 "
     "(and tfds-memory-float32, tfds-file-*) to compare the TFDS record route, with "
-    "--tfds_data_dir.",
+    "--tfds_data_dir; service-1 and service-2 measure the decode pass through a tf.data "
+    "service with 1 or 2 local workers.",
 )
 flags.DEFINE_integer(
     "repeats", 3, "Repeats of every variant, interleaved; medians are taken over them."
