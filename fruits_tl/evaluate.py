@@ -253,6 +253,28 @@ def predict_batches(
     )
 
 
+def predict_folder(
+    classifier: servable.Servable,
+    folder: data.ImageFolder,
+    *,
+    strategy: tf.distribute.Strategy,
+    batch_size: int,
+) -> np.ndarray:
+    """Probabilities for a split in file order: the route (no cache, the strategy's smallest
+    batch) into `predict_batches`."""
+    batches = pipeline.make_batches(
+        folder,
+        batch_size=batch_size,
+        training=False,
+        cache="none",
+        output="uint8",
+        min_batch_size=strategy.num_replicas_in_sync,
+    )
+    return predict_batches(
+        classifier, batches, count=len(folder), min_batch_size=strategy.num_replicas_in_sync
+    )
+
+
 def evaluate_split(
     model_path: str,
     folder_for: Callable[[tuple[str, ...], int], data.ImageFolder],
@@ -270,17 +292,7 @@ def evaluate_split(
     with strategy.scope():
         classifier = servable.load_servable(model_path)
     folder = folder_for(classifier.class_names, classifier.image_size)
-    batches = pipeline.make_batches(
-        folder,
-        batch_size=batch_size,
-        training=False,
-        cache="none",
-        output="uint8",
-        min_batch_size=strategy.num_replicas_in_sync,
-    )
-    probabilities = predict_batches(
-        classifier, batches, count=len(folder), min_batch_size=strategy.num_replicas_in_sync
-    )
+    probabilities = predict_folder(classifier, folder, strategy=strategy, batch_size=batch_size)
     return compute_report(
         folder.labels,
         probabilities,
@@ -416,17 +428,7 @@ def predict_paths(
     if good:
         # The one route: (path) listing -> decode -> batch, with the strategy's smallest batch.
         folder = data.folder_of_files(good, image_size=classifier.image_size, name="predict")
-        batches = pipeline.make_batches(
-            folder,
-            batch_size=batch_size,
-            training=False,
-            cache="none",
-            output="uint8",
-            min_batch_size=strategy.num_replicas_in_sync,
-        )
-        probabilities = predict_batches(
-            classifier, batches, count=len(folder), min_batch_size=strategy.num_replicas_in_sync
-        )
+        probabilities = predict_folder(classifier, folder, strategy=strategy, batch_size=batch_size)
     by_path = dict(zip(good, probabilities, strict=True))
     k = min(top_k, len(class_names))
     results = []
