@@ -259,7 +259,7 @@ def compile_classifier(
 ) -> None:
     """Compiles with sparse categorical cross-entropy, accuracy and top-5 accuracy.
 
-    Call inside the strategy's scope (the optimizer creates variables). `head.fit_head`
+    Call inside the strategy's scope (the optimizer creates variables). `loop.fit`
     trains a head compiled here with the same loss and metrics, computed in its own loop.
     """
     model.compile(
