@@ -155,19 +155,23 @@ def test_another_seed_is_another_run(uninterrupted, tiny_dataset, tmp_path):
     assert all(a != b for a, b in zip(ours[1:], theirs[1:], strict=True))
 
 
+def _extract_args(data_dir, features_dir) -> list[str]:
+    """fruits-tl-extract of the tiny set in 3 chunks of 8 training images (18 in all)."""
+    return [
+        f"--data_dir={data_dir}",
+        f"--features_dir={features_dir}",
+        "--alpha=0.25",
+        "--image_size=32",
+        "--weights=none",
+        "--batch_size=4",
+        "--extract_chunk_images=8",
+        "--extract_verbose=0",
+    ]
+
+
 def test_extraction_killed_after_chunk_1_reuses_it_and_ends_identical(tiny_dataset, tmp_path):
     def extract(features_dir, **kill):
-        args = [
-            f"--data_dir={tiny_dataset}",
-            f"--features_dir={features_dir}",
-            "--alpha=0.25",
-            "--image_size=32",
-            "--weights=none",
-            "--batch_size=4",
-            "--extract_chunk_images=8",
-            "--extract_verbose=0",
-        ]
-        return _run("extract_main", args, **kill)
+        return _run("extract_main", _extract_args(tiny_dataset, features_dir), **kill)
 
     whole = extract(tmp_path / "whole")
     assert whole.returncode == 0, whole.stderr[-3000:]
@@ -194,16 +198,7 @@ def test_extraction_killed_after_chunk_1_reuses_it_and_ends_identical(tiny_datas
 
 def test_sigterm_during_extraction_and_sigint_during_a_benchmark(tiny_dataset, tmp_path):
     features_dir = tmp_path / "features"
-    args = [
-        f"--data_dir={tiny_dataset}",
-        f"--features_dir={features_dir}",
-        "--alpha=0.25",
-        "--image_size=32",
-        "--weights=none",
-        "--batch_size=4",
-        "--extract_chunk_images=8",
-        "--extract_verbose=0",
-    ]
+    args = _extract_args(tiny_dataset, features_dir)
     stopped = _run("extract_main", args, kill_at="extraction:chunk:train:2", kill_signal="SIGTERM")
     assert stopped.returncode == 143, stopped.stderr[-3000:]
     assert (
