@@ -367,7 +367,8 @@ def _service_variant(context: Context, repeat: int, *, workers: int) -> Measurem
     as train and extract do with --data_service_address."""
     dispatcher = data_service.start_dispatcher(0)
     servers = [
-        data_service.start_worker(dispatcher.target, port=_free_port()) for _ in range(workers)
+        data_service.start_worker(dispatcher.target, port=data_service.free_port())
+        for _ in range(workers)
     ]
     try:
         with PeakMemory() as memory:
@@ -381,14 +382,6 @@ def _service_variant(context: Context, repeat: int, *, workers: int) -> Measurem
         for server in [*servers, dispatcher]:
             server.stop()
     return Measurement(times=times, peak_rss_bytes=memory.peak)
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("localhost", 0))
-        return probe.getsockname()[1]
 
 
 def _route_variants(source: str) -> dict[str, Callable[[Context, int], Measurement]]:

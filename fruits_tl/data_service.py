@@ -17,6 +17,8 @@ finish; the index puts them back.
 
 from __future__ import annotations
 
+import socket
+
 import numpy as np
 import tensorflow as tf
 from absl import logging
@@ -26,6 +28,13 @@ from fruits_tl.errors import UserInputError
 
 # Images per element sent by a worker: one RPC carries this many decoded images.
 SERVICE_BATCH = 64
+
+
+def free_port(host: str = "localhost") -> int:
+    """A port free on `host` now (for a worker, whose address must name its port)."""
+    with socket.socket() as probe:
+        probe.bind((host, 0))
+        return probe.getsockname()[1]
 
 
 def start_dispatcher(port: int = 0) -> tf.data.experimental.service.DispatchServer:

@@ -18,9 +18,6 @@ import tensorflow as tf
 from fruits_tl.errors import UserInputError
 
 STRATEGY_NAMES = ("auto", "default", "one_device", "mirrored", "multi_worker_mirrored")
-# Seconds a collective may wait for the other workers before failing: a dead worker then stops
-# the others with an error instead of a hang.
-DEFAULT_COLLECTIVE_TIMEOUT = 300.0
 
 
 @dataclasses.dataclass(frozen=True)

@@ -213,7 +213,8 @@ def _measure(
     test_labels,
     reference: np.ndarray | None,
     latency_images: np.ndarray | None,
-) -> FormatReport:
+) -> tuple[FormatReport, np.ndarray | None]:
+    """One artifact's FormatReport, and its top-1 predictions on the test split (or None)."""
     accuracy = agreement = latency = None
     predicted = None
     if test_batches is not None:

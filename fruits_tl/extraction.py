@@ -225,13 +225,13 @@ def extract_features(
         )
     if data_service_address:
         images = data_service.decode_through_service(folder, data_service_address)
-        elements = tf.data.Dataset.from_tensor_slices((images, folder.labels))
-        ends = pipeline.batch_sizes(
-            len(folder), batch_size=batch_size, min_batch_size=strategy.num_replicas_in_sync
+        # The decoded pixels, then the route's batching step.
+        batches = pipeline.batch_elements(
+            tf.data.Dataset.from_tensor_slices((images, folder.labels)),
+            count=len(folder),
+            batch_size=batch_size,
+            min_batch_size=strategy.num_replicas_in_sync,
         )
-        batches = elements.batch(batch_size)
-        if ends is not None:
-            batches = batches.rebatch(tf.constant(ends, tf.int64))
     else:
         batches = pipeline.make_batches(
             folder,
@@ -575,13 +575,11 @@ def extract_or_reuse(
             logging.info(
                 "Extracting %s features of images %d-%d of %d", name, first, last - 1, len(folder)
             )
-            subset = data.select(
-                folder,
-                (np.arange(len(folder)) >= first) & (np.arange(len(folder)) < last),
-                name=name,
-            )
             if last - first == len(folder):
                 subset = folder  # The whole split: its own fingerprint names its file cache.
+            else:
+                indices = np.arange(len(folder))
+                subset = data.select(folder, (indices >= first) & (indices < last), name=name)
             part = extract_features(
                 subset,
                 extractor,

@@ -54,12 +54,10 @@ class Training:
         with a `val_` prefix (the keys of Keras's History), and what callbacks add to the
         epoch's logs (`images_per_second`, `epoch_seconds`).
       digests: Per epoch: {"epoch", "batches", "indices_digest", "weights_digest"}.
-      resumed_from: (epoch, step) the run started from; (0, 0) for a fresh run.
     """
 
     history: dict
     digests: tuple[dict, ...]
-    resumed_from: tuple[int, int] = (0, 0)
 
 
 def _replica_slice(indices: tf.Tensor) -> tf.Tensor:
@@ -286,7 +284,6 @@ def fit(
         if resume
         else {"epoch": 0, "step": 0, "totals": [0.0, 0.0, 0.0], "history": {}, "digests": []}
     )
-    resumed_from = (state["epoch"], state["step"])
     if resume:
         logging.info(
             "Resuming at epoch %d, step %d of %d", state["epoch"] + 1, state["step"], num_batches
@@ -376,9 +373,7 @@ def fit(
             if stop is not None:
                 stop.check(f"epoch {epoch + 1} is saved; {resume_hint}")
     call("on_train_end")
-    return Training(
-        history=state["history"], digests=tuple(state["digests"]), resumed_from=resumed_from
-    )
+    return Training(history=state["history"], digests=tuple(state["digests"]))
 
 
 def evaluate(

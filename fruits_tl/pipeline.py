@@ -141,6 +141,28 @@ def batch_sizes(count: int, *, batch_size: int, min_batch_size: int = 1) -> list
     return [batch_size] * (count // batch_size - 1) + last
 
 
+def batch_elements(
+    dataset: tf.data.Dataset,
+    *,
+    count: int,
+    batch_size: int,
+    min_batch_size: int = 1,
+    drop_remainder: bool = False,
+) -> tf.data.Dataset:
+    """The route's batching step for `count` elements: batches of `batch_size`, with the last
+    two rebalanced so that none is smaller than `min_batch_size` (see `batch_sizes`)."""
+    dataset = dataset.batch(
+        batch_size,
+        drop_remainder=drop_remainder,
+        num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=True,
+    )
+    sizes = batch_sizes(count, batch_size=batch_size, min_batch_size=min_batch_size)
+    if not drop_remainder and sizes is not None:
+        dataset = dataset.rebatch(tf.constant(sizes, tf.int64))
+    return dataset
+
+
 def make_batches(
     folder: data.ImageFolder,
     *,
@@ -198,15 +220,13 @@ def make_batches(
     if training:
         buffer = shuffle_buffer_size or max(count, 1)
         dataset = dataset.shuffle(buffer, seed=seed, reshuffle_each_iteration=True)
-    dataset = dataset.batch(
-        batch_size,
+    dataset = batch_elements(
+        dataset,
+        count=count,
+        batch_size=batch_size,
+        min_batch_size=min_batch_size,
         drop_remainder=drop_remainder,
-        num_parallel_calls=tf.data.AUTOTUNE,
-        deterministic=True,
     )
-    sizes = batch_sizes(count, batch_size=batch_size, min_batch_size=min_batch_size)
-    if not drop_remainder and sizes is not None:
-        dataset = dataset.rebatch(tf.constant(sizes, tf.int64))
     if output == "float32":
         dataset = dataset.map(
             lambda images, labels: (preprocess.mobilenet_inputs(images), labels),

@@ -33,7 +33,7 @@ def _compiled_head(strategy, *, learning_rate=0.05):
     return classifier_head
 
 
-def test_fit_head_matches_keras_fit_on_the_feature_route():
+def test_loop_fit_matches_keras_fit_on_the_feature_route():
     features, labels = _features(19)
     validation = _features(7, seed=1)
     strategy = distribute.get_strategy("default")

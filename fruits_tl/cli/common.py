@@ -255,7 +255,7 @@ def data_config(**overrides):
         data_source=FLAGS.data_source,
         tfds_data_dir=FLAGS.tfds_data_dir,
         manual_dir=FLAGS.manual_dir,
-        data_service_address=FLAGS["data_service_address"].value,
+        data_service_address=FLAGS.data_service_address,
     )
     values.update(overrides)
     return DataConfig(**values)

@@ -12,7 +12,6 @@ on SIGTERM or SIGINT.
 from __future__ import annotations
 
 import signal
-import socket
 import sys
 import threading
 
@@ -32,12 +31,6 @@ FLAGS = flags.FLAGS
 PROGRAM = "fruits-tl-data-service"
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("", 0))
-        return probe.getsockname()[1]
-
-
 def _main(argv):
     common.reject_arguments(argv)
     if not 0 <= FLAGS.port <= 65535:
@@ -54,7 +47,7 @@ def _main(argv):
     for number in (signal.SIGTERM, signal.SIGINT):
         signal.signal(number, handle)
     if FLAGS.dispatcher_address:
-        port = FLAGS.port or _free_port()
+        port = FLAGS.port or data_service.free_port(FLAGS.host)
         server = data_service.start_worker(FLAGS.dispatcher_address, port=port, host=FLAGS.host)
         print(
             f"{PROGRAM}: worker serving at {FLAGS.host}:{port} for {FLAGS.dispatcher_address}",
