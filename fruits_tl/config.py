@@ -428,6 +428,7 @@ class EvaluateConfig:
       output_dir: Where the report goes; "" for `<model_dir>/evaluation-<split>`.
       batch_size: Global batch size.
       num_mistakes: How many of the most confident mistakes to keep.
+      collective_timeout: Under several workers, seconds to wait for the others' predictions.
     """
 
     model: str
@@ -436,6 +437,7 @@ class EvaluateConfig:
     output_dir: str = ""
     batch_size: int = 32
     num_mistakes: int = 20
+    collective_timeout: float = 300.0
 
     def __post_init__(self) -> None:
         _require(bool(self.model), "model is required: the trained model to evaluate.")

@@ -7,12 +7,14 @@ MirroredStrategy over logical CPU devices.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
 import threading
 import time
 
+import numpy as np
 import tensorflow as tf
 
 from fruits_tl.errors import UserInputError
@@ -80,6 +82,94 @@ def barrier(strategy: tf.distribute.Strategy, *, timeout: float | None = None) -
         return context.all_reduce(tf.distribute.ReduceOp.SUM, tf.constant(1.0), options=options)
 
     strategy.run(all_reduce)
+
+
+def lost_worker_message(role: WorkerRole, what: str, *, hint: str) -> str:
+    """The one paragraph a worker prints when the cluster lost one of its workers."""
+    return (
+        f"Worker {role.index} of {role.count} lost contact with the other workers ({what}). A "
+        f"worker died or is unreachable. {hint}"
+    )
+
+
+@contextlib.contextmanager
+def clear_worker_errors(strategy: tf.distribute.Strategy, *, hint: str):
+    """Under several workers, a lost worker becomes one clear message, not a deep traceback.
+
+    Args:
+      strategy: The job's strategy; a no-op unless it spans several workers.
+      hint: What to do next, e.g. "Start every worker again: ...".
+    """
+    try:
+        yield
+    except (
+        tf.errors.UnavailableError,
+        tf.errors.DeadlineExceededError,
+        tf.errors.CancelledError,
+        tf.errors.AbortedError,
+        tf.errors.InternalError,
+    ) as error:
+        role = worker_role(strategy)
+        if role.count <= 1:
+            raise
+        raise UserInputError(
+            lost_worker_message(role, f"{type(error).__name__} in a collective", hint=hint)
+        ) from None
+
+
+def gather_rows(
+    strategy: tf.distribute.Strategy, rows: np.ndarray, *, timeout: float | None = None
+) -> list[np.ndarray]:
+    """Every worker's `rows`, on every worker, exactly: [worker 0's rows, worker 1's, ...].
+
+    Workers may hold different numbers of rows (the same trailing shape and dtype). Each
+    worker puts its rows in its own slot of a zero tensor [workers, most rows, ...] and one
+    all-reduce sums the slots: adding zeros changes no value, so the rows arrive bit for bit.
+    Only the first replica of each worker contributes (a worker may have several devices). One
+    collective per call, so a timeout is affordable here (see Watchdog for why loops differ).
+
+    Args:
+      strategy: MultiWorkerMirroredStrategy; any other strategy returns `[rows]`.
+      rows: [n, ...] this worker's rows, float32 or float64.
+      timeout: Seconds to wait for the others before failing (a worker that died).
+    """
+    role = worker_role(strategy)
+    if role.count <= 1:
+        return [rows]
+    rows = np.asarray(rows)
+    options = (
+        tf.distribute.experimental.CommunicationOptions(timeout_seconds=timeout)
+        if timeout
+        else None
+    )
+    first_replica = role.index * (strategy.num_replicas_in_sync // role.count)
+
+    # A tf.function: eager `strategy.run` runs replicas in threads whose coordinator logs a
+    # traceback of its own when a peer is lost, before the clear message.
+    @tf.function
+    def all_reduce(value):
+        def contribute():
+            context = tf.distribute.get_replica_context()
+            mine = tf.equal(context.replica_id_in_sync_group, first_replica)
+            return context.all_reduce(
+                tf.distribute.ReduceOp.SUM,
+                tf.where(mine, value, tf.zeros_like(value)),
+                options=options,
+            )
+
+        return strategy.run(contribute)
+
+    def gather(value: np.ndarray) -> np.ndarray:
+        result = all_reduce(tf.constant(value))
+        return strategy.experimental_local_results(result)[0].numpy()
+
+    counts = np.zeros(role.count, np.float64)
+    counts[role.index] = len(rows)
+    counts = gather(counts).astype(np.int64)
+    slots = np.zeros((role.count, int(counts.max()), *rows.shape[1:]), rows.dtype)
+    slots[role.index, : len(rows)] = rows
+    slots = gather(slots)
+    return [slots[index, : counts[index]] for index in range(role.count)]
 
 
 class Watchdog:

@@ -17,8 +17,20 @@ from collections.abc import Callable
 import keras
 import numpy as np
 import tensorflow as tf
+from absl import logging
 
-from fruits_tl import data, files, image_checks, listing, pipeline, progress, servable, sources
+from fruits_tl import (
+    data,
+    distribute,
+    faults,
+    files,
+    image_checks,
+    listing,
+    pipeline,
+    progress,
+    servable,
+    sources,
+)
 from fruits_tl.config import TFDS_SPLIT_NAMES, EvaluateConfig
 
 # Keras's SparseCategoricalCrossentropy clips probabilities to [epsilon, 1 - epsilon].
@@ -275,6 +287,42 @@ def predict_folder(
     )
 
 
+def predict_sharded(
+    classifier: servable.Servable,
+    folder: data.ImageFolder,
+    *,
+    strategy: tf.distribute.Strategy,
+    batch_size: int,
+    timeout: float | None = None,
+) -> np.ndarray:
+    """Probabilities for a split in file order, each worker of a cluster predicting its shard.
+
+    Worker i of n takes every n-th image from image i (the listing is sharded before decoding,
+    as extraction shards it), predicts it on its own devices with its share of the global
+    batch, and the shards' probabilities are exchanged through one all-reduce
+    (`distribute.gather_rows`), so every worker ends with the whole split and no file is
+    shared. With one worker this is `predict_folder`.
+    """
+    role = distribute.worker_role(strategy)
+    if role.count <= 1:
+        return predict_folder(classifier, folder, strategy=strategy, batch_size=batch_size)
+    positions = np.arange(len(folder))
+    mine = data.select(folder, positions % role.count == role.index, name=folder.name)
+    local = tf.distribute.get_strategy()  # Outside any scope: this worker's own device.
+    logging.info(
+        "Worker %d of %d predicts %d of %d images", role.index, role.count, len(mine), len(folder)
+    )
+    part = predict_folder(
+        classifier, mine, strategy=local, batch_size=max(1, batch_size // role.count)
+    )
+    faults.point("evaluate:predicted")
+    parts = distribute.gather_rows(strategy, part.astype(np.float32), timeout=timeout)
+    probabilities = np.zeros((len(folder), len(classifier.class_names)), np.float32)
+    for index, rows in enumerate(parts):
+        probabilities[index :: role.count] = rows
+    return probabilities
+
+
 def evaluate_split(
     model_path: str,
     folder_for: Callable[[tuple[str, ...], int], data.ImageFolder],
@@ -282,17 +330,25 @@ def evaluate_split(
     strategy: tf.distribute.Strategy,
     batch_size: int = 32,
     num_mistakes: int = 20,
+    collective_timeout: float | None = None,
 ) -> Report:
     """Evaluates a saved model on a split made by `folder_for(class_names, image_size)`.
 
     The split comes from the model's own label map and input size; this is how the TFDS source
     is evaluated (and evaluate_folder, for folders). The model may be in any format
-    `servable.load_servable` takes; the report is the same for each.
+    `servable.load_servable` takes; the report is the same for each. Under several workers
+    each predicts its shard (`predict_sharded`) and every worker computes the whole report.
     """
-    with strategy.scope():
+    if distribute.worker_role(strategy).count > 1:
+        # Each worker runs the model on its own device: load it outside the cluster's scope.
         classifier = servable.load_servable(model_path)
+    else:
+        with strategy.scope():
+            classifier = servable.load_servable(model_path)
     folder = folder_for(classifier.class_names, classifier.image_size)
-    probabilities = predict_folder(classifier, folder, strategy=strategy, batch_size=batch_size)
+    probabilities = predict_sharded(
+        classifier, folder, strategy=strategy, batch_size=batch_size, timeout=collective_timeout
+    )
     return compute_report(
         folder.labels,
         probabilities,
@@ -311,6 +367,7 @@ def evaluate_folder(
     num_mistakes: int = 20,
     skip_bad_images: bool = False,
     exclude_files: frozenset[str] = frozenset(),
+    collective_timeout: float | None = None,
 ) -> Report:
     """Evaluates a saved model on a labelled folder (`<class>/<images>`) in file order.
 
@@ -323,6 +380,7 @@ def evaluate_folder(
       num_mistakes: How many of the most confident mistakes to keep.
       skip_bad_images: Leave out undecodable files instead of raising.
       exclude_files: Files to leave out.
+      collective_timeout: Under several workers, seconds to wait for the others' predictions.
 
     Returns:
       The Report.
@@ -340,7 +398,12 @@ def evaluate_folder(
         return folder
 
     return evaluate_split(
-        model_path, folder_for, strategy=strategy, batch_size=batch_size, num_mistakes=num_mistakes
+        model_path,
+        folder_for,
+        strategy=strategy,
+        batch_size=batch_size,
+        num_mistakes=num_mistakes,
+        collective_timeout=collective_timeout,
     )
 
 
@@ -348,8 +411,14 @@ def evaluate(config: EvaluateConfig, *, strategy: tf.distribute.Strategy) -> Rep
     """The evaluation job: evaluates `config.model` on its split and writes the report.
 
     The split is a labelled folder (`<data_dir>/<split>`, checked against the model's label
-    map) or a split of the fruits360 TFDS source.
+    map) or a split of the fruits360 TFDS source. Under several workers (TF_CONFIG) each
+    predicts its shard and only the chief writes the report; the others write nothing.
     """
+    with distribute.clear_worker_errors(strategy, hint="Start every worker again."):
+        return _evaluate(config, strategy=strategy)
+
+
+def _evaluate(config: EvaluateConfig, *, strategy: tf.distribute.Strategy) -> Report:
     data_config = config.data
     if data_config.data_source == "tfds":
         split = TFDS_SPLIT_NAMES[config.split.lower()]
@@ -371,6 +440,7 @@ def evaluate(config: EvaluateConfig, *, strategy: tf.distribute.Strategy) -> Rep
             strategy=strategy,
             batch_size=config.batch_size,
             num_mistakes=config.num_mistakes,
+            collective_timeout=config.collective_timeout,
         )
     else:
         report = evaluate_folder(
@@ -381,8 +451,10 @@ def evaluate(config: EvaluateConfig, *, strategy: tf.distribute.Strategy) -> Rep
             num_mistakes=config.num_mistakes,
             skip_bad_images=data_config.skip_bad_images,
             exclude_files=data.load_exclude_list(data_config.exclude_list),
+            collective_timeout=config.collective_timeout,
         )
-    save_report(config.resolved_output_dir(), report)
+    if distribute.worker_role(strategy).is_chief:  # Under several workers, only the chief writes.
+        save_report(config.resolved_output_dir(), report)
     return report
 
 

@@ -50,7 +50,8 @@ def extract(config: ExtractConfig, *, strategy: tf.distribute.Strategy) -> extra
             backbone = model.build_backbone(
                 image_size=data_config.image_size, alpha=alpha, weights=config.model.weights
             )
-    with stopping.GracefulStop() as stop:
+    hint = "Start every worker again: shards already written are reused."
+    with stopping.GracefulStop() as stop, distribute.clear_worker_errors(strategy, hint=hint):
         return extraction.extract_or_reuse(
             splits.named(),
             backbone=backbone,

@@ -11,7 +11,9 @@ Points:
 - `extraction:saved:<split>`: a split's .npz is written (the fingerprint not yet);
 - `train:step:<epoch>:<step>`: training step `step` (from 1) of epoch `epoch` (from 0) is done
   (the checkpoint due at that step, if any, not yet written);
-- `bench:measured:<variant>:<repeat>`: a benchmark variant's repeat is measured.
+- `bench:measured:<variant>:<repeat>`: a benchmark variant's repeat is measured;
+- `evaluate:predicted`: under several workers, this worker's shard is predicted (not yet
+  exchanged with the others).
 """
 
 from __future__ import annotations

@@ -35,7 +35,6 @@ from fruits_tl import (
 )
 from fruits_tl import checkpoints as checkpoints_module
 from fruits_tl.config import TrainConfig
-from fruits_tl.errors import UserInputError
 
 MODEL_FILE = "model.keras"
 LABELS_FILE = "labels.txt"
@@ -258,7 +257,10 @@ def train(
         log_name="train" if mode == "images" else "head on features of",
         tensorboard_dir=config.tensorboard_dir if distribute.worker_role(strategy).is_chief else "",
     )
-    with stopping.GracefulStop() as stop, _clear_worker_errors(strategy):
+    with (
+        stopping.GracefulStop() as stop,
+        distribute.clear_worker_errors(strategy, hint=RESTART_HINT),
+    ):
         train_mode = _train_on_images if mode == "images" else _train_on_features
         trained = train_mode(
             config, splits, classifier, strategy=strategy, throughput=throughput, stop=stop
@@ -341,32 +343,7 @@ def train(
     )
 
 
-def _lost_worker_message(role: distribute.WorkerRole, what: str) -> str:
-    return (
-        f"Worker {role.index} of {role.count} lost contact with the other workers ({what}). A "
-        "worker died or is unreachable. Start every worker again: the job resumes from the "
-        "chief's last checkpoint."
-    )
-
-
-@contextlib.contextmanager
-def _clear_worker_errors(strategy: tf.distribute.Strategy):
-    """Under several workers, a lost worker becomes one clear message, not a deep traceback."""
-    try:
-        yield
-    except (
-        tf.errors.UnavailableError,
-        tf.errors.DeadlineExceededError,
-        tf.errors.CancelledError,
-        tf.errors.AbortedError,
-        tf.errors.InternalError,
-    ) as error:
-        role = distribute.worker_role(strategy)
-        if role.count <= 1:
-            raise
-        raise UserInputError(
-            _lost_worker_message(role, f"{type(error).__name__} in a collective")
-        ) from None
+RESTART_HINT = "Start every worker again: the job resumes from the chief's last checkpoint."
 
 
 def _watch_workers(strategy: tf.distribute.Strategy, timeout: float):
@@ -380,8 +357,10 @@ def _watch_workers(strategy: tf.distribute.Strategy, timeout: float):
         # atomically, so nothing is left half-written.
         logging.error(
             "%s",
-            _lost_worker_message(
-                role, f"no step finished for {timeout:.0f} s, --collective_timeout"
+            distribute.lost_worker_message(
+                role,
+                f"no step finished for {timeout:.0f} s, --collective_timeout",
+                hint=RESTART_HINT,
             ),
         )
         os._exit(2)

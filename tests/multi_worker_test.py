@@ -200,3 +200,82 @@ def test_two_workers_extract_their_shards_and_the_chief_writes_the_features(tiny
         ):
             np.testing.assert_array_equal(a["features"], b["features"])  # Element for element.
             assert list(a["file_paths"]) == list(b["file_paths"])
+
+
+@pytest.fixture(scope="module")
+def trained_model(tiny_dataset, informative_weights, tmp_path_factory) -> str:
+    model_dir = tmp_path_factory.mktemp("evaluated") / "model"
+    train.train(
+        config.TrainConfig(
+            data=config.DataConfig(data_dir=tiny_dataset, image_size=32, seed=7),
+            model=config.ModelConfig(alpha=0.25, weights=informative_weights),
+            model_dir=str(model_dir),
+            batch_size=4,
+            epochs=1,
+            verbose=0,
+            mode="features",
+        ),
+        strategy=distribute.get_strategy("default"),
+    )
+    return str(model_dir)
+
+
+def test_two_workers_evaluate_their_shards_and_the_chief_writes_the_report(
+    trained_model, tiny_dataset, tmp_path
+):
+    args = [
+        f"--model={trained_model}",
+        f"--data_dir={tiny_dataset}",
+        "--batch_size=4",
+        "--num_mistakes=100",  # Every mistake, with its probability: the whole prediction.
+    ]
+    results = _workers([f"--output_dir={tmp_path / 'cluster'}", *args], module="evaluate_main")
+    for index, result in enumerate(results):
+        assert result.returncode == 0, f"worker {index}: {result.stderr[-3000:]}"
+    # 9 test images: worker 0 takes images 0, 2, 4, 6, 8 and worker 1 the other four.
+    assert "Worker 1 of 2 predicts 4 of 9 images" in results[1].stderr
+    single = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "fruits_tl.cli.evaluate_main",
+            f"--output_dir={tmp_path / 'single'}",
+            *args,
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={k: v for k, v in os.environ.items() if k != "TF_CONFIG"},
+    )
+    assert single.returncode == 0, single.stderr[-3000:]
+    names = ["confusion_matrix.csv", "metrics.json", "mistakes.csv", "per_class.csv"]
+    assert sorted(os.listdir(tmp_path / "cluster")) == names  # The chief's, nothing else.
+    for name in names:
+        assert (tmp_path / "cluster" / name).read_text() == (tmp_path / "single" / name).read_text()
+    # The same summary table.
+    assert results[0].stdout.replace("cluster", "single") == single.stdout
+    assert results[1].stdout.splitlines()[-1] == "report: written by the chief (task 0)"
+
+
+def test_a_worker_that_dies_during_evaluation_stops_the_other_clearly(
+    trained_model, tiny_dataset, tmp_path
+):
+    args = [
+        f"--model={trained_model}",
+        f"--data_dir={tiny_dataset}",
+        f"--output_dir={tmp_path / 'cluster'}",
+        "--batch_size=4",
+        "--collective_timeout=10",
+    ]
+    survivor, dead = _workers(
+        args, module="evaluate_main", kill_at={1: "evaluate:predicted"}, timeout=240
+    )
+    assert dead.returncode == -9
+    assert survivor.returncode == 2, survivor.stderr[-3000:]
+    text = " ".join(survivor.stderr.split())
+    assert "fruits-tl-evaluate: error: Worker 0 of 2 lost contact with the other workers" in text, (
+        text[-3000:]
+    )
+    assert "Traceback" not in survivor.stderr
+    assert not (tmp_path / "cluster").exists()

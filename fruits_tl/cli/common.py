@@ -265,15 +265,16 @@ def strategy(*, multi_worker: bool = True):
     """The --strategy the binary runs under (create it before any other TensorFlow op).
 
     Args:
-      multi_worker: The binary runs on several workers (train, extract); the others run on one
-        machine: `auto` then ignores TF_CONFIG and multi_worker_mirrored is refused.
+      multi_worker: The binary runs on several workers (train, extract, evaluate); the others
+        run on one machine: `auto` then ignores TF_CONFIG and multi_worker_mirrored is refused.
     """
     from fruits_tl import distribute
 
     if not multi_worker:
         if FLAGS.strategy == "multi_worker_mirrored":
             raise UserInputError(
-                "--strategy=multi_worker_mirrored is for fruits-tl-train and fruits-tl-extract; "
+                "--strategy=multi_worker_mirrored is for fruits-tl-train, fruits-tl-extract and "
+                "fruits-tl-evaluate; "
                 "run this binary on one machine."
             )
         return distribute.get_strategy(FLAGS.strategy, allow_multi_worker=False)

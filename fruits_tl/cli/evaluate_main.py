@@ -3,6 +3,9 @@
 Example:
   fruits-tl-evaluate --model=runs/mobilenet --data_dir=/data/fruits-360 --split=Test \
       --assert_accuracy_at_least=0.9
+
+Under several workers (TF_CONFIG, --strategy=multi_worker_mirrored), each worker predicts its
+shard of the split and the chief writes the report.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ PROGRAM = "fruits-tl-evaluate"
 def _main(argv):
     common.reject_arguments(argv)
     common.require_data(["model"])
-    from fruits_tl import evaluate
+    from fruits_tl import distribute, evaluate
     from fruits_tl.config import EvaluateConfig
 
     config = EvaluateConfig(
@@ -42,10 +45,15 @@ def _main(argv):
         output_dir=FLAGS.output_dir,
         batch_size=FLAGS.batch_size,
         num_mistakes=FLAGS.num_mistakes,
+        collective_timeout=FLAGS.collective_timeout,
     )
-    report = evaluate.evaluate(config, strategy=common.strategy(multi_worker=False))
+    strategy = common.strategy()
+    report = evaluate.evaluate(config, strategy=strategy)
     print(evaluate.summary_table(report))
-    print(f"report: {config.resolved_output_dir()}")
+    if distribute.worker_role(strategy).is_chief:
+        print(f"report: {config.resolved_output_dir()}")
+    else:
+        print("report: written by the chief (task 0)")
     threshold = FLAGS.assert_accuracy_at_least
     if threshold is not None and report.metrics.accuracy < threshold:
         print(
@@ -57,7 +65,14 @@ def _main(argv):
 
 
 # The shared flags (cli/common.py) this binary uses; --help lists them with its own.
-USES = (*common.DATA_FLAGS, "model", "batch_size", "strategy", "output_dir")
+USES = (
+    *common.DATA_FLAGS,
+    "model",
+    "batch_size",
+    "strategy",
+    "collective_timeout",
+    "output_dir",
+)
 main = common.guarded(PROGRAM, _main, module_name=__name__, uses=USES)
 run = common.main_runner(main)
 
