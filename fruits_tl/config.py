@@ -253,6 +253,10 @@ class ExportConfig:
       data: The data whose test split the report is measured on, and whose training split
         calibrates int8; None for no report and no int8.
       latency_images: Test images timed one at a time for the report's latency.
+      int8_head_epochs: Epochs of fine-tuning the head on the int8 backbone's features of the
+        training split before the int8 conversion; 0 keeps the trained head (plain
+        post-training quantization).
+      int8_head_learning_rate: RMSprop learning rate of that fine-tuning.
     """
 
     model: str
@@ -263,6 +267,8 @@ class ExportConfig:
     representative_images: int = 300
     data: DataConfig | None = None
     latency_images: int = 100
+    int8_head_epochs: int = 25
+    int8_head_learning_rate: float = 1e-3
 
     def __post_init__(self) -> None:
         _require(
@@ -286,6 +292,14 @@ class ExportConfig:
             "tflite.",
         )
         _require(self.top_k >= 1, f"top_k must be >= 1, got {self.top_k}.")
+        _require(
+            self.int8_head_epochs >= 0,
+            f"int8_head_epochs must be >= 0, got {self.int8_head_epochs}.",
+        )
+        _require(
+            self.int8_head_learning_rate > 0,
+            f"int8_head_learning_rate must be > 0, got {self.int8_head_learning_rate}.",
+        )
         _require(
             self.representative_images >= 1,
             f"representative_images must be >= 1, got {self.representative_images}.",

@@ -172,6 +172,9 @@ def test_export_writes_every_format_and_measures_it(exported):
     assert sizes["tflite-dynamic"] < sizes["tflite-none"] / 2.5
     assert sizes["tflite-float16"] < sizes["tflite-none"] * 0.6
     assert all(r["latency_ms_per_image"] > 0 for r in report["formats"])
+    heads = {name: r["head"] for name, r in by_format.items()}
+    assert heads.pop("tflite-int8") == "refit on int8 features (25 epochs, lr 0.001)"
+    assert set(heads.values()) == {"trained"}
 
 
 def test_saved_model_cli_lists_both_signatures_and_serves_a_jpeg(
@@ -334,3 +337,47 @@ def test_int8_agrees_with_float_on_real_imagenet_weights(tiny_dataset, tmp_path)
     # Measured 0.36 here: at alpha 0.25 the per-channel scales and zero points (5,513 channels)
     # and int32 biases add ~0.08 MB to 0.22 MB of int8 weights (BUILD_NOTES, "TFLite sizes").
     assert by_format["tflite-int8"]["size_bytes"] < by_format["tflite-none"]["size_bytes"] / 2.5
+
+
+@needs_weights
+def test_the_int8_head_is_refit_on_the_int8_backbone_features(tiny_dataset):
+    """refit_head_for_int8 trains a copy's head on what the int8 backbone computes."""
+    keras.utils.set_random_seed(3)
+    classifier = model.build_classifier(3, image_size=128, alpha=0.25, weights=NO_TOP_WEIGHTS)
+    splits = data.load_dataset(tiny_dataset, image_size=128)
+    representative = export.representative_batches(splits.train, count=18, seed=1)
+    features = export.int8_features(
+        classifier, splits.train, image_size=128, representative=representative
+    )
+    images = np.stack([image for image, _ in splits.train.dataset.as_numpy_iterator()])
+    floats = keras.Model(classifier.inputs, classifier.get_layer("head_pool").output).predict(
+        images, verbose=0
+    )
+    # The same features in the same file order, up to the quantization error.
+    assert features.shape == floats.shape == (18, 256)
+    assert np.corrcoef(features.ravel(), floats.ravel())[0, 1] > 0.9
+    before = [w.copy() for w in classifier.get_weights()]
+    refit = export.refit_head_for_int8(
+        classifier,
+        splits.train,
+        image_size=128,
+        representative=representative,
+        settings=export.Int8Head(epochs=10, seed=1),
+    )
+    for now, then in zip(classifier.get_weights(), before, strict=True):
+        np.testing.assert_array_equal(now, then)  # The classifier itself is untouched.
+    for name in ("preprocessing", "backbone"):
+        for a, b in zip(
+            refit.get_layer(name).get_weights(),
+            classifier.get_layer(name).get_weights(),
+            strict=True,
+        ):
+            np.testing.assert_array_equal(a, b)
+
+    def loss(head_model):
+        probabilities = head_model.get_layer("head_dense")(features).numpy()
+        true = probabilities[np.arange(len(features)), splits.train.labels]
+        return float(-np.mean(np.log(np.clip(true, 1e-7, 1))))
+
+    # Fine-tuned from the trained head, it fits the int8 features better than that head did.
+    assert loss(refit) < loss(classifier) - 0.05
