@@ -86,6 +86,20 @@ def _workers(
     return results
 
 
+def _single_process(module: str, args: list[str]) -> subprocess.CompletedProcess:
+    """Runs a binary as one process without TF_CONFIG (the reference for a cluster's run)."""
+    result = subprocess.run(
+        [sys.executable, "-m", f"fruits_tl.cli.{module}", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={k: v for k, v in os.environ.items() if k != "TF_CONFIG"},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
 @pytest.mark.parametrize("mode", ["features", "images"])
 def test_two_workers_train_as_one_process_with_two_replicas(
     mode, tiny_dataset, informative_weights, tmp_path
@@ -172,21 +186,7 @@ def test_two_workers_extract_their_shards_and_the_chief_writes_the_features(tiny
     for index, result in enumerate(results):
         assert result.returncode == 0, f"worker {index}: {result.stderr[-3000:]}"
     assert "Extracting shard 1 of 2 of train: 9 images" in results[1].stderr
-    single = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "fruits_tl.cli.extract_main",
-            f"--features_dir={tmp_path / 'single'}",
-            *common,
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={k: v for k, v in os.environ.items() if k != "TF_CONFIG"},
-    )
-    assert single.returncode == 0, single.stderr[-3000:]
+    _single_process("extract_main", [f"--features_dir={tmp_path / 'single'}", *common])
     assert sorted(os.listdir(tmp_path / "cluster")) == [
         "fingerprint.json",
         "labels.txt",
@@ -234,21 +234,7 @@ def test_two_workers_evaluate_their_shards_and_the_chief_writes_the_report(
         assert result.returncode == 0, f"worker {index}: {result.stderr[-3000:]}"
     # 9 test images: worker 0 takes images 0, 2, 4, 6, 8 and worker 1 the other four.
     assert "Worker 1 of 2 predicts 4 of 9 images" in results[1].stderr
-    single = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "fruits_tl.cli.evaluate_main",
-            f"--output_dir={tmp_path / 'single'}",
-            *args,
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={k: v for k, v in os.environ.items() if k != "TF_CONFIG"},
-    )
-    assert single.returncode == 0, single.stderr[-3000:]
+    single = _single_process("evaluate_main", [f"--output_dir={tmp_path / 'single'}", *args])
     names = ["confusion_matrix.csv", "metrics.json", "mistakes.csv", "per_class.csv"]
     assert sorted(os.listdir(tmp_path / "cluster")) == names  # The chief's, nothing else.
     for name in names:
