@@ -312,8 +312,12 @@ def predict_sharded(
     logging.info(
         "Worker %d of %d predicts %d of %d images", role.index, role.count, len(mine), len(folder)
     )
-    part = predict_folder(
-        classifier, mine, strategy=local, batch_size=max(1, batch_size // role.count)
+    part = (
+        predict_folder(
+            classifier, mine, strategy=local, batch_size=max(1, batch_size // role.count)
+        )
+        if len(mine)
+        else np.zeros((0, len(classifier.class_names)), np.float32)  # More workers than images.
     )
     faults.point("evaluate:predicted")
     parts = distribute.gather_rows(strategy, part.astype(np.float32), timeout=timeout)
