@@ -36,6 +36,7 @@ import tensorflow as tf
 from fruits_tl import (
     data,
     data_service,
+    decode,
     distribute,
     extraction,
     faults,
@@ -158,7 +159,7 @@ def _decode_epochs(paths: list[str]):
             lambda p: tf.shape(
                 tf.io.decode_image(tf.io.read_file(p), channels=3, expand_animations=False)
             ),
-            num_parallel_calls=image_checks.decode_parallelism(),
+            num_parallel_calls=decode.decode_parallelism(),
             deterministic=False,
         )
         .batch(256)

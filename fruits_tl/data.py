@@ -90,7 +90,7 @@ class ImageFolder:
         image_size = self.image_size
         elements = sources.map(
             lambda source, label: (decode.decode_image(read(source), image_size), label),
-            num_parallel_calls=tf.data.AUTOTUNE,
+            num_parallel_calls=decode.decode_parallelism(),
             deterministic=True,
         )
         count = len(range(shard_index, len(self), num_shards))

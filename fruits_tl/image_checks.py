@@ -4,7 +4,7 @@
 before any job starts, so that bad files are named up front rather than failing mid-epoch.
 `inspect_files` is fruits-tl-audit's one pass over every file (decodability, real format,
 channels, JPEG components, size, content fingerprint). Both are decode-only tf.data passes
-with `decode_parallelism()` calls.
+with `decode.decode_parallelism()` calls.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import time
 import numpy as np
 import tensorflow as tf
 
-from fruits_tl import progress
+from fruits_tl import decode, progress
 
 # Files per batch of the decode-only passes: small enough for a progress line every few
 # hundred files, large enough that the per-batch work stays vectorised.
@@ -55,15 +55,6 @@ def decode_error_reason(path: str) -> str:
     return "cannot be decoded as an image"
 
 
-def decode_parallelism() -> int:
-    """Parallel calls for a one-pass, decode-only tf.data map: twice the cores.
-
-    Reading a file blocks in system calls, so with one call per core a core sits idle while
-    its call waits; and AUTOTUNE sometimes settles on too few (BENCHMARKS.md section 7).
-    """
-    return 2 * (os.cpu_count() or 1)
-
-
 def find_bad_images(file_paths: list[str] | tuple[str, ...]) -> tuple[BadImage, ...]:
     """Decodes every file with TensorFlow's decoder, in parallel, and returns the failures.
 
@@ -87,7 +78,9 @@ def find_bad_images(file_paths: list[str] | tuple[str, ...]) -> tuple[BadImage, 
         return index, tf.shape(image)
 
     dataset = tf.data.Dataset.from_tensor_slices((tf.range(len(paths), dtype=tf.int64), paths))
-    dataset = dataset.map(probe, num_parallel_calls=decode_parallelism(), deterministic=False)
+    dataset = dataset.map(
+        probe, num_parallel_calls=decode.decode_parallelism(), deterministic=False
+    )
     dataset = dataset.ignore_errors().batch(PROGRESS_BATCH)
     decoded = np.zeros(len(paths), dtype=bool)
     counter = progress.Progress(len(paths), label="decode check")
@@ -178,7 +171,7 @@ def inspect_files(entries: list[tuple[str, str, str]]) -> tuple[list[FileFacts],
     dataset = tf.data.Dataset.from_tensor_slices((tf.range(len(paths), dtype=tf.int64), paths))
     dataset = dataset.map(
         lambda index, path: _probe(index, path, stand_in),
-        num_parallel_calls=decode_parallelism(),
+        num_parallel_calls=decode.decode_parallelism(),
         deterministic=False,
     )
     dataset = (
