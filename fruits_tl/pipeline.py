@@ -14,6 +14,9 @@ The order is written once, here (after big_vision's input_pipeline):
    package's own models take the uint8 batches and preprocess in their first layer: 4x fewer
    bytes written per image on the host and copied to an accelerator;
 6. prefetch(AUTOTUNE), so the next batch is ready while the model runs.
+
+The parallelism is set, not autotuned: the decode map takes `decode.decode_parallelism()`
+calls and tf.data's autotuner is off (`without_autotune`, measured in BENCHMARKS.md 5a).
 """
 
 from __future__ import annotations
