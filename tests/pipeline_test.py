@@ -198,3 +198,13 @@ def test_the_same_seed_gives_the_same_order_in_another_process(tiny_dataset):
     assert first == again
     assert first != other
     assert first[:5] != first[5:]  # Reshuffled every epoch.
+
+
+def test_the_route_is_not_autotuned_and_a_caller_can_turn_it_back_on(splits):
+    batches = pipeline.make_batches(splits.train, batch_size=4, training=True)
+    assert batches.options().autotune.enabled is False  # BENCHMARKS.md 5a.
+    options = tf.data.Options()
+    options.autotune.enabled = True
+    again = batches.with_options(options)
+    assert again.options().autotune.enabled is True
+    assert sum(len(labels) for _, labels in again) == len(splits.train)
