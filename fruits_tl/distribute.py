@@ -62,6 +62,40 @@ def worker_role(strategy: tf.distribute.Strategy) -> WorkerRole:
     return WorkerRole(index=index, count=count, is_chief=chief)
 
 
+def _sum_over_workers(
+    strategy: tf.distribute.Strategy, role: WorkerRole, value: np.ndarray, timeout: float | None
+) -> np.ndarray:
+    """One all-reduce (SUM) of each worker's `value`, taken from its first replica only.
+
+    The collective runs inside a `tf.function`: eager `strategy.run` runs replicas in threads
+    whose coordinator logs a traceback of its own when a peer is lost, before the clear
+    message (`clear_worker_errors`). One collective per call, so a timeout is affordable here
+    (see Watchdog for why loops differ).
+    """
+    options = (
+        tf.distribute.experimental.CommunicationOptions(timeout_seconds=timeout)
+        if timeout
+        else None
+    )
+    first_replica = role.index * (strategy.num_replicas_in_sync // role.count)
+
+    @tf.function
+    def all_reduce(tensor):
+        def contribute():
+            context = tf.distribute.get_replica_context()
+            mine = tf.equal(context.replica_id_in_sync_group, first_replica)
+            return context.all_reduce(
+                tf.distribute.ReduceOp.SUM,
+                tf.where(mine, tensor, tf.zeros_like(tensor)),
+                options=options,
+            )
+
+        return strategy.run(contribute)
+
+    result = all_reduce(tf.constant(value))
+    return strategy.experimental_local_results(result)[0].numpy()
+
+
 def barrier(strategy: tf.distribute.Strategy, *, timeout: float | None = None) -> None:
     """Waits until every worker reaches this point: an all-reduce of a constant.
 
@@ -69,19 +103,9 @@ def barrier(strategy: tf.distribute.Strategy, *, timeout: float | None = None) -
       strategy: The strategy; a no-op unless it spans several workers.
       timeout: Seconds to wait for the others before failing (a worker that died).
     """
-    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
-        return
-    options = (
-        tf.distribute.experimental.CommunicationOptions(timeout_seconds=timeout)
-        if timeout
-        else None
-    )
-
-    def all_reduce():
-        context = tf.distribute.get_replica_context()
-        return context.all_reduce(tf.distribute.ReduceOp.SUM, tf.constant(1.0), options=options)
-
-    strategy.run(all_reduce)
+    role = worker_role(strategy)
+    if role.count > 1:
+        _sum_over_workers(strategy, role, np.ones(1, np.float32), timeout)
 
 
 def lost_worker_message(role: WorkerRole, what: str, *, hint: str) -> str:
@@ -125,8 +149,7 @@ def gather_rows(
     Workers may hold different numbers of rows (the same trailing shape and dtype). Each
     worker puts its rows in its own slot of a zero tensor [workers, most rows, ...] and one
     all-reduce sums the slots: adding zeros changes no value, so the rows arrive bit for bit.
-    Only the first replica of each worker contributes (a worker may have several devices). One
-    collective per call, so a timeout is affordable here (see Watchdog for why loops differ).
+    Only the first replica of each worker contributes (a worker may have several devices).
 
     Args:
       strategy: MultiWorkerMirroredStrategy; any other strategy returns `[rows]`.
@@ -137,38 +160,12 @@ def gather_rows(
     if role.count <= 1:
         return [rows]
     rows = np.asarray(rows)
-    options = (
-        tf.distribute.experimental.CommunicationOptions(timeout_seconds=timeout)
-        if timeout
-        else None
-    )
-    first_replica = role.index * (strategy.num_replicas_in_sync // role.count)
-
-    # A tf.function: eager `strategy.run` runs replicas in threads whose coordinator logs a
-    # traceback of its own when a peer is lost, before the clear message.
-    @tf.function
-    def all_reduce(value):
-        def contribute():
-            context = tf.distribute.get_replica_context()
-            mine = tf.equal(context.replica_id_in_sync_group, first_replica)
-            return context.all_reduce(
-                tf.distribute.ReduceOp.SUM,
-                tf.where(mine, value, tf.zeros_like(value)),
-                options=options,
-            )
-
-        return strategy.run(contribute)
-
-    def gather(value: np.ndarray) -> np.ndarray:
-        result = all_reduce(tf.constant(value))
-        return strategy.experimental_local_results(result)[0].numpy()
-
     counts = np.zeros(role.count, np.float64)
     counts[role.index] = len(rows)
-    counts = gather(counts).astype(np.int64)
+    counts = _sum_over_workers(strategy, role, counts, timeout).astype(np.int64)
     slots = np.zeros((role.count, int(counts.max()), *rows.shape[1:]), rows.dtype)
     slots[role.index, : len(rows)] = rows
-    slots = gather(slots)
+    slots = _sum_over_workers(strategy, role, slots, timeout)
     return [slots[index, : counts[index]] for index in range(role.count)]
 
 
