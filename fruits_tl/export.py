@@ -215,26 +215,11 @@ def convert_tflite(
         return converter.convert()
 
 
-@dataclasses.dataclass(frozen=True)
-class Int8Head:
-    """How the head is fine-tuned for the int8 model (see refit_head_for_int8).
-
-    Attributes:
-      epochs: Passes over the training split's int8 features; 0 keeps the trained head.
-      learning_rate: RMSprop's learning rate, starting from the trained head.
-      batch_size: Batch size of the fine-tuning.
-      seed: Shuffle seed.
-    """
-
-    epochs: int = 25
-    learning_rate: float = 1e-3
-    batch_size: int = 32
-    seed: int = 42
-
-    def describe(self) -> str:
-        if not self.epochs:
-            return "trained"
-        return f"refit on int8 features ({self.epochs} epochs, lr {self.learning_rate:g})"
+def int8_head_description(epochs: int, learning_rate: float) -> str:
+    """The report's `head` of the int8 model: "trained", or how it was refit."""
+    if not epochs:
+        return "trained"
+    return f"refit on int8 features ({epochs} epochs, lr {learning_rate:g})"
 
 
 def int8_features(
@@ -273,7 +258,10 @@ def refit_head_for_int8(
     *,
     image_size: int,
     representative: tf.data.Dataset,
-    settings: Int8Head,
+    epochs: int,
+    learning_rate: float,
+    seed: int,
+    batch_size: int = 32,
 ) -> keras.Model:
     """A copy of the classifier whose head is fine-tuned on the int8 backbone's features.
 
@@ -281,30 +269,31 @@ def refit_head_for_int8(
     a fifth of their size (measured on Fruits-360, BENCHMARKS.md section 6), and the head,
     trained on float features, loses several points of accuracy on them. The backbone is
     frozen in this package, so training the head against the quantized backbone is what
-    quantization-aware training would do: starting from the trained head, `settings.epochs`
-    passes of the package's training loop over the training split's int8 features. The
+    quantization-aware training would do: starting from the trained head, `epochs` passes of
+    the package's training loop (RMSprop at `learning_rate`, shuffled with `seed`) over the
+    training split's int8 features. The
     classifier itself is not changed; the copy is only converted to int8.
     """
     features = int8_features(
         classifier, folder, image_size=image_size, representative=representative
     )
     strategy = tf.distribute.get_strategy()
-    head = model.build_head(features.shape[1], len(folder.class_names), seed=settings.seed)
+    head = model.build_head(features.shape[1], len(folder.class_names), seed=seed)
     head.get_layer("head_dense").set_weights(classifier.get_layer("head_dense").get_weights())
     model.compile_classifier(
         head,
         optimizer="rmsprop",
-        learning_rate=settings.learning_rate,
+        learning_rate=learning_rate,
         num_classes=len(folder.class_names),
     )
     loop.fit(
         head,
         inputs=features.astype(np.float32),
         labels=folder.labels,
-        epochs=settings.epochs,
-        batch_size=settings.batch_size,
+        epochs=epochs,
+        batch_size=batch_size,
         strategy=strategy,
-        seed=settings.seed,
+        seed=seed,
     )
     refit = keras.models.clone_model(classifier)
     refit.set_weights(classifier.get_weights())
@@ -379,11 +368,6 @@ def export_model(config: ExportConfig) -> ExportResult:
             splits.train, count=config.representative_images, seed=config.data.seed
         )
         train_split = splits.train
-    int8_head = Int8Head(
-        epochs=config.int8_head_epochs,
-        learning_rate=config.int8_head_learning_rate,
-        seed=config.data.seed if config.data is not None else 42,
-    )
     os.makedirs(config.output_dir, exist_ok=True)
     files.write_lines(os.path.join(config.output_dir, servable.LABELS_FILE), list(class_names))
 
@@ -432,17 +416,22 @@ def export_model(config: ExportConfig) -> ExportResult:
             name = f"tflite-{quantize}"
             path = os.path.join(config.output_dir, tflite_file_name(quantize))
             logging.info("Converting to %s", name)
-            head = int8_head.describe() if quantize == "int8" else "trained"
+            head = "trained"
             try:
                 converted = classifier
-                if quantize == "int8" and int8_head.epochs:
+                if quantize == "int8" and config.int8_head_epochs:
+                    head = int8_head_description(
+                        config.int8_head_epochs, config.int8_head_learning_rate
+                    )
                     logging.info("Fine-tuning the head on int8 features: %s", head)
                     converted = refit_head_for_int8(
                         classifier,
                         train_split,
                         image_size=image_size,
                         representative=representative,
-                        settings=int8_head,
+                        epochs=config.int8_head_epochs,
+                        learning_rate=config.int8_head_learning_rate,
+                        seed=config.data.seed,
                     )
                 flatbuffer = convert_tflite(
                     converted,

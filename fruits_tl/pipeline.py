@@ -243,10 +243,10 @@ def without_autotune(dataset: tf.data.Dataset) -> tf.data.Dataset:
 
     With the autotuner on, a cold pass of the route ran on one of this machine's two cores in
     a third to a half of the passes (4,500 images/s instead of 7,500-9,000, process CPU time
-    equal to wall time), with fixed `num_parallel_calls` too; with it off, none did in 30
-    passes (BENCHMARKS.md section 5). The decode map then takes `decode.decode_parallelism()`
-    calls, AUTOTUNE elsewhere means one call per core, and prefetch keeps its own buffer
-    heuristic. A caller who wants the autotuner back applies
+    equal to wall time), with fixed `num_parallel_calls` too; with it off, none did in 20
+    probe passes nor in the route's 15 bench passes (BENCHMARKS.md 5a). The decode map then
+    takes `decode.decode_parallelism()` calls, AUTOTUNE elsewhere means one call per core, and
+    prefetch keeps its own buffer heuristic. A caller who wants the autotuner back applies
     `tf.data.Options().autotune.enabled = True` with `with_options`.
     """
     options = tf.data.Options()

@@ -362,7 +362,9 @@ def test_the_int8_head_is_refit_on_the_int8_backbone_features(tiny_dataset):
         splits.train,
         image_size=128,
         representative=representative,
-        settings=export.Int8Head(epochs=10, seed=1),
+        epochs=10,
+        learning_rate=1e-3,
+        seed=1,
     )
     for now, then in zip(classifier.get_weights(), before, strict=True):
         np.testing.assert_array_equal(now, then)  # The classifier itself is untouched.
