@@ -164,6 +164,8 @@ def _decode_epochs(paths: list[str]):
         )
         .batch(256)
     )
+    # Set parallelism, autotuner off, as in the route: the ceiling it is compared with.
+    dataset = pipeline.without_autotune(dataset)
     return lambda: dataset
 
 
