@@ -467,7 +467,11 @@ def environment(strategy: tf.distribute.Strategy, config: BenchConfig) -> dict:
 
 
 def _context(
-    config: BenchConfig, *, strategy: tf.distribute.Strategy, log: Callable[[str], None]
+    config: BenchConfig,
+    *,
+    strategy: tf.distribute.Strategy,
+    log: Callable[[str], None],
+    cache_root: str,
 ) -> Context:
     data_config = config.data
     train_dir = os.path.join(data_config.data_dir, data_config.train_subdir)
@@ -519,7 +523,7 @@ def _context(
         strategy=strategy,
         classifier=classifier,
         extractor=extractor,
-        cache_root=config.cache_dir or tempfile.mkdtemp(prefix="fruits-tl-bench-"),
+        cache_root=cache_root,
     )
 
 
@@ -534,8 +538,28 @@ def run_benchmark(
 
     A stop request (SIGINT, SIGTERM) is answered after the variant being measured: a
     benchmark keeps no checkpoint, since its ratios are only side by side within one run.
+
+    The file caches go to a fresh temporary folder (inside `config.cache_dir` when set),
+    removed when the run ends however it ends: a cache left from an earlier run would make a
+    "cold" pass warm, and each run's caches are the size of the decoded split.
     """
-    context = _context(config, strategy=strategy, log=log)
+    if config.cache_dir:
+        os.makedirs(config.cache_dir, exist_ok=True)
+    with tempfile.TemporaryDirectory(
+        prefix="fruits-tl-bench-", dir=config.cache_dir or None
+    ) as cache_root:
+        return _run_benchmark(config, strategy=strategy, log=log, stop=stop, cache_root=cache_root)
+
+
+def _run_benchmark(
+    config: BenchConfig,
+    *,
+    strategy: tf.distribute.Strategy,
+    log: Callable[[str], None],
+    stop: stopping.GracefulStop | None,
+    cache_root: str,
+) -> BenchResult:
+    context = _context(config, strategy=strategy, log=log, cache_root=cache_root)
     measured: dict[str, list[Measurement]] = {v: [] for v in config.variants}
     for repeat in range(config.repeats):
         for variant in config.variants:

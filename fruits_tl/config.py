@@ -351,7 +351,8 @@ class BenchConfig:
       repeats: Repeats of every variant, interleaved.
       batch_size: Images per batch.
       model_steps: Batches per "epoch" of the model variants.
-      cache_dir: Where file caches go ("" for a temporary folder).
+      cache_dir: The folder in which the run's temporary cache folder is made (removed at
+        the end of the run); "" for the system's temporary folder.
     """
 
     data: DataConfig

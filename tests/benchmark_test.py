@@ -44,6 +44,9 @@ def test_bench_binary_end_to_end(tiny_dataset, tmp_path, capsys):
         ],
     )
     assert code == 0, capsys.readouterr().err
+    # The file caches were written (pipeline-file-uint8's cache_bytes below) and removed: a
+    # rerun's cold pass must fill them again.
+    assert list((tmp_path / "scratch" / "cache").iterdir()) == []
     report = json.loads(out.read_text())
     assert set(report["results"]) == set(config.BENCH_VARIANTS)
     for name, result in report["results"].items():
