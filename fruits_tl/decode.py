@@ -39,7 +39,8 @@ def decode_image(contents: tf.Tensor, image_size: int) -> tf.Tensor:
     # The cast first: the bilinear kernel computes in float32 either way (it converts each
     # uint8 input as it reads it, so the output is bit for bit the same), but on float32
     # input it is about a third faster (59 against 90 us per 100x100 image on this CPU;
-    # the route's cold pass rose by a quarter, BENCHMARKS.md section 5a).
+    # the route's cold pass rose from 1.83-2.01x to 2.25-2.49x the legacy loader, BENCHMARKS.md
+    # section 5b).
     image = tf.image.resize(tf.cast(image, tf.float32), (image_size, image_size), method="bilinear")
     # preprocess.to_uint8 without its clipping: bilinear weights are in [0, 1), so every
     # output lies between two uint8 inputs up to a float rounding error, and rounding brings
