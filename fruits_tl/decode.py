@@ -5,8 +5,8 @@ Every path that turns a file into pixels calls `decode_image`: the folder route 
 exported SavedModel's `serve_jpeg` signature. Its steps are those of Keras's
 `image_dataset_from_directory` loader (`keras.src.utils.image_dataset_utils.load_image`):
 `tf.io.decode_image(channels=3, expand_animations=False)` and a bilinear `tf.image.resize`
-to the model size, then rounding to uint8 (as `preprocess.to_uint8` rounds), so the pixels
-are Keras's, rounded (`tests/decode_test.py` checks this on unusual-but-valid images too).
+to the model size, then rounding (half to even) to uint8, so the pixels are Keras's,
+rounded (`tests/decode_test.py` checks this on unusual-but-valid images too).
 
 Pure tensor functions: they work eagerly, inside `tf.data` maps and inside `tf.function`s.
 """
@@ -37,14 +37,13 @@ def decode_image(contents: tf.Tensor, image_size: int) -> tf.Tensor:
     """
     image = tf.io.decode_image(contents, channels=3, expand_animations=False)
     # The cast first: the bilinear kernel computes in float32 either way (it converts each
-    # uint8 input as it reads it, so the output is bit for bit the same), but on float32
-    # input it is about a third faster (59 against 90 us per 100x100 image on this CPU;
-    # the route's cold pass rose from 1.83-2.01x to 2.25-2.49x the legacy loader, BENCHMARKS.md
-    # section 5b).
+    # uint8 input as it reads it, so the output is bit for bit the same), but its float32
+    # path takes 39-59 us per 100x100 image here against 86-90 from uint8; the route's cold
+    # pass rose from 1.83-2.01x to 2.25-2.49x the legacy loader (BENCHMARKS.md section 5b).
     image = tf.image.resize(tf.cast(image, tf.float32), (image_size, image_size), method="bilinear")
-    # preprocess.to_uint8 without its clipping: bilinear weights are in [0, 1), so every
-    # output lies between two uint8 inputs up to a float rounding error, and rounding brings
-    # it into [0, 255]. Same pixels, about 5% faster per image (BENCHMARKS.md section 5).
+    # Round half to even, no clip: bilinear weights are in [0, 1), so every output lies
+    # between two uint8 inputs up to a float rounding error, and rounding brings it into
+    # [0, 255]. Same pixels, about 5% faster per image (BENCHMARKS.md section 5a).
     image = tf.cast(tf.round(image), tf.uint8)
     image.set_shape((image_size, image_size, 3))
     return image

@@ -1,8 +1,8 @@
 """Pure tensor functions: the one MobileNet preprocessing used on every path.
 
-Training, evaluation, extraction and export apply `mobilenet_inputs` as the model's first
-layer (fruits_tl.model.MobileNetPreprocessing); embedding users who want float32 batches get
-the same function as the last map of the data route. There is no second implementation.
+The models apply it as their first layer, Keras's built-in `Rescaling(1/127.5, offset=-1)`,
+which is bit for bit `mobilenet_inputs` in float32 (fruits_tl.model); embedding users who want
+float32 batches get `mobilenet_inputs` as the last map of the data route.
 """
 
 from __future__ import annotations
@@ -27,8 +27,3 @@ def mobilenet_inputs(images: tf.Tensor) -> tf.Tensor:
     """
     images = tf.cast(images, tf.float32)
     return images * (1.0 / 127.5) - 1.0
-
-
-def to_uint8(images: tf.Tensor) -> tf.Tensor:
-    """Rounds float pixels in [0, 255] to uint8, saturating out-of-range values."""
-    return tf.saturate_cast(tf.round(tf.cast(images, tf.float32)), tf.uint8)
