@@ -8,6 +8,7 @@ known predictions; `evaluate_folder` and `predict_paths` run a saved model (any 
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import io
@@ -343,12 +344,10 @@ def evaluate_split(
     `servable.load_servable` takes; the report is the same for each. Under several workers
     each predicts its shard (`predict_sharded`) and every worker computes the whole report.
     """
-    if distribute.worker_role(strategy).count > 1:
-        # Each worker runs the model on its own device: load it outside the cluster's scope.
+    # Under several workers each runs the model on its own device: outside the cluster's scope.
+    several = distribute.worker_role(strategy).count > 1
+    with contextlib.nullcontext() if several else strategy.scope():
         classifier = servable.load_servable(model_path)
-    else:
-        with strategy.scope():
-            classifier = servable.load_servable(model_path)
     folder = folder_for(classifier.class_names, classifier.image_size)
     probabilities = predict_sharded(
         classifier, folder, strategy=strategy, batch_size=batch_size, timeout=collective_timeout
