@@ -86,6 +86,24 @@ def _workers(
     return results
 
 
+def _assert_all_succeeded(results: list[subprocess.CompletedProcess]) -> None:
+    for index, result in enumerate(results):
+        assert result.returncode == 0, f"worker {index}: {result.stderr[-3000:]}"
+
+
+def _assert_lost_contact(
+    survivor: subprocess.CompletedProcess, dead: subprocess.CompletedProcess, program: str
+) -> None:
+    """The killed worker died of SIGKILL; the other exited 2 with one clear paragraph."""
+    assert dead.returncode == -9
+    assert survivor.returncode == 2, survivor.stderr[-3000:]
+    text = " ".join(survivor.stderr.split())
+    assert f"{program}: error: Worker 0 of 2 lost contact with the other workers" in text, text[
+        -3000:
+    ]
+    assert "Traceback" not in survivor.stderr
+
+
 def _single_process(module: str, args: list[str]) -> subprocess.CompletedProcess:
     """Runs a binary as one process without TF_CONFIG (the reference for a cluster's run)."""
     result = subprocess.run(
@@ -113,8 +131,7 @@ def test_two_workers_train_as_one_process_with_two_replicas(
         *RECIPE,
     ]
     results = _workers(args)
-    for index, result in enumerate(results):
-        assert result.returncode == 0, f"worker {index}: {result.stderr[-3000:]}"
+    _assert_all_succeeded(results)
     # Only the chief wrote model_dir.
     assert (model_dir / "metrics.json").exists()
     metrics = json.loads((model_dir / "metrics.json").read_text())
@@ -164,13 +181,7 @@ def test_a_dead_worker_stops_the_other_with_a_clear_message(tiny_dataset, tmp_pa
         *RECIPE,
     ]
     survivor, dead = _workers(args, kill_at={1: "train:step:0:5"}, timeout=240)
-    assert dead.returncode == -9
-    assert survivor.returncode == 2, survivor.stderr[-3000:]
-    text = " ".join(survivor.stderr.split())
-    assert "fruits-tl-train: error: Worker 0 of 2 lost contact with the other workers" in text, (
-        text[-3000:]
-    )
-    assert "Traceback" not in survivor.stderr
+    _assert_lost_contact(survivor, dead, "fruits-tl-train")
 
 
 def test_two_workers_extract_their_shards_and_the_chief_writes_the_features(tiny_dataset, tmp_path):
@@ -183,8 +194,7 @@ def test_two_workers_extract_their_shards_and_the_chief_writes_the_features(tiny
         "--extract_verbose=0",
     ]
     results = _workers([f"--features_dir={tmp_path / 'cluster'}", *common], module="extract_main")
-    for index, result in enumerate(results):
-        assert result.returncode == 0, f"worker {index}: {result.stderr[-3000:]}"
+    _assert_all_succeeded(results)
     assert "Extracting shard 1 of 2 of train: 9 images" in results[1].stderr
     _single_process("extract_main", [f"--features_dir={tmp_path / 'single'}", *common])
     assert sorted(os.listdir(tmp_path / "cluster")) == [
@@ -230,8 +240,7 @@ def test_two_workers_evaluate_their_shards_and_the_chief_writes_the_report(
         "--num_mistakes=100",  # Every mistake, with its probability: the whole prediction.
     ]
     results = _workers([f"--output_dir={tmp_path / 'cluster'}", *args], module="evaluate_main")
-    for index, result in enumerate(results):
-        assert result.returncode == 0, f"worker {index}: {result.stderr[-3000:]}"
+    _assert_all_succeeded(results)
     # 9 test images: worker 0 takes images 0, 2, 4, 6, 8 and worker 1 the other four.
     assert "Worker 1 of 2 predicts 4 of 9 images" in results[1].stderr
     single = _single_process("evaluate_main", [f"--output_dir={tmp_path / 'single'}", *args])
@@ -257,11 +266,5 @@ def test_a_worker_that_dies_during_evaluation_stops_the_other_clearly(
     survivor, dead = _workers(
         args, module="evaluate_main", kill_at={1: "evaluate:predicted"}, timeout=240
     )
-    assert dead.returncode == -9
-    assert survivor.returncode == 2, survivor.stderr[-3000:]
-    text = " ".join(survivor.stderr.split())
-    assert "fruits-tl-evaluate: error: Worker 0 of 2 lost contact with the other workers" in text, (
-        text[-3000:]
-    )
-    assert "Traceback" not in survivor.stderr
+    _assert_lost_contact(survivor, dead, "fruits-tl-evaluate")
     assert not (tmp_path / "cluster").exists()
