@@ -156,16 +156,19 @@ def _decode_epochs(paths: list[str]):
     dataset = (
         tf.data.Dataset.from_tensor_slices(paths)
         .map(
-            lambda p: tf.shape(
-                tf.io.decode_image(tf.io.read_file(p), channels=3, expand_animations=False)
+            tf.autograph.experimental.do_not_convert(
+                lambda p: tf.shape(
+                    tf.io.decode_image(tf.io.read_file(p), channels=3, expand_animations=False)
+                )
             ),
             num_parallel_calls=decode.decode_parallelism(),
             deterministic=False,
         )
         .batch(256)
     )
-    # Set parallelism, autotuner off, as in the route: the ceiling it is compared with.
-    dataset = pipeline.without_autotune(dataset)
+    # The route's options (set parallelism, no autotuner, no static rewrites): the ceiling it
+    # is compared with.
+    dataset = pipeline.with_route_options(dataset)
     return lambda: dataset
 
 

@@ -88,10 +88,15 @@ class ImageFolder:
         if num_shards > 1:
             sources = sources.shard(num_shards, shard_index)
         image_size = self.image_size
+
+        # Not converted by AutoGraph (no Python control flow here): converting it cost the
+        # first route built in a process 130-200 ms (BENCHMARKS.md 5c).
+        @tf.autograph.experimental.do_not_convert
+        def decode_element(source, label):
+            return decode.decode_image(read(source), image_size), label
+
         elements = sources.map(
-            lambda source, label: (decode.decode_image(read(source), image_size), label),
-            num_parallel_calls=decode.decode_parallelism(),
-            deterministic=True,
+            decode_element, num_parallel_calls=decode.decode_parallelism(), deterministic=True
         )
         count = len(range(shard_index, len(self), num_shards))
         return elements.apply(tf.data.experimental.assert_cardinality(count))
@@ -240,8 +245,8 @@ def select(folder: ImageFolder, mask: np.ndarray, *, name: str) -> ImageFolder:
         keep = tf.constant(mask)
         records = (
             records.enumerate()
-            .filter(lambda index, record: keep[index])
-            .map(lambda index, record: record)
+            .filter(tf.autograph.experimental.do_not_convert(lambda index, record: keep[index]))
+            .map(tf.autograph.experimental.do_not_convert(lambda index, record: record))
         )
     return dataclasses.replace(
         folder,

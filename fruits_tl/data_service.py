@@ -76,7 +76,9 @@ def decode_through_service(folder: data.ImageFolder, address: str) -> np.ndarray
         (tf.range(count, dtype=tf.int64), tf.constant(list(folder.file_paths), tf.string))
     )
     decoded = listing.map(
-        lambda index, path: (index, decode.load_image(path, size)),
+        tf.autograph.experimental.do_not_convert(
+            lambda index, path: (index, decode.load_image(path, size))
+        ),
         num_parallel_calls=tf.data.AUTOTUNE,
     ).batch(SERVICE_BATCH)
     distributed = decoded.apply(

@@ -244,11 +244,15 @@ def predict_batches(
     batch is padded with copies of its last image, whose outputs are dropped.
     """
     counter = progress.Progress(count, label=f"predict ({classifier.format})")
-    images = batches.map(lambda pixels, labels: pixels)
+    images = batches.map(tf.autograph.experimental.do_not_convert(lambda pixels, labels: pixels))
     padded = 0
     if classifier.keras_model is not None and 0 < count < min_batch_size:
         padded = min_batch_size - count
-        images = images.map(lambda x: tf.concat([x, tf.repeat(x[-1:], padded, axis=0)], axis=0))
+        images = images.map(
+            tf.autograph.experimental.do_not_convert(
+                lambda x: tf.concat([x, tf.repeat(x[-1:], padded, axis=0)], axis=0)
+            )
+        )
     if classifier.keras_model is not None:
         result = np.asarray(
             classifier.keras_model.predict(images, verbose=0, callbacks=[_PredictProgress(counter)])

@@ -72,6 +72,7 @@ def find_bad_images(file_paths: list[str] | tuple[str, ...]) -> tuple[BadImage, 
     if not paths:
         return ()
 
+    @tf.autograph.experimental.do_not_convert
     def probe(index, path):
         image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
         # Returning the shape keeps the decode from being pruned as dead code.
@@ -170,14 +171,17 @@ def inspect_files(entries: list[tuple[str, str, str]]) -> tuple[list[FileFacts],
     stand_in = tf.constant(_stand_in_jpeg())
     dataset = tf.data.Dataset.from_tensor_slices((tf.range(len(paths), dtype=tf.int64), paths))
     dataset = dataset.map(
-        lambda index, path: _probe(index, path, stand_in),
+        tf.autograph.experimental.do_not_convert(lambda index, path: _probe(index, path, stand_in)),
         num_parallel_calls=decode.decode_parallelism(),
         deterministic=False,
     )
     dataset = (
         dataset.ignore_errors()
         .batch(PROGRESS_BATCH)
-        .map(_digest_batch, num_parallel_calls=tf.data.AUTOTUNE)
+        .map(
+            tf.autograph.experimental.do_not_convert(_digest_batch),
+            num_parallel_calls=tf.data.AUTOTUNE,
+        )
     )
     decoded = np.zeros(len(paths), dtype=bool)
     all_shapes = np.zeros((len(paths), 3), dtype=np.int64)

@@ -16,7 +16,8 @@ The order is written once, here (after big_vision's input_pipeline):
 6. prefetch(AUTOTUNE), so the next batch is ready while the model runs.
 
 The parallelism is set, not autotuned: the decode map takes `decode.decode_parallelism()`
-calls and tf.data's autotuner is off (`without_autotune`, measured in BENCHMARKS.md 5a).
+calls, tf.data's autotuner is off and so are its static graph rewrites (`with_route_options`,
+measured in BENCHMARKS.md 5a and 5c).
 """
 
 from __future__ import annotations
@@ -91,7 +92,8 @@ def _fill_file_cache(dataset: tf.data.Dataset, prefix: str, *, expected: int) ->
     try:
         counter = progress.Progress(expected, label=f"file cache {os.path.basename(prefix)}")
         count = 0
-        for labels in dataset.cache(prefix).map(lambda image, label: label).batch(256):
+        labels_only = tf.autograph.experimental.do_not_convert(lambda image, label: label)
+        for labels in dataset.cache(prefix).map(labels_only).batch(256):
             count += int(labels.shape[0])
             counter.add(int(labels.shape[0]))
         if count != expected:
@@ -232,25 +234,35 @@ def make_batches(
     )
     if output == "float32":
         dataset = dataset.map(
-            lambda images, labels: (preprocess.mobilenet_inputs(images), labels),
+            tf.autograph.experimental.do_not_convert(
+                lambda images, labels: (preprocess.mobilenet_inputs(images), labels)
+            ),
             num_parallel_calls=tf.data.AUTOTUNE,
         )
-    return without_autotune(dataset.prefetch(tf.data.AUTOTUNE))
+    return with_route_options(dataset.prefetch(tf.data.AUTOTUNE))
 
 
-def without_autotune(dataset: tf.data.Dataset) -> tf.data.Dataset:
-    """Turns tf.data's autotuner off: the route's parallelism is set, not tuned.
+def with_route_options(dataset: tf.data.Dataset) -> tf.data.Dataset:
+    """The route's tf.data options: parallelism set, not autotuned, and no static rewrites.
 
-    With the autotuner on, a cold pass of the route ran on one of this machine's two cores in
-    a third to a half of the passes (4,500 images/s instead of 7,500-9,000, process CPU time
-    equal to wall time), with fixed `num_parallel_calls` too; with it off, none did in 20
-    probe passes nor in the route's 15 bench passes (BENCHMARKS.md 5a). The decode map then
-    takes `decode.decode_parallelism()` calls, AUTOTUNE elsewhere means one call per core, and
-    prefetch keeps its own buffer heuristic. A caller who wants the autotuner back applies
-    `tf.data.Options().autotune.enabled = True` with `with_options`.
+    - The autotuner is off. With it on, a cold pass of the route ran on one of this machine's
+      two cores in a third to a half of the passes (4,500 images/s instead of 7,500-9,000,
+      process CPU time equal to wall time), with fixed `num_parallel_calls` too; with it off,
+      none did in 20 probe passes nor in the route's 15 bench passes (BENCHMARKS.md 5a). The
+      decode map takes `decode.decode_parallelism()` calls, AUTOTUNE elsewhere means one call
+      per core, and prefetch keeps its own buffer heuristic.
+    - tf.data's default static optimizations are off. The route has nothing for them to
+      rewrite (its maps are already parallel, the float32 map follows the batch, there is no
+      repeat to fuse), but they ran on every new iterator, i.e. every epoch: 5-20 ms of graph
+      rewriting over a listing of 5,700 paths, against 0.3-0.7 ms without. Cold pass +4.6%,
+      warm epochs +5% (medians of 14 interleaved passes; BENCHMARKS.md 5c).
+
+    A caller who wants either back applies `tf.data.Options()` with `autotune.enabled = True`
+    or `experimental_optimization.apply_default_optimizations = True` through `with_options`.
     """
     options = tf.data.Options()
     options.autotune.enabled = False
+    options.experimental_optimization.apply_default_optimizations = False
     return dataset.with_options(options)
 
 
@@ -286,7 +298,8 @@ def make_feature_batches(
         )
     dataset = dataset.batch(batch_size, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     dataset = dataset.map(
-        lambda x, y: (tf.cast(x, tf.float32), y), num_parallel_calls=tf.data.AUTOTUNE
+        tf.autograph.experimental.do_not_convert(lambda x, y: (tf.cast(x, tf.float32), y)),
+        num_parallel_calls=tf.data.AUTOTUNE,
     )
     return dataset.prefetch(tf.data.AUTOTUNE)
 

@@ -203,14 +203,19 @@ def _load_tfds_split(
         split=split, shuffle_files=False, decoders={"image": tfds.decode.SkipDecoding()}
     )
     names, labels = [], []
-    for example in skip.map(lambda e: (e["file_name"], e["label"])).batch(4096).as_numpy_iterator():
+    names_and_labels = tf.autograph.experimental.do_not_convert(
+        lambda e: (e["file_name"], e["label"])
+    )
+    for example in skip.map(names_and_labels).batch(4096).as_numpy_iterator():
         names += [n.decode("utf-8") for n in example[0]]
         labels.append(example[1].astype(np.int32))
     labels_array = np.concatenate(labels) if labels else np.zeros((0,), np.int32)
     # Undecoded records: the route shards and selects them before decoding
     # (data.ImageFolder.make_elements decodes with the one decode function).
     records = skip.map(
-        lambda example: (example["image"], tf.cast(example["label"], tf.int32)),
+        tf.autograph.experimental.do_not_convert(
+            lambda example: (example["image"], tf.cast(example["label"], tf.int32))
+        ),
         num_parallel_calls=tf.data.AUTOTUNE,
     ).apply(tf.data.experimental.assert_cardinality(len(names)))
     file_paths = tuple(f"tfds://{NAME}/{split}/{n}" for n in names)

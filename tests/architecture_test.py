@@ -3,6 +3,10 @@
 The layer table (DESIGN.md): imports point downward only, a job never imports another job,
 nothing imports the binaries, only the binaries define flags, and importing the package
 touches no device. A new module must be placed in the table.
+
+One rule about tf.data functions is checked from the source too: every function the package
+hands to a dataset's `map` or `filter` is marked `tf.autograph.experimental.do_not_convert`
+(converting one cost the first route built in a process 130-200 ms; BENCHMARKS.md 5c).
 """
 
 from __future__ import annotations
@@ -130,6 +134,80 @@ def test_the_layer_check_catches_an_upward_and_a_job_to_job_import():
     assert _offenders("export", "export.py", sideways) == [
         "export.py:1: job export imports job evaluate",
         "export.py:2 (jobs) imports cli.common (cli): points up",
+    ]
+
+
+# Maps that stay converted on purpose: the bench's `idfd` variant is the tutorials' code.
+CONVERTED_ON_PURPOSE = {("fruits_tl/benchmark.py", "_idfd_epochs")}
+
+
+def _is_do_not_convert(node: ast.AST) -> bool:
+    return isinstance(node, ast.Attribute | ast.Name) and ast.unparse(node).endswith(
+        "do_not_convert"
+    )
+
+
+def _converted_dataset_functions(path: str, tree: ast.AST) -> list[str]:
+    """`map`/`filter` calls in `tree` whose function AutoGraph would convert."""
+    marked = {
+        node.name
+        for node in ast.walk(tree)
+        if isinstance(node, ast.FunctionDef)
+        and any(_is_do_not_convert(d) for d in node.decorator_list)
+    }
+    marked |= {  # name = tf.autograph.experimental.do_not_convert(...)
+        target.id
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Assign)
+        and isinstance(node.value, ast.Call)
+        and _is_do_not_convert(node.value.func)
+        for target in node.targets
+        if isinstance(target, ast.Name)
+    }
+    offenders = []
+    for function in ast.walk(tree):
+        if not isinstance(function, ast.FunctionDef):
+            continue
+        if (path, function.name) in CONVERTED_ON_PURPOSE:
+            continue
+        for node in ast.walk(function):
+            if not (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Attribute)
+                and node.func.attr in ("map", "filter")
+                and node.args
+            ):
+                continue
+            given = node.args[0]
+            if isinstance(given, ast.Call) and _is_do_not_convert(given.func):
+                continue
+            if isinstance(given, ast.Name) and given.id in marked:
+                continue
+            offenders.append(f"{path}:{node.lineno}: .{node.func.attr}({ast.unparse(given)[:40]})")
+    return sorted(set(offenders))
+
+
+def test_every_dataset_function_is_kept_from_autograph():
+    offenders = []
+    for path, tree in _modules():
+        offenders += _converted_dataset_functions(path, tree)
+    assert offenders == []
+
+
+def test_the_autograph_check_catches_a_plain_lambda_and_function():
+    source = (
+        "def f(dataset):\n"
+        "    def g(x):\n"
+        "        return x\n"
+        "    @tf.autograph.experimental.do_not_convert\n"
+        "    def h(x):\n"
+        "        return x\n"
+        "    return dataset.map(lambda x: x).filter(g).map(h).map(\n"
+        "        tf.autograph.experimental.do_not_convert(lambda x: x))\n"
+    )
+    assert _converted_dataset_functions("m.py", ast.parse(source)) == [
+        "m.py:7: .filter(g)",
+        "m.py:7: .map(lambda x: x)",
     ]
 
 

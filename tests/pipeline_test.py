@@ -200,11 +200,24 @@ def test_the_same_seed_gives_the_same_order_in_another_process(tiny_dataset):
     assert first[:5] != first[5:]  # Reshuffled every epoch.
 
 
-def test_the_route_is_not_autotuned_and_a_caller_can_turn_it_back_on(splits):
+def test_the_route_is_not_autotuned_nor_rewritten_and_a_caller_can_turn_both_back_on(splits):
     batches = pipeline.make_batches(splits.train, batch_size=4, training=True)
     assert batches.options().autotune.enabled is False  # BENCHMARKS.md 5a.
+    # BENCHMARKS.md 5c: the default static rewrites cost every new iterator, i.e. every epoch.
+    assert batches.options().experimental_optimization.apply_default_optimizations is False
     options = tf.data.Options()
     options.autotune.enabled = True
+    options.experimental_optimization.apply_default_optimizations = True
     again = batches.with_options(options)
     assert again.options().autotune.enabled is True
+    assert again.options().experimental_optimization.apply_default_optimizations is True
     assert sum(len(labels) for _, labels in again) == len(splits.train)
+
+    # The same epochs either way: the options change speed, not content or order.
+    def first_epochs(dataset):
+        return [[labels.numpy().tolist() for _, labels in dataset] for _ in range(2)]
+
+    fresh = pipeline.make_batches(splits.train, batch_size=4, training=True)
+    assert first_epochs(fresh) == first_epochs(
+        pipeline.make_batches(splits.train, batch_size=4, training=True).with_options(options)
+    )
