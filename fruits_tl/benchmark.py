@@ -648,11 +648,12 @@ def format_table(result: BenchResult) -> str:
     header = (
         f"{'variant':24} {'img/epoch':>9} {'cold img/s':>10} {'steady med':>10} {'min':>8} "
         f"{'max':>8} "
-        f"{'1st batch s':>11} {'x legacy':>8} {'peak RSS MB':>11} {'cache MB':>8}"
+        f"{'1st batch s':>11} {'x legacy':>8} {'cold x':>6} {'peak RSS MB':>11} {'cache MB':>8}"
     )
     lines = [header, "-" * len(header)]
     for name, r in result.results.items():
         ratio = getattr(result.ratios_to_legacy.get(name), "steady", None)
+        cold = getattr(result.ratios_to_legacy.get(name), "cold", None)
         # Model variants time whole steps (fit, or one extraction call), not batch arrival.
         first = "-" if name in BENCH_MODEL_VARIANTS else f"{r.time_to_first_batch:.3f}"
         lines.append(
@@ -660,7 +661,13 @@ def format_table(result: BenchResult) -> str:
             f"{r.steady_median:10.0f} "
             f"{r.steady_min:8.0f} {r.steady_max:8.0f} {first:>11} "
             f"{(f'{ratio:.1f}x' if ratio is not None else '-'):>8} "
+            f"{(f'{cold:.2f}x' if cold is not None else '-'):>6} "
             f"{r.peak_rss_bytes / 2**20:11.0f} {r.cache_bytes / 2**20:8.1f}"
+        )
+    if result.ratios_to_legacy:
+        lines.append(
+            "x legacy: steady images/s over legacy's, the median of the repeats' side-by-side "
+            "ratios; cold x: the cold medians' ratio (the first epoch, decode included)"
         )
     lines.append(f"uint8 size of the decoded images: {result.uint8_image_bytes / 2**20:.1f} MB")
     lines.append(result.verdict)

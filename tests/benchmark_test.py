@@ -70,6 +70,10 @@ def test_bench_binary_end_to_end(tiny_dataset, tmp_path, capsys):
     assert f"({step:.0f} images/s on in-memory tensors)" in report["verdict"]
     table = capsys.readouterr().out
     assert report["verdict"] in table
+    # The cold ratio (issue 9's figure) is in the table, not only in the JSON.
+    cold = report["ratios_to_legacy"]["pipeline-memory-uint8"]["cold"]
+    row = next(line for line in table.splitlines() if line.startswith("pipeline-memory-uint8 "))
+    assert f" {cold:.2f}x " in row
     code = run_main(
         bench_main,
         [
