@@ -9,7 +9,8 @@ Variants (each delivers what a model consumes: batches of size x size x 3 images
   idfd           image_dataset_from_directory as tutorials use it, no cache (float32, preprocessed)
   pipeline-<cache>-<output>   our route, cache memory|file, output uint8|float32
   tfds-<cache>-<output>      our route reading the prepared fruits360 TFDS records
-  decode         TensorFlow's decoder alone over every file, in parallel (the decode ceiling)
+  decode         TensorFlow's decoder alone over every file, in parallel: the decode check's pass
+                 (the decode ceiling)
   audit          fruits-tl-audit's one-pass inspection of every file
   model-infer    the classifier alone on in-memory uint8 tensors, inference
   model-train    the training job's compiled step on random in-memory uint8 images
@@ -36,7 +37,6 @@ import tensorflow as tf
 from fruits_tl import (
     data,
     data_service,
-    decode,
     distribute,
     extraction,
     faults,
@@ -153,22 +153,9 @@ def _idfd_epochs(context: Context):
 
 
 def _decode_epochs(paths: list[str]):
-    dataset = (
-        tf.data.Dataset.from_tensor_slices(paths)
-        .map(
-            tf.autograph.experimental.do_not_convert(
-                lambda p: tf.shape(
-                    tf.io.decode_image(tf.io.read_file(p), channels=3, expand_animations=False)
-                )
-            ),
-            num_parallel_calls=decode.decode_parallelism(),
-            deterministic=False,
-        )
-        .batch(256)
-    )
-    # The route's options (set parallelism, no autotuner, no static rewrites): the ceiling it
-    # is compared with.
-    dataset = pipeline.with_route_options(dataset)
+    # The decode check's own pass (route options included): the ceiling the route is compared
+    # with.
+    dataset = image_checks.decode_pass(paths)
     return lambda: dataset
 
 

@@ -62,3 +62,30 @@ def decode_parallelism() -> int:
     waits; and AUTOTUNE sometimes settles on too few (BENCHMARKS.md sections 5 and 7).
     """
     return 2 * (os.cpu_count() or 1)
+
+
+def with_pass_options(dataset: tf.data.Dataset) -> tf.data.Dataset:
+    """The tf.data options of every pass that reads and decodes files: the route
+    (`pipeline.make_batches`), the decode check, the audit and the bench's decode ceiling.
+    Parallelism set, not autotuned, and no static rewrites.
+
+    - The autotuner is off. With it on, a cold pass of the route ran on one of this machine's
+      two cores in a third to a half of the passes (4,500 images/s instead of 7,500-9,000,
+      process CPU time equal to wall time), with fixed `num_parallel_calls` too; with it off,
+      none did in 20 probe passes nor in the route's 15 bench passes (BENCHMARKS.md 5a). The
+      decode check had such passes too (1.4 of 2 cores busy in 4 of 12; median 12,134 images/s
+      against 12,903 with these options). Decode maps take `decode_parallelism()` calls,
+      AUTOTUNE elsewhere means one call per core, and prefetch keeps its own buffer heuristic.
+    - tf.data's default static optimizations are off. These passes have nothing for them to
+      rewrite (their maps and batches are already parallel, there is no repeat to fuse), but
+      they ran on every new iterator, i.e. every epoch: 5-20 ms of graph rewriting over a
+      listing of 5,700 paths, against 0.3-0.7 ms without. Route's cold pass +4.6%, warm epochs
+      +5% (medians of 14 interleaved passes; BENCHMARKS.md 5c).
+
+    A caller who wants either back applies `tf.data.Options()` with `autotune.enabled = True`
+    or `experimental_optimization.apply_default_optimizations = True` through `with_options`.
+    """
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    options.experimental_optimization.apply_default_optimizations = False
+    return dataset.with_options(options)

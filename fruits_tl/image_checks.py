@@ -55,6 +55,27 @@ def decode_error_reason(path: str) -> str:
     return "cannot be decoded as an image"
 
 
+def decode_pass(paths: list[str]) -> tf.data.Dataset:
+    """TensorFlow's decoder alone over `paths`, in parallel: batches of (index, shape).
+
+    The decode call is the one Keras's loader makes (`decode_image(channels=3,
+    expand_animations=False)`); a file it rejects is left out (`ignore_errors`), so its index
+    never comes out. This is the decode check's pass, and the bench's decode ceiling.
+    """
+
+    @tf.autograph.experimental.do_not_convert
+    def probe(index, path):
+        image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
+        # Returning the shape keeps the decode from being pruned as dead code.
+        return index, tf.shape(image)
+
+    dataset = tf.data.Dataset.from_tensor_slices((tf.range(len(paths), dtype=tf.int64), paths))
+    dataset = dataset.map(
+        probe, num_parallel_calls=decode.decode_parallelism(), deterministic=False
+    )
+    return decode.with_pass_options(dataset.ignore_errors().batch(PROGRESS_BATCH))
+
+
 def find_bad_images(file_paths: list[str] | tuple[str, ...]) -> tuple[BadImage, ...]:
     """Decodes every file with TensorFlow's decoder, in parallel, and returns the failures.
 
@@ -71,21 +92,9 @@ def find_bad_images(file_paths: list[str] | tuple[str, ...]) -> tuple[BadImage, 
     paths = list(file_paths)
     if not paths:
         return ()
-
-    @tf.autograph.experimental.do_not_convert
-    def probe(index, path):
-        image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
-        # Returning the shape keeps the decode from being pruned as dead code.
-        return index, tf.shape(image)
-
-    dataset = tf.data.Dataset.from_tensor_slices((tf.range(len(paths), dtype=tf.int64), paths))
-    dataset = dataset.map(
-        probe, num_parallel_calls=decode.decode_parallelism(), deterministic=False
-    )
-    dataset = dataset.ignore_errors().batch(PROGRESS_BATCH)
     decoded = np.zeros(len(paths), dtype=bool)
     counter = progress.Progress(len(paths), label="decode check")
-    for indices, shapes in dataset.as_numpy_iterator():
+    for indices, shapes in decode_pass(paths).as_numpy_iterator():
         counter.add(len(indices))
         good = np.all(shapes > 0, axis=1)
         decoded[indices[good]] = True
@@ -183,6 +192,7 @@ def inspect_files(entries: list[tuple[str, str, str]]) -> tuple[list[FileFacts],
             num_parallel_calls=tf.data.AUTOTUNE,
         )
     )
+    dataset = decode.with_pass_options(dataset)
     decoded = np.zeros(len(paths), dtype=bool)
     all_shapes = np.zeros((len(paths), 3), dtype=np.int64)
     all_components = np.zeros(len(paths), dtype=np.int64)

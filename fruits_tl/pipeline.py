@@ -16,8 +16,8 @@ The order is written once, here (after big_vision's input_pipeline):
 6. prefetch(AUTOTUNE), so the next batch is ready while the model runs.
 
 The parallelism is set, not autotuned: the decode map takes `decode.decode_parallelism()`
-calls, tf.data's autotuner is off and so are its static graph rewrites (`with_route_options`,
-measured in BENCHMARKS.md 5a and 5c).
+calls, tf.data's autotuner is off and so are its static graph rewrites
+(`decode.with_pass_options`, measured in BENCHMARKS.md 5a and 5c).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from collections.abc import Callable
 import tensorflow as tf
 from absl import logging
 
-from fruits_tl import data, files, preprocess, progress
+from fruits_tl import data, decode, files, preprocess, progress
 from fruits_tl.errors import UserInputError
 
 OUTPUTS = ("uint8", "float32")
@@ -239,31 +239,7 @@ def make_batches(
             ),
             num_parallel_calls=tf.data.AUTOTUNE,
         )
-    return with_route_options(dataset.prefetch(tf.data.AUTOTUNE))
-
-
-def with_route_options(dataset: tf.data.Dataset) -> tf.data.Dataset:
-    """The route's tf.data options: parallelism set, not autotuned, and no static rewrites.
-
-    - The autotuner is off. With it on, a cold pass of the route ran on one of this machine's
-      two cores in a third to a half of the passes (4,500 images/s instead of 7,500-9,000,
-      process CPU time equal to wall time), with fixed `num_parallel_calls` too; with it off,
-      none did in 20 probe passes nor in the route's 15 bench passes (BENCHMARKS.md 5a). The
-      decode map takes `decode.decode_parallelism()` calls, AUTOTUNE elsewhere means one call
-      per core, and prefetch keeps its own buffer heuristic.
-    - tf.data's default static optimizations are off. The route has nothing for them to
-      rewrite (its maps are already parallel, the float32 map follows the batch, there is no
-      repeat to fuse), but they ran on every new iterator, i.e. every epoch: 5-20 ms of graph
-      rewriting over a listing of 5,700 paths, against 0.3-0.7 ms without. Cold pass +4.6%,
-      warm epochs +5% (medians of 14 interleaved passes; BENCHMARKS.md 5c).
-
-    A caller who wants either back applies `tf.data.Options()` with `autotune.enabled = True`
-    or `experimental_optimization.apply_default_optimizations = True` through `with_options`.
-    """
-    options = tf.data.Options()
-    options.autotune.enabled = False
-    options.experimental_optimization.apply_default_optimizations = False
-    return dataset.with_options(options)
+    return decode.with_pass_options(dataset.prefetch(tf.data.AUTOTUNE))
 
 
 def make_feature_batches(

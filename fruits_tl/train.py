@@ -43,6 +43,8 @@ HISTORY_FILE = "history.csv"
 SKIPPED_FILE = "skipped_images.txt"
 DIGESTS_FILE = "batch_digests.csv"
 H5_FILE = "MobileNet_TransferLearning.h5"
+# What a worker that lost the others says to do next.
+RESTART_HINT = "Start every worker again: the job resumes from the chief's last checkpoint."
 
 
 @dataclasses.dataclass(frozen=True)
@@ -341,9 +343,6 @@ def train(
     return TrainResult(
         model_dir=config.model_dir, metrics=metrics, history=history, model=classifier
     )
-
-
-RESTART_HINT = "Start every worker again: the job resumes from the chief's last checkpoint."
 
 
 def _watch_workers(strategy: tf.distribute.Strategy, timeout: float):
