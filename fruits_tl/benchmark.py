@@ -228,6 +228,7 @@ def _route_variant(
         time_to_first_batch=cold.time_to_first_batch,
         epoch_seconds=cold.epoch_seconds + steady.epoch_seconds,
         epoch_images=cold.epoch_images + steady.epoch_images,
+        epoch_cpu_seconds=cold.epoch_cpu_seconds + steady.epoch_cpu_seconds,
     )
     cache_bytes = (
         grown if cache == "memory" else _disk_bytes(pipeline.get_cache_prefix(prefix, folder))
@@ -630,12 +631,17 @@ def make_verdict(results: dict) -> str:
     return text
 
 
+def _optional(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
 def format_table(result: BenchResult) -> str:
     """The human table: one row per variant."""
     header = (
         f"{'variant':24} {'img/epoch':>9} {'cold img/s':>10} {'steady med':>10} {'min':>8} "
         f"{'max':>8} "
-        f"{'1st batch s':>11} {'x legacy':>8} {'cold x':>6} {'peak RSS MB':>11} {'cache MB':>8}"
+        f"{'1st batch s':>11} {'x legacy':>8} {'cold x':>6} {'cold CPU us/img':>15} "
+        f"{'cold cores':>10} {'peak RSS MB':>11} {'cache MB':>8}"
     )
     lines = [header, "-" * len(header)]
     for name, r in result.results.items():
@@ -649,6 +655,7 @@ def format_table(result: BenchResult) -> str:
             f"{r.steady_min:8.0f} {r.steady_max:8.0f} {first:>11} "
             f"{(f'{ratio:.1f}x' if ratio is not None else '-'):>8} "
             f"{(f'{cold:.2f}x' if cold is not None else '-'):>6} "
+            f"{_optional(r.cold_cpu_us_per_image, '.0f'):>15} {_optional(r.cold_cores, '.2f'):>10} "
             f"{r.peak_rss_bytes / 2**20:11.0f} {r.cache_bytes / 2**20:8.1f}"
         )
     if result.ratios_to_legacy:
@@ -656,6 +663,11 @@ def format_table(result: BenchResult) -> str:
             "x legacy: steady images/s over legacy's, the median of the repeats' side-by-side "
             "ratios; cold x: the cold medians' ratio (the first epoch, decode included)"
         )
+    lines.append(
+        "cold CPU us/img: the process's CPU time (all threads, user and system) per image in "
+        "the cold epoch; cold cores: that CPU time over the epoch's wall time (medians over "
+        "repeats). Cold images/s = cores / CPU time per image."
+    )
     lines.append(f"uint8 size of the decoded images: {result.uint8_image_bytes / 2**20:.1f} MB")
     lines.append(result.verdict)
     return "\n".join(lines)

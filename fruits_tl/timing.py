@@ -1,7 +1,9 @@
 """Timing arithmetic for throughput measurements, testable with a fake clock.
 
 `time_epochs` counts the images of every batch it pulls and reports the time to the first
-batch, the first (cold) epoch apart from the steady-state epochs, and images/s per epoch;
+batch, the first (cold) epoch apart from the steady-state epochs, images/s per epoch, and the
+process's CPU time per epoch (so a figure says how much work an image took and on how many
+cores, not only how fast it came);
 `summarize` aggregates repeats; `median_ratio` compares two variants repeat by repeat (side
 by side on a noisy machine). `PeakMemory` samples resident memory while a block runs. The
 vision_transformer benchmark once timed the wrong number of steps and no test noticed: here
@@ -28,11 +30,14 @@ class EpochTimes:
       time_to_first_batch: Seconds from starting the first epoch to its first batch.
       epoch_seconds: Seconds of each epoch (the first is the cold one).
       epoch_images: Images delivered in each epoch.
+      epoch_cpu_seconds: The process's CPU seconds (user and system, all its threads) during
+        each epoch; empty where the variant was not timed by `time_epochs`.
     """
 
     time_to_first_batch: float
     epoch_seconds: tuple[float, ...]
     epoch_images: tuple[int, ...]
+    epoch_cpu_seconds: tuple[float, ...] = ()
 
     @property
     def images_per_second(self) -> tuple[float, ...]:
@@ -51,37 +56,42 @@ def time_epochs(
     *,
     epochs: int,
     clock: Callable[[], float] = time.perf_counter,
+    cpu_clock: Callable[[], float] = time.process_time,
 ) -> EpochTimes:
     """Times `epochs` full passes of `make_epoch()` and counts the images each delivers.
 
     The clock starts before the epoch's iterator is created (creating it may start work), and
-    stops after its last batch; every batch is counted, none is skipped or timed twice.
+    stops after its last batch; every batch is counted, none is skipped or timed twice. The
+    CPU clock is read at the same two points.
 
     Args:
       make_epoch: Returns an iterable of `(images, labels)` batches for one epoch.
       epochs: Number of epochs (>= 1).
       clock: Seconds, monotonic.
+      cpu_clock: The process's CPU seconds (`time.process_time`: every thread, user and system).
 
     Returns:
       The EpochTimes.
     """
     if epochs < 1:
         raise UserInputError(f"epochs must be >= 1, got {epochs}.")
-    seconds, counts = [], []
+    seconds, counts, cpu_seconds = [], [], []
     first_batch = None
     for _epoch in range(epochs):
-        start = clock()
+        start, cpu_start = clock(), cpu_clock()
         count = 0
         for batch in make_epoch():
             if first_batch is None:
                 first_batch = clock() - start
             count += _batch_size_of(batch)
         seconds.append(clock() - start)
+        cpu_seconds.append(cpu_clock() - cpu_start)
         counts.append(count)
     return EpochTimes(
         time_to_first_batch=first_batch or 0.0,
         epoch_seconds=tuple(seconds),
         epoch_images=tuple(counts),
+        epoch_cpu_seconds=tuple(cpu_seconds),
     )
 
 
@@ -98,6 +108,13 @@ class Throughput:
       peak_rss_bytes: Peak resident memory of the process while the variant ran.
       cache_bytes: Memory (RSS growth over the cold epoch) or disk bytes of its cache; 0 if none.
       repeats: Per-repeat median steady images/s (for side-by-side ratios).
+      cold_cpu_us_per_image: Median over repeats of the cold epoch's process CPU time per
+        image, in microseconds: the work one image costs, whatever the parallelism. None
+        where no repeat measured CPU time.
+      cold_cores: Median over repeats of the cold epoch's CPU time over its wall time: how
+        many cores the cold pass kept busy. Images/s = cores / CPU time per image, so a ratio
+        of two variants' cold rates is the ratio of their work per image times the ratio of
+        their cores.
     """
 
     name: str
@@ -110,6 +127,8 @@ class Throughput:
     peak_rss_bytes: int
     cache_bytes: int
     repeats: tuple[float, ...]
+    cold_cpu_us_per_image: float | None = None
+    cold_cores: float | None = None
 
 
 def summarize(
@@ -123,6 +142,11 @@ def summarize(
     cold = [r.images_per_second[0] for r in runs]
     steady = [v for r in runs for v in r.images_per_second[1:]] or cold
     per_repeat = [statistics.median(r.images_per_second[1:] or r.images_per_second) for r in runs]
+    cpu = [
+        (r.epoch_cpu_seconds[0], r.epoch_seconds[0], r.epoch_images[0])
+        for r in runs
+        if r.epoch_cpu_seconds
+    ]
     return Throughput(
         name=name,
         images_per_epoch=runs[0].epoch_images[0],
@@ -134,6 +158,10 @@ def summarize(
         peak_rss_bytes=peak_rss_bytes,
         cache_bytes=cache_bytes,
         repeats=tuple(per_repeat),
+        cold_cpu_us_per_image=(
+            statistics.median(1e6 * c / max(n, 1) for c, _, n in cpu) if cpu else None
+        ),
+        cold_cores=statistics.median(c / max(s, 1e-12) for c, s, _ in cpu) if cpu else None,
     )
 
 

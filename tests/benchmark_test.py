@@ -74,6 +74,18 @@ def test_bench_binary_end_to_end(tiny_dataset, tmp_path, capsys):
     cold = report["ratios_to_legacy"]["pipeline-memory-uint8"]["cold"]
     row = next(line for line in table.splitlines() if line.startswith("pipeline-memory-uint8 "))
     assert f" {cold:.2f}x " in row
+    # So are the cold epoch's CPU time per image and cores, which say why the ratio is what
+    # it is: images/s = cores / CPU time per image, for every variant timed per epoch.
+    for name in ("legacy", "pipeline-memory-uint8", "decode"):
+        result = report["results"][name]
+        assert result["cold_cpu_us_per_image"] > 0 and result["cold_cores"] > 0, name
+        row = next(line for line in table.splitlines() if line.startswith(f"{name} "))
+        cells = f" {' '.join(row.split())} "
+        figures = f" {result['cold_cpu_us_per_image']:.0f} {result['cold_cores']:.2f} "
+        assert figures in cells, row
+    # The model-step variants' epochs are timed by the training loop's callback: no CPU figure.
+    assert report["results"]["model-train"]["cold_cpu_us_per_image"] is None
+    assert "cold CPU us/img: the process's CPU time" in table
     code = run_main(
         bench_main,
         [
