@@ -666,7 +666,7 @@ def format_table(result: BenchResult) -> str:
     lines.append(
         "cold CPU us/img: the process's CPU time (all threads, user and system) per image in "
         "the cold epoch; cold cores: that CPU time over the epoch's wall time (medians over "
-        "repeats). Cold images/s = cores / CPU time per image."
+        "repeats). In each repeat, cold images/s = cores / CPU time per image."
     )
     lines.append(f"uint8 size of the decoded images: {result.uint8_image_bytes / 2**20:.1f} MB")
     lines.append(result.verdict)
