@@ -242,7 +242,12 @@ def predict_batches(
     least that large when it can, but a split with fewer images than replicas still leaves a
     replica with none, and oneDNN's convolution fails on an empty batch on some CPUs. Such a
     batch is padded with copies of its last image, whose outputs are dropped.
+
+    With `count` 0 (a worker of a cluster with more workers than images) nothing is run: Keras's
+    `predict` refuses an empty dataset.
     """
+    if count == 0:
+        return np.zeros((0, len(classifier.class_names)), np.float32)
     counter = progress.Progress(count, label=f"predict ({classifier.format})")
     images = batches.map(tf.autograph.experimental.do_not_convert(lambda pixels, labels: pixels))
     padded = 0
@@ -263,11 +268,7 @@ def predict_batches(
     for batch in images.as_numpy_iterator():
         outputs.append(classifier.predict_pixels(batch))
         counter.add(len(batch))
-    return (
-        np.concatenate(outputs)
-        if outputs
-        else np.zeros((0, len(classifier.class_names)), np.float32)
-    )
+    return np.concatenate(outputs)
 
 
 def predict_folder(
@@ -317,12 +318,8 @@ def predict_sharded(
     logging.info(
         "Worker %d of %d predicts %d of %d images", role.index, role.count, len(mine), len(folder)
     )
-    part = (
-        predict_folder(
-            classifier, mine, strategy=local, batch_size=max(1, batch_size // role.count)
-        )
-        if len(mine)
-        else np.zeros((0, len(classifier.class_names)), np.float32)  # More workers than images.
+    part = predict_folder(
+        classifier, mine, strategy=local, batch_size=max(1, batch_size // role.count)
     )
     faults.point("evaluate:predicted")
     parts = distribute.gather_rows(strategy, part.astype(np.float32), timeout=timeout)

@@ -8,9 +8,10 @@ import os
 
 import numpy as np
 import pytest
+import tensorflow as tf
 from conftest import run_main
 
-from fruits_tl import evaluate, model
+from fruits_tl import data, evaluate, model, servable
 from fruits_tl.cli import evaluate_main, extract_main, predict_main, train_main
 
 CLASSES = ("A", "B", "C")
@@ -214,6 +215,24 @@ def test_predict_one_image_on_two_replicas_takes_the_route(trained, tiny_dataset
     assert mirrored["top"][0]["probability"] == pytest.approx(
         single["top"][0]["probability"], rel=1e-5
     )
+
+
+def test_a_folder_with_no_image_predicts_nothing(trained, tiny_dataset):
+    """A cluster's worker with no image of a split (more workers than images) predicts an
+    empty shard instead of handing Keras's `predict` an empty dataset."""
+    classifier = servable.load_servable(str(trained))
+    test = data.load_split(
+        os.path.join(tiny_dataset, "Test"),
+        class_names=classifier.class_names,
+        image_size=classifier.image_size,
+        name="test",
+    )
+    none = data.select(test, np.zeros(len(test), bool), name="test-none")
+    probabilities = evaluate.predict_folder(
+        classifier, none, strategy=tf.distribute.get_strategy(), batch_size=4
+    )
+    assert probabilities.shape == (0, len(classifier.class_names))
+    assert probabilities.dtype == np.float32
 
 
 def test_cache_is_refused_where_it_cannot_apply(trained, tiny_dataset, tmp_path, capsys):
