@@ -215,13 +215,6 @@ def convert_tflite(
         return converter.convert()
 
 
-def int8_head_description(epochs: int, learning_rate: float) -> str:
-    """The report's `head` of the int8 model: "trained", or how it was refit."""
-    if not epochs:
-        return "trained"
-    return f"refit on int8 features ({epochs} epochs, lr {learning_rate:g})"
-
-
 def int8_features(
     classifier: keras.Model,
     folder: data.ImageFolder,
@@ -420,8 +413,9 @@ def export_model(config: ExportConfig) -> ExportResult:
             try:
                 converted = classifier
                 if quantize == "int8" and config.int8_head_epochs:
-                    head = int8_head_description(
-                        config.int8_head_epochs, config.int8_head_learning_rate
+                    head = (
+                        f"refit on int8 features ({config.int8_head_epochs} epochs, "
+                        f"lr {config.int8_head_learning_rate:g})"
                     )
                     logging.info("Fine-tuning the head on int8 features: %s", head)
                     converted = refit_head_for_int8(
