@@ -84,6 +84,11 @@ def with_pass_options(dataset: tf.data.Dataset) -> tf.data.Dataset:
 
     A caller who wants either back applies `tf.data.Options()` with `autotune.enabled = True`
     or `experimental_optimization.apply_default_optimizations = True` through `with_options`.
+
+    The one decoding pass left autotuned is the tf.data service's
+    (`data_service.decode_through_service`): its graph is built here but runs on the service's
+    workers, other machines whose cores `decode_parallelism()` cannot see from here, so the
+    parallelism is left to the autotuner where the pass runs (figures in BENCHMARKS.md 10).
     """
     options = tf.data.Options()
     options.autotune.enabled = False
