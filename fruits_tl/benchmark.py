@@ -631,8 +631,8 @@ def make_verdict(results: dict) -> str:
     return text
 
 
-def _optional(value: float | None, spec: str) -> str:
-    return "-" if value is None else format(value, spec)
+def _optional(value: float | None, spec: str, suffix: str = "") -> str:
+    return "-" if value is None else format(value, spec) + suffix
 
 
 def format_table(result: BenchResult) -> str:
@@ -653,8 +653,7 @@ def format_table(result: BenchResult) -> str:
             f"{name:24} {r.images_per_epoch:9d} {r.first_epoch_images_per_second:10.0f} "
             f"{r.steady_median:10.0f} "
             f"{r.steady_min:8.0f} {r.steady_max:8.0f} {first:>11} "
-            f"{(f'{ratio:.1f}x' if ratio is not None else '-'):>8} "
-            f"{(f'{cold:.2f}x' if cold is not None else '-'):>6} "
+            f"{_optional(ratio, '.1f', 'x'):>8} {_optional(cold, '.2f', 'x'):>6} "
             f"{_optional(r.cold_cpu_us_per_image, '.0f'):>15} {_optional(r.cold_cores, '.2f'):>10} "
             f"{r.peak_rss_bytes / 2**20:11.0f} {r.cache_bytes / 2**20:8.1f}"
         )

@@ -112,9 +112,9 @@ class Throughput:
         image, in microseconds: the work one image costs, whatever the parallelism. None
         where no repeat measured CPU time.
       cold_cores: Median over repeats of the cold epoch's CPU time over its wall time: how
-        many cores the cold pass kept busy. Images/s = cores / CPU time per image, so a ratio
-        of two variants' cold rates is the ratio of their work per image times the ratio of
-        their cores.
+        many cores the cold pass kept busy. In each repeat images/s = cores / CPU time per
+        image, so a ratio of two variants' cold rates is (up to taking medians) the ratio of
+        their work per image times the ratio of their cores.
     """
 
     name: str
