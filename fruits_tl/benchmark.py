@@ -8,6 +8,9 @@ Variants (each delivers what a model consumes: batches of size x size x 3 images
   legacy         the tutorial's ImageDataGenerator.flow_from_directory (float32, preprocessed)
   idfd           image_dataset_from_directory as tutorials use it, no cache (float32, preprocessed)
   pipeline-<cache>-<output>   our route, cache memory|file, output uint8|float32
+  train-input    the training input pipeline itself (`train_input.make_epoch`, what training
+                 iterates): the cold epoch decodes the split into the pixel store, later epochs
+                 read the store (memory-mapped) in a new order each, distributed by the strategy
   tfds-<cache>-<output>      our route reading the prepared fruits360 TFDS records
   decode         TensorFlow's decoder alone over every file, in parallel: the decode check's pass
                  (the decode ceiling)
@@ -45,8 +48,10 @@ from fruits_tl import (
     loop,
     model,
     pipeline,
+    pixels,
     preprocess,
     stopping,
+    train_input,
 )
 from fruits_tl.config import (
     BENCH_DECODE_VARIANTS,
@@ -236,6 +241,42 @@ def _route_variant(
     return Measurement(times=times, peak_rss_bytes=memory.peak, cache_bytes=max(cache_bytes, 0))
 
 
+def _train_input_variant(context: Context, repeat: int) -> Measurement:
+    """The training input pipeline, exactly as `loop.fit` iterates it (`train_input.make_epoch`
+    under the run's strategy), over the split's pixel store; the cold epoch fills the store."""
+    config, folder, strategy = context.config, context.folder, context.strategy
+    directory = os.path.join(context.cache_root, f"pixels-r{repeat}")
+    batching = train_input.Batching(
+        count=len(folder), batch_size=config.batch_size, replicas=strategy.num_replicas_in_sync
+    )
+    holder = {"epoch": 0}
+
+    def epoch():
+        if "examples" not in holder:
+            holder["examples"] = pixels.store_pixels(folder, directory=directory).examples
+        distributed, _ = train_input.make_epoch(
+            strategy,
+            holder["examples"],
+            folder.labels,
+            batching=batching,
+            seed=config.data.seed,
+            epoch=holder["epoch"],
+        )
+        holder["epoch"] += 1
+        for _, labels, _ in distributed:
+            # Each step's real examples, counted from the labels every replica received.
+            real = np.concatenate(
+                [np.asarray(y) for y in strategy.experimental_local_results(labels)]
+            )
+            yield real[real >= 0], None
+
+    with PeakMemory() as memory:
+        times = time_epochs(epoch, epochs=config.epochs)
+        holder.clear()
+    stored = sum(os.path.getsize(os.path.join(directory, name)) for name in os.listdir(directory))
+    return Measurement(times=times, peak_rss_bytes=memory.peak, cache_bytes=stored)
+
+
 def _in_memory_batch(config: BenchConfig, num_classes: int):
     rng = np.random.default_rng(config.data.seed)
     size = config.data.image_size
@@ -280,7 +321,7 @@ def _loop_epochs(
     callback = ThroughputCallback(len(labels), log_name="bench")
     loop.fit(
         classifier,
-        inputs=inputs,
+        examples=inputs,
         labels=labels,
         epochs=config.epochs,
         batch_size=config.batch_size,
@@ -288,7 +329,7 @@ def _loop_epochs(
         seed=config.data.seed,
         callbacks=[callback],
         steps_per_call=1,
-        evaluation_slice=config.batch_size,
+        evaluation_batch_size=config.batch_size,
     )
     return EpochTimes(
         time_to_first_batch=0.0,
@@ -396,6 +437,7 @@ VARIANTS: dict[str, Callable[[Context, int], Measurement]] = {
     "legacy": functools.partial(_epochs_variant, _legacy_epochs),
     "idfd": functools.partial(_epochs_variant, _idfd_epochs),
     **_route_variants("pipeline"),
+    "train-input": _train_input_variant,
     "decode": functools.partial(
         _epochs_variant, lambda context: _decode_epochs(list(context.folder.file_paths))
     ),

@@ -54,7 +54,6 @@ def train_flags(config: TrainConfig, *, strategy: str) -> list[str]:
         f"--test_subdir={data.test_subdir}",
         f"--validation_split={data.validation_split}",
         f"--image_size={data.image_size}",
-        f"--cache={data.cache}",
         f"--shuffle_buffer={data.shuffle_buffer_size}",
         f"--seed={data.seed}",
         f"--exclude_list={data.exclude_list}",

@@ -181,6 +181,12 @@ class TrainConfig:
     def __post_init__(self) -> None:
         _require(bool(self.model_dir), "model_dir is required: where the model is written.")
         _require(
+            self.data.cache == "memory",
+            "cache is not a training setting: training stores what it decodes once in "
+            "features_dir (features, and the decoded pixels of images mode) and reads it "
+            f"memory-mapped; got cache={self.data.cache!r}.",
+        )
+        _require(
             self.collective_timeout > 0,
             f"collective_timeout must be > 0, got {self.collective_timeout}.",
         )
@@ -321,6 +327,7 @@ BENCH_INPUT_VARIANTS = (
     "pipeline-memory-float32",
     "pipeline-file-uint8",
     "pipeline-file-float32",
+    "train-input",
 )
 # Every epoch reads and decodes every file (nothing cached): `decode` is TensorFlow's decoder
 # alone over all files in parallel (the ceiling); `audit` is fruits-tl-audit's inspection.

@@ -23,10 +23,16 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from fruits_tl import decode, listing
+from fruits_tl import decode, files, listing
 from fruits_tl.decode import DECODE_VERSION
 from fruits_tl.errors import UserInputError
-from fruits_tl.image_checks import BadImage, describe_bad_images, find_bad_images
+from fruits_tl.image_checks import (
+    BadImage,
+    DecodeCheck,
+    check_files,
+    describe_bad_images,
+    find_bad_images,
+)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -121,6 +127,7 @@ class Splits:
       validation_source: "test folder" or "validation_split".
       validation_is_test: Validation and test are one split (the test folder validates, or
         there is no test folder and the held-out part of training is both).
+      decode_check: The decode check of every listed file (None where it was not run here).
     """
 
     train: ImageFolder
@@ -131,6 +138,7 @@ class Splits:
     warnings: tuple[str, ...]
     validation_source: str
     validation_is_test: bool
+    decode_check: DecodeCheck | None = None
 
     def named(self) -> dict[str, ImageFolder]:
         """The distinct splits by name: train, test and, when it is its own split, validation."""
@@ -142,12 +150,7 @@ class Splits:
 
 def listing_fingerprint(file_paths, *, image_size: int, extra: str = "") -> str:
     """Digest of a file listing (paths, sizes, modification times) and the decode settings."""
-    digest = hashlib.sha256()
-    digest.update(f"{DECODE_VERSION}|{image_size}|{extra}\n".encode())
-    for path in file_paths:
-        stat = os.stat(path)
-        digest.update(f"{os.path.abspath(path)}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
-    return digest.hexdigest()[:16]
+    return files.stat_digest(file_paths, header=f"{DECODE_VERSION}|{image_size}|{extra}")
 
 
 def validation_mask(labels: np.ndarray, validation_split: float, seed: int) -> np.ndarray:
@@ -349,6 +352,7 @@ def load_dataset(
     seed: int = 42,
     skip_bad_images: bool = False,
     exclude_files: frozenset[str] | set[str] = frozenset(),
+    check_record: str = "",
 ) -> Splits:
     """Checks a data folder and loads its splits under one label map.
 
@@ -366,6 +370,9 @@ def load_dataset(
       skip_bad_images: Leave out undecodable files (reported in Splits.bad_images).
       exclude_files: Files to leave out (e.g. fruits-tl-audit's exclude list); undecodable
         files listed here are not an error.
+      check_record: Where the decode check is recorded (`image_checks.check_files`): a later
+        call on unchanged files decodes nothing. The record is written by
+        `Splits.decode_check.save()`, when the job starts writing.
 
     Returns:
       The Splits.
@@ -418,7 +425,8 @@ def load_dataset(
     all_test = [p for paths in test_files.values() for p in paths]
     listed = {os.path.abspath(p) for p in exclude_files}
     user_excluded = {p for p in all_train + all_test if os.path.abspath(p) in listed}
-    all_bad = find_bad_images(all_train + all_test)
+    decode_check = check_files(all_train + all_test, record_path=check_record)
+    all_bad = decode_check.bad
     undecodable = {item.path for item in all_bad}
     bad = tuple(item for item in all_bad if item.path not in user_excluded)
     if bad and not skip_bad_images:
@@ -483,4 +491,5 @@ def load_dataset(
         warnings=tuple(warnings),
         validation_source=source,
         validation_is_test=test is None or validation_split <= 0,
+        decode_check=decode_check,
     )

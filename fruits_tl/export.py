@@ -281,7 +281,7 @@ def refit_head_for_int8(
     )
     loop.fit(
         head,
-        inputs=features.astype(np.float32),
+        examples=features.astype(np.float32),
         labels=folder.labels,
         epochs=epochs,
         batch_size=batch_size,

@@ -7,6 +7,7 @@ half-written one, even when the writing process is killed.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -77,6 +78,18 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[str]:
     except BaseException:
         shutil.rmtree(temporary, ignore_errors=True)
         raise
+
+
+def stat_digest(paths, *, header: str = "") -> str:
+    """A digest of files as they stand: each path (absolute), size and modification time.
+
+    Equal digests mean the same files, unchanged (the rule every stored result is reused by).
+    """
+    digest = hashlib.sha256(f"{header}\n".encode())
+    for path in paths:
+        stat = os.stat(path)
+        digest.update(f"{os.path.abspath(path)}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()[:16]
 
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> None:

@@ -1,24 +1,21 @@
-"""Training on examples held in memory: compiled steps, resumable, reproducible.
+"""Training on stored examples: compiled steps over the training input pipeline, resumable.
 
-Both training modes run here. Features mode trains the head on the cached backbone features;
-images mode trains the whole classifier (frozen backbone, new head) on the decoded uint8
-images of the split, which the route has decoded once and which stay in memory as one
-tensor, as a memory cache would hold them. A training step gathers its batch by index, runs
-the model with `training=True`, takes the gradient of the loss averaged over the global batch
-and applies the compiled Keras optimizer, under the distribution strategy (each replica takes
-its slice of the global batch; the optimizer sums the replicas' gradients, as in `fit`).
-Loss, accuracy and top-5 accuracy are summed in the same compiled function. One
-`tf.function` call runs one step or a whole epoch of steps (an in-graph loop): one step at a
-time for images, so that a stop request is answered after the current step; a whole epoch
-for features, whose steps are tiny (BENCHMARKS.md section 7).
+Both training modes run here. Features mode trains the head on the stored backbone features;
+images mode trains the whole classifier (frozen backbone, new head) on the stored uint8
+images. Either way the examples stay on the host and reach the devices only as batches, through
+`train_input` (epoch order -> batches of indices -> each replica's slice -> rows read on the
+host -> prefetch -> `distribute_datasets_from_function`). A training step runs the model with
+`training=True` on the replica's slice, takes the gradient of the loss averaged over the
+global batch (padding rows count for nothing) and applies the compiled Keras optimizer, under
+the distribution strategy (the optimizer sums the replicas' gradients, as in `fit`). Loss,
+accuracy and top-5 accuracy are summed in the same compiled function. One `tf.function` call
+runs one step (images: a stop request is answered after the current step) or many steps over
+the distributed iterator (features, whose steps are tiny, as Keras's `steps_per_execution`).
 
-It is the computation `Model.fit` does on the image route, with what `fit` cannot give:
-- the example order is the route's: `pipeline.make_example_orders` shuffles indices with the
-  route's buffer rule, seed and reshuffling, and epoch e takes shuffle number 2e, as Keras 3's
-  `fit` does (it draws a fresh iterator at each epoch's end); the batch sizes are the route's
-  too (`pipeline.batch_sizes`). So the order of epoch e is a pure function of the seed and e,
-  and a run resumed at (epoch e, step s) continues with exactly the batches an uninterrupted
-  run would have fed;
+What `Model.fit` cannot give:
+- the example order of epoch e is `train_input.epoch_order(seed, e)`, a pure function, so a run
+  resumed at (epoch e, step s) continues with exactly the batches an uninterrupted run would
+  have fed;
 - the state between steps (epoch, step, the epoch's running sums, the history, the per-epoch
   digests) is a plain dict that `checkpoint` receives with the model's and optimizer's values
   saved beside it (`checkpoints.Checkpoints`), and `resume` takes back;
@@ -37,11 +34,11 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from fruits_tl import faults, pipeline
+from fruits_tl import faults, store, train_input
 from fruits_tl.stopping import GracefulStop
 
-# Evaluation runs over the examples in slices of this many rows (features); images mode
-# passes its global batch size instead (a slice of 4,096 images would not fit in memory).
+# Evaluation of features runs in batches of this many rows; images mode passes its global
+# batch size instead (a batch of 4,096 images would not fit in memory).
 EVALUATION_SLICE = 4096
 
 
@@ -60,120 +57,111 @@ class Training:
     digests: tuple[dict, ...]
 
 
-def _replica_slice(indices: tf.Tensor) -> tf.Tensor:
-    """This replica's contiguous share of a global batch of indices (the first ones get more)."""
-    context = tf.distribute.get_replica_context()
-    replicas = context.num_replicas_in_sync
-    if replicas == 1:
-        return indices
-    size = tf.shape(indices)[0]
-    share = (size + replicas - 1) // replicas
-    start = tf.minimum(context.replica_id_in_sync_group * share, size)
-    return indices[start : tf.minimum(start + share, size)]
-
-
 def _sums(labels: tf.Tensor, probabilities: tf.Tensor, losses: tf.Tensor, top_k: int) -> tf.Tensor:
-    """[loss sum, correct, correct in top k] over a batch, for per-epoch means."""
+    """[loss sum, correct, correct in top k] over a replica's slice; labels -1 count nothing."""
+    real = tf.cast(labels >= 0, tf.float32)
+    labels = tf.maximum(labels, 0)
     predicted = tf.argmax(probabilities, axis=-1, output_type=labels.dtype)
-    correct = tf.reduce_sum(tf.cast(tf.equal(predicted, labels), tf.float32))
-    in_top_k = tf.reduce_sum(tf.cast(tf.math.in_top_k(labels, probabilities, top_k), tf.float32))
-    return tf.stack([tf.reduce_sum(losses), correct, in_top_k])
+    correct = tf.reduce_sum(real * tf.cast(tf.equal(predicted, labels), tf.float32))
+    in_top_k = tf.cast(tf.math.in_top_k(labels, probabilities, top_k), tf.float32)
+    return tf.stack([tf.reduce_sum(real * losses), correct, tf.reduce_sum(real * in_top_k)])
 
 
-class _Loop:
-    """The compiled training steps and evaluation of one model under one strategy."""
+def _losses(labels: tf.Tensor, probabilities: tf.Tensor) -> tf.Tensor:
+    """Per-example cross-entropy, 0 for padding rows (label -1)."""
+    real = tf.cast(labels >= 0, probabilities.dtype)
+    per_example = keras.losses.sparse_categorical_crossentropy(tf.maximum(labels, 0), probabilities)
+    return real * per_example
 
-    def __init__(
-        self, model: keras.Model, *, strategy: tf.distribute.Strategy, evaluation_slice: int
-    ):
+
+class CompiledSteps:
+    """The compiled training steps and evaluation of one model under one strategy.
+
+    `train_step(iterator)` runs one step, `train_steps(iterator, n)` and
+    `evaluate_steps(iterator, n)` n steps, over a distributed iterator of `train_input`.
+    """
+
+    def __init__(self, model: keras.Model, *, strategy: tf.distribute.Strategy):
         self.model = model
         self.strategy = strategy
         self.top_k = min(5, int(model.output.shape[-1]))
-        self.num_classes = int(model.output.shape[-1])
         self.input_dtype = model.inputs[0].dtype
-        self.evaluation_slice = evaluation_slice
-        self._train_steps = tf.function(self._train_steps_fn, reduce_retracing=True)
-        self._evaluate = tf.function(self._evaluate_fn, reduce_retracing=True)
+        self.train_step = tf.function(self._train_step_fn)
+        self.train_steps = tf.function(self._train_steps_fn)
+        self.evaluate_steps = tf.function(self._evaluate_steps_fn)
 
-    def _predict(self, inputs, indices, training):
-        """The model on the gathered examples; an empty slice (fewer examples than replicas)
-        skips the model: oneDNN's convolution fails on an empty batch on some CPUs."""
-        x = tf.cast(tf.gather(inputs, indices), self.input_dtype)
-        return tf.cond(
-            tf.size(indices) > 0,
-            lambda: self.model(x, training=training),
-            lambda: tf.zeros([0, self.num_classes], self.model.output.dtype),
-        )
-
-    def _train_steps_fn(self, inputs, labels, order, starts, ends):
-        model, strategy, top_k = self.model, self.strategy, self.top_k
+    def replica_train_step(self, examples, labels, global_count):
+        """One replica's step on its slice: gradients of the global batch's mean loss."""
+        model = self.model
         variables = model.trainable_variables
+        with tf.GradientTape() as tape:
+            probabilities = model(tf.cast(examples, self.input_dtype), training=True)
+            per_example = _losses(labels, probabilities)
+            # Averaged over the global batch: the optimizer sums the replicas' gradients.
+            loss = tf.reduce_sum(per_example) / tf.cast(global_count, per_example.dtype)
+            if model.losses:
+                loss += tf.add_n(model.losses) / self.strategy.num_replicas_in_sync
+        gradients = tape.gradient(
+            loss, variables, unconnected_gradients=tf.UnconnectedGradients.ZERO
+        )
+        model.optimizer.apply_gradients(zip(gradients, variables, strict=True))
+        return _sums(labels, tf.stop_gradient(probabilities), per_example, self.top_k)
 
-        def replica_step(batch_indices):
-            global_size = tf.cast(tf.shape(batch_indices)[0], tf.float32)
-            indices = _replica_slice(batch_indices)
-            y = tf.gather(labels, indices)
-            with tf.GradientTape() as tape:
-                probabilities = self._predict(inputs, indices, True)
-                per_example = keras.losses.sparse_categorical_crossentropy(y, probabilities)
-                # Averaged over the global batch: the optimizer sums the replicas' gradients.
-                loss = tf.reduce_sum(per_example) / global_size
-                if model.losses:
-                    loss += tf.add_n(model.losses) / strategy.num_replicas_in_sync
-            gradients = tape.gradient(
-                loss, variables, unconnected_gradients=tf.UnconnectedGradients.ZERO
-            )
-            model.optimizer.apply_gradients(zip(gradients, variables, strict=True))
-            return _sums(y, tf.stop_gradient(probabilities), tf.stop_gradient(per_example), top_k)
+    def replica_evaluate_step(self, examples, labels, global_count):
+        del global_count  # Sums only: the means are taken over the whole pass.
+        probabilities = self.model(tf.cast(examples, self.input_dtype), training=False)
+        return _sums(labels, probabilities, _losses(labels, probabilities), self.top_k)
 
+    def _run(self, replica_fn, iterator) -> tf.Tensor:
+        per_replica = self.strategy.run(replica_fn, args=next(iterator))
+        return self.strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
+
+    def _train_step_fn(self, iterator):
+        return self._run(self.replica_train_step, iterator)
+
+    def _train_steps_fn(self, iterator, steps):
         totals = tf.zeros([3])
-        for i in tf.range(tf.shape(starts)[0]):
-            batch_indices = order[starts[i] : ends[i]]
-            per_replica = strategy.run(replica_step, args=(batch_indices,))
-            totals += strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
+        for _ in tf.range(steps):
+            totals += self._run(self.replica_train_step, iterator)
         return totals
 
-    def _evaluate_fn(self, inputs, labels):
-        strategy, top_k = self.strategy, self.top_k
-        count = tf.shape(labels)[0]
-
-        def replica_sums(slice_indices):
-            indices = _replica_slice(slice_indices)
-            probabilities = self._predict(inputs, indices, False)
-            y = tf.gather(labels, indices)
-            losses = keras.losses.sparse_categorical_crossentropy(y, probabilities)
-            return _sums(y, probabilities, losses, top_k)
-
+    def _evaluate_steps_fn(self, iterator, steps):
         totals = tf.zeros([3])
-        for start in tf.range(0, count, self.evaluation_slice):
-            slice_indices = tf.range(start, tf.minimum(start + self.evaluation_slice, count))
-            per_replica = strategy.run(replica_sums, args=(slice_indices,))
-            totals += strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
-        return totals / tf.cast(tf.maximum(count, 1), tf.float32)
+        for _ in tf.range(steps):
+            totals += self._run(self.replica_evaluate_step, iterator)
+        return totals
 
-    def train_steps(self, inputs, labels, order, starts, ends) -> np.ndarray:
-        return self._train_steps(
-            inputs, labels, order, tf.constant(starts, tf.int32), tf.constant(ends, tf.int32)
-        ).numpy()
+    def train(self, iterator, steps: int) -> np.ndarray:
+        if steps == 1:
+            return self.train_step(iterator).numpy()
+        return self.train_steps(iterator, tf.constant(steps)).numpy()
 
-    def evaluate(self, inputs: tf.Tensor, labels: tf.Tensor) -> dict[str, float]:
-        loss, accuracy, top_k = self._evaluate(inputs, labels).numpy()
+    def evaluate(self, examples, labels, *, batch_size: int) -> dict[str, float]:
+        count = len(labels)
+        if count == 0:
+            raise ValueError("evaluation needs at least one example.")
+        batching = train_input.Batching(
+            count=count, batch_size=batch_size, replicas=self.strategy.num_replicas_in_sync
+        )
+        distributed, _ = train_input.make_epoch(
+            self.strategy,
+            as_examples(examples),
+            labels,
+            batching=batching,
+            seed=0,
+            epoch=0,
+            shuffle=False,
+        )
+        totals = self.evaluate_steps(iter(distributed), tf.constant(batching.num_batches))
+        loss, accuracy, top_k = totals.numpy() / count
         return {"loss": float(loss), "accuracy": float(accuracy), "top5_accuracy": float(top_k)}
 
 
-def as_tensors(inputs: np.ndarray, labels: np.ndarray) -> tuple[tf.Tensor, tf.Tensor]:
-    """The examples as tensors, stored as they are (uint8 images, float16 features stay so)."""
-    return tf.constant(inputs), tf.constant(np.asarray(labels, dtype=np.int32))
-
-
-def batch_ends(count: int, *, batch_size: int, min_batch_size: int) -> np.ndarray:
-    """The end index of every batch of an epoch, with the route's rule for a short last batch."""
-    sizes = pipeline.batch_sizes(count, batch_size=batch_size, min_batch_size=min_batch_size)
-    if sizes is None:
-        sizes = [batch_size] * (count // batch_size) + (
-            [count % batch_size] if count % batch_size else []
-        )
-    return np.cumsum(sizes).astype(np.int32)
+def as_examples(examples) -> store.ChunkedArray:
+    """Stored examples as they are; an array in memory becomes a one-chunk ChunkedArray."""
+    if isinstance(examples, store.ChunkedArray):
+        return examples
+    return store.ChunkedArray([np.asarray(examples)])
 
 
 def weights_digest(model: keras.Model) -> str:
@@ -184,44 +172,26 @@ def weights_digest(model: keras.Model) -> str:
     return digest.hexdigest()[:16]
 
 
-def order_digest(order: np.ndarray, ends: np.ndarray) -> str:
-    """A digest of an epoch's batches: their example indices in feed order, and boundaries."""
-    digest = hashlib.sha256(np.asarray(order, np.int64).tobytes())
-    digest.update(np.asarray(ends, np.int64).tobytes())
-    return digest.hexdigest()[:16]
-
-
-class EpochOrders:
-    """Epoch e's example order: iteration 2e of `pipeline.make_example_orders`, as `fit` draws."""
-
-    def __init__(self, count: int, *, shuffle_buffer_size: int, seed: int | None):
-        self._orders = pipeline.make_example_orders(
-            count, shuffle_buffer_size=shuffle_buffer_size, seed=seed
-        )
-        self._drawn: list[np.ndarray] = []
-
-    def __call__(self, epoch: int) -> np.ndarray:
-        while len(self._drawn) <= 2 * epoch:
-            self._drawn.append(next(iter(self._orders)).numpy())
-        return self._drawn[2 * epoch]
+def order_digest(index_batches: np.ndarray) -> str:
+    """A digest of an epoch's batches: their example indices in feed order (-1: padding)."""
+    return hashlib.sha256(np.asarray(index_batches, np.int64).tobytes()).hexdigest()[:16]
 
 
 def fit(
     model: keras.Model,
     *,
-    inputs: np.ndarray,
+    examples,
     labels: np.ndarray,
     epochs: int,
     batch_size: int,
     strategy: tf.distribute.Strategy,
-    validation: tuple[np.ndarray, np.ndarray] | None = None,
+    validation: tuple | None = None,
     shuffle_buffer_size: int = 0,
-    seed: int | None = 42,
+    seed: int = 42,
     callbacks: Sequence[keras.callbacks.Callback] = (),
     verbose: bool = False,
-    min_batch_size: int | None = None,
     steps_per_call: int = 0,
-    evaluation_slice: int = EVALUATION_SLICE,
+    evaluation_batch_size: int = EVALUATION_SLICE,
     resume: dict | None = None,
     checkpoint: Callable[[dict], None] | None = None,
     checkpoint_every_steps: int = 0,
@@ -229,25 +199,25 @@ def fit(
     resume_hint: str = "rerun the same command to resume",
     heartbeat: Callable[[], None] | None = None,
 ) -> Training:
-    """Trains a compiled model on examples in memory, as `fit` would on the image route.
+    """Trains a compiled model on stored examples through the training input pipeline.
 
     Args:
       model: Built and compiled (`model.compile_classifier`) in `strategy.scope()`; its
         optimizer is used, its loss is sparse categorical cross-entropy, computed here.
-      inputs: [N, ...] training examples: uint8 images or float features.
+      examples: [N, ...] training examples (uint8 images or float features): a
+        `store.ChunkedArray` (e.g. memory-mapped) or an array in memory.
       labels: [N] int labels.
       epochs: Passes over the examples.
       batch_size: Global batch size.
       strategy: The distribution strategy the model was built under.
-      validation: (inputs, labels) evaluated after every epoch, or None.
-      shuffle_buffer_size: The route's shuffle buffer; 0 for the whole split.
-      seed: The route's shuffle seed.
+      validation: (examples, labels) evaluated after every epoch, or None.
+      shuffle_buffer_size: 0 for a uniform permutation per epoch (`train_input.epoch_order`).
+      seed: The order's seed.
       callbacks: Keras callbacks: `on_train_begin/end`, `on_epoch_begin/end` (with the
         epoch's logs) and `on_test_begin/end` around validation.
       verbose: Log every epoch's metrics.
-      min_batch_size: The route's rule for a short last batch; None for the number of replicas.
       steps_per_call: Steps per compiled call; 0 for a whole epoch per call.
-      evaluation_slice: Examples per evaluation slice.
+      evaluation_batch_size: Global batch size of the validation passes.
       resume: A state `checkpoint` received earlier: training continues from it.
       checkpoint: Called with the state after every `checkpoint_every_steps` steps, after every
         epoch, and on a stop request (save the model and optimizer beside it).
@@ -261,24 +231,22 @@ def fit(
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
+    examples = as_examples(examples)
+    labels = np.asarray(labels, np.int32)
     count = len(labels)
     if count == 0:
         raise ValueError("fit needs at least one training example.")
+    if len(examples) != count:
+        raise ValueError(f"{len(examples)} examples but {count} labels.")
     if getattr(model, "optimizer", None) is None:
         raise ValueError("fit needs a compiled model (model.compile_classifier).")
     with strategy.scope():
         model.optimizer.build(model.trainable_variables)
-    loop = _Loop(model, strategy=strategy, evaluation_slice=evaluation_slice)
-    ends = batch_ends(
-        count,
-        batch_size=batch_size,
-        min_batch_size=strategy.num_replicas_in_sync if min_batch_size is None else min_batch_size,
+    loop = CompiledSteps(model, strategy=strategy)
+    batching = train_input.Batching(
+        count=count, batch_size=batch_size, replicas=strategy.num_replicas_in_sync
     )
-    starts = np.concatenate([[0], ends[:-1]]).astype(np.int32)
-    num_batches = len(ends)
-    train_inputs, train_labels = as_tensors(inputs, labels)
-    validation_tensors = as_tensors(*validation) if validation is not None else None
-    orders = EpochOrders(count, shuffle_buffer_size=shuffle_buffer_size, seed=seed)
+    num_batches = batching.num_batches
     state = (
         dict(resume)
         if resume
@@ -292,16 +260,15 @@ def fit(
 
     def save():
         if checkpoint is not None:
-            checkpoint(json_state())
-
-    def json_state():
-        return {
-            "epoch": state["epoch"],
-            "step": state["step"],
-            "totals": [float(v) for v in state["totals"]],
-            "history": state["history"],
-            "digests": state["digests"],
-        }
+            checkpoint(
+                {
+                    "epoch": state["epoch"],
+                    "step": state["step"],
+                    "totals": [float(v) for v in state["totals"]],
+                    "history": state["history"],
+                    "digests": state["digests"],
+                }
+            )
 
     # The callbacks are called directly, with the same logs dict: what they add to an epoch's
     # logs (ThroughputCallback's images_per_second) goes into the history, as Keras's History
@@ -316,16 +283,25 @@ def fit(
     call("on_train_begin")
     while state["epoch"] < epochs:
         epoch = state["epoch"]
-        order = tf.constant(orders(epoch))
         call("on_epoch_begin", epoch)
+        # The pipeline starts at the step the state says: a resumed epoch reads only the rest.
+        distributed, index_batches = train_input.make_epoch(
+            strategy,
+            examples,
+            labels,
+            batching=batching,
+            seed=seed,
+            epoch=epoch,
+            shuffle_buffer_size=shuffle_buffer_size,
+            start_step=state["step"],
+        )
+        iterator = iter(distributed)
         while state["step"] < num_batches:
             step = state["step"]
             n = min(per_call, num_batches - step)
             if checkpoint_every_steps:
                 n = min(n, checkpoint_every_steps - step % checkpoint_every_steps)
-            sums = loop.train_steps(
-                train_inputs, train_labels, order, starts[step : step + n], ends[step : step + n]
-            )
+            sums = loop.train(iterator, n)
             state["totals"] = [float(a + b) for a, b in zip(state["totals"], sums, strict=True)]
             state["step"] = step + n
             if heartbeat is not None:
@@ -342,9 +318,9 @@ def fit(
                 )
         loss, accuracy, top_k = (v / count for v in state["totals"])
         logs = {"loss": loss, "accuracy": accuracy, "top5_accuracy": top_k}
-        if validation_tensors is not None:
+        if validation is not None:
             call("on_test_begin")
-            validation_logs = loop.evaluate(*validation_tensors)
+            validation_logs = loop.evaluate(*validation, batch_size=evaluation_batch_size)
             if heartbeat is not None:
                 heartbeat()
             call("on_test_end", validation_logs)
@@ -356,7 +332,7 @@ def fit(
             {
                 "epoch": epoch + 1,
                 "batches": num_batches,
-                "indices_digest": order_digest(order.numpy(), ends),
+                "indices_digest": order_digest(index_batches),
                 "weights_digest": weights_digest(model),
             }
         )
@@ -379,11 +355,10 @@ def fit(
 def evaluate(
     model: keras.Model,
     *,
-    inputs: np.ndarray,
+    examples,
     labels: np.ndarray,
     strategy: tf.distribute.Strategy,
-    evaluation_slice: int = EVALUATION_SLICE,
+    batch_size: int = EVALUATION_SLICE,
 ) -> dict[str, float]:
-    """Loss, accuracy and top-5 accuracy of a model on examples in memory (keys as `evaluate`)."""
-    loop = _Loop(model, strategy=strategy, evaluation_slice=evaluation_slice)
-    return loop.evaluate(*as_tensors(inputs, labels))
+    """Loss, accuracy and top-5 accuracy of a model on stored examples (keys as `evaluate`)."""
+    return CompiledSteps(model, strategy=strategy).evaluate(examples, labels, batch_size=batch_size)

@@ -10,8 +10,13 @@ from fruits_tl import data
 from fruits_tl.config import DataConfig
 
 
-def load_splits(config: DataConfig) -> data.Splits:
-    """Loads the splits a DataConfig describes, checking them first (see data.load_dataset)."""
+def load_splits(config: DataConfig, *, check_record: str = "") -> data.Splits:
+    """Loads the splits a DataConfig describes, checking them first (see data.load_dataset).
+
+    `check_record`: where an image folder's decode check is recorded, so that a later job on
+    the same, unchanged files decodes nothing to check them (TFDS records are checked when
+    they are prepared).
+    """
     exclude = data.load_exclude_list(config.exclude_list)
     if config.data_source == "tfds":
         from fruits_tl import tfds_fruits360  # Registers the builder; imports tensorflow_datasets.
@@ -33,4 +38,5 @@ def load_splits(config: DataConfig) -> data.Splits:
         seed=config.seed,
         skip_bad_images=config.skip_bad_images,
         exclude_files=exclude,
+        check_record=check_record,
     )

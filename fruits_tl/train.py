@@ -16,20 +16,18 @@ import tempfile
 import time
 
 import keras
-import numpy as np
 import tensorflow as tf
 from absl import logging
 
 from fruits_tl import (
     callbacks,
     data,
-    data_service,
     distribute,
     extraction,
     files,
     loop,
     model,
-    pipeline,
+    pixels,
     sources,
     stopping,
 )
@@ -43,6 +41,9 @@ HISTORY_FILE = "history.csv"
 SKIPPED_FILE = "skipped_images.txt"
 DIGESTS_FILE = "batch_digests.csv"
 H5_FILE = "MobileNet_TransferLearning.h5"
+# In the features folder: the record of the decode check, and the store of decoded pixels.
+DECODE_CHECK_FILE = "decode_check.json"
+PIXELS_DIR = "pixels"
 # What a worker that lost the others says to do next.
 RESTART_HINT = "Start every worker again: the job resumes from the chief's last checkpoint."
 
@@ -189,7 +190,15 @@ def train(
     data_config = config.data
     replicas = strategy.num_replicas_in_sync
     per_replica = distribute.per_replica_batch_size(strategy, config.batch_size)
-    splits = sources.load_splits(data_config)
+    role = distribute.worker_role(strategy)
+    # The decode check is recorded beside the stores (the chief's alone: only it writes
+    # there), so a later run on the same, unchanged files decodes nothing to check them.
+    splits = sources.load_splits(
+        data_config,
+        check_record=(
+            os.path.join(config.resolved_features_dir(), DECODE_CHECK_FILE) if role.is_chief else ""
+        ),
+    )
     for warning in splits.warnings:
         logging.warning("%s", warning)
     if splits.bad_images:
@@ -259,6 +268,9 @@ def train(
         log_name="train" if mode == "images" else "head on features of",
         tensorboard_dir=config.tensorboard_dir if distribute.worker_role(strategy).is_chief else "",
     )
+    if splits.decode_check is not None:
+        # Every input check has passed: from here the job writes (the chief's record alone).
+        splits.decode_check.save()
     with (
         stopping.GracefulStop() as stop,
         distribute.clear_worker_errors(strategy, hint=RESTART_HINT),
@@ -311,7 +323,6 @@ def train(
         extra[SKIPPED_FILE] = "".join(f"{item}\n" for item in splits.bad_images)
     # Only the chief writes model_dir; another worker writes to a temporary folder of its own
     # and removes it (the TF/Keras convention: every worker runs the same save code).
-    role = distribute.worker_role(strategy)
     output_dir = (
         config.model_dir
         if role.is_chief
@@ -478,23 +489,27 @@ def _fit(
         )
     test = loop.evaluate(
         trainable,
-        inputs=arrays["test"][0],
+        examples=arrays["test"][0],
         labels=arrays["test"][1],
         strategy=strategy,
-        evaluation_slice=config.batch_size if mode == "images" else loop.EVALUATION_SLICE,
+        batch_size=_evaluation_batch_size(config, mode),
     )
     return training, test, store
+
+
+def _evaluation_batch_size(config: TrainConfig, mode: str) -> int:
+    """Images are evaluated in training-size batches; features in large ones (tiny rows)."""
+    return config.batch_size if mode == "images" else loop.EVALUATION_SLICE
 
 
 def _fit_loop(
     config, trainable, *, arrays, mode, strategy, throughput, resume, store, stop, heartbeat
 ):
     """`loop.fit` with the job's settings."""
-    evaluation_slice = config.batch_size if mode == "images" else loop.EVALUATION_SLICE
     validation = "validation" if "validation" in arrays else "test"
     return loop.fit(
         trainable,
-        inputs=arrays["train"][0],
+        examples=arrays["train"][0],
         labels=arrays["train"][1],
         validation=arrays[validation],
         epochs=config.epochs,
@@ -506,7 +521,7 @@ def _fit_loop(
         verbose=config.verbose != 0,
         # Images: one step per call, so a stop request is answered after the current step.
         steps_per_call=1 if mode == "images" else 0,
-        evaluation_slice=evaluation_slice,
+        evaluation_batch_size=_evaluation_batch_size(config, mode),
         resume=resume,
         checkpoint=store.save if store is not None else None,
         checkpoint_every_steps=config.checkpoint_every_steps,
@@ -515,27 +530,32 @@ def _fit_loop(
     )
 
 
-def _decoded_images(
-    folder: data.ImageFolder, *, cache: str, data_service_address: str = ""
-) -> np.ndarray:
-    """The split's uint8 images in file order, decoded once through the route.
-
-    Images mode keeps them in memory as one array (what a memory cache holds); a file cache
-    prefix is honoured, so a later run reads the decoded pixels instead of decoding again. With
-    a tf.data service address, its workers decode them, each exactly once.
-    """
-    if data_service_address:
-        return data_service.decode_through_service(folder, data_service_address)
-    batches = pipeline.make_batches(
-        folder,
-        batch_size=256,
-        training=False,
-        cache="none" if cache == "memory" else cache,
-        output="uint8",
-    )
-    images = [x for x, _ in batches.as_numpy_iterator()]
-    size = folder.image_size
-    return np.concatenate(images) if images else np.zeros((0, size, size, 3), np.uint8)
+def _stored_pixels(
+    config: TrainConfig,
+    splits: data.Splits,
+    *,
+    strategy: tf.distribute.Strategy,
+    stop: stopping.GracefulStop,
+) -> dict:
+    """Every split's decoded pixels from the store (decoded into it first where needed)."""
+    role = distribute.worker_role(strategy)
+    directory = os.path.join(config.resolved_features_dir(), PIXELS_DIR)
+    arrays = {}
+    for name, folder in splits.named().items():
+        stored = pixels.store_pixels(
+            folder,
+            directory=directory,
+            chunk_images=config.extract_chunk_images,
+            data_service_address=config.data.data_service_address,
+            worker_index=role.index,
+            worker_count=role.count,
+            wait_for_workers=lambda: distribute.barrier(
+                strategy, timeout=config.collective_timeout
+            ),
+            stop=stop,
+        )
+        arrays[name] = (stored.examples, folder.labels)
+    return arrays
 
 
 def _train_on_images(
@@ -547,20 +567,10 @@ def _train_on_images(
     throughput: callbacks.ThroughputCallback,
     stop: stopping.GracefulStop,
 ) -> _Trained:
-    """Images mode: the whole classifier (frozen backbone) trained on the decoded images,
+    """Images mode: the whole classifier (frozen backbone) trained on the stored pixels,
     the backbone running on every image of every epoch."""
     start = time.perf_counter()
-    arrays = {
-        name: (
-            _decoded_images(
-                folder,
-                cache=config.data.cache,
-                data_service_address=config.data.data_service_address,
-            ),
-            folder.labels,
-        )
-        for name, folder in splits.named().items()
-    }
+    arrays = _stored_pixels(config, splits, strategy=strategy, stop=stop)
     backbone = classifier.get_layer(model.BACKBONE_NAME)
     training, test, store = _fit(
         config,
@@ -599,9 +609,6 @@ def _train_on_features(
     head on the features, and the trained head put back into the classifier."""
     data_config = config.data
     start = time.perf_counter()
-    # One pass over each split: a memory cache would only hold images never read again, so
-    # only a file cache (filled here for later image-mode runs) is passed on.
-    cache = "none" if data_config.cache == "memory" else data_config.cache
     backbone = classifier.get_layer(model.BACKBONE_NAME)
     extracted = extraction.extract_or_reuse(
         splits.named(),
@@ -612,7 +619,6 @@ def _train_on_features(
         strategy=strategy,
         batch_size=config.batch_size,
         feature_dtype=config.feature_dtype,
-        cache=cache,
         verbose=config.verbose == 1,
         chunk_images=config.extract_chunk_images,
         stop=stop,
@@ -635,6 +641,7 @@ def _train_on_features(
             num_classes=num_classes,
         )
     head_start = time.perf_counter()
+    # The features in memory (they are small), read through the same input pipeline.
     arrays = {name: (s.features, s.labels) for name, s in extracted.feature_sets.items()}
     training, test, store = _fit(
         config,

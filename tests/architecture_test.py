@@ -46,6 +46,7 @@ LAYERS = {
         "data",
         "download",
         "stopping",
+        "store",
     },
     "route_and_models": {
         "pipeline",
@@ -59,6 +60,8 @@ LAYERS = {
         "sources",
         "tfds_fruits360",
         "data_service",
+        "train_input",
+        "pixels",
     },
     "jobs": {
         "train",

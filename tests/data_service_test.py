@@ -73,9 +73,9 @@ def test_training_through_the_service_is_training_without_it(
         "--batch_size=4",
         "--verbose=0",
     ]
-    # Features mode: the extraction decodes through the service. (Images mode takes the same
-    # decode_through_service; BENCHMARKS section 10 has it on the real sample.)
-    for mode in ("features",):
+    # Features mode: the extraction decodes through the service; images mode: the pixel
+    # store is filled through it.
+    for mode in ("features", "images"):
         assert (
             run_main(
                 train_main,
@@ -117,6 +117,14 @@ def test_training_through_the_service_is_training_without_it(
                     np.load(tmp_path / mode / "service" / "features" / f"{split}.npz") as b,
                 ):
                     np.testing.assert_array_equal(a["features"], b["features"])
+        else:
+            for split in ("train", "test"):
+                here_pixels, there_pixels = (
+                    sorted((tmp_path / mode / run / "features" / "pixels").glob(f"{split}.*.npy"))
+                    for run in ("here", "service")
+                )
+                assert len(here_pixels) == len(there_pixels) == 1
+                np.testing.assert_array_equal(np.load(here_pixels[0]), np.load(there_pixels[0]))
 
 
 def test_servers_log_their_address_and_stop_cleanly_on_sigterm_and_sigint():

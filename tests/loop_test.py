@@ -1,4 +1,4 @@
-"""Head training on cached features: the same computation as Keras's fit, on any strategy."""
+"""The training loop: the same computation as Keras's fit on the same batches, on any strategy."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import keras
 import numpy as np
 import pytest
 
-from fruits_tl import distribute, loop, model, pipeline
+from fruits_tl import distribute, loop, model
 
 NUM_CLASSES = 6
 FEATURE_DIM = 8
@@ -33,22 +33,32 @@ def _compiled_head(strategy, *, learning_rate=0.05):
     return classifier_head
 
 
-def test_loop_fit_matches_keras_fit_on_the_feature_route():
+def test_loop_fit_matches_keras_fit_on_the_same_batches():
+    # 19 examples in batches of 4: the last batch of each epoch has 3 real examples and one
+    # padding row, which must count for nothing.
     features, labels = _features(19)
     validation = _features(7, seed=1)
     strategy = distribute.get_strategy("default")
     by_keras = _compiled_head(strategy)
-    keras_history = by_keras.fit(
-        pipeline.make_feature_batches(features, labels, batch_size=4, training=True, seed=11),
-        validation_data=pipeline.make_feature_batches(*validation, batch_size=4, training=False),
-        epochs=3,
-        shuffle=False,
-        verbose=0,
-    ).history
+    keras_history = {}
+    for epoch in range(3):
+        # The loop's documented order: a pure function of the seed and the epoch.
+        order = np.random.default_rng([11, epoch]).permutation(19)
+        logs = by_keras.fit(
+            features[order],
+            labels[order],
+            validation_data=validation,
+            batch_size=4,
+            epochs=1,
+            shuffle=False,
+            verbose=0,
+        ).history
+        for key, values in logs.items():
+            keras_history.setdefault(key, []).extend(values)
     by_loop = _compiled_head(strategy)
     loop_history = loop.fit(
         by_loop,
-        inputs=features,
+        examples=features,
         labels=labels,
         validation=validation,
         epochs=3,
@@ -72,14 +82,15 @@ def test_loop_fit_matches_keras_fit_on_the_feature_route():
         np.testing.assert_allclose(values, keras_history[key], rtol=1e-5, atol=1e-6, err_msg=key)
     # And the evaluation matches Keras's evaluate.
     expected = by_keras.evaluate(*validation, batch_size=3, return_dict=True, verbose=0)
-    got = loop.evaluate(by_loop, inputs=validation[0], labels=validation[1], strategy=strategy)
+    got = loop.evaluate(
+        by_loop, examples=validation[0], labels=validation[1], strategy=strategy, batch_size=3
+    )
     for key in ("loss", "accuracy", "top5_accuracy"):
         assert got[key] == pytest.approx(expected[key], rel=1e-5, abs=1e-6)
 
 
-# Last batches of 3 (split 2 + 1 between the replicas) and of 1, which the route's rule for two
-# replicas turns into batches of 3 and 2 (so one replica never gets nothing): the one-replica
-# run is given the same rule.
+# 19 examples in batches of 4 end with a batch of 3 (2 + 1 on two replicas); 17 end with a
+# batch of 1, so one replica's slice is all padding: it must train as one replica does.
 @pytest.mark.parametrize("count", [19, 17])
 def test_two_replicas_train_as_one(count):
     features, labels = _features(count)
@@ -89,14 +100,13 @@ def test_two_replicas_train_as_one(count):
         trained = _compiled_head(strategy)
         history = loop.fit(
             trained,
-            inputs=features,
+            examples=features,
             labels=labels,
             validation=_features(5, seed=2),
             epochs=2,
             batch_size=4,
             strategy=strategy,
             seed=5,
-            min_batch_size=2,
         ).history
         results[name] = (strategy.num_replicas_in_sync, trained.get_weights(), history)
     assert results["mirrored"][0] == 2
@@ -106,33 +116,6 @@ def test_two_replicas_train_as_one(count):
         np.testing.assert_allclose(
             results["mirrored"][2][key], values, rtol=1e-5, atol=1e-6, err_msg=key
         )
-
-
-def test_batches_follow_the_route_rule_for_the_strategy():
-    # 17 examples in batches of 4 on two replicas: the route batches 4, 4, 4, 3, 2, not
-    # 4, 4, 4, 4, 1.
-    features, labels = _features(17)
-    strategy = distribute.get_strategy("default")
-    weights = {}
-    for rule in (1, 2):
-        trained = _compiled_head(strategy)
-        loop.fit(
-            trained,
-            inputs=features,
-            labels=labels,
-            epochs=1,
-            batch_size=4,
-            strategy=strategy,
-            min_batch_size=rule,
-        )
-        weights[rule] = trained.get_weights()[0]
-    assert np.abs(weights[1] - weights[2]).max() > 1e-5
-    mirrored = distribute.get_strategy("mirrored")
-    by_default_rule = _compiled_head(mirrored)
-    loop.fit(
-        by_default_rule, inputs=features, labels=labels, epochs=1, batch_size=4, strategy=mirrored
-    )
-    np.testing.assert_allclose(by_default_rule.get_weights()[0], weights[2], rtol=1e-5, atol=1e-6)
 
 
 def test_callbacks_see_every_epoch_and_validation():
@@ -152,7 +135,7 @@ def test_callbacks_see_every_epoch_and_validation():
     strategy = distribute.get_strategy("default")
     loop.fit(
         _compiled_head(strategy),
-        inputs=features,
+        examples=features,
         labels=labels,
         validation=(features, labels),
         epochs=2,
@@ -176,11 +159,11 @@ def test_float16_features_train_like_their_float32_values():
     half = features.astype(np.float16)
     strategy = distribute.get_strategy("default")
     by_half = _compiled_head(strategy)
-    loop.fit(by_half, inputs=half, labels=labels, epochs=1, batch_size=4, strategy=strategy)
+    loop.fit(by_half, examples=half, labels=labels, epochs=1, batch_size=4, strategy=strategy)
     by_float = _compiled_head(strategy)
     loop.fit(
         by_float,
-        inputs=half.astype(np.float32),
+        examples=half.astype(np.float32),
         labels=labels,
         epochs=1,
         batch_size=4,
@@ -196,7 +179,7 @@ def test_an_uncompiled_head_is_refused():
     with pytest.raises(ValueError, match="compiled"):
         loop.fit(
             model.build_head(FEATURE_DIM, NUM_CLASSES),
-            inputs=features,
+            examples=features,
             labels=labels,
             epochs=1,
             batch_size=2,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 
 import numpy as np
@@ -50,6 +51,7 @@ def test_trains_and_writes_everything(data_dir, tmp_path, capsys, strategy, repl
         ]
     )  # No checkpoints: they are removed when the job succeeds.
     assert sorted(os.listdir(model_dir / "features")) == [
+        "decode_check.json",
         "fingerprint.json",
         "labels.txt",
         "test.npz",
@@ -212,6 +214,7 @@ def test_validation_split_beside_a_test_folder(data_dir, tmp_path, capsys):
     )
     assert metrics["test_source"] == "test folder"
     assert sorted(os.listdir(model_dir / "features")) == [
+        "decode_check.json",
         "fingerprint.json",
         "labels.txt",
         "test.npz",
@@ -226,18 +229,47 @@ def test_validation_split_beside_a_test_folder(data_dir, tmp_path, capsys):
     assert all(os.sep + "Training" + os.sep in path for path in validation["file_paths"])
 
 
-def test_a_file_cache_is_filled_by_features_mode_and_read_by_images_mode(
-    data_dir, tmp_path, capsys
-):
-    prefix = tmp_path / "cache" / "fruits"
-    args = [f"--data_dir={data_dir}", f"--cache={prefix}", *TINY]
-    assert (
-        run_main(train_main, [f"--model_dir={tmp_path / 'features'}", "--mode=features", *args])
-        == 0
+def test_a_second_images_mode_run_decodes_nothing(data_dir, tmp_path, capsys, caplog):
+    args = [
+        f"--data_dir={data_dir}",
+        f"--model_dir={tmp_path / 'run'}",
+        "--mode=images",
+        "--extract_chunk_images=8",
+        *TINY,
+    ]
+    assert run_main(train_main, args) == 0, capsys.readouterr().err
+    pixels = tmp_path / "run" / "features" / "pixels"
+    stored = sorted(p.name for p in pixels.iterdir())
+    # 18 training images in chunks of 8 (3 chunks), 9 test images (2), and their manifests.
+    assert len(stored) == 7 and "train.pixels.json" in stored and "test.pixels.json" in stored
+    first = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    # Damage a training image without changing its size or modification time: a run that
+    # decoded it (in the check or the pipeline) would fail; this one must not even look.
+    victim = os.path.join(data_dir, "Training", sorted(os.listdir(f"{data_dir}/Training"))[0])
+    victim = os.path.join(victim, sorted(os.listdir(victim))[0])
+    stat = os.stat(victim)
+    with open(victim, "r+b") as stream:
+        stream.write(b"\0" * stat.st_size)
+    os.utime(victim, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="absl"):
+        assert run_main(train_main, [*args, "--restart"]) == 0, capsys.readouterr().err
+    log = caplog.text
+    assert "nothing decoded" in log
+    assert "Reusing the stored train pixels" in log and "Reusing the stored test pixels" in log
+    second = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert second["test_accuracy"] == first["test_accuracy"]
+    assert sorted(p.name for p in pixels.iterdir()) == stored
+    # A changed modification time is a changed file: it is checked, and found undecodable.
+    os.utime(victim, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    assert run_main(train_main, [*args, "--restart"]) == 2
+    assert os.path.basename(victim) in capsys.readouterr().err
+
+
+def test_cache_is_not_a_training_setting(data_dir, tmp_path, capsys):
+    code = run_main(
+        train_main,
+        [f"--data_dir={data_dir}", f"--model_dir={tmp_path / 'run'}", "--cache=none", *TINY],
     )
-    complete = sorted(p.name for p in prefix.parent.iterdir() if p.name.endswith(".complete"))
-    assert len(complete) == 2  # train and test, filled by the extraction pass.
-    before = {p.name: p.stat().st_mtime_ns for p in prefix.parent.iterdir()}
-    assert run_main(train_main, [f"--model_dir={tmp_path / 'images'}", "--mode=images", *args]) == 0
-    after = {p.name: p.stat().st_mtime_ns for p in prefix.parent.iterdir()}
-    assert after == before  # Read, not rewritten.
+    assert code == 2
+    assert "fruits-tl-train does not use --cache" in capsys.readouterr().err

@@ -14,11 +14,11 @@ import os
 from absl import flags
 
 from fruits_tl.cli import common
+from fruits_tl.config import BENCH_VARIANTS
 
 flags.DEFINE_list(
     "variants",
-    "legacy,idfd,pipeline-memory-uint8,pipeline-memory-float32,pipeline-file-uint8,pipeline-file-float32,decode,audit,"
-    "model-infer,model-train,train,extract",
+    ",".join(BENCH_VARIANTS),
     "Comma-separated variants to measure (see fruits_tl.benchmark); add tfds-memory-uint8 "
     "(and tfds-memory-float32, tfds-file-*) to compare the TFDS record route, with "
     "--tfds_data_dir; service-1 and service-2 measure the decode pass through a tf.data "

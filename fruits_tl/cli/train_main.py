@@ -121,7 +121,6 @@ def _main(argv):
 # The shared flags (cli/common.py) this binary uses; --help lists them with its own.
 USES = (
     *common.DATA_FLAGS,
-    "cache",
     "alpha",
     "batch_size",
     "epochs",

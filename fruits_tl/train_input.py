@@ -1,0 +1,224 @@
+"""The training input pipeline: examples stay on the host, only batches reach the devices.
+
+Both training modes, and the evaluation between epochs, read their examples through this one
+`tf.data` pipeline (after big_vision's input_pipeline: the order written once, with the reason
+for each step):
+
+1. the epoch's order: `epoch_order(count, seed=, epoch=)`, a pure function of the seed and the
+   epoch (`np.random.default_rng([seed, epoch]).permutation(count)`), so a run resumed at
+   (epoch, step) feeds exactly the batches an uninterrupted run would have fed;
+2. batches of example indices: `batch_size` (global) consecutive indices of the order, the
+   last batch padded with -1 to a full batch, so every batch has one static shape and no
+   replica ever gets an empty batch (oneDNN's convolution fails on one on some CPUs);
+3. each replica's slice: the global batch is cut into one contiguous share per replica, and an
+   input pipeline (one per worker) keeps only its own replicas' shares, so a worker reads only
+   what its devices will train on;
+4. the examples read on the host: `store.ChunkedArray.take` copies the rows out of the stored
+   arrays (memory-mapped decoded pixels in images mode, backbone features in features mode),
+   with their labels (-1 for padding);
+5. prefetch on the host, so the next batch is read while the devices compute;
+6. distribution: `strategy.distribute_datasets_from_function`, which hands each replica its
+   own slice and, where the devices are accelerators, copies the next slice to the device while
+   the current step runs (`experimental_fetch_to_device`).
+
+No tensor holding a whole split enters a replica's function: a replica receives a
+[per-replica batch, ...] slice, its labels and the number of real examples in the global batch
+(the loss is a sum over the replica's real examples divided by that number, so that the
+replicas' gradients add up to the gradient of the global batch's mean loss).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import numpy as np
+import tensorflow as tf
+
+from fruits_tl import store
+
+# Batches read ahead on the host, per input pipeline. Two: one being copied to the devices,
+# one being read.
+HOST_PREFETCH = 2
+
+
+def epoch_order(
+    count: int, *, seed: int, epoch: int, shuffle: bool = True, shuffle_buffer_size: int = 0
+) -> np.ndarray:
+    """The order in which epoch `epoch` visits `count` examples: a pure function of its args.
+
+    Args:
+      count: Examples in the split.
+      seed: The run's seed.
+      epoch: The epoch (from 0).
+      shuffle: False keeps file order (evaluation).
+      shuffle_buffer_size: 0 (or >= count) for a uniform permutation,
+        `np.random.default_rng([seed, epoch]).permutation(count)`; otherwise a shuffle through
+        a buffer of that many examples, as `tf.data.Dataset.shuffle` does (1 keeps file order),
+        drawn from the same generator.
+
+    Returns:
+      [count] int64 example indices.
+    """
+    if not shuffle or count == 0:
+        return np.arange(count, dtype=np.int64)
+    rng = np.random.default_rng([seed, epoch])
+    if shuffle_buffer_size <= 0 or shuffle_buffer_size >= count:
+        return rng.permutation(count).astype(np.int64)
+    buffer = list(range(shuffle_buffer_size))
+    draws = rng.random(count)
+    order = np.empty(count, np.int64)
+    upcoming = shuffle_buffer_size
+    for position in range(count):
+        slot = int(draws[position] * len(buffer))
+        order[position] = buffer[slot]
+        if upcoming < count:
+            buffer[slot] = upcoming
+            upcoming += 1
+        else:
+            buffer[slot] = buffer[-1]
+            buffer.pop()
+    return order
+
+
+@dataclasses.dataclass(frozen=True)
+class Batching:
+    """How a pass over `count` examples is cut into global batches and replica slices.
+
+    Attributes:
+      count: Examples in the pass.
+      batch_size: The global batch size.
+      replicas: Replicas in sync.
+    """
+
+    count: int
+    batch_size: int
+    replicas: int
+
+    @property
+    def num_batches(self) -> int:
+        return -(-self.count // self.batch_size)
+
+    @property
+    def per_replica(self) -> int:
+        """Rows of each replica's slice (the global batch padded to a multiple of replicas)."""
+        return -(-self.batch_size // self.replicas)
+
+    def index_batches(self, order: np.ndarray) -> np.ndarray:
+        """[num_batches, replicas * per_replica] example indices, -1 where padded."""
+        if len(order) != self.count:
+            raise ValueError(f"an order of {len(order)} examples for a pass of {self.count}")
+        width = self.replicas * self.per_replica
+        rows = np.full((self.num_batches, width), -1, np.int64)
+        for batch in range(self.num_batches):
+            chunk = order[batch * self.batch_size : (batch + 1) * self.batch_size]
+            rows[batch, : len(chunk)] = chunk
+        return rows
+
+
+def make_replica_dataset(
+    examples: store.ChunkedArray,
+    labels: np.ndarray,
+    index_batches: np.ndarray,
+    *,
+    batching: Batching,
+    input_context: tf.distribute.InputContext,
+) -> tf.data.Dataset:
+    """One input pipeline's dataset: its replicas' slices of the given global batches, in turn.
+
+    Element k * L + r (L replicas per pipeline) is replica r's slice of global batch k:
+    `(examples [per_replica, ...], labels [per_replica] with -1 for padding, real examples in
+    the global batch)`, read on the host.
+    """
+    replicas, per_replica = batching.replicas, batching.per_replica
+    pipelines = input_context.num_input_pipelines
+    if replicas % pipelines:
+        raise ValueError(f"{replicas} replicas do not divide among {pipelines} input pipelines")
+    local = replicas // pipelines
+    first = input_context.input_pipeline_id * local
+    slices = index_batches.reshape(len(index_batches), replicas, per_replica)
+    own = slices[:, first : first + local, :].reshape(-1, per_replica)
+    real = np.repeat((index_batches >= 0).sum(axis=1), local).astype(np.int32)
+    labels = np.asarray(labels, np.int32)
+    row_shape, dtype = examples.row_shape, examples.dtype
+
+    def read(indices):
+        valid = indices >= 0
+        return examples.take(indices), np.where(valid, labels[np.where(valid, indices, 0)], -1)
+
+    @tf.autograph.experimental.do_not_convert
+    def read_slice(indices, count):
+        rows, row_labels = tf.numpy_function(
+            read, [indices], (tf.as_dtype(dtype), tf.int32), stateful=False
+        )
+        rows.set_shape([per_replica, *row_shape])
+        row_labels.set_shape([per_replica])
+        return rows, row_labels, count
+
+    dataset = tf.data.Dataset.from_tensor_slices((own, real))
+    dataset = dataset.map(
+        read_slice, num_parallel_calls=max(1, min(4, os.cpu_count() or 1)), deterministic=True
+    )
+    options = tf.data.Options()
+    options.deterministic = True
+    return dataset.prefetch(HOST_PREFETCH).with_options(options)
+
+
+def distribute(
+    strategy: tf.distribute.Strategy,
+    examples: store.ChunkedArray,
+    labels: np.ndarray,
+    index_batches: np.ndarray,
+    *,
+    batching: Batching,
+):
+    """The distributed dataset of these global batches: each replica gets its own slice."""
+
+    def input_fn(input_context: tf.distribute.InputContext) -> tf.data.Dataset:
+        return make_replica_dataset(
+            examples, labels, index_batches, batching=batching, input_context=input_context
+        )
+
+    return strategy.distribute_datasets_from_function(
+        input_fn, options=tf.distribute.InputOptions(experimental_fetch_to_device=True)
+    )
+
+
+def make_epoch(
+    strategy: tf.distribute.Strategy,
+    examples: store.ChunkedArray,
+    labels: np.ndarray,
+    *,
+    batching: Batching,
+    seed: int,
+    epoch: int,
+    shuffle: bool = True,
+    shuffle_buffer_size: int = 0,
+    start_step: int = 0,
+):
+    """One pass of the training input pipeline, as training and evaluation iterate it.
+
+    Args:
+      strategy: The distribution strategy.
+      examples: The stored examples.
+      labels: Their labels.
+      batching: The pass's batching (its count must be the number of examples).
+      seed, epoch, shuffle, shuffle_buffer_size: The order (`epoch_order`).
+      start_step: The first global batch to feed (a resumed epoch feeds only the rest).
+
+    Returns:
+      (the distributed dataset of the batches from `start_step` on, [num_batches, width] the
+      epoch's index batches, all of them).
+    """
+    order = epoch_order(
+        batching.count,
+        seed=seed,
+        epoch=epoch,
+        shuffle=shuffle,
+        shuffle_buffer_size=shuffle_buffer_size,
+    )
+    index_batches = batching.index_batches(order)
+    distributed = distribute(
+        strategy, examples, labels, index_batches[start_step:], batching=batching
+    )
+    return distributed, index_batches
