@@ -332,7 +332,7 @@ BENCH_INPUT_VARIANTS = (
 # Every epoch reads and decodes every file (nothing cached): `decode` is TensorFlow's decoder
 # alone over all files in parallel (the ceiling); `audit` is fruits-tl-audit's inspection.
 BENCH_DECODE_VARIANTS = ("decode", "audit")
-BENCH_MODEL_VARIANTS = ("model-infer", "model-train", "train", "extract")
+BENCH_MODEL_VARIANTS = ("model-infer", "model-train", "train", "extract", "extract-stored")
 BENCH_VARIANTS = BENCH_INPUT_VARIANTS + BENCH_DECODE_VARIANTS + BENCH_MODEL_VARIANTS
 # The route reading the prepared fruits360 TFDS records; asked for by name (they need
 # tfds_data_dir, and manual_dir to prepare the records the first time).

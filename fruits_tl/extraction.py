@@ -39,6 +39,8 @@ from fruits_tl import (
     pipeline,
     preprocess,
     progress,
+    store,
+    train_input,
 )
 from fruits_tl.config import FEATURE_DTYPES
 from fruits_tl.errors import UserInputError
@@ -188,6 +190,78 @@ def run_extractor(
     return features_array, labels_array
 
 
+# Batches per compiled call of the extraction from stored pixels.
+STORED_STEPS_PER_CALL = 32
+_STORED_STEPS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _stored_extraction_steps(extractor: keras.Model, strategy: tf.distribute.Strategy):
+    """n batches of the training input pipeline through the extractor in one compiled call:
+    [n * padded global batch, D] features, each batch's replica slices gathered in order."""
+    for known, step in _STORED_STEPS.get(extractor, ()):
+        if known is strategy:
+            return step
+
+    @tf.function
+    def steps(iterator, n):
+        features = tf.TensorArray(extractor.output.dtype, size=n, infer_shape=False)
+        for i in tf.range(n):
+            images, _, _ = next(iterator)
+            per_replica = strategy.run(lambda x: extractor(x, training=False), args=(images,))
+            features = features.write(i, strategy.gather(per_replica, axis=0))
+        return features.concat()
+
+    _STORED_STEPS.setdefault(extractor, []).append((strategy, steps))
+    return steps
+
+
+def extract_stored(
+    images: store.ChunkedArray,
+    labels: np.ndarray,
+    extractor: keras.Model,
+    *,
+    strategy: tf.distribute.Strategy,
+    batch_size: int,
+    rows: np.ndarray | None = None,
+    feature_dtype: str = "float32",
+    verbose: bool = False,
+    label: str = "extract",
+) -> np.ndarray:
+    """Features of stored images, read through the training input pipeline: nothing decoded.
+
+    Args:
+      images: A split's stored uint8 images (`pixels.store_pixels`).
+      labels: Their labels (carried through the pipeline).
+      extractor: uint8 pixels -> [batch, D] features, built in `strategy.scope()`.
+      strategy: The distribution strategy; `batch_size` is the global batch.
+      batch_size: Global batch size.
+      rows: The rows to extract, in order (default: all).
+      feature_dtype: The features' dtype.
+      verbose: Show a progress bar.
+      label: The progress bar's name.
+
+    Returns:
+      [len(rows), D] features in `rows` order.
+    """
+    rows = np.arange(len(images)) if rows is None else np.asarray(rows, np.int64)
+    batching = train_input.Batching(
+        count=len(rows), batch_size=batch_size, replicas=strategy.num_replicas_in_sync
+    )
+    index_batches = batching.index_batches(rows)
+    iterator = iter(
+        train_input.distribute(strategy, images, labels, index_batches, batching=batching)
+    )
+    steps = _stored_extraction_steps(extractor, strategy)
+    counter = progress.Progress(len(rows), label=label, enabled=verbose)
+    parts = []
+    for first in range(0, batching.num_batches, STORED_STEPS_PER_CALL):
+        n = min(STORED_STEPS_PER_CALL, batching.num_batches - first)
+        parts.append(steps(iterator, tf.constant(n)).numpy().astype(feature_dtype))
+        counter.add(int((index_batches[first : first + n] >= 0).sum()))
+    features = np.concatenate(parts) if parts else np.zeros((0, 0), feature_dtype)
+    return features[index_batches.reshape(-1) >= 0]
+
+
 def extract_features(
     folder: data.ImageFolder,
     extractor: keras.Model,
@@ -198,6 +272,7 @@ def extract_features(
     feature_dtype: str = "float32",
     verbose: bool = True,
     data_service_address: str = "",
+    stored: tuple[store.ChunkedArray, np.ndarray] | None = None,
 ) -> FeatureSet:
     """Runs the extractor over one split in file order, under the strategy, in one pass.
 
@@ -215,6 +290,8 @@ def extract_features(
       verbose: Show a progress bar.
       data_service_address: Decode the images on the tf.data service there (each exactly
         once), then run the backbone here over them.
+      stored: (the split's stored pixels, the rows of `folder` in them): read them through
+        the training input pipeline instead of decoding.
 
     Returns:
       The FeatureSet.
@@ -222,6 +299,26 @@ def extract_features(
     if feature_dtype not in FEATURE_DTYPES:
         raise UserInputError(
             f"feature_dtype must be one of {', '.join(FEATURE_DTYPES)}, got {feature_dtype!r}."
+        )
+    if stored is not None:
+        features_array = extract_stored(
+            stored[0],
+            np.zeros(len(stored[0]), np.int32),
+            extractor,
+            strategy=strategy,
+            batch_size=batch_size,
+            rows=stored[1],
+            feature_dtype=feature_dtype,
+            verbose=verbose,
+            label=f"extract {folder.name} (stored pixels)",
+        )
+        return FeatureSet(
+            split=folder.name,
+            features=features_array,
+            labels=np.asarray(folder.labels, np.int32),
+            file_paths=folder.file_paths,
+            class_names=folder.class_names,
+            fingerprint=folder.fingerprint,
         )
     if data_service_address:
         images = data_service.decode_through_service(folder, data_service_address)
@@ -449,6 +546,7 @@ def extract_or_reuse(
     stop: GracefulStop | None = None,
     barrier_timeout: float | None = None,
     data_service_address: str = "",
+    pixels_dir: str = "",
 ) -> Extraction:
     """Returns the features of every split, reusing `features_dir` when its fingerprint matches.
 
@@ -476,6 +574,8 @@ def extract_or_reuse(
       stop: Checked after every chunk: a stop request raises StopRequested there.
       barrier_timeout: Under several workers, seconds a barrier waits for the others.
       data_service_address: Decode on the tf.data service there ("" decodes here).
+      pixels_dir: A pixel store (`pixels.store_pixels`): a split whose decoded pixels are
+        stored there is read from the store, not decoded.
 
     Returns:
       The Extraction.
@@ -554,6 +654,15 @@ def extract_or_reuse(
     feature_sets = {}
     chunk = -(-max(chunk_images, 1) // batch_size) * batch_size
     for name, folder in splits.items():
+        stored_pixels = (
+            store.open_complete(pixels_dir, f"{name}.pixels", fingerprint=folder.fingerprint)
+            if pixels_dir
+            else None
+        )
+        if stored_pixels is not None:
+            logging.warning(
+                "Extracting %s from the stored pixels in %s: nothing decoded.", name, pixels_dir
+            )
         size = len(folder) if cache not in ("none", "memory") else chunk
         bounds = [(i, min(i + size, len(folder))) for i in range(0, len(folder), size)] or [(0, 0)]
         parts = []
@@ -589,6 +698,7 @@ def extract_or_reuse(
                 cache=cache,
                 verbose=verbose,
                 data_service_address=data_service_address,
+                stored=(None if stored_pixels is None else (stored_pixels, np.arange(first, last))),
             )
             part = dataclasses.replace(part, fingerprint=part_fingerprint)
             save_feature_set(part_path, part)

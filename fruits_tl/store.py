@@ -240,6 +240,29 @@ def write_or_reuse(
     return Stored(examples=examples, reused=False, written_rows=written)
 
 
+def open_complete(directory: str, name: str, *, fingerprint: str) -> ChunkedArray | None:
+    """The stored array `name` if its manifest names `fingerprint` and every chunk is whole;
+    None otherwise (nothing is written)."""
+    manifest = _read_manifest(directory, name)
+    if not manifest or manifest.get("fingerprint") != fingerprint:
+        return None
+    try:
+        row_shape, dtype = tuple(manifest["row_shape"]), np.dtype(manifest["dtype"])
+        bounds = chunk_bounds(int(manifest["count"]), int(manifest["chunk_rows"]))
+        names = list(manifest["chunks"])
+    except (KeyError, TypeError, ValueError):
+        return None
+    if len(names) != len(bounds):
+        return None
+    chunks = [
+        _open_chunk(os.path.join(directory, chunk), last - first, row_shape, dtype)
+        for chunk, (first, last) in zip(names, bounds, strict=True)
+    ]
+    if any(c is None for c in chunks):
+        return None
+    return ChunkedArray(chunks, row_shape=row_shape, dtype=dtype)
+
+
 def _read_manifest(directory: str, name: str) -> dict | None:
     try:
         with open(_manifest_path(directory, name), encoding="utf-8") as stream:

@@ -624,6 +624,7 @@ def _train_on_features(
         stop=stop,
         barrier_timeout=config.collective_timeout,
         data_service_address=data_config.data_service_address,
+        pixels_dir=os.path.join(config.resolved_features_dir(), PIXELS_DIR),
     )
     extract_seconds = time.perf_counter() - start
     num_classes = len(splits.class_names)

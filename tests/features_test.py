@@ -12,9 +12,10 @@ import time
 
 import numpy as np
 import pytest
+import tensorflow as tf
 from conftest import REPO
 
-from fruits_tl import config, data, distribute, extraction, model, train
+from fruits_tl import config, data, distribute, extraction, model, pixels, train
 
 
 def _config(data_dir, model_dir, weights, **overrides):
@@ -250,3 +251,37 @@ def test_a_corrupt_feature_file_under_a_matching_fingerprint_is_recomputed(
         again.feature_sets["train"].features, first.feature_sets["train"].features
     )
     assert _extract(splits, backbone, tmp_path / "f").reused  # The rewritten file is whole.
+
+
+def test_features_of_stored_pixels_equal_those_of_decoded_images(
+    data_dir, tmp_path, informative_weights, caplog
+):
+    backbone = model.build_backbone(image_size=32, alpha=0.25, weights=informative_weights)
+    splits = data.load_dataset(data_dir, image_size=32)
+    decoded = _extract(splits, backbone, tmp_path / "decoded")
+    # The training split's pixels stored in chunks of 5 (not a multiple of the batch of 4);
+    # the test split's are not stored, so it is decoded as before.
+    pixels.store_pixels(splits.train, directory=str(tmp_path / "pixels"), chunk_images=5)
+    mirrored = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    with mirrored.scope():
+        replicated = model.build_backbone(image_size=32, alpha=0.25, weights=informative_weights)
+    with caplog.at_level(logging.WARNING, logger="absl"):
+        stored = extraction.extract_or_reuse(
+            {"train": splits.train, "test": splits.test},
+            backbone=replicated,
+            alpha=0.25,
+            image_size=32,
+            features_dir=str(tmp_path / "stored"),
+            strategy=mirrored,
+            batch_size=4,
+            verbose=False,
+            chunk_images=8,
+            pixels_dir=str(tmp_path / "pixels"),
+        )
+    assert "Extracting train from the stored pixels" in caplog.text
+    assert "Extracting test from the stored pixels" not in caplog.text
+    for split in ("train", "test"):
+        ours, theirs = stored.feature_sets[split], decoded.feature_sets[split]
+        np.testing.assert_array_equal(ours.labels, theirs.labels)
+        assert ours.features.shape == theirs.features.shape
+        np.testing.assert_allclose(ours.features, theirs.features, rtol=1e-4, atol=1e-5)
