@@ -8,7 +8,7 @@ Variants (each delivers what a model consumes: batches of size x size x 3 images
   legacy         the tutorial's ImageDataGenerator.flow_from_directory (float32, preprocessed)
   idfd           image_dataset_from_directory as tutorials use it, no cache (float32, preprocessed)
   pipeline-<cache>-<output>   our route, cache memory|file, output uint8|float32
-  train-input    the training input pipeline itself (`train_input.make_epoch`, what training
+  train-input    the training input pipeline itself (`train_input.training_rows`, what training
                  iterates): the cold epoch decodes the split into the pixel store, later epochs
                  read the store (memory-mapped) in a new order each, distributed by the strategy
   tfds-<cache>-<output>      our route reading the prepared fruits360 TFDS records
@@ -242,9 +242,14 @@ def _route_variant(
     return Measurement(times=times, peak_rss_bytes=memory.peak, cache_bytes=max(cache_bytes, 0))
 
 
+# Steps per compiled call when the train-input variant consumes the pipeline.
+TRAIN_INPUT_STEPS = 16
+
+
 def _train_input_variant(context: Context, repeat: int) -> Measurement:
-    """The training input pipeline, exactly as `loop.fit` iterates it (`train_input.make_epoch`
-    under the run's strategy), over the split's pixel store; the cold epoch fills the store."""
+    """The training input pipeline, exactly as `loop.fit` iterates it (`train_input.distribute`
+    of `train_input.training_rows`, under the run's strategy), over the split's pixel store;
+    the cold epoch fills the store."""
     config, folder, strategy = context.config, context.folder, context.strategy
     directory = os.path.join(context.cache_root, f"pixels-r{repeat}")
     batching = train_input.Batching(
@@ -252,24 +257,37 @@ def _train_input_variant(context: Context, repeat: int) -> Measurement:
     )
     holder = {"epoch": 0}
 
+    @tf.function
+    def count_real(iterator, steps):
+        # As training consumes it: next(iterator) inside a compiled call, under the strategy.
+        total = tf.constant(0)
+        for _ in tf.range(steps):
+            _, labels, _ = next(iterator)
+            per_replica = strategy.run(
+                lambda y: tf.reduce_sum(tf.cast(y >= 0, tf.int32)), args=(labels,)
+            )
+            total += strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
+        return total
+
     def epoch():
         if "examples" not in holder:
             holder["examples"] = pixels.store_pixels(folder, directory=directory).examples
-        distributed, _ = train_input.make_epoch(
+        epoch = holder["epoch"]
+        distributed = train_input.distribute(
             strategy,
             holder["examples"],
             folder.labels,
+            train_input.training_rows(
+                batching, seed=config.data.seed, first_epoch=epoch, epochs=epoch + 1
+            ),
             batching=batching,
-            seed=config.data.seed,
-            epoch=holder["epoch"],
         )
         holder["epoch"] += 1
-        for _, labels, _ in distributed:
-            # Each step's real examples, counted from the labels every replica received.
-            real = np.concatenate(
-                [np.asarray(y) for y in strategy.experimental_local_results(labels)]
-            )
-            yield real[real >= 0], None
+        iterator = iter(distributed)
+        for first in range(0, batching.num_batches, TRAIN_INPUT_STEPS):
+            steps = min(TRAIN_INPUT_STEPS, batching.num_batches - first)
+            real = int(count_real(iterator, tf.constant(steps)))
+            yield np.empty((real, 0)), None
 
     with PeakMemory() as memory:
         times = time_epochs(epoch, epochs=config.epochs)

@@ -249,7 +249,9 @@ def extract_stored(
     )
     index_batches = batching.index_batches(rows)
     iterator = iter(
-        train_input.distribute(strategy, images, labels, index_batches, batching=batching)
+        train_input.distribute(
+            strategy, images, labels, train_input.fixed_rows(index_batches), batching=batching
+        )
     )
     steps = _stored_extraction_steps(extractor, strategy)
     counter = progress.Progress(len(rows), label=label, enabled=verbose)

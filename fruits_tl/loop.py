@@ -136,24 +136,39 @@ class CompiledSteps:
             return self.train_step(iterator).numpy()
         return self.train_steps(iterator, tf.constant(steps)).numpy()
 
-    def evaluate(self, examples, labels, *, batch_size: int) -> dict[str, float]:
-        count = len(labels)
-        if count == 0:
+    def evaluation(self, examples, labels, *, batch_size: int) -> Evaluation:
+        """Repeatable evaluation passes over these examples (one pipeline, read in file order)."""
+        return Evaluation(self, examples, labels, batch_size=batch_size)
+
+
+class Evaluation:
+    """Loss, accuracy and top-5 accuracy over a split, pass after pass through one iterator
+    (the pipeline repeats the split's batches, so every pass reads them in file order)."""
+
+    def __init__(self, steps: CompiledSteps, examples, labels, *, batch_size: int):
+        self.steps = steps
+        self.count = len(labels)
+        if self.count == 0:
             raise ValueError("evaluation needs at least one example.")
-        batching = train_input.Batching(
-            count=count, batch_size=batch_size, replicas=self.strategy.num_replicas_in_sync
+        strategy = steps.strategy
+        self.batching = train_input.Batching(
+            count=self.count, batch_size=batch_size, replicas=strategy.num_replicas_in_sync
         )
-        distributed, _ = train_input.make_epoch(
-            self.strategy,
+        index_batches = train_input.epoch_index_batches(
+            self.batching, seed=0, epoch=0, shuffle=False
+        )
+        distributed = train_input.distribute(
+            strategy,
             as_examples(examples),
             labels,
-            batching=batching,
-            seed=0,
-            epoch=0,
-            shuffle=False,
+            train_input.fixed_rows(index_batches, repeat=True),
+            batching=self.batching,
         )
-        totals = self.evaluate_steps(iter(distributed), tf.constant(batching.num_batches))
-        loss, accuracy, top_k = totals.numpy() / count
+        self._iterator = iter(distributed)
+
+    def __call__(self) -> dict[str, float]:
+        totals = self.steps.evaluate_steps(self._iterator, tf.constant(self.batching.num_batches))
+        loss, accuracy, top_k = totals.numpy() / self.count
         return {"loss": float(loss), "accuracy": float(accuracy), "top5_accuracy": float(top_k)}
 
 
@@ -280,22 +295,33 @@ def fit(
         for callback in callbacks:
             getattr(callback, hook)(*args)
 
+    # One pipeline for the whole run, from where the state says: a resumed run reads only the
+    # rest, and the host reads the next epoch's first batches while validation runs.
+    iterator = iter(
+        train_input.distribute(
+            strategy,
+            examples,
+            labels,
+            train_input.training_rows(
+                batching,
+                seed=seed,
+                first_epoch=state["epoch"],
+                epochs=epochs,
+                shuffle_buffer_size=shuffle_buffer_size,
+                start_step=state["step"],
+            ),
+            batching=batching,
+        )
+    )
+    evaluation = (
+        loop.evaluation(*validation, batch_size=evaluation_batch_size)
+        if validation is not None
+        else None
+    )
     call("on_train_begin")
     while state["epoch"] < epochs:
         epoch = state["epoch"]
         call("on_epoch_begin", epoch)
-        # The pipeline starts at the step the state says: a resumed epoch reads only the rest.
-        distributed, index_batches = train_input.make_epoch(
-            strategy,
-            examples,
-            labels,
-            batching=batching,
-            seed=seed,
-            epoch=epoch,
-            shuffle_buffer_size=shuffle_buffer_size,
-            start_step=state["step"],
-        )
-        iterator = iter(distributed)
         while state["step"] < num_batches:
             step = state["step"]
             n = min(per_call, num_batches - step)
@@ -318,9 +344,9 @@ def fit(
                 )
         loss, accuracy, top_k = (v / count for v in state["totals"])
         logs = {"loss": loss, "accuracy": accuracy, "top5_accuracy": top_k}
-        if validation is not None:
+        if evaluation is not None:
             call("on_test_begin")
-            validation_logs = loop.evaluate(*validation, batch_size=evaluation_batch_size)
+            validation_logs = evaluation()
             if heartbeat is not None:
                 heartbeat()
             call("on_test_end", validation_logs)
@@ -332,7 +358,11 @@ def fit(
             {
                 "epoch": epoch + 1,
                 "batches": num_batches,
-                "indices_digest": order_digest(index_batches),
+                "indices_digest": order_digest(
+                    train_input.epoch_index_batches(
+                        batching, seed=seed, epoch=epoch, shuffle_buffer_size=shuffle_buffer_size
+                    )
+                ),
                 "weights_digest": weights_digest(model),
             }
         )
@@ -361,4 +391,6 @@ def evaluate(
     batch_size: int = EVALUATION_SLICE,
 ) -> dict[str, float]:
     """Loss, accuracy and top-5 accuracy of a model on stored examples (keys as `evaluate`)."""
-    return CompiledSteps(model, strategy=strategy).evaluate(examples, labels, batch_size=batch_size)
+    return CompiledSteps(model, strategy=strategy).evaluation(
+        examples, labels, batch_size=batch_size
+    )()

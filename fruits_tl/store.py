@@ -62,17 +62,20 @@ class ChunkedArray:
         return (len(self), *self.row_shape)
 
     def take(self, indices) -> np.ndarray:
-        """Rows `indices` as a new array; an index of -1 gives a row of zeros (padding)."""
+        """Rows `indices` as a new array; an index of -1 gives a row of zeros (padding).
+
+        Each row is copied once, straight from its chunk into the result (fancy indexing
+        would copy twice: into a temporary, then into place).
+        """
         indices = np.asarray(indices, dtype=np.int64)
-        out = np.zeros((len(indices), *self.row_shape), self.dtype)
         valid = indices >= 0
-        if len(self._chunks) == 1:
-            out[valid] = self._chunks[0][indices[valid]]
-            return out
+        if len(self._chunks) == 1 and valid.all():
+            return np.take(self._chunks[0], indices, axis=0)
+        out = np.zeros((len(indices), *self.row_shape), self.dtype)
         chunk_of = np.searchsorted(self._starts, indices, side="right") - 1
-        for k in np.unique(chunk_of[valid]):
-            rows = valid & (chunk_of == k)
-            out[rows] = self._chunks[k][indices[rows] - self._starts[k]]
+        rows = indices - self._starts[np.maximum(chunk_of, 0)]
+        for position in np.nonzero(valid)[0]:
+            out[position] = self._chunks[chunk_of[position]][rows[position]]
         return out
 
     def to_numpy(self) -> np.ndarray:

@@ -30,7 +30,7 @@ replicas' gradients add up to the gradient of the global batch's mean loss).
 from __future__ import annotations
 
 import dataclasses
-import os
+from collections.abc import Callable
 
 import numpy as np
 import tensorflow as tf
@@ -40,6 +40,9 @@ from fruits_tl import store
 # Batches read ahead on the host, per input pipeline. Two: one being copied to the devices,
 # one being read.
 HOST_PREFETCH = 2
+# Replica slices read at once: each read is a Python call that copies rows out of the store
+# (the copies release the GIL), so two overlap; more did not read faster (BENCHMARKS.md 11).
+READ_PARALLELISM = 2
 
 
 def epoch_order(
@@ -116,15 +119,78 @@ class Batching:
         return rows
 
 
+IndexRows = Callable[[], tf.data.Dataset]
+
+
+def epoch_index_batches(
+    batching: Batching,
+    *,
+    seed: int,
+    epoch: int,
+    shuffle: bool = True,
+    shuffle_buffer_size: int = 0,
+) -> np.ndarray:
+    """Epoch `epoch`'s global batches of example indices (`Batching.index_batches` of
+    `epoch_order`)."""
+    order = epoch_order(
+        batching.count,
+        seed=seed,
+        epoch=epoch,
+        shuffle=shuffle,
+        shuffle_buffer_size=shuffle_buffer_size,
+    )
+    return batching.index_batches(order)
+
+
+def training_rows(
+    batching: Batching,
+    *,
+    seed: int,
+    first_epoch: int,
+    epochs: int,
+    shuffle_buffer_size: int = 0,
+    start_step: int = 0,
+) -> IndexRows:
+    """The global batches of epochs [first_epoch, epochs), from step `start_step` of the first:
+    one stream for the whole run, each epoch's order computed when the pipeline reaches it."""
+    width = batching.replicas * batching.per_replica
+
+    def of_epoch(epoch):
+        return epoch_index_batches(
+            batching, seed=seed, epoch=int(epoch), shuffle_buffer_size=shuffle_buffer_size
+        )
+
+    @tf.autograph.experimental.do_not_convert
+    def epoch_rows(epoch):
+        matrix = tf.numpy_function(of_epoch, [epoch], tf.int64, stateful=False)
+        matrix.set_shape([batching.num_batches, width])
+        return tf.data.Dataset.from_tensor_slices(matrix)
+
+    def rows() -> tf.data.Dataset:
+        return tf.data.Dataset.range(first_epoch, epochs).flat_map(epoch_rows).skip(start_step)
+
+    return rows
+
+
+def fixed_rows(index_batches: np.ndarray, *, repeat: bool = False) -> IndexRows:
+    """Given global batches, once (or over and over: one evaluation pass per epoch)."""
+
+    def rows() -> tf.data.Dataset:
+        dataset = tf.data.Dataset.from_tensor_slices(np.asarray(index_batches, np.int64))
+        return dataset.repeat() if repeat else dataset
+
+    return rows
+
+
 def make_replica_dataset(
     examples: store.ChunkedArray,
     labels: np.ndarray,
-    index_batches: np.ndarray,
+    index_rows: IndexRows,
     *,
     batching: Batching,
     input_context: tf.distribute.InputContext,
 ) -> tf.data.Dataset:
-    """One input pipeline's dataset: its replicas' slices of the given global batches, in turn.
+    """One input pipeline's dataset: its replicas' slices of the global batches, in turn.
 
     Element k * L + r (L replicas per pipeline) is replica r's slice of global batch k:
     `(examples [per_replica, ...], labels [per_replica] with -1 for padding, real examples in
@@ -136,11 +202,14 @@ def make_replica_dataset(
         raise ValueError(f"{replicas} replicas do not divide among {pipelines} input pipelines")
     local = replicas // pipelines
     first = input_context.input_pipeline_id * local
-    slices = index_batches.reshape(len(index_batches), replicas, per_replica)
-    own = slices[:, first : first + local, :].reshape(-1, per_replica)
-    real = np.repeat((index_batches >= 0).sum(axis=1), local).astype(np.int32)
     labels = np.asarray(labels, np.int32)
     row_shape, dtype = examples.row_shape, examples.dtype
+
+    @tf.autograph.experimental.do_not_convert
+    def own_slices(row):
+        real = tf.reduce_sum(tf.cast(row >= 0, tf.int32))
+        mine = tf.reshape(row, [replicas, per_replica])[first : first + local]
+        return mine, tf.fill([local], real)
 
     def read(indices):
         valid = indices >= 0
@@ -155,10 +224,8 @@ def make_replica_dataset(
         row_labels.set_shape([per_replica])
         return rows, row_labels, count
 
-    dataset = tf.data.Dataset.from_tensor_slices((own, real))
-    dataset = dataset.map(
-        read_slice, num_parallel_calls=max(1, min(4, os.cpu_count() or 1)), deterministic=True
-    )
+    dataset = index_rows().map(own_slices).unbatch()
+    dataset = dataset.map(read_slice, num_parallel_calls=READ_PARALLELISM, deterministic=True)
     options = tf.data.Options()
     options.deterministic = True
     return dataset.prefetch(HOST_PREFETCH).with_options(options)
@@ -168,7 +235,7 @@ def distribute(
     strategy: tf.distribute.Strategy,
     examples: store.ChunkedArray,
     labels: np.ndarray,
-    index_batches: np.ndarray,
+    index_rows: IndexRows,
     *,
     batching: Batching,
 ):
@@ -176,49 +243,9 @@ def distribute(
 
     def input_fn(input_context: tf.distribute.InputContext) -> tf.data.Dataset:
         return make_replica_dataset(
-            examples, labels, index_batches, batching=batching, input_context=input_context
+            examples, labels, index_rows, batching=batching, input_context=input_context
         )
 
     return strategy.distribute_datasets_from_function(
         input_fn, options=tf.distribute.InputOptions(experimental_fetch_to_device=True)
     )
-
-
-def make_epoch(
-    strategy: tf.distribute.Strategy,
-    examples: store.ChunkedArray,
-    labels: np.ndarray,
-    *,
-    batching: Batching,
-    seed: int,
-    epoch: int,
-    shuffle: bool = True,
-    shuffle_buffer_size: int = 0,
-    start_step: int = 0,
-):
-    """One pass of the training input pipeline, as training and evaluation iterate it.
-
-    Args:
-      strategy: The distribution strategy.
-      examples: The stored examples.
-      labels: Their labels.
-      batching: The pass's batching (its count must be the number of examples).
-      seed, epoch, shuffle, shuffle_buffer_size: The order (`epoch_order`).
-      start_step: The first global batch to feed (a resumed epoch feeds only the rest).
-
-    Returns:
-      (the distributed dataset of the batches from `start_step` on, [num_batches, width] the
-      epoch's index batches, all of them).
-    """
-    order = epoch_order(
-        batching.count,
-        seed=seed,
-        epoch=epoch,
-        shuffle=shuffle,
-        shuffle_buffer_size=shuffle_buffer_size,
-    )
-    index_batches = batching.index_batches(order)
-    distributed = distribute(
-        strategy, examples, labels, index_batches[start_step:], batching=batching
-    )
-    return distributed, index_batches

@@ -57,7 +57,7 @@ def test_each_input_pipeline_reads_its_own_replicas_slices_on_the_host():
     dataset = train_input.make_replica_dataset(
         store.ChunkedArray([examples[:4], examples[4:]]),
         labels,
-        rows,
+        train_input.fixed_rows(rows),
         batching=batching,
         input_context=context,
     )
@@ -100,7 +100,7 @@ def test_only_each_replicas_slice_enters_the_traced_training_step():
         strategy,
         store.ChunkedArray([examples]),
         labels,
-        batching.index_batches(np.arange(count)),
+        train_input.fixed_rows(batching.index_batches(np.arange(count))),
         batching=batching,
     )
     steps = loop.CompiledSteps(classifier, strategy=strategy)

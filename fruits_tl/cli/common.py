@@ -78,7 +78,9 @@ flags.DEFINE_string(
     "features_dir",
     "",
     "Where backbone features are stored and reused (<split>.npz, labels.txt, "
-    "fingerprint.json); train defaults to <model_dir>/features.",
+    "fingerprint.json); train defaults to <model_dir>/features, and keeps there the record of "
+    "the decode check and, in images mode, the decoded pixels (pixels/, memory-mapped: "
+    "training's cache; fruits-tl-train takes no --cache).",
 )
 flags.DEFINE_enum(
     "feature_dtype",
@@ -145,8 +147,8 @@ flags.DEFINE_string(
 flags.DEFINE_integer(
     "extract_chunk_images",
     2048,
-    "Extraction stores its work in chunks of about this many images: a killed extraction's rerun "
-    "reuses the complete chunks.",
+    "Extraction, and the pixel store of images mode, store their work in chunks of about this "
+    "many images: a killed run's rerun reuses the complete chunks.",
 )
 flags.DEFINE_bool(
     "skip_bad_images",

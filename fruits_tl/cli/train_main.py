@@ -28,9 +28,10 @@ flags.DEFINE_enum(
     "mode",
     "auto",
     ["auto", "features", "images"],
-    "features: run the frozen backbone once per image and train the head on the cached features; "
-    "images: run the backbone on every image every epoch; auto: features (the backbone is frozen "
-    "and there is no augmentation).",
+    "features: run the frozen backbone once per image and train the head on the stored features; "
+    "images: run the backbone on every image every epoch, reading the decoded pixels stored once "
+    "in <features_dir>/pixels; auto: features (the backbone is frozen and there is no "
+    "augmentation).",
 )
 flags.DEFINE_string(
     "tensorboard_dir", "", "Also log per-epoch images/s and metrics as TensorBoard scalars here."
