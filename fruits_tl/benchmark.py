@@ -375,7 +375,8 @@ def _model_infer(context: Context, repeat: int) -> Measurement:
 
 
 def _train_step(context: Context, repeat: int, *, real_images: bool) -> Measurement:
-    """The train step on `model_steps` batches held in memory (as images mode holds them):
+    """The train step (`loop.fit`, through the training input pipeline) on `model_steps`
+    batches of examples in memory:
     random pixels (`model-train`) or the split's first images decoded through the route
     (`train`)."""
     config = context.config

@@ -5,14 +5,14 @@ runs one per process). `decode_through_service` sends the decode step of the rou
 (index, path, label) listing is split among the workers by tf.data's `distributed_epoch` mode,
 so every image is decoded exactly once, by one worker, with `decode.decode_image`; the client
 puts the pixels back in file order by index, and checks that every index came exactly once.
-The jobs then cache the pixels in memory as they do without the service (images mode keeps
-them; extraction runs the backbone over them).
+The jobs then use the pixels as they do without the service (images mode writes them into its
+pixel store, a chunk at a time; extraction runs the backbone over them).
 
 Why `distributed_epoch` for training too: this package's training decodes each split once and
-keeps the pixels (BUILD_NOTES, "Training engine"), so every consumer of the service wants each
-image exactly once, in a known order; the shuffling and batching happen afterwards, from the
-seed, deterministically (`loop.EpochOrders`). Elements arrive in whatever order the workers
-finish; the index puts them back.
+stores the pixels (BUILD_NOTES, "Decoded pixels stored once"), so every consumer of the service
+wants each image exactly once, in a known order; the shuffling and batching happen afterwards,
+from the seed, deterministically (`train_input.epoch_order`). Elements arrive in whatever
+order the workers finish; the index puts them back.
 """
 
 from __future__ import annotations

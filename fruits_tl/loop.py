@@ -37,6 +37,7 @@ from absl import logging
 from fruits_tl import faults, store, train_input
 from fruits_tl.stopping import GracefulStop
 
+_METRICS = ("loss", "accuracy", "top5_accuracy")
 # Evaluation of features runs in batches of this many rows; images mode passes its global
 # batch size instead (a batch of 4,096 images would not fit in memory).
 EVALUATION_SLICE = 4096
@@ -51,10 +52,13 @@ class Training:
         with a `val_` prefix (the keys of Keras's History), and what callbacks add to the
         epoch's logs (`images_per_second`, `epoch_seconds`).
       digests: Per epoch: {"epoch", "batches", "indices_digest", "weights_digest"}.
+      test: Loss, accuracy and top-5 accuracy on the test examples after training (None
+        without them).
     """
 
     history: dict
     digests: tuple[dict, ...]
+    test: dict | None = None
 
 
 def _sums(labels: tf.Tensor, probabilities: tf.Tensor, losses: tf.Tensor, top_k: int) -> tf.Tensor:
@@ -201,6 +205,7 @@ def fit(
     batch_size: int,
     strategy: tf.distribute.Strategy,
     validation: tuple | None = None,
+    test: tuple | None = None,
     shuffle_buffer_size: int = 0,
     seed: int = 42,
     callbacks: Sequence[keras.callbacks.Callback] = (),
@@ -226,6 +231,9 @@ def fit(
       batch_size: Global batch size.
       strategy: The distribution strategy the model was built under.
       validation: (examples, labels) evaluated after every epoch, or None.
+      test: (examples, labels) evaluated once at the end, or None. When it is `validation`
+        itself, the last epoch's validation figures are the test figures (the same weights,
+        the same examples): they are not computed twice.
       shuffle_buffer_size: 0 for a uniform permutation per epoch (`train_input.epoch_order`).
       seed: The order's seed.
       callbacks: Keras callbacks: `on_train_begin/end`, `on_epoch_begin/end` (with the
@@ -379,7 +387,12 @@ def fit(
             if stop is not None:
                 stop.check(f"epoch {epoch + 1} is saved; {resume_hint}")
     call("on_train_end")
-    return Training(history=state["history"], digests=tuple(state["digests"]))
+    test_logs = None
+    if test is not None and test is validation and state["history"].get("val_loss"):
+        test_logs = {k: state["history"][f"val_{k}"][-1] for k in _METRICS}
+    elif test is not None:
+        test_logs = loop.evaluation(*test, batch_size=evaluation_batch_size)()
+    return Training(history=state["history"], digests=tuple(state["digests"]), test=test_logs)
 
 
 def evaluate(

@@ -280,23 +280,6 @@ def make_feature_batches(
     return dataset.prefetch(tf.data.AUTOTUNE)
 
 
-def make_example_orders(
-    count: int, *, shuffle_buffer_size: int = 0, seed: int | None = 42
-) -> tf.data.Dataset:
-    """The training route's example order, as indices: one [count] permutation per iteration.
-
-    The same shuffle as `make_batches(training=True)` and `make_feature_batches` (buffer rule,
-    seed, reshuffled every iteration): a seeded shuffle's order depends on the number of
-    elements, the buffer and the seed, never on what the elements are. So iteration k of this
-    dataset orders the examples as iteration k of the image route does, for code that keeps
-    its examples in memory and gathers batches by index (head training on features).
-    """
-    dataset = tf.data.Dataset.range(count)
-    buffer = shuffle_buffer_size or max(count, 1)
-    dataset = dataset.shuffle(buffer, seed=seed, reshuffle_each_iteration=True)
-    return dataset.batch(max(count, 1))
-
-
 def share_cpu_with_model(dataset: tf.data.Dataset) -> tf.data.Dataset:
     """Caps the input pipeline's threads at half the cores when the model runs on the CPU too.
 

@@ -447,7 +447,7 @@ def _fit(
     stop: stopping.GracefulStop,
     backbone_digest: str,
 ) -> tuple[loop.Training, dict, checkpoints_module.Checkpoints]:
-    """Trains `trainable` on in-memory arrays, resuming from and writing checkpoints."""
+    """Trains `trainable` on stored examples, resuming from and writing checkpoints."""
     with strategy.scope():
         trainable.optimizer.build(trainable.trainable_variables)
     store = checkpoints_module.Checkpoints(
@@ -487,14 +487,7 @@ def _fit(
             stop=stop,
             heartbeat=watchdog.beat if watchdog is not None else None,
         )
-    test = loop.evaluate(
-        trainable,
-        examples=arrays["test"][0],
-        labels=arrays["test"][1],
-        strategy=strategy,
-        batch_size=_evaluation_batch_size(config, mode),
-    )
-    return training, test, store
+    return training, training.test, store
 
 
 def _evaluation_batch_size(config: TrainConfig, mode: str) -> int:
@@ -512,6 +505,7 @@ def _fit_loop(
         examples=arrays["train"][0],
         labels=arrays["train"][1],
         validation=arrays[validation],
+        test=arrays["test"],
         epochs=config.epochs,
         batch_size=config.batch_size,
         strategy=strategy,

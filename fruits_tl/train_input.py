@@ -6,7 +6,9 @@ for each step):
 
 1. the epoch's order: `epoch_order(count, seed=, epoch=)`, a pure function of the seed and the
    epoch (`np.random.default_rng([seed, epoch]).permutation(count)`), so a run resumed at
-   (epoch, step) feeds exactly the batches an uninterrupted run would have fed;
+   (epoch, step) feeds exactly the batches an uninterrupted run would have fed. Training reads
+   one stream of batches for the whole run (`training_rows`: each epoch's order is computed
+   when the pipeline reaches it), so the host reads ahead across an epoch's end;
 2. batches of example indices: `batch_size` (global) consecutive indices of the order, the
    last batch padded with -1 to a full batch, so every batch has one static shape and no
    replica ever gets an empty batch (oneDNN's convolution fails on one on some CPUs);
@@ -43,6 +45,9 @@ HOST_PREFETCH = 2
 # Replica slices read at once: each read is a Python call that copies rows out of the store
 # (the copies release the GIL), so two overlap; more did not read faster (BENCHMARKS.md 11).
 READ_PARALLELISM = 2
+# Bytes read per call at most, where one replica slice is smaller (features): many slices per
+# call. A slice of 32 images of 128x128 (1.5 MB) is read alone.
+READ_BYTES = 1 << 20
 
 
 def epoch_order(
@@ -215,17 +220,25 @@ def make_replica_dataset(
         valid = indices >= 0
         return examples.take(indices), np.where(valid, labels[np.where(valid, indices, 0)], -1)
 
+    # Small rows (features) are read many slices per call, so the Python call is paid per
+    # block, not per step; a slice of images is already a large read.
+    slice_bytes = per_replica * int(np.prod(row_shape, dtype=np.int64)) * dtype.itemsize
+    per_read = max(1, READ_BYTES // max(slice_bytes, 1))
+
     @tf.autograph.experimental.do_not_convert
-    def read_slice(indices, count):
+    def read_slices(indices, counts):
         rows, row_labels = tf.numpy_function(
-            read, [indices], (tf.as_dtype(dtype), tf.int32), stateful=False
+            read, [tf.reshape(indices, [-1])], (tf.as_dtype(dtype), tf.int32), stateful=False
         )
-        rows.set_shape([per_replica, *row_shape])
-        row_labels.set_shape([per_replica])
-        return rows, row_labels, count
+        shape = [per_replica] if per_read == 1 else [-1, per_replica]
+        return tf.reshape(rows, [*shape, *row_shape]), tf.reshape(row_labels, shape), counts
 
     dataset = index_rows().map(own_slices).unbatch()
-    dataset = dataset.map(read_slice, num_parallel_calls=READ_PARALLELISM, deterministic=True)
+    if per_read > 1:
+        dataset = dataset.batch(per_read)
+    dataset = dataset.map(read_slices, num_parallel_calls=READ_PARALLELISM, deterministic=True)
+    if per_read > 1:
+        dataset = dataset.unbatch()
     options = tf.data.Options()
     options.deterministic = True
     return dataset.prefetch(HOST_PREFETCH).with_options(options)

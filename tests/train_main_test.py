@@ -240,8 +240,9 @@ def test_a_second_images_mode_run_decodes_nothing(data_dir, tmp_path, capsys, ca
     assert run_main(train_main, args) == 0, capsys.readouterr().err
     pixels = tmp_path / "run" / "features" / "pixels"
     stored = sorted(p.name for p in pixels.iterdir())
-    # 18 training images in chunks of 8 (3 chunks), 9 test images (2), and their manifests.
-    assert len(stored) == 7 and "train.pixels.json" in stored and "test.pixels.json" in stored
+    # 18 training images decoded in chunks of 8, 9 test images: one file and a manifest each
+    # (the chunks, merged, are gone).
+    assert len(stored) == 4 and "train.pixels.json" in stored and "test.pixels.json" in stored
     first = json.loads((tmp_path / "run" / "metrics.json").read_text())
     # Damage a training image without changing its size or modification time: a run that
     # decoded it (in the check or the pipeline) would fail; this one must not even look.
