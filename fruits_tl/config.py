@@ -55,6 +55,8 @@ class DataConfig:
       manual_dir: Where the extracted Fruits-360 folder or its archive lies, for preparing.
       data_service_address: "grpc://host:port" of a tf.data service dispatcher that decodes
         the images ("" decodes here).
+      data_service_timeout: Seconds without an element from the service before a worker or
+        the dispatcher counts as lost (the job then stops with a message).
     """
 
     data_dir: str
@@ -71,12 +73,17 @@ class DataConfig:
     tfds_data_dir: str = ""
     manual_dir: str = ""
     data_service_address: str = ""
+    data_service_timeout: float = 120.0
 
     def __post_init__(self) -> None:
         _require(
             not self.data_service_address or self.data_service_address.startswith("grpc://"),
             "data_service_address must look like grpc://host:port, got "
             f"{self.data_service_address!r}.",
+        )
+        _require(
+            self.data_service_timeout > 0,
+            f"data_service_timeout must be > 0 seconds, got {self.data_service_timeout}.",
         )
         _require(
             self.data_source in DATA_SOURCES,

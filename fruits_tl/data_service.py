@@ -23,11 +23,15 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from fruits_tl import data, decode
+from fruits_tl import data, decode, distribute, faults, stopping
 from fruits_tl.errors import UserInputError
 
 # Images per element sent by a worker: one RPC carries this many decoded images.
 SERVICE_BATCH = 64
+# Seconds without an element from the service before a job decides a worker or the dispatcher
+# is lost (--data_service_timeout). A worker decodes 64 images per element in well under a
+# second; two minutes leaves room for a dispatcher still starting its workers.
+DEFAULT_TIMEOUT = 120.0
 
 
 def free_port(host: str = "localhost") -> int:
@@ -56,8 +60,16 @@ def start_worker(
     return tf.data.experimental.service.WorkerServer(config)
 
 
-def decode_through_service(folder: data.ImageFolder, address: str) -> np.ndarray:
+def decode_through_service(
+    folder: data.ImageFolder, address: str, *, timeout: float = DEFAULT_TIMEOUT
+) -> np.ndarray:
     """The split's uint8 images in file order, decoded by the tf.data service at `address`.
+
+    A lost worker or dispatcher leaves the client waiting inside TensorFlow for good (in
+    `distributed_epoch` mode the service does not decode a lost worker's share again), so
+    when no element has come for `timeout` seconds the process ends with one message naming
+    the address (`stopping.exit_now`, exit code 2). What the job stored before is kept: a
+    rerun with the service restarted resumes.
 
     Raises:
       UserInputError: The split comes from TFDS records (the service reads image files), or
@@ -87,10 +99,25 @@ def decode_through_service(folder: data.ImageFolder, address: str) -> np.ndarray
         )
     )
     seen = np.zeros(count, np.int64)
+
+    def lost():
+        stopping.exit_now(
+            2,
+            f"The tf.data service at {address} delivered no image of {folder.name} for "
+            f"{timeout:.0f} s (--data_service_timeout): a service worker or the dispatcher is "
+            "lost. Restart fruits-tl-data-service (the dispatcher, then its workers) and rerun "
+            "the same command: what this job stored is kept.",
+        )
+
+    # The fault hook's point just before the client waits on the service (a test kills a
+    # service worker, or signals the job, here).
+    faults.point("data_service:decode")
     try:
-        for indices, batch in distributed.as_numpy_iterator():
-            images[indices] = batch
-            np.add.at(seen, indices, 1)
+        with distribute.Watchdog(timeout, lost) as watchdog:
+            for indices, batch in distributed.as_numpy_iterator():
+                watchdog.beat()
+                images[indices] = batch
+                np.add.at(seen, indices, 1)
     except tf.errors.OpError as error:
         raise UserInputError(
             f"The tf.data service at {address} failed ({type(error).__name__}: "
@@ -99,7 +126,8 @@ def decode_through_service(folder: data.ImageFolder, address: str) -> np.ndarray
     if not (seen == 1).all():
         raise UserInputError(
             f"The tf.data service at {address} delivered {int((seen == 0).sum())} image(s) of "
-            f"{folder.name} never and {int((seen > 1).sum())} more than once."
+            f"{folder.name} never and {int((seen > 1).sum())} more than once (a service worker "
+            "lost?). Restart fruits-tl-data-service and rerun the same command."
         )
     logging.info(
         "Decoded %d %s images through the tf.data service at %s", count, folder.name, address

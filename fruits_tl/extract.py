@@ -66,4 +66,5 @@ def extract(config: ExtractConfig, *, strategy: tf.distribute.Strategy) -> extra
             stop=stop,
             barrier_timeout=config.collective_timeout,
             data_service_address=data_config.data_service_address,
+            data_service_timeout=data_config.data_service_timeout,
         )

@@ -274,6 +274,7 @@ def extract_features(
     feature_dtype: str = "float32",
     verbose: bool = True,
     data_service_address: str = "",
+    data_service_timeout: float = data_service.DEFAULT_TIMEOUT,
     stored: tuple[store.ChunkedArray, np.ndarray] | None = None,
 ) -> FeatureSet:
     """Runs the extractor over one split in file order, under the strategy, in one pass.
@@ -292,6 +293,7 @@ def extract_features(
       verbose: Show a progress bar.
       data_service_address: Decode the images on the tf.data service there (each exactly
         once), then run the backbone here over them.
+      data_service_timeout: Seconds without an element before the service counts as lost.
       stored: (the split's stored pixels, the rows of `folder` in them): read them through
         the training input pipeline instead of decoding.
 
@@ -323,7 +325,9 @@ def extract_features(
             fingerprint=folder.fingerprint,
         )
     if data_service_address:
-        images = data_service.decode_through_service(folder, data_service_address)
+        images = data_service.decode_through_service(
+            folder, data_service_address, timeout=data_service_timeout
+        )
         # The decoded pixels, then the route's batching step.
         batches = pipeline.batch_elements(
             tf.data.Dataset.from_tensor_slices((images, folder.labels)),
@@ -428,6 +432,7 @@ def _extract_sharded(
     verbose: bool,
     barrier_timeout: float | None,
     data_service_address: str,
+    data_service_timeout: float,
 ) -> Extraction:
     """Extraction under several workers: each runs the backbone on its shard only.
 
@@ -474,6 +479,7 @@ def _extract_sharded(
             feature_dtype=feature_dtype,
             verbose=verbose,
             data_service_address=data_service_address,
+            data_service_timeout=data_service_timeout,
         )
         save_feature_set(path, dataclasses.replace(part, fingerprint=expected))
     distribute.barrier(strategy, timeout=barrier_timeout)
@@ -548,6 +554,7 @@ def extract_or_reuse(
     stop: GracefulStop | None = None,
     barrier_timeout: float | None = None,
     data_service_address: str = "",
+    data_service_timeout: float = data_service.DEFAULT_TIMEOUT,
     pixels_dir: str = "",
 ) -> Extraction:
     """Returns the features of every split, reusing `features_dir` when its fingerprint matches.
@@ -576,6 +583,7 @@ def extract_or_reuse(
       stop: Checked after every chunk: a stop request raises StopRequested there.
       barrier_timeout: Under several workers, seconds a barrier waits for the others.
       data_service_address: Decode on the tf.data service there ("" decodes here).
+      data_service_timeout: Seconds without an element before the service counts as lost.
       pixels_dir: A pixel store (`pixels.store_pixels`): a split whose decoded pixels are
         stored there is read from the store, not decoded.
 
@@ -651,6 +659,7 @@ def extract_or_reuse(
             verbose=verbose,
             barrier_timeout=barrier_timeout,
             data_service_address=data_service_address,
+            data_service_timeout=data_service_timeout,
         )
     start = time.perf_counter()
     feature_sets = {}
@@ -700,6 +709,7 @@ def extract_or_reuse(
                 cache=cache,
                 verbose=verbose,
                 data_service_address=data_service_address,
+                data_service_timeout=data_service_timeout,
                 stored=(None if stored_pixels is None else (stored_pixels, np.arange(first, last))),
             )
             part = dataclasses.replace(part, fingerprint=part_fingerprint)

@@ -3,7 +3,9 @@
 Long jobs call `point(name)` at the places where being killed matters (after a split's
 features are saved, after a training step). When the environment variable FRUITS_TL_KILL_AT
 names that point, the process sends itself SIGKILL (or the signal FRUITS_TL_KILL_SIGNAL
-names, e.g. SIGTERM) right there: no sleeps, no polling races. Unset, a point costs one
+names, e.g. SIGTERM) right there: no sleeps, no polling races. With FRUITS_TL_KILL_PID set,
+the signal goes to that process instead (a test kills a tf.data service worker at the moment
+the job starts waiting on it). Unset, a point costs one
 dictionary lookup.
 
 Points:
@@ -13,7 +15,10 @@ Points:
   (the checkpoint due at that step, if any, not yet written);
 - `bench:measured:<variant>:<repeat>`: a benchmark variant's repeat is measured;
 - `evaluate:predicted`: under several workers, this worker's shard is predicted (not yet
-  exchanged with the others).
+  exchanged with the others);
+- `data_service:decode`: a split is about to be decoded on the tf.data service (the client
+  then waits on the service's workers);
+- `store:chunk:<name>:<k>`: chunk k (from 1) of a stored array is written.
 """
 
 from __future__ import annotations
@@ -23,9 +28,11 @@ import signal
 
 KILL_AT = "FRUITS_TL_KILL_AT"
 KILL_SIGNAL = "FRUITS_TL_KILL_SIGNAL"
+KILL_PID = "FRUITS_TL_KILL_PID"
 
 
 def point(name: str) -> None:
     """Kills this process with the configured signal if FRUITS_TL_KILL_AT equals `name`."""
     if os.environ.get(KILL_AT) == name:
-        os.kill(os.getpid(), getattr(signal, os.environ.get(KILL_SIGNAL, "SIGKILL")))
+        target = int(os.environ.get(KILL_PID) or os.getpid())
+        os.kill(target, getattr(signal, os.environ.get(KILL_SIGNAL, "SIGKILL")))

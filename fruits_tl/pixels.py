@@ -26,7 +26,12 @@ DECODE_BATCH = 256
 
 
 def decode_rows(
-    folder: data.ImageFolder, first: int, last: int, *, service: str = ""
+    folder: data.ImageFolder,
+    first: int,
+    last: int,
+    *,
+    service: str = "",
+    service_timeout: float = data_service.DEFAULT_TIMEOUT,
 ) -> np.ndarray:
     """Images [first, last) of a split, decoded in file order: [last - first, S, S, 3] uint8."""
     if (first, last) == (0, len(folder)):
@@ -35,7 +40,7 @@ def decode_rows(
         positions = np.arange(len(folder))
         subset = data.select(folder, (positions >= first) & (positions < last), name=folder.name)
     if service:
-        return data_service.decode_through_service(subset, service)
+        return data_service.decode_through_service(subset, service, timeout=service_timeout)
     batches = pipeline.make_batches(
         subset, batch_size=DECODE_BATCH, training=False, cache="none", output="uint8"
     )
@@ -50,6 +55,7 @@ def store_pixels(
     directory: str,
     chunk_images: int = store.DEFAULT_CHUNK_ROWS,
     data_service_address: str = "",
+    data_service_timeout: float = data_service.DEFAULT_TIMEOUT,
     worker_index: int = 0,
     worker_count: int = 1,
     wait_for_workers=lambda: None,
@@ -62,6 +68,7 @@ def store_pixels(
       directory: The store's folder.
       chunk_images: Images per chunk.
       data_service_address: Decode on the tf.data service there ("" decodes here).
+      data_service_timeout: Seconds without an element before the service counts as lost.
       worker_index, worker_count: This worker among several; chunk k is decoded by worker
         k mod worker_count, and worker 0 writes the manifest.
       wait_for_workers: A barrier among the workers (called once by every worker).
@@ -78,7 +85,13 @@ def store_pixels(
         count=len(folder),
         row_shape=(size, size, 3),
         dtype=np.uint8,
-        produce=lambda first, last: decode_rows(folder, first, last, service=data_service_address),
+        produce=lambda first, last: decode_rows(
+            folder,
+            first,
+            last,
+            service=data_service_address,
+            service_timeout=data_service_timeout,
+        ),
         chunk_rows=chunk_images,
         writes_chunk=lambda k: k % worker_count == worker_index,
         wait_for_writers=wait_for_workers,

@@ -1,19 +1,51 @@
-"""Graceful stop of long jobs on SIGINT and SIGTERM.
+"""Graceful stop of long jobs on SIGINT and SIGTERM, even while TensorFlow blocks.
 
 Inside `GracefulStop()`, the first SIGINT or SIGTERM only sets a flag: the job finishes the
 step it is in, writes a checkpoint, and raises `StopRequested`, which the binaries turn into
 one line saying how to resume and the conventional exit code (130 for SIGINT, 143 for
 SIGTERM). A second signal stops the process at once with the same code; every file the
 package writes is written atomically, so nothing is left half-written either way.
+
+Python runs signal handlers only in the main thread, between bytecodes: a main thread blocked
+inside TensorFlow's C++ (waiting on a dead tf.data service worker or a dead peer's
+collective) would never see the signal. So the signals are also written to a pipe
+(`signal.set_wakeup_fd`, which the interpreter's C-level handler writes whichever thread the
+kernel delivers the signal to), and a thread reads it: the first signal sets the flag at
+once, and if the job has not stopped `grace_seconds` later (it is blocked), the thread ends
+the process with the conventional code and one line saying so; the second signal ends it at
+once. `exit_now` is that exit, for any thread: it runs the hooks registered with
+`before_exit` (the binaries' stderr filter hands its last lines over) and calls `os._exit`.
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import sys
 import threading
+from collections.abc import Callable
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
+# Seconds a job has, after the first signal, to reach a point where it saves and stops.
+GRACE_SECONDS = 10.0
+_BEFORE_EXIT: list[Callable[[], None]] = []
+
+
+def before_exit(hook: Callable[[], None]) -> None:
+    """Registers `hook` to run before `exit_now` ends the process."""
+    _BEFORE_EXIT.append(hook)
+
+
+def exit_now(code: int, message: str = "") -> None:
+    """Writes `message` to stderr, runs the `before_exit` hooks and ends the process."""
+    if message:
+        print(message, file=sys.stderr, flush=True)
+    for hook in _BEFORE_EXIT:
+        try:
+            hook()
+        except Exception:  # noqa: BLE001 - the process ends next whatever a hook does.
+            pass
+    os._exit(code)
 
 
 class StopRequested(Exception):
@@ -40,22 +72,86 @@ class GracefulStop:
       requested: The signal number of the first request, or None.
     """
 
-    def __init__(self):
+    def __init__(self, *, grace_seconds: float = GRACE_SECONDS):
         self.requested: int | None = None
+        self.grace_seconds = grace_seconds
+        self._handled = 0
         self._previous: dict = {}
+        self._previous_wakeup = -1
+        self._pipe: tuple[int, int] | None = None
+        self._timer: threading.Timer | None = None
 
     def _handle(self, signal_number, frame):
-        if self.requested is not None:
-            os._exit(128 + signal_number)  # The second signal: stop now.
-        self.requested = signal_number
+        # Runs in the main thread when it is free; the reader thread sees the same signals
+        # through the wakeup pipe. Each counts them itself: whichever sees the second first
+        # stops the process.
+        del frame
+        self._handled += 1
+        if self._handled > 1:
+            exit_now(128 + signal_number)  # The second signal: stop now.
+        if self.requested is None:
+            self.requested = signal_number
+
+    def _read_signals(self, read_end: int) -> None:
+        seen = 0
+        while True:
+            try:
+                data = os.read(read_end, 64)
+            except OSError:
+                data = b""
+            if not data:
+                os.close(read_end)
+                return
+            for number in data:
+                if number not in SIGNALS:
+                    continue
+                seen += 1
+                name = signal.Signals(number).name
+                if seen == 1:
+                    if self.requested is None:
+                        self.requested = number
+                    print(
+                        f"{name}: stopping after the current step, with a checkpoint (a second "
+                        "signal stops at once).",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+                    self._timer = threading.Timer(self.grace_seconds, self._give_up, (number,))
+                    self._timer.daemon = True
+                    self._timer.start()
+                else:
+                    exit_now(128 + number, f"{name} again: stopped at once.")
+
+    def _give_up(self, number: int) -> None:
+        name = signal.Signals(number).name
+        exit_now(
+            128 + number,
+            f"stopped on {name}: the job did not reach a point where it could save within "
+            f"{self.grace_seconds:.0f} s: it is blocked inside TensorFlow (a lost worker, "
+            "tf.data service worker or dispatcher?). What was saved before is kept: rerun the "
+            "same command to resume.",
+        )
 
     def __enter__(self) -> GracefulStop:
         if threading.current_thread() is threading.main_thread():
             for number in SIGNALS:
                 self._previous[number] = signal.signal(number, self._handle)
+            read_end, write_end = os.pipe()
+            os.set_blocking(write_end, False)
+            self._pipe = (read_end, write_end)
+            self._previous_wakeup = signal.set_wakeup_fd(write_end, warn_on_full_buffer=False)
+            threading.Thread(
+                target=self._read_signals, args=(read_end,), name="fruits-tl-signals", daemon=True
+            ).start()
         return self
 
     def __exit__(self, *exc) -> None:
+        if self._pipe is not None:
+            signal.set_wakeup_fd(self._previous_wakeup)
+            os.close(self._pipe[1])  # The reader sees the end of the pipe and returns.
+            self._pipe = None
+        if self._timer is not None:
+            self._timer.cancel()
         for number, handler in self._previous.items():
             signal.signal(number, handler)
         self._previous.clear()

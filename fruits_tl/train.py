@@ -373,7 +373,7 @@ def _watch_workers(strategy: tf.distribute.Strategy, timeout: float):
                 hint=RESTART_HINT,
             ),
         )
-        os._exit(2)
+        stopping.exit_now(2)
 
     return distribute.Watchdog(timeout, stalled)
 
@@ -541,6 +541,7 @@ def _stored_pixels(
             directory=directory,
             chunk_images=config.extract_chunk_images,
             data_service_address=config.data.data_service_address,
+            data_service_timeout=config.data.data_service_timeout,
             worker_index=role.index,
             worker_count=role.count,
             wait_for_workers=lambda: distribute.barrier(
@@ -618,6 +619,7 @@ def _train_on_features(
         stop=stop,
         barrier_timeout=config.collective_timeout,
         data_service_address=data_config.data_service_address,
+        data_service_timeout=data_config.data_service_timeout,
         pixels_dir=os.path.join(config.resolved_features_dir(), PIXELS_DIR),
     )
     extract_seconds = time.perf_counter() - start

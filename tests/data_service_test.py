@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -145,3 +147,109 @@ def test_a_bad_address_is_refused(tiny_dataset, tmp_path, capsys):
     ]
     assert run_main(train_main, args) == 2
     assert "data_service_address must look like grpc://host:port" in capsys.readouterr().err
+
+
+def _blocked_job(
+    address: str, tmp_path, signal_name: str, *, kill_pid: int = 0, extra: tuple = ()
+) -> subprocess.Popen:
+    """fruits-tl-train on the service at `address`: right before the client starts waiting on
+    the service, the fault hook sends `signal_name` to the job itself (or to `kill_pid`)."""
+    environment = dict(
+        os.environ,
+        TF_CPP_MIN_LOG_LEVEL="3",
+        FRUITS_TL_KILL_AT="data_service:decode",
+        FRUITS_TL_KILL_SIGNAL=signal_name,
+    )
+    if kill_pid:
+        environment["FRUITS_TL_KILL_PID"] = str(kill_pid)
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "fruits_tl.cli.train_main",
+            f"--data_dir={tmp_path / 'data'}",
+            f"--model_dir={tmp_path / 'run'}",
+            "--alpha=0.25",
+            "--image_size=32",
+            "--weights=none",
+            "--verbose=0",
+            f"--data_service_address={address}",
+            *extra,
+        ],
+        cwd=REPO,
+        env=environment,
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+    )
+
+
+def _wait_for_line(process: subprocess.Popen, text: str) -> list[str]:
+    """stderr's lines up to and including the first one containing `text` (read, no sleep)."""
+    lines = []
+    for line in process.stderr:
+        lines.append(line)
+        if text in line:
+            return lines
+    raise AssertionError(f"the job ended without printing {text!r}:\n{''.join(lines)[-3000:]}")
+
+
+@pytest.mark.parametrize("second_signal", [False, True])
+def test_a_job_blocked_on_the_service_stops_soon_after_a_signal(
+    tiny_dataset, tmp_path, second_signal
+):
+    shutil.copytree(tiny_dataset, tmp_path / "data")
+    dispatcher, address = _serve(["--port=0"])  # No worker: the client waits forever.
+    job = _blocked_job(address, tmp_path, "SIGTERM")
+    try:
+        _wait_for_line(job, "SIGTERM: stopping after the current step")
+        start = time.monotonic()
+        if second_signal:
+            job.send_signal(signal.SIGTERM)
+        rest = job.communicate(timeout=60)[1]
+        elapsed = time.monotonic() - start
+    finally:
+        if job.poll() is None:
+            job.kill()
+            job.communicate()
+        _stop(dispatcher)
+    assert job.returncode == 128 + signal.SIGTERM, rest[-3000:]
+    if second_signal:
+        assert "SIGTERM again: stopped at once." in rest
+        assert elapsed < 5, elapsed
+    else:
+        # The job never reaches a step boundary: after the grace period it ends itself and
+        # says why; nothing half-written is left in model_dir.
+        assert "did not reach a point where it could save within 10 s" in rest
+        assert "rerun the same command to resume" in rest
+        assert elapsed < 15, elapsed
+    assert not (tmp_path / "run" / "metrics.json").exists()
+
+
+def test_a_killed_service_worker_ends_the_job_with_a_message_naming_the_service(
+    tiny_dataset, tmp_path
+):
+    shutil.copytree(tiny_dataset, tmp_path / "data")
+    dispatcher, address = _serve(["--port=0"])
+    worker, _ = _serve([f"--dispatcher_address={address}", "--host=localhost"])
+    # The job SIGKILLs the service's only worker as it starts waiting on it.
+    job = _blocked_job(
+        address, tmp_path, "SIGKILL", kill_pid=worker.pid, extra=("--data_service_timeout=5",)
+    )
+    try:
+        start = time.monotonic()
+        error = job.communicate(timeout=120)[1]
+        elapsed = time.monotonic() - start
+        assert worker.wait(timeout=60) == -signal.SIGKILL
+    finally:
+        for process in (job, worker):
+            if process.poll() is None:
+                process.kill()
+                process.communicate()
+        _stop(dispatcher)
+    assert job.returncode == 2, error[-3000:]
+    assert f"The tf.data service at {address} delivered no image of train for 5 s" in error
+    assert "--data_service_timeout" in error and "rerun the same command" in error
+    # Bounded: start-up, the decode check and the 5 s timeout, not a hang.
+    assert elapsed < 90, elapsed
+    assert not (tmp_path / "run" / "metrics.json").exists()

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -35,14 +37,14 @@ def _free_ports(count: int) -> list[int]:
     return ports
 
 
-def _workers(
+def _start_workers(
     args: list[str],
     *,
     kill_at: dict | None = None,
-    timeout: float = 300,
+    kill_signal: str = "",
     module: str = "train_main",
-) -> list[subprocess.CompletedProcess]:
-    """Runs a binary (fruits-tl-train by default) as two workers of one cluster; returns both."""
+) -> list[subprocess.Popen]:
+    """Starts a binary (fruits-tl-train by default) as the two workers of one cluster."""
     ports = _free_ports(2)
     processes = []
     for index in range(2):
@@ -56,6 +58,8 @@ def _workers(
         )
         if kill_at and index in kill_at:
             environment["FRUITS_TL_KILL_AT"] = kill_at[index]
+            if kill_signal:
+                environment["FRUITS_TL_KILL_SIGNAL"] = kill_signal
         command = [
             sys.executable,
             "-m",
@@ -73,6 +77,18 @@ def _workers(
                 text=True,
             )
         )
+    return processes
+
+
+def _workers(
+    args: list[str],
+    *,
+    kill_at: dict | None = None,
+    timeout: float = 300,
+    module: str = "train_main",
+) -> list[subprocess.CompletedProcess]:
+    """Runs a binary as two workers of one cluster until both end; returns both."""
+    processes = _start_workers(args, kill_at=kill_at, module=module)
     results = []
     try:
         for process in processes:
@@ -268,3 +284,47 @@ def test_a_worker_that_dies_during_evaluation_stops_the_other_clearly(
     )
     _assert_lost_contact(survivor, dead, "fruits-tl-evaluate")
     assert not (tmp_path / "cluster").exists()
+
+
+def test_sigterm_ends_a_worker_blocked_on_a_frozen_peer_within_seconds(tiny_dataset, tmp_path):
+    # Worker 1 freezes (SIGSTOP, sent to itself by the fault hook) after the first training
+    # step; worker 0 then waits for it inside a collective, long before --collective_timeout
+    # (300 s) would fire. A SIGTERM must end it within 15 s: the signal thread sees it although
+    # the main thread is blocked in C++. (A killed peer on loopback is noticed at once, by a
+    # refused connection: tests above.)
+    processes = _start_workers(
+        [
+            f"--data_dir={tiny_dataset}",
+            f"--model_dir={tmp_path / 'cluster'}",
+            "--mode=images",
+            "--weights=none",
+            *RECIPE,
+        ],
+        kill_at={1: "train:step:0:1"},
+        kill_signal="SIGSTOP",
+    )
+    survivor, frozen = processes
+    try:
+        # Returns when worker 1 has stopped (an event, not a poll).
+        _, status = os.waitpid(frozen.pid, os.WUNTRACED)
+        assert os.WIFSTOPPED(status)
+        start = time.monotonic()
+        survivor.send_signal(signal.SIGTERM)
+        error = survivor.communicate(timeout=60)[1]
+        elapsed = time.monotonic() - start
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+                process.communicate()
+    assert elapsed < 15, (elapsed, error[-3000:])
+    # Whichever comes first ends it, each with one clear message: the signal's grace period
+    # (10 s), or TensorFlow's own notice that the frozen peer stopped answering.
+    text = " ".join(error.split())
+    if survivor.returncode == 128 + signal.SIGTERM:
+        assert "did not reach a point where it could save within 10 s" in text, text[-3000:]
+    else:
+        assert survivor.returncode == 2, text[-3000:]
+        assert "Worker 0 of 2 lost contact with the other workers" in text, text[-3000:]
+    assert "Traceback" not in error
+    assert not (tmp_path / "cluster" / "metrics.json").exists()

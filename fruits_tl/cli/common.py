@@ -144,6 +144,13 @@ flags.DEFINE_string(
     "grpc://host:port of a tf.data service dispatcher (fruits-tl-data-service) whose workers "
     "decode the images, each exactly once; empty decodes in this process.",
 )
+flags.DEFINE_float(
+    "data_service_timeout",
+    120.0,
+    "Seconds without an image from the tf.data service before the job decides a service worker "
+    "or the dispatcher is lost and stops with a message (what it stored is kept; rerun to "
+    "resume).",
+)
 flags.DEFINE_integer(
     "extract_chunk_images",
     2048,
@@ -258,6 +265,7 @@ def data_config(**overrides):
         tfds_data_dir=FLAGS.tfds_data_dir,
         manual_dir=FLAGS.manual_dir,
         data_service_address=FLAGS.data_service_address,
+        data_service_timeout=FLAGS.data_service_timeout,
     )
     values.update(overrides)
     return DataConfig(**values)

@@ -61,6 +61,7 @@ USES = (
     "strategy",
     "collective_timeout",
     "data_service_address",
+    "data_service_timeout",
     "weights",
 )
 main = common.guarded(PROGRAM, _main, module_name=__name__, uses=USES)

@@ -69,3 +69,8 @@ def filter_stderr() -> None:
         thread.join(timeout=5)
 
     atexit.register(restore)
+    # os._exit skips atexit: a job ended from a thread (a stalled cluster, a job blocked after
+    # a signal) hands its last lines over first.
+    from fruits_tl import stopping
+
+    stopping.before_exit(restore)

@@ -131,6 +131,7 @@ USES = (
     "strategy",
     "collective_timeout",
     "data_service_address",
+    "data_service_timeout",
     "weights",
     "extract_chunk_images",
 )
