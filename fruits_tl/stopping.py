@@ -19,6 +19,7 @@ once. `exit_now` is that exit, for any thread: it runs the hooks registered with
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
@@ -76,6 +77,8 @@ class GracefulStop:
         self.requested: int | None = None
         self.grace_seconds = grace_seconds
         self._handled = 0
+        self._handled_in_main = threading.Event()
+        self._active = False
         self._previous: dict = {}
         self._previous_wakeup = -1
         self._pipe: tuple[int, int] | None = None
@@ -91,6 +94,19 @@ class GracefulStop:
             exit_now(128 + signal_number)  # The second signal: stop now.
         if self.requested is None:
             self.requested = signal_number
+        # Said here, in order with the job's own lines; the reader says it only when the
+        # main thread is blocked and this handler does not run.
+        self._notice(signal_number)
+        self._handled_in_main.set()
+
+    def _notice(self, number: int) -> None:
+        with contextlib.suppress(RuntimeError):  # A print the signal interrupted: skip it.
+            print(
+                f"{signal.Signals(number).name}: stopping after the current step, with a "
+                "checkpoint (a second signal stops at once).",
+                file=sys.stderr,
+                flush=True,
+            )
 
     def _read_signals(self, read_end: int) -> None:
         seen = 0
@@ -110,19 +126,17 @@ class GracefulStop:
                 if seen == 1:
                     if self.requested is None:
                         self.requested = number
-                    print(
-                        f"{name}: stopping after the current step, with a checkpoint (a second "
-                        "signal stops at once).",
-                        file=sys.stderr,
-                        flush=True,
-                    )
                     self._timer = threading.Timer(self.grace_seconds, self._give_up, (number,))
                     self._timer.daemon = True
                     self._timer.start()
+                    if not self._handled_in_main.wait(1.0):
+                        self._notice(number)
                 else:
                     exit_now(128 + number, f"{name} again: stopped at once.")
 
     def _give_up(self, number: int) -> None:
+        if not self._active:  # The job left the block: it stopped, or goes on outside it.
+            return
         name = signal.Signals(number).name
         exit_now(
             128 + number,
@@ -133,6 +147,7 @@ class GracefulStop:
         )
 
     def __enter__(self) -> GracefulStop:
+        self._active = True
         if threading.current_thread() is threading.main_thread():
             for number in SIGNALS:
                 self._previous[number] = signal.signal(number, self._handle)
@@ -146,6 +161,7 @@ class GracefulStop:
         return self
 
     def __exit__(self, *exc) -> None:
+        self._active = False
         if self._pipe is not None:
             signal.set_wakeup_fd(self._previous_wakeup)
             os.close(self._pipe[1])  # The reader sees the end of the pipe and returns.
