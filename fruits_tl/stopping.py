@@ -90,8 +90,10 @@ class GracefulStop:
         # stops the process.
         del frame
         self._handled += 1
-        if self._handled > 1:
-            exit_now(128 + signal_number)  # The second signal: stop now.
+        if self._handled > 1:  # The second signal: stop now.
+            exit_now(
+                128 + signal_number, f"{signal.Signals(signal_number).name} again: stopped at once."
+            )
         if self.requested is None:
             self.requested = signal_number
         # Said here, in order with the job's own lines; the reader says it only when the
