@@ -310,7 +310,6 @@ def warm_batches(
     config: BenchConfig,
     *,
     training: bool,
-    min_batch_size: int = 1,
 ) -> tf.data.Dataset:
     """The route's batches of the first `count` images of a split, decoded once into a memory
     cache (untimed), so model variants measure the route's steady state feeding the model."""
@@ -322,7 +321,6 @@ def warm_batches(
         training=training,
         cache="memory",
         seed=config.data.seed,
-        min_batch_size=min_batch_size,
     )
     for _ in batches:
         pass

@@ -58,10 +58,6 @@ class ChunkedArray:
     def __len__(self) -> int:
         return int(self._starts[-1])
 
-    @property
-    def shape(self) -> tuple[int, ...]:
-        return (len(self), *self.row_shape)
-
     def take(self, indices) -> np.ndarray:
         """Rows `indices` as a new array; an index of -1 gives a row of zeros (padding).
 
@@ -78,10 +74,6 @@ class ChunkedArray:
         for position in np.nonzero(valid)[0]:
             out[position] = self._chunks[chunk_of[position]][rows[position]]
         return out
-
-    def to_numpy(self) -> np.ndarray:
-        """All rows in one array in memory."""
-        return self.take(np.arange(len(self)))
 
 
 @dataclasses.dataclass(frozen=True)
