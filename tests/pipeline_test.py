@@ -224,3 +224,28 @@ def test_the_route_is_not_autotuned_nor_rewritten_and_a_caller_can_turn_both_bac
     assert first_epochs(fresh) == first_epochs(
         pipeline.make_batches(splits.train, batch_size=4, training=True).with_options(options)
     )
+
+
+def test_feature_batches_for_fit_are_float32_shuffled_and_seeded():
+    import numpy as np
+
+    features = np.arange(10 * 3, dtype=np.float16).reshape(10, 3)
+    labels = np.arange(10)
+    first, second = (
+        list(
+            pipeline.make_feature_batches(
+                features, labels, batch_size=4, training=True, seed=3
+            ).as_numpy_iterator()
+        )
+        for _ in range(2)
+    )
+    assert [len(y) for _, y in first] == [4, 4, 2]
+    assert first[0][0].dtype == np.float32 and first[0][1].dtype == np.int32
+    order = np.concatenate([y for _, y in first])
+    assert sorted(order) == list(range(10)) and list(order) != list(range(10))
+    np.testing.assert_array_equal(first[0][0], features[first[0][1]].astype(np.float32))
+    np.testing.assert_array_equal(order, np.concatenate([y for _, y in second]))
+    evaluation = pipeline.make_feature_batches(features, labels, batch_size=4, training=False)
+    np.testing.assert_array_equal(
+        np.concatenate([y for _, y in evaluation.as_numpy_iterator()]), labels
+    )
