@@ -17,7 +17,7 @@ import time
 import numpy as np
 import tensorflow as tf
 
-from fruits_tl.errors import UserInputError
+from fruits_tl.errors import UserInputError, WorkerLost
 
 STRATEGY_NAMES = ("auto", "default", "one_device", "mirrored", "multi_worker_mirrored")
 
@@ -136,7 +136,7 @@ def clear_worker_errors(strategy: tf.distribute.Strategy, *, hint: str):
         role = worker_role(strategy)
         if role.count <= 1:
             raise
-        raise UserInputError(
+        raise WorkerLost(
             lost_worker_message(role, f"{type(error).__name__} in a collective", hint=hint)
         ) from None
 

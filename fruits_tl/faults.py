@@ -11,6 +11,9 @@ dictionary lookup.
 Points:
 - `extraction:chunk:<split>:<k>`: chunk k (from 1) of a split's features is saved;
 - `extraction:saved:<split>`: a split's .npz is written (the fingerprint not yet);
+- `train:calling:<epoch>:<step>`: the call that runs training step `step` (from 1) of epoch
+  `epoch` (from 0) is about to start (a test stops a worker there, so that a signal finds it
+  blocked inside that step);
 - `train:step:<epoch>:<step>`: training step `step` (from 1) of epoch `epoch` (from 0) is done
   (the checkpoint due at that step, if any, not yet written);
 - `bench:measured:<variant>:<repeat>`: a benchmark variant's repeat is measured;

@@ -335,6 +335,7 @@ def fit(
             n = min(per_call, num_batches - step)
             if checkpoint_every_steps:
                 n = min(n, checkpoint_every_steps - step % checkpoint_every_steps)
+            faults.point(f"train:calling:{epoch}:{step + 1}")
             sums = loop.train(iterator, n)
             state["totals"] = [float(a + b) for a, b in zip(state["totals"], sums, strict=True)]
             state["step"] = step + n

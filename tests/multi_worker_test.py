@@ -288,10 +288,12 @@ def test_a_worker_that_dies_during_evaluation_stops_the_other_clearly(
 
 def test_sigterm_ends_a_worker_blocked_on_a_frozen_peer_within_seconds(tiny_dataset, tmp_path):
     # Worker 1 freezes (SIGSTOP, sent to itself by the fault hook) after the first training
-    # step; worker 0 then waits for it inside a collective, long before --collective_timeout
-    # (300 s) would fire. A SIGTERM must end it within 15 s: the signal thread sees it although
-    # the main thread is blocked in C++. (A killed peer on loopback is noticed at once, by a
-    # refused connection: tests above.)
+    # step. Worker 0 stops itself the same way just before the call that runs step 2, which
+    # needs worker 1. The test then sends SIGTERM and SIGCONT to worker 0: its handler runs,
+    # and the step it starts waits for the frozen peer inside a collective, long before
+    # --collective_timeout (300 s) would fire. The SIGTERM must end it within 15 s: the signal
+    # thread sees it although the main thread is blocked in C++. (A killed peer on loopback is
+    # noticed at once, by a refused connection: tests above.)
     processes = _start_workers(
         [
             f"--data_dir={tiny_dataset}",
@@ -300,16 +302,18 @@ def test_sigterm_ends_a_worker_blocked_on_a_frozen_peer_within_seconds(tiny_data
             "--weights=none",
             *RECIPE,
         ],
-        kill_at={1: "train:step:0:1"},
+        kill_at={0: "train:calling:0:2", 1: "train:step:0:1"},
         kill_signal="SIGSTOP",
     )
-    survivor, frozen = processes
+    survivor = processes[0]
     try:
-        # Returns when worker 1 has stopped (an event, not a poll).
-        _, status = os.waitpid(frozen.pid, os.WUNTRACED)
-        assert os.WIFSTOPPED(status)
+        # Each returns when that worker has stopped itself (an event, not a poll).
+        for process in processes:
+            _, status = os.waitpid(process.pid, os.WUNTRACED)
+            assert os.WIFSTOPPED(status)
         start = time.monotonic()
         survivor.send_signal(signal.SIGTERM)
+        survivor.send_signal(signal.SIGCONT)
         error = survivor.communicate(timeout=60)[1]
         elapsed = time.monotonic() - start
     finally:

@@ -20,7 +20,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 from absl import app, flags  # noqa: E402
 
 from fruits_tl.cli import native_log  # noqa: E402
-from fruits_tl.errors import UserInputError  # noqa: E402
+from fruits_tl.errors import UserInputError, WorkerLost  # noqa: E402
 
 FLAGS = flags.FLAGS
 
@@ -164,12 +164,16 @@ flags.DEFINE_bool(
 )
 
 
-def fail(program: str, message: str) -> None:
-    """Prints one wrapped paragraph `program: error: message` to stderr and exits with 2."""
-    text = textwrap.fill(
+def error_paragraph(program: str, message: str) -> str:
+    """One wrapped paragraph `program: error: message`."""
+    return textwrap.fill(
         f"{program}: error: {message}", width=100, break_long_words=False, break_on_hyphens=False
     )
-    print(text, file=sys.stderr)
+
+
+def fail(program: str, message: str) -> None:
+    """Prints one wrapped paragraph `program: error: message` to stderr and exits with 2."""
+    print(error_paragraph(program, message), file=sys.stderr)
     sys.exit(2)
 
 
@@ -231,14 +235,17 @@ def guarded(program: str, main, *, module_name: str, uses: tuple[str, ...] = ())
     """
 
     def wrapped(argv):
-        from fruits_tl.stopping import StopRequested
+        from fruits_tl import stopping
 
         try:
             _reject_foreign_flags(program, binary_flag_names(module_name, uses))
             return main(argv)
+        except WorkerLost as error:
+            # At once: the interpreter's teardown would wait on the lost peer (WorkerLost).
+            stopping.exit_now(2, error_paragraph(program, str(error)))
         except UserInputError as error:
             fail(program, str(error))
-        except StopRequested as stopped:
+        except stopping.StopRequested as stopped:
             print(f"{program}: {stopped}", file=sys.stderr)
             sys.exit(stopped.exit_code)
 
