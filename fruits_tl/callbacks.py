@@ -43,6 +43,9 @@ class ThroughputCallback(keras.callbacks.Callback):
     `epoch_<metric>` (the `val_` prefix dropped in the validation run), plus
     `epoch_images_per_second` in the train run.
 
+    `epoch_offset` (the epochs of an earlier phase) is added to the epoch in the log lines and
+    the TensorBoard steps, so that fine-tuning's curves continue the head's.
+
     Attributes:
       epoch_seconds: Training-phase seconds of each finished epoch.
       images_per_second: num_images / epoch_seconds of each finished epoch.
@@ -55,8 +58,10 @@ class ThroughputCallback(keras.callbacks.Callback):
         clock: Callable[[], float] = time.perf_counter,
         log_name: str = "train",
         tensorboard_dir: str = "",
+        epoch_offset: int = 0,
     ):
         super().__init__()
+        self.epoch_offset = epoch_offset
         self.num_images = num_images
         self.tensorboard_dir = tensorboard_dir
         self._writers: dict = {}
@@ -77,6 +82,7 @@ class ThroughputCallback(keras.callbacks.Callback):
             self._training_end = self.clock()
 
     def on_epoch_end(self, epoch, logs=None):
+        epoch += self.epoch_offset
         end = self._training_end if self._training_end is not None else self.clock()
         seconds = max(end - self._start, 1e-9)
         rate = self.num_images / seconds

@@ -21,6 +21,26 @@ IMAGENET_IMAGE_SIZES = (128, 160, 192, 224)
 IMAGENET_ALPHAS = (0.25, 0.5, 0.75, 1.0)
 
 
+# The named transforms of --augment, with their default strengths (see Augmentation).
+AUGMENT_DEFAULTS = {
+    "flip_left_right": 0.5,
+    "flip_up_down": 0.5,
+    "rotate": 0.05,
+    "zoom": 0.1,
+    "brightness": 0.1,
+    "contrast": 0.1,
+}
+# What each strength means, and its range (exclusive low, inclusive high).
+AUGMENT_MEANINGS = {
+    "flip_left_right": ("the probability of a mirror image", 0.0, 1.0),
+    "flip_up_down": ("the probability of an upside-down image", 0.0, 1.0),
+    "rotate": ("the largest turn, as a fraction of a full turn (0.05: +-18 degrees)", 0.0, 0.5),
+    "zoom": ("the largest change of scale, in or out (0.1: 0.9x to 1.1x)", 0.0, 0.9),
+    "brightness": ("the largest brightness shift, as a fraction of 255", 0.0, 1.0),
+    "contrast": ("the largest change of contrast (0.1: 0.9x to 1.1x)", 0.0, 1.0),
+}
+
+
 def _require(condition: bool, message: str) -> None:
     if not condition:
         raise UserInputError(message)
@@ -131,6 +151,70 @@ class ModelConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class Augmentation:
+    """Random transforms of the training images, applied on the host in the training input
+    pipeline (`fruits_tl.augment`), each drawn from (seed, epoch, example index).
+
+    Attributes:
+      transforms: (name, strength) pairs, names from AUGMENT_DEFAULTS, each at most once.
+    """
+
+    transforms: tuple[tuple[str, float], ...] = ()
+
+    def __post_init__(self) -> None:
+        names = [name for name, _ in self.transforms]
+        for name, strength in self.transforms:
+            _require(
+                name in AUGMENT_DEFAULTS,
+                f"augment: unknown transform {name!r}; the transforms are "
+                f"{', '.join(AUGMENT_DEFAULTS)}.",
+            )
+            meaning, low, high = AUGMENT_MEANINGS[name]
+            _require(
+                low < strength <= high and not math.isnan(strength),
+                f"augment: {name}={strength} is out of range: its strength is {meaning}, in "
+                f"({low}, {high}].",
+            )
+            _require(names.count(name) == 1, f"augment: {name} is named more than once.")
+
+    @classmethod
+    def parse(cls, spec: str) -> Augmentation:
+        """Parses `--augment`: comma-separated names, each optionally `=strength`, e.g.
+        "flip_left_right,rotate=0.1"; "" for none."""
+        transforms = []
+        for item in (part.strip() for part in spec.split(",")):
+            if not item:
+                continue
+            name, _, value = item.partition("=")
+            name = name.strip()
+            if not value:
+                strength = AUGMENT_DEFAULTS.get(name, 1.0)
+            else:
+                try:
+                    strength = float(value)
+                except ValueError:
+                    raise UserInputError(
+                        f"augment: the strength of {name} must be a number, got {value!r}."
+                    ) from None
+            transforms.append((name, strength))
+        return cls(tuple(transforms))
+
+    def strength(self, name: str) -> float:
+        """The strength of `name`, 0 when it is not applied."""
+        return dict(self.transforms).get(name, 0.0)
+
+    def __bool__(self) -> bool:
+        return bool(self.transforms)
+
+    def spec(self) -> str:
+        """The `--augment` value that gives this augmentation."""
+        return ",".join(f"{name}={strength:g}" for name, strength in self.transforms)
+
+
+NO_AUGMENTATION = Augmentation()
+
+
+@dataclasses.dataclass(frozen=True)
 class TrainConfig:
     """One training job.
 
@@ -140,13 +224,14 @@ class TrainConfig:
       model_dir: Where the model and its reports are written.
       batch_size: The global batch size (split across replicas).
       epochs: Passes over the training split.
-      learning_rate: Optimizer learning rate.
+      learning_rate: The head's learning rate, or "auto": a learning-rate range test on the
+        training data picks it (`fruits_tl.lr_finder`).
       optimizer: One of OPTIMIZERS.
       save_h5: Also write the legacy Keras `.h5` file.
-      verbose: Keras fit verbosity (0 silent, 1 progress bar, 2 one line per epoch).
+      verbose: 0 silent, 1 progress of the extraction, 2 one line per epoch.
       mode: "features" (extract backbone features once, train the head on them), "images"
-        (the backbone runs on every image every epoch), or "auto" (features whenever the
-        backbone is frozen and there is no augmentation, which is always the case today).
+        (the backbone runs on every image every epoch), or "auto" (features, unless
+        augmentation without fine-tuning asks for images).
       features_dir: Where features are stored and reused; "" means `<model_dir>/features`.
       feature_dtype: "float32" or "float16" for stored features.
       tensorboard_dir: Also write per-epoch images/s and metrics as TensorBoard scalars here.
@@ -161,6 +246,13 @@ class TrainConfig:
       extract_chunk_images: Images per stored chunk of the extraction (features mode).
       collective_timeout: Under several workers, seconds without progress of the cluster
         (a training step, a barrier) before this worker stops with an error.
+      augment: Random transforms of the training images (images mode and fine-tuning).
+      fine_tune_layers: After the head, unfreeze about this many of the backbone's last layers
+        (rounded up to whole MobileNet blocks) and train them with the head on the images;
+        0 for no fine-tuning. BatchNorm layers stay frozen, in inference mode.
+      fine_tune_epochs: Epochs of fine-tuning.
+      fine_tune_learning_rate: Learning rate of fine-tuning.
+      fine_tune_optimizer: Optimizer of fine-tuning, one of OPTIMIZERS.
     """
 
     data: DataConfig
@@ -168,7 +260,7 @@ class TrainConfig:
     model_dir: str
     batch_size: int = 32
     epochs: int = 25
-    learning_rate: float = 1e-4
+    learning_rate: float | str = 1e-4
     optimizer: str = "rmsprop"
     save_h5: bool = False
     verbose: int = 2
@@ -184,6 +276,16 @@ class TrainConfig:
     deterministic: bool = False
     extract_chunk_images: int = 2048
     collective_timeout: float = 300.0
+    augment: Augmentation = NO_AUGMENTATION
+    fine_tune_layers: int = 0
+    fine_tune_epochs: int = 10
+    fine_tune_learning_rate: float = 3e-5
+    fine_tune_optimizer: str = "adam"
+
+    @property
+    def find_learning_rate(self) -> bool:
+        """Whether the learning-rate finder chooses the head's learning rate."""
+        return self.learning_rate == "auto"
 
     def __post_init__(self) -> None:
         _require(bool(self.model_dir), "model_dir is required: where the model is written.")
@@ -216,8 +318,33 @@ class TrainConfig:
         )
         _require(1 <= self.epochs <= 100000, f"epochs must be >= 1, got {self.epochs}.")
         _require(
-            0.0 < self.learning_rate <= 10.0,
-            f"learning_rate must be in (0, 10], got {self.learning_rate}.",
+            self.learning_rate == "auto"
+            or (not isinstance(self.learning_rate, str) and 0.0 < self.learning_rate <= 10.0),
+            f"learning_rate must be 'auto' or a number in (0, 10], got {self.learning_rate!r}.",
+        )
+        _require(
+            0 <= self.fine_tune_layers <= 1000,
+            f"fine_tune_layers must be from 0 (no fine-tuning) to 1000, got "
+            f"{self.fine_tune_layers}.",
+        )
+        _require(
+            1 <= self.fine_tune_epochs <= 100000,
+            f"fine_tune_epochs must be >= 1, got {self.fine_tune_epochs}.",
+        )
+        _require(
+            0.0 < self.fine_tune_learning_rate <= 1.0,
+            f"fine_tune_learning_rate must be in (0, 1], got {self.fine_tune_learning_rate}.",
+        )
+        _require(
+            self.fine_tune_optimizer in OPTIMIZERS,
+            f"fine_tune_optimizer must be one of {', '.join(OPTIMIZERS)}, got "
+            f"{self.fine_tune_optimizer!r}.",
+        )
+        _require(
+            not (self.augment and self.mode == "features" and not self.fine_tune_layers),
+            f"augment ({self.augment.spec()}) changes the images every epoch, but --mode=features "
+            "trains the head on features computed once. Use --mode=images (or auto), or "
+            "fine-tune (--fine_tune_layers=N), whose phase on the images is augmented.",
         )
         _require(
             self.optimizer in OPTIMIZERS,
@@ -232,13 +359,22 @@ class TrainConfig:
 
     def resolved_mode(self) -> tuple[str, str]:
         """The mode that will run and why."""
+        tune = (
+            f"; then fine-tuning (--fine_tune_layers={self.fine_tune_layers}) runs on the images"
+            + (", augmented" if self.augment else "")
+            if self.fine_tune_layers
+            else ""
+        )
         if self.mode != "auto":
-            return self.mode, f"--mode={self.mode} was asked for"
-        # No check is made here because none is needed yet: this version always freezes the
-        # backbone and has no augmentation. When either becomes an option, auto must look at it.
+            return self.mode, f"--mode={self.mode} was asked for{tune}"
+        if self.augment and not self.fine_tune_layers:
+            return "images", (
+                f"auto: --augment={self.augment.spec()} changes the images every epoch, so the "
+                "backbone must see them every epoch"
+            )
         return "features", (
-            "auto: this version always freezes the backbone and never augments images, so the "
-            "backbone's features are the same every epoch and are computed once"
+            "auto: the head trains on a frozen backbone, whose features are the same every "
+            f"epoch and are computed once{tune}"
         )
 
     def resolved_features_dir(self) -> str:
@@ -420,6 +556,16 @@ class ExtractConfig:
     verbose: bool = True
     chunk_images: int = 2048
     collective_timeout: float = 300.0
+    augment: Augmentation = NO_AUGMENTATION
+    fine_tune_layers: int = 0
+    fine_tune_epochs: int = 10
+    fine_tune_learning_rate: float = 3e-5
+    fine_tune_optimizer: str = "adam"
+
+    @property
+    def find_learning_rate(self) -> bool:
+        """Whether the learning-rate finder chooses the head's learning rate."""
+        return self.learning_rate == "auto"
 
     def __post_init__(self) -> None:
         _require(bool(self.features_dir), "features_dir is required: where the features go.")
@@ -467,6 +613,16 @@ class EvaluateConfig:
     batch_size: int = 32
     num_mistakes: int = 20
     collective_timeout: float = 300.0
+    augment: Augmentation = NO_AUGMENTATION
+    fine_tune_layers: int = 0
+    fine_tune_epochs: int = 10
+    fine_tune_learning_rate: float = 3e-5
+    fine_tune_optimizer: str = "adam"
+
+    @property
+    def find_learning_rate(self) -> bool:
+        """Whether the learning-rate finder chooses the head's learning rate."""
+        return self.learning_rate == "auto"
 
     def __post_init__(self) -> None:
         _require(bool(self.model), "model is required: the trained model to evaluate.")

@@ -35,6 +35,7 @@ import tensorflow as tf
 from absl import logging
 
 from fruits_tl import faults, store, train_input
+from fruits_tl.config import NO_AUGMENTATION, Augmentation
 from fruits_tl.stopping import GracefulStop
 
 _METRICS = ("loss", "accuracy", "top5_accuracy")
@@ -218,6 +219,7 @@ def fit(
     stop: GracefulStop | None = None,
     resume_hint: str = "rerun the same command to resume",
     heartbeat: Callable[[], None] | None = None,
+    augmentation: Augmentation = NO_AUGMENTATION,
 ) -> Training:
     """Trains a compiled model on stored examples through the training input pipeline.
 
@@ -243,11 +245,13 @@ def fit(
       evaluation_batch_size: Global batch size of the validation passes.
       resume: A state `checkpoint` received earlier: training continues from it.
       checkpoint: Called with the state after every `checkpoint_every_steps` steps, after every
-        epoch, and on a stop request (save the model and optimizer beside it).
+        epoch (the last one too), and on a stop request (save the model and optimizer beside it).
       checkpoint_every_steps: 0 for once per epoch.
       stop: Checked after every call; a request checkpoints and raises StopRequested.
       resume_hint: The end of the stop message.
       heartbeat: Called after every compiled call and every validation (a watchdog's beat).
+      augmentation: Random transforms of the training images (uint8 examples only), keyed by
+        (seed, epoch, example index); validation and test are never transformed.
 
     Returns:
       The Training.
@@ -319,6 +323,8 @@ def fit(
                 start_step=state["step"],
             ),
             batching=batching,
+            augmentation=augmentation,
+            seed=seed,
         )
     )
     evaluation = (
@@ -383,10 +389,11 @@ def fit(
                 ", ".join(f"{k} {v:.4f}" for k, v in logs.items()),
             )
         state.update(epoch=epoch + 1, step=0, totals=[0.0, 0.0, 0.0])
-        if state["epoch"] < epochs:
-            save()
-            if stop is not None:
-                stop.check(f"epoch {epoch + 1} is saved; {resume_hint}")
+        # The last epoch too: a finished phase that a later phase follows (fine-tuning) is
+        # resumed as finished.
+        save()
+        if stop is not None and state["epoch"] < epochs:
+            stop.check(f"epoch {epoch + 1} is saved; {resume_hint}")
     call("on_train_end")
     test_logs = None
     if test is not None and test is validation and state["history"].get("val_loss"):

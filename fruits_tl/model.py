@@ -11,6 +11,7 @@ loads with plain `keras.models.load_model`, without this package. Build models i
 from __future__ import annotations
 
 import os
+import re
 
 import keras
 import tensorflow as tf
@@ -241,6 +242,42 @@ def assemble_classifier(classifier: keras.Model, head: keras.Model) -> keras.Mod
 def feature_dim(classifier: keras.Model) -> int:
     """Width of the pooled backbone features feeding the head."""
     return int(classifier.get_layer("head_pool").output.shape[-1])
+
+
+def _block(layer_name: str) -> int:
+    """The MobileNet v1 block a backbone layer belongs to: 0 for the stem (input, conv1),
+    k for conv_pad_k, conv_dw_k* and conv_pw_k*."""
+    match = re.match(r"conv_(?:pad|dw|pw)_(\d+)", layer_name)
+    return int(match.group(1)) if match else 0
+
+
+def unfreeze_top(classifier: keras.Model, layers: int) -> tuple[str, ...]:
+    """Makes the backbone's last `layers` layers trainable, rounded up to whole MobileNet blocks
+    (a block is conv_pad_k, conv_dw_k, its BatchNorm and ReLU, conv_pw_k, its BatchNorm and
+    ReLU; 6 layers, 7 with the padding of a stride-2 block).
+
+    BatchNorm layers stay frozen: their scale and offset are not trained, and the backbone is
+    called with `training=False`, so their moving statistics are used and never updated (the
+    Keras fine-tuning guide's advice: a small dataset's batch statistics would wreck them).
+
+    Returns:
+      The names of the layers whose weights are now trained (convolutions), first to last.
+    """
+    backbone = classifier.get_layer(BACKBONE_NAME)
+    if layers <= 0:
+        return ()
+    candidates = [
+        layer for layer in backbone.layers if not isinstance(layer, keras.layers.InputLayer)
+    ]
+    first_block = _block(candidates[-min(layers, len(candidates))].name)
+    backbone.trainable = True
+    unfrozen = []
+    for layer in candidates:
+        chosen = _block(layer.name) >= first_block  # Block 0 (the stem): the whole backbone.
+        layer.trainable = chosen and not isinstance(layer, keras.layers.BatchNormalization)
+        if layer.trainable and layer.weights:
+            unfrozen.append(layer.name)
+    return tuple(unfrozen)
 
 
 def build_optimizer(name: str, *, learning_rate: float) -> keras.optimizers.Optimizer:

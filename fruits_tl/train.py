@@ -26,13 +26,15 @@ from fruits_tl import (
     extraction,
     files,
     loop,
+    lr_finder,
     model,
     pixels,
+    plots,
     sources,
     stopping,
 )
 from fruits_tl import checkpoints as checkpoints_module
-from fruits_tl.config import TrainConfig
+from fruits_tl.config import NO_AUGMENTATION, Augmentation, TrainConfig
 
 MODEL_FILE = "model.keras"
 LABELS_FILE = "labels.txt"
@@ -41,6 +43,9 @@ HISTORY_FILE = "history.csv"
 SKIPPED_FILE = "skipped_images.txt"
 DIGESTS_FILE = "batch_digests.csv"
 H5_FILE = "MobileNet_TransferLearning.h5"
+LR_FIND_FILE = "lr_find.csv"
+CURVES_PICTURE = "training_curves.png"
+LR_FIND_PICTURE = "lr_find.png"
 # In the features folder: the record of the decode check, and the store of decoded pixels.
 DECODE_CHECK_FILE = "decode_check.json"
 PIXELS_DIR = "pixels"
@@ -57,13 +62,24 @@ class TrainMetrics:
       extract_seconds: Backbone pass over every split (features mode; 0 when reused or images).
       head_train_seconds: Training of the head (features mode) or the whole fit (images mode).
       features_reused: Features came from an earlier run's files.
-      test_accuracy, test_top5_accuracy, test_loss: On the test split.
+      test_accuracy, test_top5_accuracy, test_loss: On the test split, of the final model.
+      head_test_accuracy, head_test_top5_accuracy, head_test_loss: The same after the head
+        phase (equal to the final ones without fine-tuning).
       test_source: "test folder" or "validation_split" (no test folder: the held-out part).
       num_classes, num_train_images, num_validation_images, num_test_images,
       num_skipped_images: The data.
       epochs, train_seconds, train_images_per_second: Training (extraction included).
       strategy, num_replicas, global_batch_size, per_replica_batch_size: Distribution.
-      image_size, alpha, weights, optimizer, learning_rate: The recipe.
+      image_size, alpha, weights, optimizer, learning_rate: The recipe (learning_rate: the
+        head's rate, the finder's choice with --learning_rate=auto).
+      learning_rate_source: "flag" or "finder".
+      lr_find_suggested: The finder's rate where it ran (auto, or the underfit guard), else None.
+      underfit_warning: The underfit guard's warning, "" when the head learnt.
+      augment: The --augment spec ("" for none).
+      fine_tune_layers: --fine_tune_layers (0: no fine-tuning).
+      fine_tuned_layers: The backbone layers whose weights fine-tuning trained.
+      fine_tune_epochs, fine_tune_learning_rate, fine_tune_optimizer, fine_tune_seconds: The
+        fine-tuning phase (0 and "" without one).
       trainable_parameters, frozen_parameters: Head and backbone sizes.
       total_seconds: From the data checks to the end of the test evaluation (saving
         excluded): the job's end-to-end time, the figure fruits-tl-bench --compare_modes uses.
@@ -77,6 +93,9 @@ class TrainMetrics:
     test_accuracy: float
     test_top5_accuracy: float
     test_loss: float
+    head_test_accuracy: float
+    head_test_top5_accuracy: float
+    head_test_loss: float
     test_source: str
     num_classes: int
     num_train_images: int
@@ -95,6 +114,16 @@ class TrainMetrics:
     weights: str
     optimizer: str
     learning_rate: float
+    learning_rate_source: str
+    lr_find_suggested: float | None
+    underfit_warning: str
+    augment: str
+    fine_tune_layers: int
+    fine_tuned_layers: list
+    fine_tune_epochs: int
+    fine_tune_learning_rate: float
+    fine_tune_optimizer: str
+    fine_tune_seconds: float
     trainable_parameters: int
     frozen_parameters: int
     total_seconds: float
@@ -251,7 +280,7 @@ def train(
         model.compile_classifier(
             classifier,
             optimizer=config.optimizer,
-            learning_rate=config.learning_rate,
+            learning_rate=_given_rate(config),
             num_classes=num_classes,
         )
     parameters = model.count_parameters(classifier)
@@ -263,11 +292,6 @@ def train(
 
     mode, reason = config.resolved_mode()
     logging.info("Mode %s (%s).", mode, reason)
-    throughput = callbacks.ThroughputCallback(
-        len(splits.train),
-        log_name="train" if mode == "images" else "head on features of",
-        tensorboard_dir=config.tensorboard_dir if distribute.worker_role(strategy).is_chief else "",
-    )
     if splits.decode_check is not None:
         # Every input check has passed: from here the job writes (the chief's record alone).
         splits.decode_check.save()
@@ -275,11 +299,9 @@ def train(
         stopping.GracefulStop() as stop,
         distribute.clear_worker_errors(strategy, hint=RESTART_HINT),
     ):
-        train_mode = _train_on_images if mode == "images" else _train_on_features
-        trained = train_mode(
-            config, splits, classifier, strategy=strategy, throughput=throughput, stop=stop
-        )
+        trained = _train_phases(config, splits, classifier, mode=mode, strategy=strategy, stop=stop)
     history = {key: [float(v) for v in values] for key, values in trained.history.items()}
+    tune = trained.fine_tune
     metrics = TrainMetrics(
         mode=mode,
         mode_reason=reason,
@@ -289,6 +311,9 @@ def train(
         test_accuracy=float(trained.test["accuracy"]),
         test_top5_accuracy=float(trained.test["top5_accuracy"]),
         test_loss=float(trained.test["loss"]),
+        head_test_accuracy=float(trained.head_test["accuracy"]),
+        head_test_top5_accuracy=float(trained.head_test["top5_accuracy"]),
+        head_test_loss=float(trained.head_test["loss"]),
         test_source=(
             "validation_split"
             if splits.validation_is_test and splits.validation_source == "validation_split"
@@ -302,7 +327,7 @@ def train(
         epochs=config.epochs,
         train_seconds=trained.train_seconds,
         train_images_per_second=len(splits.train)
-        * config.epochs
+        * (config.epochs + (config.fine_tune_epochs if tune else 0))
         / max(trained.train_seconds, 1e-9),
         strategy=distribute.describe(strategy),
         num_replicas=replicas,
@@ -312,13 +337,25 @@ def train(
         alpha=config.model.alpha,
         weights=config.model.weights,
         optimizer=config.optimizer,
-        learning_rate=config.learning_rate,
+        learning_rate=trained.learning_rate,
+        learning_rate_source="finder" if config.find_learning_rate else "flag",
+        lr_find_suggested=trained.finding.suggested if trained.finding else None,
+        underfit_warning=trained.underfit_warning,
+        augment=config.augment.spec(),
+        fine_tune_layers=config.fine_tune_layers,
+        fine_tuned_layers=list(tune.layers) if tune else [],
+        fine_tune_epochs=config.fine_tune_epochs if tune else 0,
+        fine_tune_learning_rate=config.fine_tune_learning_rate if tune else 0.0,
+        fine_tune_optimizer=config.fine_tune_optimizer if tune else "",
+        fine_tune_seconds=tune.seconds if tune else 0.0,
         trainable_parameters=parameters["trainable"],
         frozen_parameters=parameters["frozen"],
         total_seconds=time.perf_counter() - job_start,
     )
     extra = dict(extra_text_files or {})
     extra[DIGESTS_FILE] = digests_to_csv(trained.digests)
+    if trained.finding is not None:
+        extra[LR_FIND_FILE] = trained.finding.to_csv()
     if splits.bad_images:
         extra[SKIPPED_FILE] = "".join(f"{item}\n" for item in splits.bad_images)
     # Only the chief writes model_dir; another worker writes to a temporary folder of its own
@@ -328,6 +365,7 @@ def train(
         if role.is_chief
         else tempfile.mkdtemp(prefix=f"fruits-tl-worker-{role.index}-")
     )
+    _write_pictures(output_dir, history, trained.finding)
     save_model_files(
         output_dir,
         trained=classifier,
@@ -340,7 +378,8 @@ def train(
     if not role.is_chief:
         shutil.rmtree(output_dir, ignore_errors=True)
     elif not config.keep_checkpoints_on_success:
-        trained.checkpoints.remove()
+        for store in trained.checkpoints:
+            store.remove()
         with contextlib.suppress(OSError):  # The checkpoint folder, if nothing else is in it.
             os.rmdir(config.resolved_checkpoint_dir())
     logging.info(
@@ -395,24 +434,27 @@ def run_fingerprint(
     config: TrainConfig,
     splits: data.Splits,
     *,
-    mode: str,
+    phase: _Phase,
     strategy: tf.distribute.Strategy,
-    backbone_digest: str,
+    start_digest: str,
 ) -> dict:
-    """What a checkpoint must have been made with to be resumed: flags (by flag name) and data."""
+    """What a phase's checkpoint must have been made with to be resumed: flags (by flag name),
+    the weights it started from, and the data."""
     fingerprint = {
-        "mode": mode,
+        "mode": phase.name,
         "image_size": config.data.image_size,
         "alpha": config.model.alpha,
-        "weights": f"{config.model.weights} (digest {backbone_digest})",
+        "weights": f"{config.model.weights} (start digest {start_digest})",
         "dropout": config.model.dropout,
         "batch_size": config.batch_size,
-        "epochs": config.epochs,
-        "learning_rate": config.learning_rate,
-        "optimizer": config.optimizer,
+        "epochs": phase.epochs,
+        "learning_rate": phase.given_rate,
+        "optimizer": phase.optimizer,
+        "augment": phase.augmentation.spec(),
+        "fine_tune_layers": config.fine_tune_layers if phase.name == FINE_TUNE else 0,
         "seed": config.data.seed,
         "shuffle_buffer": config.data.shuffle_buffer_size,
-        "feature_dtype": config.feature_dtype if mode == "features" else "",
+        "feature_dtype": config.feature_dtype if phase.name == "features" else "",
         "deterministic": config.deterministic,
         "strategy": f"{distribute.describe(strategy)}, {strategy.num_replicas_in_sync} replica(s)",
     }
@@ -421,18 +463,92 @@ def run_fingerprint(
     return fingerprint
 
 
+# The fine-tuning phase's name (its checkpoint folder, its rows' phase in history.csv: 2).
+FINE_TUNE = "fine_tune"
+
+
+@dataclasses.dataclass(frozen=True)
+class _Phase:
+    """One training phase: the head ("features" or "images" mode), or fine-tuning.
+
+    Attributes:
+      name: "features", "images" or FINE_TUNE: the checkpoint folder and the fingerprint.
+      epochs, optimizer: The phase's recipe.
+      given_rate: Its learning rate as asked for: a number, or "auto" (the finder's).
+      augmentation: Transforms of the training images (images only).
+      epoch_offset: Epochs of earlier phases (TensorBoard steps and log lines continue).
+    """
+
+    name: str
+    epochs: int
+    optimizer: str
+    given_rate: float | str
+    augmentation: Augmentation = NO_AUGMENTATION
+    epoch_offset: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class _FineTuned:
+    """What fine-tuning did: the layers it trained and its seconds."""
+
+    layers: tuple[str, ...]
+    seconds: float
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
 class _Trained:
-    """What one mode's training returns to the job."""
+    """What the job's phases return to it."""
 
     history: dict
     digests: tuple
     test: dict
+    head_test: dict
     extract_seconds: float
     head_train_seconds: float
     train_seconds: float
     features_reused: bool
-    checkpoints: checkpoints_module.Checkpoints
+    checkpoints: tuple
+    learning_rate: float
+    finding: lr_finder.Finding | None
+    underfit_warning: str
+    fine_tune: _FineTuned | None
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class _PhaseResult:
+    """One phase's training, its checkpoints, its learning rate and the finder's curve."""
+
+    training: loop.Training
+    store: checkpoints_module.Checkpoints
+    learning_rate: float
+    finding: lr_finder.Finding | None
+
+
+def _given_rate(config: TrainConfig) -> float:
+    """The head's learning rate before the finder runs (the finder sets its own)."""
+    return lr_finder.START if config.find_learning_rate else float(config.learning_rate)
+
+
+def _find_rate(config, trainable, *, arrays, strategy) -> lr_finder.Finding:
+    """The range test on the training examples, from `trainable`'s current weights."""
+    start = time.perf_counter()
+    finding = lr_finder.find(
+        trainable,
+        examples=arrays["train"][0],
+        labels=arrays["train"][1],
+        strategy=strategy,
+        batch_size=config.batch_size,
+        seed=config.data.seed,
+    )
+    logging.info(
+        "Learning-rate finder: %d steps from %.1g to %.3g in %.1f s; the valley rule suggests %.3g",
+        len(finding.learning_rates),
+        finding.learning_rates[0],
+        finding.learning_rates[-1],
+        time.perf_counter() - start,
+        finding.suggested,
+    )
+    return finding
 
 
 def _fit(
@@ -440,21 +556,32 @@ def _fit(
     splits: data.Splits,
     trainable: keras.Model,
     *,
-    mode: str,
+    phase: _Phase,
     arrays: dict,
     strategy: tf.distribute.Strategy,
-    throughput: callbacks.ThroughputCallback,
     stop: stopping.GracefulStop,
-    backbone_digest: str,
-) -> tuple[loop.Training, dict, checkpoints_module.Checkpoints]:
-    """Trains `trainable` on stored examples, resuming from and writing checkpoints."""
+    start_digest: str,
+) -> _PhaseResult:
+    """Trains `trainable` (compiled) for one phase on stored examples, choosing its learning
+    rate first where it is "auto", resuming from and writing the phase's checkpoints."""
+    finding = None
+    rate = phase.given_rate
+    if rate == "auto":
+        finding = _find_rate(config, trainable, arrays=arrays, strategy=strategy)
+        rate = finding.suggested
     with strategy.scope():
+        model.compile_classifier(
+            trainable,
+            optimizer=phase.optimizer,
+            learning_rate=float(rate),
+            num_classes=len(splits.class_names),
+        )
         trainable.optimizer.build(trainable.trainable_variables)
     store = checkpoints_module.Checkpoints(
-        os.path.join(config.resolved_checkpoint_dir(), mode),
+        os.path.join(config.resolved_checkpoint_dir(), phase.name),
         objects={"model": trainable, "optimizer": trainable.optimizer},
         run_fingerprint=run_fingerprint(
-            config, splits, mode=mode, strategy=strategy, backbone_digest=backbone_digest
+            config, splits, phase=phase, strategy=strategy, start_digest=start_digest
         ),
         keep=config.keep_checkpoints,
     )
@@ -468,18 +595,27 @@ def _fit(
     resume = store.restore_latest()
     if resume is not None:
         logging.warning(
-            "Resuming from the checkpoint in %s: %d of %d epochs done, step %d of the next",
+            "Resuming from the checkpoint in %s (%s): %d of %d epochs done, step %d of the next",
             store.directory,
+            "fine-tuning" if phase.name == FINE_TUNE else "the head",
             resume["epoch"],
-            config.epochs,
+            phase.epochs,
             resume["step"],
         )
+    throughput = callbacks.ThroughputCallback(
+        len(splits.train),
+        log_name={"images": "train", "features": "head on features of"}.get(
+            phase.name, "fine-tune"
+        ),
+        tensorboard_dir=config.tensorboard_dir if chief else "",
+        epoch_offset=phase.epoch_offset,
+    )
     with _watch_workers(strategy, config.collective_timeout) as watchdog:
         training = _fit_loop(
             config,
             trainable,
             arrays=arrays,
-            mode=mode,
+            phase=phase,
             strategy=strategy,
             throughput=throughput,
             resume=resume,
@@ -487,26 +623,22 @@ def _fit(
             stop=stop,
             heartbeat=watchdog.beat if watchdog is not None else None,
         )
-    return training, training.test, store
-
-
-def _evaluation_batch_size(config: TrainConfig, mode: str) -> int:
-    """Images are evaluated in training-size batches; features in large ones (tiny rows)."""
-    return config.batch_size if mode == "images" else loop.EVALUATION_SLICE
+    return _PhaseResult(training, store, float(rate), finding)
 
 
 def _fit_loop(
-    config, trainable, *, arrays, mode, strategy, throughput, resume, store, stop, heartbeat
+    config, trainable, *, arrays, phase, strategy, throughput, resume, store, stop, heartbeat
 ):
     """`loop.fit` with the job's settings."""
     validation = "validation" if "validation" in arrays else "test"
+    on_images = phase.name != "features"
     return loop.fit(
         trainable,
         examples=arrays["train"][0],
         labels=arrays["train"][1],
         validation=arrays[validation],
         test=arrays["test"],
-        epochs=config.epochs,
+        epochs=phase.epochs,
         batch_size=config.batch_size,
         strategy=strategy,
         shuffle_buffer_size=config.data.shuffle_buffer_size,
@@ -514,13 +646,15 @@ def _fit_loop(
         callbacks=[throughput],
         verbose=config.verbose != 0,
         # Images: one step per call, so a stop request is answered after the current step.
-        steps_per_call=1 if mode == "images" else 0,
-        evaluation_batch_size=_evaluation_batch_size(config, mode),
+        steps_per_call=1 if on_images else 0,
+        # Images are evaluated in training-size batches; features in large ones (tiny rows).
+        evaluation_batch_size=config.batch_size if on_images else loop.EVALUATION_SLICE,
         resume=resume,
         checkpoint=store.save if store is not None else None,
         checkpoint_every_steps=config.checkpoint_every_steps,
         stop=stop,
         heartbeat=heartbeat,
+        augmentation=phase.augmentation,
     )
 
 
@@ -553,55 +687,145 @@ def _stored_pixels(
     return arrays
 
 
-def _train_on_images(
+def _head_phase(config: TrainConfig, mode: str) -> _Phase:
+    return _Phase(
+        name=mode,
+        epochs=config.epochs,
+        optimizer=config.optimizer,
+        given_rate=config.learning_rate,
+        augmentation=config.augment if mode == "images" else NO_AUGMENTATION,
+    )
+
+
+def _train_phases(
     config: TrainConfig,
     splits: data.Splits,
     classifier: keras.Model,
     *,
+    mode: str,
     strategy: tf.distribute.Strategy,
-    throughput: callbacks.ThroughputCallback,
     stop: stopping.GracefulStop,
 ) -> _Trained:
-    """Images mode: the whole classifier (frozen backbone) trained on the stored pixels,
-    the backbone running on every image of every epoch."""
+    """The head (features or images mode), the underfit guard, then fine-tuning if asked."""
     start = time.perf_counter()
-    arrays = _stored_pixels(config, splits, strategy=strategy, stop=stop)
-    backbone = classifier.get_layer(model.BACKBONE_NAME)
-    training, test, store = _fit(
+    pixel_arrays = None
+    if mode == "images" or config.fine_tune_layers:
+        # Decoded once into the store: the extraction of features mode reads it too.
+        pixel_arrays = _stored_pixels(config, splits, strategy=strategy, stop=stop)
+    backbone_digest = extraction.weights_digest(classifier.get_layer(model.BACKBONE_NAME))
+    if mode == "images":
+        head = _fit(
+            config,
+            splits,
+            classifier,
+            phase=_head_phase(config, mode),
+            arrays=pixel_arrays,
+            strategy=strategy,
+            stop=stop,
+            start_digest=backbone_digest,
+        )
+        extract_seconds, reused, trainable, arrays = 0.0, False, classifier, pixel_arrays
+    else:
+        head, extract_seconds, reused, trainable, arrays = _train_on_features(
+            config, splits, classifier, strategy=strategy, stop=stop, start_digest=backbone_digest
+        )
+    head_seconds = time.perf_counter() - start - extract_seconds
+    finding, warning = _guard(config, splits, trainable, head, arrays=arrays, strategy=strategy)
+    result = dict(
+        history={**head.training.history, "phase": [1.0] * config.epochs},
+        digests=head.training.digests,
+        test=head.training.test,
+        head_test=head.training.test,
+        extract_seconds=extract_seconds,
+        head_train_seconds=head_seconds,
+        features_reused=reused,
+        checkpoints=(head.store,),
+        learning_rate=head.learning_rate,
+        finding=finding,
+        underfit_warning=warning,
+        fine_tune=None,
+    )
+    if config.fine_tune_layers:
+        result.update(_fine_tune(config, splits, classifier, head, pixel_arrays, strategy, stop))
+    return _Trained(train_seconds=time.perf_counter() - start, **result)
+
+
+def _guard(config, splits, trainable, head: _PhaseResult, *, arrays, strategy):
+    """The underfit guard after the head: a warning naming the figures and the finder's rate
+    (the finder runs now, from the trained head, when it has not run already)."""
+    history = head.training.history
+    num_classes = len(splits.class_names)
+    finding = head.finding
+    if not lr_finder.underfit_warning(
+        history, num_classes=num_classes, learning_rate=head.learning_rate, suggested=None
+    ):
+        return finding, ""
+    if finding is None:
+        finding = _find_rate(config, trainable, arrays=arrays, strategy=strategy)
+    warning = lr_finder.underfit_warning(
+        history,
+        num_classes=num_classes,
+        learning_rate=head.learning_rate,
+        suggested=finding.suggested,
+    )
+    logging.warning("%s", warning)
+    return finding, warning
+
+
+def _fine_tune(config, splits, classifier, head: _PhaseResult, pixel_arrays, strategy, stop):
+    """Phase 2: the backbone's last blocks unfrozen (BatchNorm frozen) and trained with the
+    head on the stored images, augmented if asked; the last epoch is the result."""
+    start = time.perf_counter()
+    layers = model.unfreeze_top(classifier, config.fine_tune_layers)
+    parameters = model.count_parameters(classifier)
+    logging.info(
+        "Fine-tuning: --fine_tune_layers=%d rounded to whole MobileNet blocks: %s trained with "
+        "the head (%d trainable parameters; BatchNorm frozen), %s %.3g, %d epochs%s.",
+        config.fine_tune_layers,
+        ", ".join(layers),
+        parameters["trainable"],
+        config.fine_tune_optimizer,
+        config.fine_tune_learning_rate,
+        config.fine_tune_epochs,
+        f", --augment={config.augment.spec()}" if config.augment else "",
+    )
+    phase = _Phase(
+        name=FINE_TUNE,
+        epochs=config.fine_tune_epochs,
+        optimizer=config.fine_tune_optimizer,
+        given_rate=config.fine_tune_learning_rate,
+        augmentation=config.augment,
+        epoch_offset=config.epochs,
+    )
+    tuned = _fit(
         config,
         splits,
         classifier,
-        mode="images",
-        arrays=arrays,
+        phase=phase,
+        arrays=pixel_arrays,
         strategy=strategy,
-        throughput=throughput,
         stop=stop,
-        backbone_digest=extraction.weights_digest(backbone),
+        start_digest=loop.weights_digest(classifier),
     )
-    seconds = time.perf_counter() - start
-    return _Trained(
-        history=training.history,
-        digests=training.digests,
-        test=test,
-        extract_seconds=0.0,
-        head_train_seconds=seconds,
-        train_seconds=seconds,
-        features_reused=False,
-        checkpoints=store,
+    history = dict(head.training.history)
+    for key, values in tuned.training.history.items():
+        history[key] = list(history.get(key, [])) + list(values)
+    history["phase"] = [1.0] * config.epochs + [2.0] * config.fine_tune_epochs
+    digests = tuple(
+        {**row, "epoch": row["epoch"] + config.epochs} for row in tuned.training.digests
+    )
+    return dict(
+        history=history,
+        digests=head.training.digests + digests,
+        test=tuned.training.test,
+        checkpoints=(head.store, tuned.store),
+        fine_tune=_FineTuned(layers, time.perf_counter() - start),
     )
 
 
-def _train_on_features(
-    config: TrainConfig,
-    splits: data.Splits,
-    classifier: keras.Model,
-    *,
-    strategy: tf.distribute.Strategy,
-    throughput: callbacks.ThroughputCallback,
-    stop: stopping.GracefulStop,
-) -> _Trained:
-    """Features mode: the backbone once over every split (or its stored features), then the
-    head on the features, and the trained head put back into the classifier."""
+def _train_on_features(config, splits, classifier, *, strategy, stop, start_digest):
+    """Features mode: the backbone once over every split (or its stored features, or from the
+    stored pixels), then the head on the features, put back into the classifier."""
     data_config = config.data
     start = time.perf_counter()
     backbone = classifier.get_layer(model.BACKBONE_NAME)
@@ -623,43 +847,41 @@ def _train_on_features(
         pixels_dir=os.path.join(config.resolved_features_dir(), PIXELS_DIR),
     )
     extract_seconds = time.perf_counter() - start
-    num_classes = len(splits.class_names)
     with strategy.scope():
         head = model.build_head(
             model.feature_dim(classifier),
-            num_classes,
+            len(splits.class_names),
             dropout=config.model.dropout,
             seed=data_config.seed,
         )
-        model.compile_classifier(
-            head,
-            optimizer=config.optimizer,
-            learning_rate=config.learning_rate,
-            num_classes=num_classes,
-        )
-    head_start = time.perf_counter()
     # The features in memory (they are small), read through the same input pipeline.
     arrays = {name: (s.features, s.labels) for name, s in extracted.feature_sets.items()}
-    training, test, store = _fit(
+    trained = _fit(
         config,
         splits,
         head,
-        mode="features",
+        phase=_head_phase(config, "features"),
         arrays=arrays,
         strategy=strategy,
-        throughput=throughput,
         stop=stop,
-        backbone_digest=extraction.weights_digest(backbone),
+        start_digest=start_digest,
     )
-    head_train_seconds = time.perf_counter() - head_start
     model.assemble_classifier(classifier, head)
-    return _Trained(
-        history=training.history,
-        digests=training.digests,
-        test=test,
-        extract_seconds=extract_seconds,
-        head_train_seconds=head_train_seconds,
-        train_seconds=time.perf_counter() - start,
-        features_reused=extracted.reused,
-        checkpoints=store,
-    )
+    return trained, extract_seconds, extracted.reused, head, arrays
+
+
+def _write_pictures(output_dir: str, history: dict, finding: lr_finder.Finding | None) -> None:
+    """training_curves.png, and lr_find.png where the finder ran (or one line without
+    matplotlib)."""
+    if not plots.available():
+        logging.info("%s", plots.MISSING)
+        return
+    os.makedirs(output_dir, exist_ok=True)
+    plots.training_curves(history, os.path.join(output_dir, CURVES_PICTURE))
+    if finding is not None:
+        plots.lr_find(
+            finding.learning_rates,
+            finding.losses,
+            finding.suggested_step,
+            os.path.join(output_dir, LR_FIND_PICTURE),
+        )

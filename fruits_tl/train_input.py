@@ -17,7 +17,8 @@ for each step):
    what its devices will train on;
 4. the examples read on the host: `store.ChunkedArray.take` copies the rows out of the stored
    arrays (memory-mapped decoded pixels in images mode, backbone features in features mode),
-   with their labels (-1 for padding);
+   with their labels (-1 for padding); with `--augment`, the images are transformed there,
+   each by draws keyed by (seed, epoch, example index) (`fruits_tl.augment`);
 5. prefetch on the host, so the next batch is read while the devices compute;
 6. distribution: `strategy.distribute_datasets_from_function`, which hands each replica its
    own slice and, where the devices are accelerators, copies the next slice to the device while
@@ -37,7 +38,8 @@ from collections.abc import Callable
 import numpy as np
 import tensorflow as tf
 
-from fruits_tl import store
+from fruits_tl import augment, store
+from fruits_tl.config import NO_AUGMENTATION, Augmentation
 
 # Batches read ahead on the host, per input pipeline. Two: one being copied to the devices,
 # one being read.
@@ -124,6 +126,7 @@ class Batching:
         return rows
 
 
+# A function returning a dataset of (epoch, global batch of example indices) pairs.
 IndexRows = Callable[[], tf.data.Dataset]
 
 
@@ -169,7 +172,7 @@ def training_rows(
     def epoch_rows(epoch):
         matrix = tf.numpy_function(of_epoch, [epoch], tf.int64, stateful=False)
         matrix.set_shape([batching.num_batches, width])
-        return tf.data.Dataset.from_tensor_slices(matrix)
+        return tf.data.Dataset.from_tensor_slices((tf.fill([batching.num_batches], epoch), matrix))
 
     def rows() -> tf.data.Dataset:
         return tf.data.Dataset.range(first_epoch, epochs).flat_map(epoch_rows).skip(start_step)
@@ -178,10 +181,12 @@ def training_rows(
 
 
 def fixed_rows(index_batches: np.ndarray, *, repeat: bool = False) -> IndexRows:
-    """Given global batches, once (or over and over: one evaluation pass per epoch)."""
+    """Given global batches, once (or over and over: one evaluation pass per epoch); their
+    epoch is 0."""
 
     def rows() -> tf.data.Dataset:
-        dataset = tf.data.Dataset.from_tensor_slices(np.asarray(index_batches, np.int64))
+        batches = np.asarray(index_batches, np.int64)
+        dataset = tf.data.Dataset.from_tensor_slices((np.zeros(len(batches), np.int64), batches))
         return dataset.repeat() if repeat else dataset
 
     return rows
@@ -194,12 +199,15 @@ def make_replica_dataset(
     *,
     batching: Batching,
     input_context: tf.distribute.InputContext,
+    augmentation: Augmentation = NO_AUGMENTATION,
+    seed: int = 0,
 ) -> tf.data.Dataset:
     """One input pipeline's dataset: its replicas' slices of the global batches, in turn.
 
     Element k * L + r (L replicas per pipeline) is replica r's slice of global batch k:
     `(examples [per_replica, ...], labels [per_replica] with -1 for padding, real examples in
-    the global batch)`, read on the host.
+    the global batch)`, read on the host, and transformed by `augmentation` (uint8 images
+    only) with draws keyed by (`seed`, epoch, example index).
     """
     replicas, per_replica = batching.replicas, batching.per_replica
     pipelines = input_context.num_input_pipelines
@@ -210,15 +218,20 @@ def make_replica_dataset(
     labels = np.asarray(labels, np.int32)
     row_shape, dtype = examples.row_shape, examples.dtype
 
+    if augmentation and (dtype != np.uint8 or len(row_shape) != 3):
+        raise ValueError(f"augmentation needs uint8 images, not {dtype} rows of {row_shape}")
+
     @tf.autograph.experimental.do_not_convert
-    def own_slices(row):
+    def own_slices(epoch, row):
         real = tf.reduce_sum(tf.cast(row >= 0, tf.int32))
         mine = tf.reshape(row, [replicas, per_replica])[first : first + local]
-        return mine, tf.fill([local], real)
+        return mine, tf.fill([local], real), tf.fill([local], epoch)
 
-    def read(indices):
+    def read(indices, epochs):
         valid = indices >= 0
-        return examples.take(indices), np.where(valid, labels[np.where(valid, indices, 0)], -1)
+        row_labels = np.where(valid, labels[np.where(valid, indices, 0)], -1)
+        uniforms = augment.draws(seed, epochs, indices) if augmentation else np.zeros((0,), "f4")
+        return examples.take(indices), row_labels, uniforms
 
     # Small rows (features) are read many slices per call, so the Python call is paid per
     # block, not per step; a slice of images is already a large read.
@@ -226,10 +239,18 @@ def make_replica_dataset(
     per_read = max(1, READ_BYTES // max(slice_bytes, 1))
 
     @tf.autograph.experimental.do_not_convert
-    def read_slices(indices, counts):
-        rows, row_labels = tf.numpy_function(
-            read, [tf.reshape(indices, [-1])], (tf.as_dtype(dtype), tf.int32), stateful=False
+    def read_slices(indices, counts, epochs):
+        flat = tf.reshape(indices, [-1])
+        row_epochs = tf.reshape(tf.broadcast_to(epochs[..., None], tf.shape(indices)), [-1])
+        rows, row_labels, uniforms = tf.numpy_function(
+            read, [flat, row_epochs], (tf.as_dtype(dtype), tf.int32, tf.float32), stateful=False
         )
+        if augmentation:
+            rows = augment.apply(
+                tf.reshape(rows, [-1, *row_shape]),
+                tf.reshape(uniforms, [-1, augment.DRAWS]),
+                augmentation,
+            )
         shape = [per_replica] if per_read == 1 else [-1, per_replica]
         return tf.reshape(rows, [*shape, *row_shape]), tf.reshape(row_labels, shape), counts
 
@@ -251,12 +272,20 @@ def distribute(
     index_rows: IndexRows,
     *,
     batching: Batching,
+    augmentation: Augmentation = NO_AUGMENTATION,
+    seed: int = 0,
 ):
     """The distributed dataset of these global batches: each replica gets its own slice."""
 
     def input_fn(input_context: tf.distribute.InputContext) -> tf.data.Dataset:
         return make_replica_dataset(
-            examples, labels, index_rows, batching=batching, input_context=input_context
+            examples,
+            labels,
+            index_rows,
+            batching=batching,
+            input_context=input_context,
+            augmentation=augmentation,
+            seed=seed,
         )
 
     return strategy.distribute_datasets_from_function(

@@ -47,6 +47,7 @@ LAYERS = {
         "download",
         "stopping",
         "store",
+        "plots",
     },
     "route_and_models": {
         "pipeline",
@@ -62,6 +63,8 @@ LAYERS = {
         "data_service",
         "train_input",
         "pixels",
+        "augment",
+        "lr_finder",
     },
     "jobs": {
         "train",

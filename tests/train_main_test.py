@@ -24,6 +24,10 @@ TINY = [
 ]
 
 
+def metrics_text(model_dir) -> str:
+    return (model_dir / "metrics.json").read_text()
+
+
 @pytest.mark.parametrize("strategy, replicas", [("default", 1), ("mirrored", 2)])
 def test_trains_and_writes_everything(data_dir, tmp_path, capsys, strategy, replicas):
     model_dir = tmp_path / "run"
@@ -48,8 +52,14 @@ def test_trains_and_writes_everything(data_dir, tmp_path, capsys, strategy, repl
             "MobileNet_TransferLearning.h5",
             "features",
             "batch_digests.csv",
+            "training_curves.png",
+            # One epoch on random weights leaves the head at chance: the underfit guard runs
+            # the learning-rate finder, whose curve is written too.
+            "lr_find.csv",
+            "lr_find.png",
         ]
     )  # No checkpoints: they are removed when the job succeeds.
+    assert "underfit" in metrics_text(model_dir)
     assert sorted(os.listdir(model_dir / "features")) == [
         "decode_check.json",
         "fingerprint.json",
@@ -61,7 +71,7 @@ def test_trains_and_writes_everything(data_dir, tmp_path, capsys, strategy, repl
     assert set(metrics) == {field.name for field in dataclasses.fields(train.TrainMetrics)}
     assert metrics["strategy"] == strategy and metrics["num_replicas"] == replicas
     assert metrics["mode"] == "features" and metrics["mode_reason"].startswith(
-        "auto: this version always freezes"
+        "auto: the head trains on a frozen backbone"
     )
     assert metrics["global_batch_size"] == 4 and metrics["per_replica_batch_size"] == 4 // replicas
     assert (metrics["num_classes"], metrics["num_train_images"], metrics["num_test_images"]) == (
@@ -144,7 +154,13 @@ def test_flagfile_and_skip_bad_images(data_dir, tmp_path, capsys):
         (["--validation_split=1.5"], "validation_split must be in [0, 1)"),
         (["--alpha=-1"], "alpha must be in"),
         (["--epochs=0"], "epochs must be >= 1"),
-        (["--learning_rate=0"], "learning_rate must be in"),
+        (["--learning_rate=0"], "learning_rate must be 'auto' or a number in (0, 10]"),
+        (["--learning_rate=fast"], "--learning_rate must be a number or 'auto', got 'fast'"),
+        (["--augment=spin"], "augment: unknown transform 'spin'"),
+        (["--augment=rotate=0.9"], "augment: rotate=0.9 is out of range"),
+        (["--augment=flip_left_right", "--mode=features"], "but --mode=features trains the head"),
+        (["--fine_tune_layers=-1"], "fine_tune_layers must be from 0"),
+        (["--fine_tune_learning_rate=2"], "fine_tune_learning_rate must be in (0, 1]"),
         (["--dropout=1"], "dropout must be in"),
         (["--image_size=2"], "image_size must be an integer"),
         (["--strategy=tpu"], "strategy"),

@@ -58,7 +58,7 @@ def _compare_modes():
         model_dir=FLAGS.output_dir,
         batch_size=FLAGS.batch_size,
         epochs=FLAGS.epochs,
-        learning_rate=FLAGS.learning_rate,
+        learning_rate=common.learning_rate(),
         verbose=0,
     )
     comparison = compare.compare_train_modes(

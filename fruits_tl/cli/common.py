@@ -99,7 +99,12 @@ flags.DEFINE_integer(
     25,
     "Passes over the training images (fruits-tl-bench: epochs per repeat, 5 when not given).",
 )
-flags.DEFINE_float("learning_rate", 1e-4, "Optimizer learning rate.")
+flags.DEFINE_string(
+    "learning_rate",
+    "1e-4",
+    "The head's learning rate, or 'auto': a learning-rate range test on the training data "
+    "chooses it (fastai's valley rule; the curve goes to lr_find.csv and lr_find.png).",
+)
 flags.DEFINE_string("output_dir", "", "Where a binary's report files go (see each binary's help).")
 flags.DEFINE_enum(
     "data_source",
@@ -252,6 +257,19 @@ def guarded(program: str, main, *, module_name: str, uses: tuple[str, ...] = ())
     wrapped.module_name = module_name
     wrapped.uses = uses
     return wrapped
+
+
+def learning_rate() -> float | str:
+    """--learning_rate: a number, or "auto"."""
+    text = FLAGS.learning_rate.strip()
+    if text == "auto":
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise UserInputError(
+            f"--learning_rate must be a number or 'auto', got {FLAGS.learning_rate!r}."
+        ) from None
 
 
 def data_config(**overrides):
