@@ -28,6 +28,7 @@ from fruits_tl import (
     image_checks,
     listing,
     pipeline,
+    plots,
     progress,
     servable,
     sources,
@@ -177,7 +178,8 @@ def _csv(rows: list[list]) -> str:
 
 
 def save_report(output_dir: str, report: Report) -> None:
-    """Writes per_class.csv, confusion_matrix.csv, mistakes.csv, then metrics.json, atomically."""
+    """Writes per_class.csv, confusion_matrix.csv, mistakes.csv, their pictures, then
+    metrics.json, each atomically."""
     os.makedirs(output_dir, exist_ok=True)
     per_class = [["class", "precision", "recall", "f1", "support"]] + [
         [r.class_name, f"{r.precision:.6f}", f"{r.recall:.6f}", f"{r.f1:.6f}", r.support]
@@ -194,7 +196,38 @@ def save_report(output_dir: str, report: Report) -> None:
         for m in report.mistakes
     ]
     files.write_text(os.path.join(output_dir, "mistakes.csv"), _csv(mistakes))
+    save_pictures(output_dir, report)
     files.write_json(os.path.join(output_dir, "metrics.json"), report.metrics.to_json())
+
+
+def save_pictures(output_dir: str, report: Report) -> None:
+    """confusion_matrix.png and mistakes.png (one tile per row of mistakes.csv), or one line
+    saying how to get them where matplotlib is missing."""
+    if not plots.available():
+        logging.info("%s", plots.MISSING)
+        return
+    plots.confusion_matrix(
+        report.confusion, report.class_names, os.path.join(output_dir, "confusion_matrix.png")
+    )
+    plots.mistakes(
+        [_picture(m.file_path) for m in report.mistakes],
+        [m.true_class for m in report.mistakes],
+        [m.predicted_class for m in report.mistakes],
+        [m.probability for m in report.mistakes],
+        os.path.join(output_dir, "mistakes.png"),
+    )
+
+
+def _picture(path: str, *, largest: int = 256) -> np.ndarray:
+    """A mistake's image for its tile (at most `largest` pixels a side); grey where the file
+    cannot be read (a TFDS record's name, a file removed since)."""
+    try:
+        image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
+    except (tf.errors.OpError, ValueError):
+        return np.full((32, 32, 3), 128, np.uint8)
+    if max(image.shape[:2]) > largest:
+        image = tf.image.resize(image, [largest, largest], preserve_aspect_ratio=True)
+    return np.asarray(tf.cast(image, tf.uint8))
 
 
 def summary_table(report: Report, *, worst: int = 5) -> str:

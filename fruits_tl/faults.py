@@ -16,6 +16,8 @@ Points:
   blocked inside that step);
 - `train:step:<epoch>:<step>`: training step `step` (from 1) of epoch `epoch` (from 0) is done
   (the checkpoint due at that step, if any, not yet written);
+- `fine_tune:calling:<epoch>:<step>`, `fine_tune:step:<epoch>:<step>`: the same points in the
+  fine-tuning phase (its epochs counted from 0 again);
 - `bench:measured:<variant>:<repeat>`: a benchmark variant's repeat is measured;
 - `evaluate:predicted`: under several workers, this worker's shard is predicted (not yet
   exchanged with the others);

@@ -220,6 +220,7 @@ def fit(
     resume_hint: str = "rerun the same command to resume",
     heartbeat: Callable[[], None] | None = None,
     augmentation: Augmentation = NO_AUGMENTATION,
+    fault_name: str = "train",
 ) -> Training:
     """Trains a compiled model on stored examples through the training input pipeline.
 
@@ -252,6 +253,7 @@ def fit(
       heartbeat: Called after every compiled call and every validation (a watchdog's beat).
       augmentation: Random transforms of the training images (uint8 examples only), keyed by
         (seed, epoch, example index); validation and test are never transformed.
+      fault_name: The first part of the fault points (`faults`): "train", or "fine_tune".
 
     Returns:
       The Training.
@@ -341,13 +343,13 @@ def fit(
             n = min(per_call, num_batches - step)
             if checkpoint_every_steps:
                 n = min(n, checkpoint_every_steps - step % checkpoint_every_steps)
-            faults.point(f"train:calling:{epoch}:{step + 1}")
+            faults.point(f"{fault_name}:calling:{epoch}:{step + 1}")
             sums = loop.train(iterator, n)
             state["totals"] = [float(a + b) for a, b in zip(state["totals"], sums, strict=True)]
             state["step"] = step + n
             if heartbeat is not None:
                 heartbeat()
-            faults.point(f"train:step:{epoch}:{state['step']}")
+            faults.point(f"{fault_name}:step:{epoch}:{state['step']}")
             boundary = checkpoint_every_steps and state["step"] % checkpoint_every_steps == 0
             stopping = stop is not None and stop.requested is not None
             if state["step"] < num_batches and (boundary or stopping):

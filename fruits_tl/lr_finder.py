@@ -9,8 +9,8 @@ seconds.
 
 The suggestion is fastai's "valley" rule: the longest stretch of the curve over which the loss
 keeps falling (the longest decreasing subsequence of the smoothed losses, the first tenth and
-last five points left out), and the rate two thirds of the way along it: a rate where the loss
-falls fast and is still far from diverging.
+last five points left out), and the rate half way along it (a third plus a sixth): a rate
+where the loss falls fast and is still far from diverging.
 
 Under several workers every worker runs the same test: each step's loss is summed over all
 replicas, so all of them see the same curve and pick the same rate.
@@ -63,8 +63,8 @@ class Finding:
 
 
 def valley(losses: list[float]) -> int:
-    """fastai's valley rule on smoothed losses: the index two thirds of the way along the
-    longest decreasing run (longest decreasing subsequence), the first tenth and the last five
+    """fastai's valley rule on smoothed losses: the index half way along the longest decreasing
+    run (longest decreasing subsequence), the first tenth and the last five
     points left out where the curve is long enough."""
     count = len(losses)
     skip_start = count // 10 if count >= 20 else 0

@@ -655,6 +655,7 @@ def _fit_loop(
         stop=stop,
         heartbeat=heartbeat,
         augmentation=phase.augmentation,
+        fault_name="fine_tune" if phase.name == FINE_TUNE else "train",
     )
 
 

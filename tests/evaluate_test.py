@@ -11,7 +11,7 @@ import pytest
 import tensorflow as tf
 from conftest import run_main
 
-from fruits_tl import data, evaluate, model, servable
+from fruits_tl import data, evaluate, model, plots, servable
 from fruits_tl.cli import evaluate_main, extract_main, predict_main, train_main
 
 CLASSES = ("A", "B", "C")
@@ -108,6 +108,11 @@ def test_evaluate_binary_writes_the_known_report(trained, tiny_dataset, tmp_path
     ]
     mistakes = list(csv.DictReader((out / "mistakes.csv").read_text().splitlines()))
     assert len(mistakes) == 4 and {m["predicted_class"] for m in mistakes} == {"Banana"}
+    # The pictures: one tile per mistake (4 in one row), and the 14 x 9 inch matrix.
+    tiles = tf.io.decode_png(tf.io.read_file(str(out / "mistakes.png")))
+    assert (tiles.shape[1], tiles.shape[0]) == plots.mistakes_grid_size(4) == (640, 160)
+    matrix = tf.io.decode_png(tf.io.read_file(str(out / "confusion_matrix.png")))
+    assert (matrix.shape[1], matrix.shape[0]) == (14 * plots.DPI, 9 * plots.DPI)
     assert "accuracy 0.3333" in capsys.readouterr().out
     assert (
         run_main(

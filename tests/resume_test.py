@@ -240,3 +240,55 @@ def test_a_second_signal_stops_at_once():
     )
     assert result.returncode == 130
     assert result.stdout == "first signal noted\n"
+
+
+FINE_TUNE = [
+    "--epochs=2",
+    "--fine_tune_layers=6",
+    "--fine_tune_epochs=2",
+    "--augment=flip_left_right,brightness",
+]
+
+
+@pytest.fixture(scope="module")
+def fine_tuned(tiny_dataset, tmp_path_factory):
+    """The head on features (2 epochs), then 2 epochs of fine-tuning the last block on the
+    augmented images, under --deterministic, uninterrupted."""
+    model_dir = tmp_path_factory.mktemp("fine_tune") / "uninterrupted"
+    args = [f"--data_dir={tiny_dataset}", f"--model_dir={model_dir}", *FINE_TUNE, *TRAIN]
+    result = _run("train_main", args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return model_dir
+
+
+def test_two_deterministic_fine_tuning_runs_with_augmentation_are_identical(
+    fine_tuned, tiny_dataset, tmp_path
+):
+    model_dir = tmp_path / "again"
+    args = [f"--data_dir={tiny_dataset}", f"--model_dir={model_dir}", *FINE_TUNE, *TRAIN]
+    result = _run("train_main", args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    _same_run(fine_tuned, model_dir)
+    first = json.loads((fine_tuned / "metrics.json").read_text())
+    second = json.loads((model_dir / "metrics.json").read_text())
+    drop = ("seconds", "per_second")
+    assert {k: v for k, v in first.items() if not k.endswith(drop)} == {
+        k: v for k, v in second.items() if not k.endswith(drop)
+    }
+
+
+def test_sigkill_in_fine_tuning_then_rerun_is_bit_for_bit_the_uninterrupted_run(
+    fine_tuned, tiny_dataset, tmp_path
+):
+    model_dir = tmp_path / "killed"
+    args = [f"--data_dir={tiny_dataset}", f"--model_dir={model_dir}", *FINE_TUNE, *TRAIN]
+    # Phase 2, epoch 2 (from 0: 1), after its step 3: the head's phase is finished.
+    killed = _run("train_main", args, kill_at="fine_tune:step:1:3")
+    assert killed.returncode == -signal.SIGKILL
+    assert sorted(os.listdir(model_dir / "checkpoints")) == ["features", "fine_tune"]
+    rerun = _run("train_main", args)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    text = " ".join(rerun.stderr.split())
+    assert "(the head): 2 of 2 epochs done, step 0 of the next" in text
+    assert "(fine-tuning): 1 of 2 epochs done, step 0 of the next" in text
+    _same_run(fine_tuned, model_dir)

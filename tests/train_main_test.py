@@ -7,6 +7,7 @@ import json
 import logging
 import os
 
+import keras
 import numpy as np
 import pytest
 from conftest import run_main
@@ -290,3 +291,43 @@ def test_cache_is_not_a_training_setting(data_dir, tmp_path, capsys):
     )
     assert code == 2
     assert "fruits-tl-train does not use --cache" in capsys.readouterr().err
+
+
+def test_fine_tuning_trains_the_last_block_and_reports_both_phases(data_dir, tmp_path, capsys):
+    model_dir = tmp_path / "run"
+    code = run_main(
+        train_main,
+        [
+            f"--data_dir={data_dir}",
+            f"--model_dir={model_dir}",
+            *TINY,
+            "--fine_tune_layers=4",
+            "--fine_tune_epochs=2",
+            "--augment=flip_left_right",
+        ],
+    )
+    assert code == 0, capsys.readouterr().err
+    metrics = json.loads((model_dir / "metrics.json").read_text())
+    assert metrics["mode"] == "features"
+    assert (
+        "then fine-tuning (--fine_tune_layers=4) runs on the images, augmented"
+        in (metrics["mode_reason"])
+    )
+    # 4 layers round up to the whole last block.
+    assert metrics["fine_tuned_layers"] == ["conv_dw_13", "conv_pw_13"]
+    assert (metrics["fine_tune_epochs"], metrics["fine_tune_optimizer"]) == (2, "adam")
+    assert metrics["augment"] == "flip_left_right=0.5"
+    assert set(metrics) >= {"head_test_accuracy", "head_test_loss", "fine_tune_seconds"}
+    # history.csv: 1 head epoch, then 2 of fine-tuning, each row with its phase.
+    rows = (model_dir / "history.csv").read_text().splitlines()
+    header = rows[0].split(",")
+    phases = [row.split(",")[header.index("phase")] for row in rows[1:]]
+    assert phases == ["1", "2", "2"]
+    assert [row.split(",")[0] for row in rows[1:]] == ["1", "2", "3"]
+    # The saved model loads in plain Keras, built-in layers only (no augmentation in it).
+    loaded = keras.saving.load_model(model_dir / "model.keras", compile=False)
+    classes = {type(layer).__module__.split(".")[0] for layer in loaded.layers}
+    assert classes == {"keras"}
+    assert "Random" not in " ".join(type(layer).__name__ for layer in loaded.layers)
+    assert (model_dir / "training_curves.png").is_file()
+    assert not (model_dir / "checkpoints").exists()
