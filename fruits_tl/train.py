@@ -567,9 +567,16 @@ def _fit(
     finding = None
     rate = phase.given_rate
     if rate == "auto":
+        with strategy.scope():  # The finder's own optimizer; it sets the rate of every step.
+            model.compile_classifier(
+                trainable,
+                optimizer=phase.optimizer,
+                learning_rate=lr_finder.START,
+                num_classes=len(splits.class_names),
+            )
         finding = _find_rate(config, trainable, arrays=arrays, strategy=strategy)
         rate = finding.suggested
-    with strategy.scope():
+    with strategy.scope():  # A fresh optimizer: the finder's state is not carried over.
         model.compile_classifier(
             trainable,
             optimizer=phase.optimizer,

@@ -75,16 +75,21 @@ def test_training_through_the_service_is_training_without_it(
         "--batch_size=4",
         "--verbose=0",
     ]
-    # Features mode: the extraction decodes through the service; images mode: the pixel
-    # store is filled through it.
-    for mode in ("features", "images"):
+    # Features mode: the extraction decodes through the service; images mode and fine-tuning:
+    # the pixel store is filled through it.
+    for mode in ("features", "images", "fine_tune"):
+        recipe = (
+            ["--mode=features", "--fine_tune_layers=6", "--fine_tune_epochs=1"]
+            if mode == "fine_tune"
+            else [f"--mode={mode}"]
+        )
         assert (
             run_main(
                 train_main,
                 [
                     f"--data_dir={tiny_dataset}",
                     f"--model_dir={tmp_path / mode / 'here'}",
-                    f"--mode={mode}",
+                    *recipe,
                     *common,
                 ],
             )
@@ -93,7 +98,7 @@ def test_training_through_the_service_is_training_without_it(
         args = [
             f"--data_dir={tiny_dataset}",
             f"--model_dir={tmp_path / mode / 'service'}",
-            f"--mode={mode}",
+            *recipe,
             *common,
             f"--data_service_address={service}",
         ]

@@ -134,17 +134,23 @@ def _single_process(module: str, args: list[str]) -> subprocess.CompletedProcess
     return result
 
 
-@pytest.mark.parametrize("mode", ["features", "images"])
+# Fine-tuning: the head on features, then the last block and the head on the augmented images.
+FINE_TUNE = {"fine_tune_layers": 6, "fine_tune_epochs": 1, "augment": "flip_left_right,brightness"}
+
+
+@pytest.mark.parametrize("mode", ["features", "images", "fine_tune"])
 def test_two_workers_train_as_one_process_with_two_replicas(
     mode, tiny_dataset, informative_weights, tmp_path
 ):
     model_dir = tmp_path / "cluster"
+    tune = FINE_TUNE if mode == "fine_tune" else {}
     args = [
         f"--data_dir={tiny_dataset}",
         f"--model_dir={model_dir}",
-        f"--mode={mode}",
+        f"--mode={'features' if tune else mode}",
         f"--weights={informative_weights}",
         *RECIPE,
+        *(f"--{name}={value}" for name, value in tune.items()),
     ]
     results = _workers(args)
     _assert_all_succeeded(results)
@@ -161,20 +167,24 @@ def test_two_workers_train_as_one_process_with_two_replicas(
             batch_size=4,
             epochs=2,
             verbose=0,
-            mode=mode,
+            mode="features" if tune else mode,
+            **{
+                **tune,
+                "augment": config.Augmentation.parse(tune.get("augment", "")),
+            },
         ),
         strategy=distribute.get_strategy("mirrored"),
     )
     import keras
 
     ours = keras.saving.load_model(str(model_dir / "model.keras"), compile=False)
-    for left, right in zip(
-        ours.get_layer("head_dense").get_weights(),
-        reference.model.get_layer("head_dense").get_weights(),
-        strict=True,
-    ):
+    # Every weight: the head's, and under fine-tuning the backbone's last block too.
+    for left, right in zip(ours.get_weights(), reference.model.get_weights(), strict=True):
         np.testing.assert_allclose(left, right, rtol=1e-5, atol=1e-6)
     assert metrics["test_accuracy"] == pytest.approx(reference.metrics.test_accuracy)
+    if tune:
+        assert metrics["fine_tuned_layers"] == ["conv_dw_13", "conv_pw_13"]
+        assert metrics["fine_tuned_layers"] == reference.metrics.fine_tuned_layers
     if mode == "features":
         for split in ("train", "test"):
             with (

@@ -277,18 +277,28 @@ def test_two_deterministic_fine_tuning_runs_with_augmentation_are_identical(
     }
 
 
-def test_sigkill_in_fine_tuning_then_rerun_is_bit_for_bit_the_uninterrupted_run(
-    fine_tuned, tiny_dataset, tmp_path
+@pytest.mark.parametrize("kill_signal", ["SIGKILL", "SIGTERM"])
+def test_killed_or_stopped_in_fine_tuning_then_rerun_is_bit_for_bit_the_uninterrupted_run(
+    fine_tuned, tiny_dataset, tmp_path, kill_signal
 ):
     model_dir = tmp_path / "killed"
     args = [f"--data_dir={tiny_dataset}", f"--model_dir={model_dir}", *FINE_TUNE, *TRAIN]
     # Phase 2, epoch 2 (from 0: 1), after its step 3: the head's phase is finished.
-    killed = _run("train_main", args, kill_at="fine_tune:step:1:3")
-    assert killed.returncode == -signal.SIGKILL
+    killed = _run("train_main", args, kill_at="fine_tune:step:1:3", kill_signal=kill_signal)
+    if kill_signal == "SIGKILL":
+        assert killed.returncode == -signal.SIGKILL
+        resumed_at = "1 of 2 epochs done, step 0 of the next"
+    else:  # A graceful stop: the step is saved.
+        assert killed.returncode == 128 + signal.SIGTERM, killed.stderr[-3000:]
+        assert "epoch 2, step 3 of 5 is saved; rerun the same command to resume" in " ".join(
+            killed.stderr.split()
+        )
+        resumed_at = "1 of 2 epochs done, step 3 of the next"
+    assert not (model_dir / "metrics.json").exists()
     assert sorted(os.listdir(model_dir / "checkpoints")) == ["features", "fine_tune"]
     rerun = _run("train_main", args)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     text = " ".join(rerun.stderr.split())
     assert "(the head): 2 of 2 epochs done, step 0 of the next" in text
-    assert "(fine-tuning): 1 of 2 epochs done, step 0 of the next" in text
+    assert f"(fine-tuning): {resumed_at}" in text
     _same_run(fine_tuned, model_dir)
