@@ -129,3 +129,44 @@ def test_optimizers_by_name():
     assert isinstance(model.build_optimizer("sgd", learning_rate=0.1), keras.optimizers.SGD)
     with pytest.raises(UserInputError, match="optimizer must be one of"):
         model.build_optimizer("adagrad", learning_rate=0.1)
+
+
+@pytest.mark.parametrize(
+    "layers, expected",
+    [
+        (0, ()),
+        (1, ("conv_dw_13", "conv_pw_13")),
+        (6, ("conv_dw_13", "conv_pw_13")),
+        (7, ("conv_dw_12", "conv_pw_12", "conv_dw_13", "conv_pw_13")),
+    ],
+)
+def test_unfreeze_top_rounds_to_whole_blocks_and_keeps_batchnorm_frozen(layers, expected):
+    classifier = model.build_classifier(3, image_size=32, alpha=0.25, weights="none")
+    assert model.unfreeze_top(classifier, layers) == expected
+    backbone = classifier.get_layer(model.BACKBONE_NAME)
+    trainable = {w.path.split("/")[-2] for w in backbone.trainable_weights}
+    assert trainable == set(expected)
+    assert not any(
+        layer.trainable
+        for layer in backbone.layers
+        if isinstance(layer, keras.layers.BatchNormalization)
+    )
+
+
+def test_a_fine_tuning_step_moves_the_block_and_leaves_batchnorm_statistics_alone(
+    informative_weights,
+):
+    classifier = model.build_classifier(
+        3, image_size=32, alpha=0.25, weights=informative_weights, seed=1
+    )
+    model.unfreeze_top(classifier, 6)
+    model.compile_classifier(classifier, optimizer="adam", learning_rate=1e-2, num_classes=3)
+    backbone = classifier.get_layer(model.BACKBONE_NAME)
+    before = {w.path: w.numpy().copy() for w in backbone.weights}
+    images = np.random.default_rng(0).integers(0, 256, (8, 32, 32, 3), dtype=np.uint8)
+    classifier.fit(images, np.arange(8) % 3, epochs=1, batch_size=8, verbose=0)
+    after = {w.path: w.numpy() for w in backbone.weights}
+    changed = {path for path in before if not np.array_equal(before[path], after[path])}
+    # The block's kernels moved; no BatchNorm weight or statistic did (inference mode).
+    assert changed == {w.path for w in backbone.trainable_weights}
+    assert all("_bn" not in path for path in changed) and len(changed) == 2

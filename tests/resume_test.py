@@ -251,24 +251,43 @@ FINE_TUNE = [
 
 
 @pytest.fixture(scope="module")
-def fine_tuned(tiny_dataset, tmp_path_factory):
+def fine_tuned(tiny_dataset, informative_weights, tmp_path_factory):
     """The head on features (2 epochs), then 2 epochs of fine-tuning the last block on the
     augmented images, under --deterministic, uninterrupted."""
     model_dir = tmp_path_factory.mktemp("fine_tune") / "uninterrupted"
-    args = [f"--data_dir={tiny_dataset}", f"--model_dir={model_dir}", *FINE_TUNE, *TRAIN]
+    args = [
+        f"--data_dir={tiny_dataset}",
+        f"--model_dir={model_dir}",
+        *FINE_TUNE,
+        *TRAIN,
+        f"--weights={informative_weights}",  # Features that do not vanish: the block learns.
+    ]
     result = _run("train_main", args)
     assert result.returncode == 0, result.stderr[-3000:]
     return model_dir
 
 
 def test_two_deterministic_fine_tuning_runs_with_augmentation_are_identical(
-    fine_tuned, tiny_dataset, tmp_path
+    fine_tuned, tiny_dataset, informative_weights, tmp_path
 ):
     model_dir = tmp_path / "again"
-    args = [f"--data_dir={tiny_dataset}", f"--model_dir={model_dir}", *FINE_TUNE, *TRAIN]
+    args = [
+        f"--data_dir={tiny_dataset}",
+        f"--model_dir={model_dir}",
+        *FINE_TUNE,
+        *TRAIN,
+        f"--weights={informative_weights}",  # Features that do not vanish: the block learns.
+    ]
     result = _run("train_main", args)
     assert result.returncode == 0, result.stderr[-3000:]
     _same_run(fine_tuned, model_dir)
+    # Phase 2 trained the last block: it moved away from the starting backbone's.
+    from fruits_tl import model
+
+    start = model.build_backbone(image_size=32, alpha=0.25, weights=informative_weights)
+    tuned = keras.saving.load_model(model_dir / "model.keras", compile=False)
+    kernel = tuned.get_layer(model.BACKBONE_NAME).get_layer("conv_pw_13").kernel.numpy()
+    assert not np.array_equal(kernel, start.get_layer("conv_pw_13").kernel.numpy())
     first = json.loads((fine_tuned / "metrics.json").read_text())
     second = json.loads((model_dir / "metrics.json").read_text())
     drop = ("seconds", "per_second")
@@ -279,10 +298,16 @@ def test_two_deterministic_fine_tuning_runs_with_augmentation_are_identical(
 
 @pytest.mark.parametrize("kill_signal", ["SIGKILL", "SIGTERM"])
 def test_killed_or_stopped_in_fine_tuning_then_rerun_is_bit_for_bit_the_uninterrupted_run(
-    fine_tuned, tiny_dataset, tmp_path, kill_signal
+    fine_tuned, tiny_dataset, informative_weights, tmp_path, kill_signal
 ):
     model_dir = tmp_path / "killed"
-    args = [f"--data_dir={tiny_dataset}", f"--model_dir={model_dir}", *FINE_TUNE, *TRAIN]
+    args = [
+        f"--data_dir={tiny_dataset}",
+        f"--model_dir={model_dir}",
+        *FINE_TUNE,
+        *TRAIN,
+        f"--weights={informative_weights}",  # Features that do not vanish: the block learns.
+    ]
     # Phase 2, epoch 2 (from 0: 1), after its step 3: the head's phase is finished.
     killed = _run("train_main", args, kill_at="fine_tune:step:1:3", kill_signal=kill_signal)
     if kill_signal == "SIGKILL":
