@@ -279,7 +279,7 @@ class TrainConfig:
     augment: Augmentation = NO_AUGMENTATION
     fine_tune_layers: int = 0
     fine_tune_epochs: int = 10
-    fine_tune_learning_rate: float = 3e-5
+    fine_tune_learning_rate: float = 1e-5
     fine_tune_optimizer: str = "adam"
 
     @property
@@ -556,16 +556,6 @@ class ExtractConfig:
     verbose: bool = True
     chunk_images: int = 2048
     collective_timeout: float = 300.0
-    augment: Augmentation = NO_AUGMENTATION
-    fine_tune_layers: int = 0
-    fine_tune_epochs: int = 10
-    fine_tune_learning_rate: float = 3e-5
-    fine_tune_optimizer: str = "adam"
-
-    @property
-    def find_learning_rate(self) -> bool:
-        """Whether the learning-rate finder chooses the head's learning rate."""
-        return self.learning_rate == "auto"
 
     def __post_init__(self) -> None:
         _require(bool(self.features_dir), "features_dir is required: where the features go.")
@@ -613,16 +603,6 @@ class EvaluateConfig:
     batch_size: int = 32
     num_mistakes: int = 20
     collective_timeout: float = 300.0
-    augment: Augmentation = NO_AUGMENTATION
-    fine_tune_layers: int = 0
-    fine_tune_epochs: int = 10
-    fine_tune_learning_rate: float = 3e-5
-    fine_tune_optimizer: str = "adam"
-
-    @property
-    def find_learning_rate(self) -> bool:
-        """Whether the learning-rate finder chooses the head's learning rate."""
-        return self.learning_rate == "auto"
 
     def __post_init__(self) -> None:
         _require(bool(self.model), "model is required: the trained model to evaluate.")

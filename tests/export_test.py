@@ -265,8 +265,10 @@ def test_evaluate_and_predict_take_every_format(exported, trained, tiny_dataset,
         ), name
         assert sorted(os.listdir(out)) == [
             "confusion_matrix.csv",
+            "confusion_matrix.png",
             "metrics.json",
             "mistakes.csv",
+            "mistakes.png",
             "per_class.csv",
         ]
         metrics = json.loads((out / "metrics.json").read_text())
