@@ -31,7 +31,15 @@ def _scalars(run_dir) -> dict[str, list[tuple[int, float]]]:
     }
 
 
-def test_train_and_validation_runs_overlay_with_the_history(tiny_dataset, tmp_path, capsys):
+@pytest.mark.parametrize(
+    "extra, steps",
+    [([], [0, 1]), (["--fine_tune_layers=6", "--fine_tune_epochs=1"], [0, 1, 2])],
+    ids=["head", "fine_tune"],
+)
+def test_train_and_validation_runs_overlay_with_the_history(
+    tiny_dataset, tmp_path, capsys, extra, steps
+):
+    # With fine-tuning, its epoch continues the head's curves (step 2 after steps 0 and 1).
     board = tmp_path / "tb"
     model_dir = tmp_path / "run"
     args = [
@@ -44,6 +52,7 @@ def test_train_and_validation_runs_overlay_with_the_history(tiny_dataset, tmp_pa
         "--batch_size=4",
         "--verbose=0",
         f"--tensorboard_dir={board}",
+        *extra,
     ]
     assert run_main(train_main, args) == 0, capsys.readouterr().err
     assert sorted(p.name for p in board.iterdir()) == ["train", "validation"]
@@ -54,7 +63,7 @@ def test_train_and_validation_runs_overlay_with_the_history(tiny_dataset, tmp_pa
     assert "epoch_images_per_second" in train
     with open(model_dir / "history.csv") as stream:
         history = list(csv.DictReader(stream))
-    assert [step for step, _ in train["epoch_loss"]] == [0, 1]
+    assert [step for step, _ in train["epoch_loss"]] == steps
     np.testing.assert_allclose(
         [v for _, v in train["epoch_loss"]], [float(r["loss"]) for r in history], rtol=1e-5
     )
