@@ -280,8 +280,10 @@ def unfreeze_top(classifier: keras.Model, layers: int) -> tuple[str, ...]:
     return tuple(unfrozen)
 
 
-def build_optimizer(name: str, *, learning_rate: float) -> keras.optimizers.Optimizer:
-    """Returns a Keras optimizer by name (rmsprop, adam, sgd)."""
+def build_optimizer(
+    name: str, *, learning_rate: float | keras.optimizers.schedules.LearningRateSchedule
+) -> keras.optimizers.Optimizer:
+    """Returns a Keras optimizer by name (rmsprop, adam, sgd), at a rate or on a schedule."""
     if name == "rmsprop":
         return keras.optimizers.RMSprop(learning_rate=learning_rate)
     if name == "adam":
@@ -292,7 +294,11 @@ def build_optimizer(name: str, *, learning_rate: float) -> keras.optimizers.Opti
 
 
 def compile_classifier(
-    model: keras.Model, *, optimizer: str, learning_rate: float, num_classes: int
+    model: keras.Model,
+    *,
+    optimizer: str,
+    learning_rate: float | keras.optimizers.schedules.LearningRateSchedule,
+    num_classes: int,
 ) -> None:
     """Compiles with sparse categorical cross-entropy, accuracy and top-5 accuracy.
 

@@ -576,11 +576,18 @@ def _fit(
             )
         finding = _find_rate(config, trainable, arrays=arrays, strategy=strategy)
         rate = finding.suggested
+    schedule = float(rate)
+    if phase.name == FINE_TUNE:
+        # Cosine decay to 0 over the phase's steps: the last epochs move the weights least, so
+        # the result does not hang on one epoch's noise. The optimizer's step count is in its
+        # checkpoint, so a resumed run continues the schedule where it stopped.
+        steps = -(-len(arrays["train"][1]) // config.batch_size) * phase.epochs
+        schedule = keras.optimizers.schedules.CosineDecay(float(rate), decay_steps=steps)
     with strategy.scope():  # A fresh optimizer: the finder's state is not carried over.
         model.compile_classifier(
             trainable,
             optimizer=phase.optimizer,
-            learning_rate=float(rate),
+            learning_rate=schedule,
             num_classes=len(splits.class_names),
         )
         trainable.optimizer.build(trainable.trainable_variables)

@@ -1,4 +1,5 @@
-"""Test set-up: two logical CPU devices before TensorFlow starts, and tiny real image folders."""
+"""Test set-up: the CPU alone, split into two logical devices before TensorFlow starts, and
+tiny real image folders."""
 
 from __future__ import annotations
 
@@ -7,6 +8,9 @@ import shutil
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# The tests' strategies run on CPU devices, on a GPU host too: "mirrored" means the two logical
+# CPUs below, and the binaries the tests start (they inherit this environment) see no GPU.
+os.environ["CUDA_VISIBLE_DEVICES"] = "-1"
 
 import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
