@@ -41,15 +41,15 @@ def audit_folder(
         )
     entries = [
         (p, split, c)
-        for split, (_, _, listing) in splits.items()
-        for c, paths in listing.items()
+        for split, (_, _, files_of) in splits.items()
+        for c, paths in files_of.items()
         for p in paths
     ]
     facts, images_per_second = inspect_files(entries)
 
     counts = {
-        split: {c: len(paths) for c, paths in listing.items()}
-        for split, (_, _, listing) in splits.items()
+        split: {c: len(paths) for c, paths in files_of.items()}
+        for split, (_, _, files_of) in splits.items()
     }
     undecodable = [{"path": f.path, "reason": f.reason} for f in facts if not f.decodable]
     good = [f for f in facts if f.decodable]

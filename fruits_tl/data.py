@@ -199,7 +199,7 @@ def load_split(
       The split as an ImageFolder.
     """
     present = [c for c in class_names if os.path.isdir(os.path.join(directory, c))]
-    listing = keras.utils.image_dataset_from_directory(
+    keras_listing = keras.utils.image_dataset_from_directory(
         directory,
         labels="inferred",
         label_mode="int",
@@ -211,11 +211,16 @@ def load_split(
         interpolation="bilinear",
         verbose=False,
     )
-    file_paths = list(listing.file_paths)
+    # Keras lists AppleDouble `._*` files and __MACOSX/ contents too; they are not data.
+    file_paths = [
+        p
+        for p in keras_listing.file_paths
+        if not listing.is_metadata(os.path.relpath(p, directory))
+    ]
     if expected_files is not None and sorted(file_paths) != sorted(expected_files):
         raise RuntimeError(
             f"Keras listed different files in '{directory}' than fruits_tl checked; the listing "
-            "rules in fruits_tl.data no longer match this Keras version."
+            "rules in fruits_tl.listing no longer match this Keras version."
         )
     label_of = {c: list(class_names).index(c) for c in present}
     left_out = set(exclude) | set(undecodable)

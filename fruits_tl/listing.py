@@ -4,6 +4,12 @@ The rules are Keras's own (`image_dataset_from_directory`), so the files fruits_
 the files Keras lists: class folders are the non-hidden sub-folders of a split folder; images
 are found recursively below each class folder, in sorted order, with a case-insensitive
 extension in IMAGE_EXTENSIONS. Every listing in the package goes through here.
+
+One rule is added to Keras's: operating-system metadata is not data. `__MACOSX/` folders and
+AppleDouble `._<name>` files (what a zip made on macOS carries), `$RECYCLE.BIN/` and
+`System Volume Information/` are left out wherever they are (`is_metadata`), and
+`list_image_files` logs one line saying what it left out. (`.Trashes`, `.DS_Store` and other
+dot-names are hidden already; `desktop.ini` and `Thumbs.db` have no image extension.)
 """
 
 from __future__ import annotations
@@ -11,28 +17,49 @@ from __future__ import annotations
 import difflib
 import os
 
+from absl import logging
+
 from fruits_tl.errors import UserInputError
 
 # The extensions `keras.utils.image_dataset_from_directory` accepts (its ALLOWLIST_FORMATS).
 IMAGE_EXTENSIONS = (".bmp", ".gif", ".jpeg", ".jpg", ".png")
 
 
+# Folders that operating systems and archivers write beside the data.
+METADATA_FOLDERS = frozenset({"__MACOSX", "$RECYCLE.BIN", "System Volume Information"})
+
+
+def is_metadata(path: str) -> bool:
+    """Whether a path is operating-system metadata: inside a METADATA_FOLDERS folder, or an
+    AppleDouble `._<name>` file."""
+    parts = os.path.normpath(path).split(os.sep)
+    return parts[-1].startswith("._") or any(part in METADATA_FOLDERS for part in parts)
+
+
 def list_subfolders(directory: str) -> list[str]:
-    """The sorted names of the non-hidden sub-folders of `directory` (hidden: a leading dot)."""
+    """The sorted names of the sub-folders of `directory` that are neither hidden (a leading
+    dot) nor operating-system metadata (METADATA_FOLDERS)."""
     return sorted(
         entry.name
         for entry in os.scandir(directory)
-        if entry.is_dir() and not entry.name.startswith(".")
+        if entry.is_dir() and not entry.name.startswith(".") and entry.name not in METADATA_FOLDERS
     )
 
 
-def walk_images(directory: str) -> list[str]:
-    """Image files below `directory`, recursively, in Keras's order (folders sorted, then files)."""
+def walk_images(directory: str, *, left_out: list[str] | None = None) -> list[str]:
+    """Image files below `directory`, recursively, in Keras's order (folders sorted, then
+    files), operating-system metadata left out (and appended to `left_out` if given)."""
     paths = []
     for root, _, names in sorted(os.walk(directory), key=lambda item: item[0]):
-        paths += [
-            os.path.join(root, n) for n in sorted(names) if n.lower().endswith(IMAGE_EXTENSIONS)
-        ]
+        for name in sorted(names):
+            if not name.lower().endswith(IMAGE_EXTENSIONS):
+                continue
+            path = os.path.join(root, name)
+            if is_metadata(os.path.relpath(path, directory)):
+                if left_out is not None:
+                    left_out.append(path)
+                continue
+            paths.append(path)
     return paths
 
 
@@ -72,7 +99,25 @@ def list_image_files(
     Returns:
       A dict from class name to the sorted list of its image paths (recursive).
     """
-    return {name: walk_images(os.path.join(directory, name)) for name in class_names}
+    left_out: list[str] = []
+    files = {
+        name: walk_images(os.path.join(directory, name), left_out=left_out) for name in class_names
+    }
+    folders = [
+        name
+        for name in os.listdir(directory)
+        if name in METADATA_FOLDERS and os.path.isdir(os.path.join(directory, name))
+    ]
+    if left_out or folders:
+        logging.info(
+            "Left out operating-system metadata in '%s', not images: %s.",
+            directory,
+            ", ".join(
+                [f"the folder {name}/" for name in sorted(folders)]
+                + ([f"{len(left_out)} file(s) such as '{left_out[0]}'"] if left_out else [])
+            ),
+        )
+    return files
 
 
 def closest_name(name: str, candidates: list[str] | tuple[str, ...]) -> str | None:

@@ -40,7 +40,7 @@ def _find_extracted_root(directory: epath.Path, *, depth: int = 3) -> epath.Path
             pending += [
                 (child, level + 1)
                 for child in sorted(current.iterdir())
-                if child.is_dir() and not child.name.startswith(".")
+                if child.is_dir() and not _hidden_or_metadata(child)
             ]
     return None
 
@@ -114,7 +114,7 @@ class Fruits360(tfds.core.GeneratorBasedBuilder):
         names = sorted(
             p.name
             for p in (root / "Training").iterdir()
-            if p.is_dir() and not p.name.startswith(".")
+            if p.is_dir() and not _hidden_or_metadata(p)
         )
         self.info.features["label"].names = names
         splits = {"train": self._generate_examples(root / "Training", names)}
@@ -125,7 +125,7 @@ class Fruits360(tfds.core.GeneratorBasedBuilder):
     def _generate_examples(self, split_dir: epath.Path, names: list[str]):
         known = set(names)
         for class_dir in sorted(
-            p for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith(".")
+            p for p in split_dir.iterdir() if p.is_dir() and not _hidden_or_metadata(p)
         ):
             if class_dir.name not in known:
                 raise UserInputError(
@@ -150,13 +150,22 @@ class Fruits360(tfds.core.GeneratorBasedBuilder):
                 )
 
 
+def _hidden_or_metadata(path: epath.Path) -> bool:
+    """A hidden folder, or operating-system metadata (`listing.is_metadata`): not a class."""
+    return path.name.startswith(".") or path.name in listing.METADATA_FOLDERS
+
+
 def _image_files(directory: epath.Path) -> list[epath.Path]:
-    """Image files below `directory`, recursively, sorted (iterdir: TFDS forbids `**` globs)."""
+    """Image files below `directory`, recursively, sorted (iterdir: TFDS forbids `**` globs),
+    operating-system metadata (`__MACOSX/`, `._*` files) left out as in `listing`."""
     found = []
     for child in sorted(directory.iterdir()):
         if child.is_dir():
-            found += _image_files(child)
-        elif child.name.lower().endswith(listing.IMAGE_EXTENSIONS):
+            if child.name not in listing.METADATA_FOLDERS:
+                found += _image_files(child)
+        elif child.name.lower().endswith(listing.IMAGE_EXTENSIONS) and not child.name.startswith(
+            "._"
+        ):
             found.append(child)
     return found
 

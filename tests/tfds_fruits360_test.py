@@ -125,15 +125,24 @@ def test_tfds_source_trains_with_the_folder_class_order(tmp_path, caplog, capsys
     )
 
 
-def test_tfds_load_works_once_the_package_is_imported(tmp_path):
+def test_tfds_load_works_once_the_package_is_imported(tmp_path, caplog):
     manual = tmp_path / "manual"
-    _write_fake_fruits(str(manual))
-    tfds_fruits360.prepare(tfds_data_dir=str(tmp_path / "records"), manual_dir=str(manual))
+    root = _write_fake_fruits(str(manual))
+    # What a zip made on macOS carries is left out: no __MACOSX class, no ._ "image".
+    for split in ("Training", "Test"):
+        os.makedirs(os.path.join(root, split, "__MACOSX", "Banana"))
+        for class_name in os.listdir(os.path.join(root, split)):
+            with open(os.path.join(root, split, class_name, "._0.jpg"), "wb") as stream:
+                stream.write(b"\x00\x05\x16\x07AppleDouble")
+    with caplog.at_level(logging.WARNING):
+        tfds_fruits360.prepare(tfds_data_dir=str(tmp_path / "records"), manual_dir=str(manual))
+    assert "Skipping undecodable" not in caplog.text
     dataset, info = tfds.load(
         "fruits360", split="test", data_dir=str(tmp_path / "records"), with_info=True
     )
     example = next(iter(dataset))
     assert example["image"].shape == (100, 100, 3) and info.features["label"].num_classes == 3
+    assert info.splits["train"].num_examples == 12 and info.splits["test"].num_examples == 6
     assert str(info.version) == "1.0.0"
 
 

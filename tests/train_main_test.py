@@ -331,3 +331,54 @@ def test_fine_tuning_trains_the_last_block_and_reports_both_phases(data_dir, tmp
     assert "Random" not in " ".join(type(layer).__name__ for layer in loaded.layers)
     assert (model_dir / "training_curves.png").is_file()
     assert not (model_dir / "checkpoints").exists()
+
+
+def _add_macos_metadata(data_dir) -> int:
+    """What a zip made on macOS adds: __MACOSX/ trees and AppleDouble ._<name> files (not
+    images, though named .jpg). Returns the number of ._ files added inside the splits."""
+    added = 0
+    for split in ("Training", "Test"):
+        for class_dir in sorted((data_dir / split).iterdir()):
+            for image in sorted(class_dir.glob("*.jpg"))[:2]:
+                (class_dir / f"._{image.name}").write_bytes(b"\x00\x05\x16\x07AppleDouble")
+                added += 1
+        junk = data_dir / split / "__MACOSX" / "Banana"
+        junk.mkdir(parents=True)
+        (junk / "._x.jpg").write_bytes(b"\x00\x05\x16\x07")
+    (data_dir / "__MACOSX" / "Training").mkdir(parents=True)
+    return added
+
+
+def test_a_folder_zipped_on_macos_trains_without_skip_bad_images(
+    data_dir, tmp_path, capsys, caplog
+):
+    from pathlib import Path
+
+    from fruits_tl.cli import audit_main
+
+    assert _add_macos_metadata(Path(data_dir)) == 12
+    model_dir = tmp_path / "run"
+    with caplog.at_level(logging.INFO):
+        code = run_main(
+            train_main,
+            [f"--data_dir={data_dir}", f"--model_dir={model_dir}", "--verbosity=0", *TINY],
+        )
+    lines = [record.getMessage() for record in caplog.records]
+    assert code == 0, capsys.readouterr().err
+    metrics = json.loads((model_dir / "metrics.json").read_text())
+    assert (metrics["num_classes"], metrics["num_train_images"], metrics["num_test_images"]) == (
+        3,
+        18,
+        9,
+    )
+    assert metrics["num_skipped_images"] == 0
+    assert (model_dir / "labels.txt").read_text().split("\n")[:3] == [
+        "Apple Red",
+        "Banana",
+        "Blueberry",
+    ]
+    left_out = [line for line in lines if "Left out operating-system metadata" in line]
+    assert any("the folder __MACOSX/" in line and "6 file(s)" in line for line in left_out)
+    report = tmp_path / "audit.json"
+    assert run_main(audit_main, [f"--data_dir={data_dir}", f"--output_json={report}"]) == 0
+    assert json.loads(report.read_text())["undecodable"] == []
