@@ -335,7 +335,7 @@ def _loop_epochs(
     from fruits_tl.callbacks import ThroughputCallback
 
     config = context.config
-    callback = ThroughputCallback(len(labels), log_name="bench")
+    callback = ThroughputCallback(len(labels))
     loop.fit(
         classifier,
         examples=inputs,

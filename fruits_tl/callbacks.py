@@ -10,7 +10,6 @@ import time
 from collections.abc import Callable
 
 import keras
-from absl import logging
 
 
 def write_scalar(tag: str, value: float, *, step: int) -> None:
@@ -31,7 +30,8 @@ def write_scalar(tag: str, value: float, *, step: int) -> None:
 
 
 class ThroughputCallback(keras.callbacks.Callback):
-    """Logs training images/s for every epoch and adds it to the epoch's logs.
+    """Measures training images/s for every epoch and adds it to the epoch's logs (the training
+    loop's one line per epoch shows it).
 
     The training phase of an epoch runs from `on_epoch_begin` to the start of validation
     (`on_test_begin`), or to `on_epoch_end` when there is no validation, so validation time
@@ -43,8 +43,8 @@ class ThroughputCallback(keras.callbacks.Callback):
     `epoch_<metric>` (the `val_` prefix dropped in the validation run), plus
     `epoch_images_per_second` in the train run.
 
-    `epoch_offset` (the epochs of an earlier phase) is added to the epoch in the log lines and
-    the TensorBoard steps, so that fine-tuning's curves continue the head's.
+    `epoch_offset` (the epochs of an earlier phase) is added to the epoch of the TensorBoard
+    steps, so that fine-tuning's curves continue the head's.
 
     Attributes:
       epoch_seconds: Training-phase seconds of each finished epoch.
@@ -56,7 +56,6 @@ class ThroughputCallback(keras.callbacks.Callback):
         num_images: int,
         *,
         clock: Callable[[], float] = time.perf_counter,
-        log_name: str = "train",
         tensorboard_dir: str = "",
         epoch_offset: int = 0,
     ):
@@ -66,7 +65,6 @@ class ThroughputCallback(keras.callbacks.Callback):
         self.tensorboard_dir = tensorboard_dir
         self._writers: dict = {}
         self.clock = clock
-        self.log_name = log_name
         self.epoch_seconds: list[float] = []
         self.images_per_second: list[float] = []
         self._start: float | None = None
@@ -91,14 +89,6 @@ class ThroughputCallback(keras.callbacks.Callback):
         if logs is not None:
             logs["images_per_second"] = rate
             logs["epoch_seconds"] = seconds
-        logging.info(
-            "epoch %d: %s %d images in %.2f s, %.1f images/s",
-            epoch + 1,
-            self.log_name,
-            self.num_images,
-            seconds,
-            rate,
-        )
         if self.tensorboard_dir:
             self._write_scalars(epoch, rate, logs or {})
         self._start = None

@@ -192,6 +192,21 @@ def weights_digest(model: keras.Model) -> str:
     return digest.hexdigest()[:16]
 
 
+def epoch_line(name: str, epoch: int, epochs: int, logs: dict, count: int) -> str:
+    """The one log line of an epoch: its metrics, validation's, and its training speed."""
+    parts = [f"{name} epoch {epoch + 1}/{epochs}:"]
+    parts.append(", ".join(f"{k} {logs[k]:.4f}" for k in _METRICS if k in logs))
+    if f"val_{_METRICS[0]}" in logs:
+        validation = ", ".join(f"{k} {logs[f'val_{k}']:.4f}" for k in _METRICS)
+        parts[-1] += f"; validation {validation}"
+    if "epoch_seconds" in logs:
+        parts[-1] += (
+            f"; {count} images in {logs['epoch_seconds']:.2f} s, "
+            f"{logs['images_per_second']:,.0f} images/s"
+        )
+    return " ".join(parts)
+
+
 def order_digest(index_batches: np.ndarray) -> str:
     """A digest of an epoch's batches: their example indices in feed order (-1: padding)."""
     return hashlib.sha256(np.asarray(index_batches, np.int64).tobytes()).hexdigest()[:16]
@@ -384,12 +399,7 @@ def fit(
             }
         )
         if verbose:
-            logging.info(
-                "epoch %d/%d: %s",
-                epoch + 1,
-                epochs,
-                ", ".join(f"{k} {v:.4f}" for k, v in logs.items()),
-            )
+            logging.info("%s", epoch_line(fault_name, epoch, epochs, logs, count))
         state.update(epoch=epoch + 1, step=0, totals=[0.0, 0.0, 0.0])
         # The last epoch too: a finished phase that a later phase follows (fine-tuning) is
         # resumed as finished.

@@ -618,9 +618,6 @@ def _fit(
         )
     throughput = callbacks.ThroughputCallback(
         len(splits.train),
-        log_name={"images": "train", "features": "head on features of"}.get(
-            phase.name, "fine-tune"
-        ),
         tensorboard_dir=config.tensorboard_dir if chief else "",
         epoch_offset=phase.epoch_offset,
     )

@@ -50,3 +50,26 @@ def test_a_binary_shows_its_error_and_hides_tensorflows_start_up_lines(tmp_path)
     assert loud.returncode == 2 and "There is no model at" in loud.stderr
     # TensorFlow 2.21 on a CPU-only machine logs its CUDA probing at import: shown at level 0.
     assert any(native_log.NATIVE_LINE.match(line) for line in loud.stderr.splitlines()), loud.stderr
+
+
+def test_a_training_log_has_one_line_per_epoch_and_none_of_tensorflows_info(tiny_dataset, tmp_path):
+    script = os.path.join(os.path.dirname(sys.executable), "fruits-tl-train")
+    command = [
+        script,
+        f"--data_dir={tiny_dataset}",
+        f"--model_dir={tmp_path / 'run'}",
+        "--alpha=0.25",
+        "--image_size=32",
+        "--weights=none",
+        "--epochs=3",
+        "--batch_size=4",
+        "--mode=images",  # A checkpoint after every epoch: TensorFlow logs "Sharding ...".
+    ]
+    quiet = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    result = subprocess.run(command, capture_output=True, text=True, env=quiet, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = result.stderr.splitlines()
+    for epoch in (1, 2, 3):
+        assert sum(f"epoch {epoch}/3" in line for line in lines) == 1, result.stderr
+    assert "Sharding callback" not in result.stderr
+    assert "images/s" in next(line for line in lines if "train epoch 3/3:" in line)

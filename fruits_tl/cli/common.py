@@ -7,6 +7,7 @@ paragraph on stderr and exit code 2, never a traceback.
 
 from __future__ import annotations
 
+import logging as std_logging
 import os
 import sys
 import textwrap
@@ -17,7 +18,8 @@ import textwrap
 # applies the level to the lines TensorFlow 2.21 prints before its logging starts.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-from absl import app, flags  # noqa: E402
+from absl import app, flags
+from absl import logging as absl_logging  # noqa: E402
 
 from fruits_tl.cli import native_log  # noqa: E402
 from fruits_tl.errors import UserInputError, WorkerLost  # noqa: E402
@@ -350,6 +352,14 @@ def value_or(name: str, default):
     return getattr(FLAGS, name) if FLAGS[name].present else default
 
 
+_TENSORFLOW_SOURCE = f"{os.sep}tensorflow{os.sep}"
+
+
+def _no_tensorflow_info(record: std_logging.LogRecord) -> bool:
+    """A log filter: False for INFO (and lower) records logged from TensorFlow's own code."""
+    return record.levelno >= std_logging.WARNING or _TENSORFLOW_SOURCE not in record.pathname
+
+
 def main_runner(main):
     """The console-script entry point: parse flags with absl and run `main`.
 
@@ -365,6 +375,12 @@ def main_runner(main):
         if entry is not None:
             entry.__doc__ = (sys.modules[main.module_name].__doc__ or "") + QUIET_NOTE
         native_log.filter_stderr()
+        if native_log.min_log_level() >= 1:
+            # TensorFlow's own Python INFO lines ("Sharding callback duration" after every
+            # checkpoint, "Collective all_reduce tensors" per collective; some through absl's
+            # logger, some through "tensorflow") are hidden with its C++ ones: the job's log is
+            # the job's lines. TF_CPP_MIN_LOG_LEVEL=0 shows them.
+            absl_logging.get_absl_handler().addFilter(_no_tensorflow_info)
         app.run(main)
 
     return run
