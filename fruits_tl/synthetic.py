@@ -102,7 +102,8 @@ def write_synthetic_dataset(
 ) -> str:
     """Writes a synthetic `Training/` and `Test/` image folder and returns its path.
 
-    If `directory` already holds a complete dataset written by this function, it is reused.
+    If `directory` already holds a complete dataset written by this function with the same
+    settings, it is reused; with other settings it is an error (its marker file records them).
 
     Args:
       directory: Where to write (created; must not hold anything else).
@@ -125,7 +126,19 @@ def write_synthetic_dataset(
     if file_format not in ("jpg", "png"):
         raise UserInputError(f"file_format must be jpg or png, got {file_format!r}.")
     marker = os.path.join(directory, COMPLETE_MARKER)
+    settings = (
+        f"num_classes={num_classes} train_per_class={train_per_class} "
+        f"test_per_class={test_per_class} image_size={image_size} seed={seed}"
+        + ("" if file_format == "jpg" else f" file_format={file_format}")
+    )
     if os.path.exists(marker):
+        with open(marker, encoding="utf-8") as stream:
+            written = stream.read().strip()
+        if written != settings:
+            raise UserInputError(
+                f"'{directory}' holds a synthetic dataset written with other settings ({written}), "
+                f"not {settings}; choose another folder or remove it."
+            )
         return directory
     if os.path.exists(directory) and os.listdir(directory):
         raise UserInputError(
@@ -154,11 +167,7 @@ def write_synthetic_dataset(
                         os.path.join(class_dir, f"{number}_100.{file_format}"), "wb"
                     ) as stream:
                         stream.write(encoded)
-        files.write_text(
-            os.path.join(staging, COMPLETE_MARKER),
-            f"num_classes={num_classes} train_per_class={train_per_class} "
-            f"test_per_class={test_per_class} image_size={image_size} seed={seed}\n",
-        )
+        files.write_text(os.path.join(staging, COMPLETE_MARKER), settings + "\n")
         if os.path.exists(directory):
             os.rmdir(directory)
         os.replace(staging, directory)

@@ -32,6 +32,13 @@ def test_layout_and_reuse(tmp_path):
     )
     assert os.path.getmtime(listed[0]) == before
     assert [n for n in os.listdir(tmp_path) if n.startswith(".")] == []
+    # Other settings are not this dataset: refused, naming both, nothing rewritten.
+    for other in ({"num_classes": 5}, {"seed": 6}):
+        settings = {"num_classes": 4, "train_per_class": 3, "test_per_class": 2, "seed": 5}
+        with pytest.raises(UserInputError, match="written with other settings") as error:
+            synthetic.write_synthetic_dataset(path, **{**settings, **other})
+        assert "num_classes=4" in str(error.value) and "seed=5" in str(error.value)
+    assert os.path.getmtime(listed[0]) == before
 
 
 def test_generation_is_deterministic_and_classes_differ():
