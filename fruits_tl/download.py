@@ -145,10 +145,51 @@ def _check_member_name(name: str, archive: str) -> None:
         )
 
 
+# Images barely compress (JPEG, PNG): a member, or a compressed tar stream, that expands more
+# than this many times is a decompression bomb, not a dataset. Only above MIN_BOMB_BYTES: a
+# small text file may compress well.
+MAX_RATIO = 100
+MIN_BOMB_BYTES = 1 << 20
+
+
+def _check_sizes(archive: str, destination: str, sizes: dict[str, tuple[int, int]]) -> None:
+    """Refuses implausible expansion: `sizes` maps each member to (bytes out, bytes in; 0 in
+    for a tar's members, whose stream is compressed as a whole)."""
+    for name, (size, packed) in sizes.items():
+        if packed and size >= MIN_BOMB_BYTES and size > MAX_RATIO * packed:
+            raise UserInputError(
+                f"Refusing to extract '{archive}': member '{name}' expands from {packed:,} to "
+                f"{size:,} bytes, {size / packed:,.0f} times (more than {MAX_RATIO}: images "
+                "barely compress; this looks like a decompression bomb)."
+            )
+    total = sum(size for size, _ in sizes.values())
+    archive_bytes = max(os.path.getsize(archive), 1)
+    if not any(packed for _, packed in sizes.values()) and (
+        total >= MIN_BOMB_BYTES and total > MAX_RATIO * archive_bytes
+    ):
+        raise UserInputError(
+            f"Refusing to extract '{archive}': its {len(sizes):,} members expand from "
+            f"{archive_bytes:,} to {total:,} bytes, {total / archive_bytes:,.0f} times (more than "
+            f"{MAX_RATIO}: images barely compress; this looks like a decompression bomb)."
+        )
+    free = shutil.disk_usage(destination).free
+    if total > free:
+        raise UserInputError(
+            f"Refusing to extract '{archive}': it expands to {total:,} bytes and '{destination}' "
+            f"has {free:,} bytes free."
+        )
+
+
 def check_archive(archive: str, destination: str) -> None:
-    """Raises UserInputError naming the first unsafe member of a zip or tar archive."""
+    """Raises UserInputError naming the first unsafe member of a zip or tar archive: a path
+    outside the destination, a link out, a device, or an implausible expansion."""
     if zipfile.is_zipfile(archive):
         with zipfile.ZipFile(archive) as opened:
+            _check_sizes(
+                archive,
+                destination,
+                {i.filename: (i.file_size, max(i.compress_size, 1)) for i in opened.infolist()},
+            )
             for info in opened.infolist():
                 _check_member_name(info.filename, archive)
                 # A zip symlink: Unix mode in the high 16 bits of external_attr.
@@ -168,6 +209,7 @@ def check_archive(archive: str, destination: str) -> None:
     except (tarfile.TarError, OSError) as error:
         raise UserInputError(f"'{archive}' is neither a zip nor a tar archive ({error}).") from None
     with opened:
+        _check_sizes(archive, destination, {m.name: (m.size, 0) for m in opened.getmembers()})
         for member in opened.getmembers():
             _check_member_name(member.name, archive)
             if member.issym() or member.islnk():

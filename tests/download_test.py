@@ -232,3 +232,25 @@ def test_safe_tar_with_an_inside_link_extracts(tmp_path):
     download.extract(_tar_with(tmp_path, inside_link), str(out))
     assert (out / "Training" / "A" / "1.jpg").read_bytes() == b"fine"
     assert download.find_data_dir(str(out)) == str(out)
+
+
+@pytest.mark.parametrize("kind", ["zip", "tar.gz"])
+def test_a_decompression_bomb_is_refused_with_its_figures(tmp_path, kind):
+    # 20 MB of zeros packs into about 20 KB: a ratio near 1,000, where JPEGs barely compress.
+    archive = tmp_path / f"bomb.{kind}"
+    zeros = b"\0" * (20 << 20)
+    if kind == "zip":
+        with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as opened:
+            opened.writestr("Training/Apple/0_100.jpg", b"\xff\xd8 a small real-looking file")
+            opened.writestr("Training/Apple/bomb.jpg", zeros)
+        expected = "member 'Training/Apple/bomb.jpg' expands from"
+    else:
+        with tarfile.open(archive, "w:gz") as opened:
+            member = tarfile.TarInfo("Training/Apple/bomb.jpg")
+            member.size = len(zeros)
+            opened.addfile(member, io.BytesIO(zeros))
+        expected = "its 1 members expand from"
+    with pytest.raises(UserInputError, match="decompression bomb") as error:
+        download.extract(str(archive), str(tmp_path / "out"))
+    assert expected in str(error.value) and "20,971,520 bytes" in str(error.value)
+    assert os.listdir(tmp_path / "out") == []  # Nothing extracted.
