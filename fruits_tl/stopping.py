@@ -13,8 +13,7 @@ collective) would never see the signal. So the signals are also written to a pip
 kernel delivers the signal to), and a thread reads it: the first signal sets the flag at
 once, and if the job has not stopped `grace_seconds` later (it is blocked), the thread ends
 the process with the conventional code and one line saying so; the second signal ends it at
-once. `exit_now` is that exit, for any thread: it runs the hooks registered with
-`before_exit` (the binaries' stderr filter hands its last lines over) and calls `os._exit`.
+once. `exit_now` is that exit, for any thread: it writes its message and calls `os._exit`.
 """
 
 from __future__ import annotations
@@ -24,28 +23,17 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Callable
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 # Seconds a job has, after the first signal, to reach a point where it saves and stops.
 GRACE_SECONDS = 10.0
-_BEFORE_EXIT: list[Callable[[], None]] = []
-
-
-def before_exit(hook: Callable[[], None]) -> None:
-    """Registers `hook` to run before `exit_now` ends the process."""
-    _BEFORE_EXIT.append(hook)
 
 
 def exit_now(code: int, message: str = "") -> None:
-    """Writes `message` to stderr, runs the `before_exit` hooks and ends the process."""
+    """Writes `message` to stderr and ends the process at once (`os._exit`)."""
     if message:
         print(message, file=sys.stderr, flush=True)
-    for hook in _BEFORE_EXIT:
-        try:
-            hook()
-        except Exception:  # noqa: BLE001 - the process ends next whatever a hook does.
-            pass
+    sys.stdout.flush()
     os._exit(code)
 
 

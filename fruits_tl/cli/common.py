@@ -374,13 +374,22 @@ def main_runner(main):
         entry = sys.modules.get("__main__")
         if entry is not None:
             entry.__doc__ = (sys.modules[main.module_name].__doc__ or "") + QUIET_NOTE
-        native_log.filter_stderr()
         if native_log.min_log_level() >= 1:
             # TensorFlow's own Python INFO lines ("Sharding callback duration" after every
             # checkpoint, "Collective all_reduce tensors" per collective; some through absl's
             # logger, some through "tensorflow") are hidden with its C++ ones: the job's log is
             # the job's lines. TF_CPP_MIN_LOG_LEVEL=0 shows them.
             absl_logging.get_absl_handler().addFilter(_no_tensorflow_info)
-        app.run(main)
+        app.run(_importing_tensorflow_quietly(main))
 
     return run
+
+
+def _importing_tensorflow_quietly(main):
+    """`main`, after TensorFlow's start-up lines (after the flags: `--help` imports nothing)."""
+
+    def quiet_main(argv):
+        native_log.import_tensorflow_quietly()
+        return main(argv)
+
+    return quiet_main

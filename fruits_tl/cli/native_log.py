@@ -3,15 +3,17 @@
 TensorFlow sets up its C++ logging (absl) only after importing and probing devices, and the
 lines it writes before that ("Could not find cuda drivers", the oneDNN notice, cuInit
 errors, absl's "All log messages before absl::InitializeLog() ..." preamble) ignore
-TF_CPP_MIN_LOG_LEVEL (tensorflow/tensorflow#100442, open). The binaries therefore route file
-descriptor 2 through a pipe and drop those lines below the level TF_CPP_MIN_LOG_LEVEL asks
-for (0 shows everything: I, W, E lines; 2 drops I and W; 3, the binaries' default, drops E
-too). Every other line, the binaries' own messages included, passes through unchanged.
+TF_CPP_MIN_LOG_LEVEL (tensorflow/tensorflow#100442, open). The binaries therefore import
+TensorFlow and list its devices with file descriptor 2 routed through a pipe that drops those
+lines below the level TF_CPP_MIN_LOG_LEVEL asks for (0 shows everything: I, W, E lines; 2
+drops I and W; 3, the binaries' default, drops E too), and only then: once TensorFlow's logging
+has started, its lines honour the level themselves, so the job runs on the real descriptor 2,
+with no pipe and no thread (a message written just before `os._exit` cannot be lost in a pipe).
 """
 
 from __future__ import annotations
 
-import atexit
+import contextlib
 import os
 import re
 import sys
@@ -43,10 +45,14 @@ def min_log_level() -> int:
         return 0
 
 
-def filter_stderr() -> None:
-    """Drops the hidden lines from everything this process writes to file descriptor 2."""
+@contextlib.contextmanager
+def filtered_stderr():
+    """Within the block, file descriptor 2 goes through a pipe whose reader drops the hidden
+    lines; when the block ends, descriptor 2 is the original stream again and the reader has
+    forwarded everything and finished: no pipe or thread outlives the block."""
     level = min_log_level()
     if level <= 0:
+        yield
         return
     read_end, write_end = os.pipe()
     original = os.dup(2)
@@ -62,15 +68,19 @@ def filter_stderr() -> None:
 
     thread = threading.Thread(target=forward, name="native-log-filter", daemon=True)
     thread.start()
-
-    def restore():
+    try:
+        yield
+    finally:
         sys.stderr.flush()
-        os.dup2(original, 2)  # Closes the pipe's last write end: the reader sees its end.
-        thread.join(timeout=5)
+        os.dup2(original, 2)  # Closes the pipe's only write end: the reader sees its end.
+        thread.join()
+        os.close(original)
 
-    atexit.register(restore)
-    # os._exit skips atexit: a job ended from a thread (a stalled cluster, a job blocked after
-    # a signal) hands its last lines over first.
-    from fruits_tl import stopping
 
-    stopping.before_exit(restore)
+def import_tensorflow_quietly() -> None:
+    """Imports TensorFlow and lists its devices (where its early, unfilterable C++ lines are
+    printed) with those lines dropped below TF_CPP_MIN_LOG_LEVEL."""
+    with filtered_stderr():
+        import tensorflow as tf
+
+        tf.config.list_physical_devices()

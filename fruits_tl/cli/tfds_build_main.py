@@ -23,7 +23,7 @@ def run(argv: list[str] | None = None) -> None:
     """Parses `tfds build` arguments and executes TFDS's build command."""
     from fruits_tl.cli import native_log
 
-    native_log.filter_stderr()  # Before TensorFlow is imported: it logs at import.
+    native_log.import_tensorflow_quietly()  # Its start-up lines, before TFDS imports it.
     from absl import app
     from tensorflow_datasets.scripts.cli import build, cli_utils
 
