@@ -250,18 +250,22 @@ FINE_TUNE = [
 ]
 
 
+def _fine_tune_args(data_dir, model_dir, weights) -> list[str]:
+    return [
+        f"--data_dir={data_dir}",
+        f"--model_dir={model_dir}",
+        *FINE_TUNE,
+        *TRAIN,
+        f"--weights={weights}",  # Features that do not vanish: the block learns.
+    ]
+
+
 @pytest.fixture(scope="module")
 def fine_tuned(tiny_dataset, informative_weights, tmp_path_factory):
     """The head on features (2 epochs), then 2 epochs of fine-tuning the last block on the
     augmented images, under --deterministic, uninterrupted."""
     model_dir = tmp_path_factory.mktemp("fine_tune") / "uninterrupted"
-    args = [
-        f"--data_dir={tiny_dataset}",
-        f"--model_dir={model_dir}",
-        *FINE_TUNE,
-        *TRAIN,
-        f"--weights={informative_weights}",  # Features that do not vanish: the block learns.
-    ]
+    args = _fine_tune_args(tiny_dataset, model_dir, informative_weights)
     result = _run("train_main", args)
     assert result.returncode == 0, result.stderr[-3000:]
     return model_dir
@@ -271,13 +275,7 @@ def test_two_deterministic_fine_tuning_runs_with_augmentation_are_identical(
     fine_tuned, tiny_dataset, informative_weights, tmp_path
 ):
     model_dir = tmp_path / "again"
-    args = [
-        f"--data_dir={tiny_dataset}",
-        f"--model_dir={model_dir}",
-        *FINE_TUNE,
-        *TRAIN,
-        f"--weights={informative_weights}",  # Features that do not vanish: the block learns.
-    ]
+    args = _fine_tune_args(tiny_dataset, model_dir, informative_weights)
     result = _run("train_main", args)
     assert result.returncode == 0, result.stderr[-3000:]
     _same_run(fine_tuned, model_dir)
@@ -301,13 +299,7 @@ def test_killed_or_stopped_in_fine_tuning_then_rerun_is_bit_for_bit_the_uninterr
     fine_tuned, tiny_dataset, informative_weights, tmp_path, kill_signal
 ):
     model_dir = tmp_path / "killed"
-    args = [
-        f"--data_dir={tiny_dataset}",
-        f"--model_dir={model_dir}",
-        *FINE_TUNE,
-        *TRAIN,
-        f"--weights={informative_weights}",  # Features that do not vanish: the block learns.
-    ]
+    args = _fine_tune_args(tiny_dataset, model_dir, informative_weights)
     # Phase 2, epoch 2 (from 0: 1), after its step 3: the head's phase is finished.
     killed = _run("train_main", args, kill_at="fine_tune:step:1:3", kill_signal=kill_signal)
     if kill_signal == "SIGKILL":
