@@ -724,6 +724,9 @@ def _train_phases(
     if mode == "images" or config.fine_tune_layers:
         # Decoded once into the store: the extraction of features mode reads it too.
         pixel_arrays = _stored_pixels(config, splits, strategy=strategy, stop=stop)
+    # Images mode's head time includes filling the store, as before fine-tuning existed; the
+    # features head's does not (the store is there for phase 2).
+    head_start = start if mode == "images" else time.perf_counter()
     backbone_digest = extraction.weights_digest(classifier.get_layer(model.BACKBONE_NAME))
     if mode == "images":
         head = _fit(
@@ -741,7 +744,7 @@ def _train_phases(
         head, extract_seconds, reused, trainable, arrays = _train_on_features(
             config, splits, classifier, strategy=strategy, stop=stop, start_digest=backbone_digest
         )
-    head_seconds = time.perf_counter() - start - extract_seconds
+    head_seconds = time.perf_counter() - head_start - extract_seconds
     finding, warning = _guard(config, splits, trainable, head, arrays=arrays, strategy=strategy)
     result = dict(
         history={**head.training.history, "phase": [1.0] * config.epochs},
