@@ -1,6 +1,6 @@
 """Layering rules, checked from the imports themselves.
 
-The layer table (DESIGN.md): imports point downward only, a job never imports another job,
+The layer table (BUILD_NOTES.md, Architecture): imports point downward only, a job never imports another job,
 nothing imports the binaries, only the binaries define flags, and importing the package
 touches no device. A new module must be placed in the table.
 
