@@ -1,8 +1,8 @@
 """Layering rules, checked from the imports themselves.
 
-The layer table (BUILD_NOTES.md, Architecture): imports point downward only, a job never imports another job,
-nothing imports the binaries, only the binaries define flags, and importing the package
-touches no device. A new module must be placed in the table.
+The layer table (BUILD_NOTES.md, Architecture): imports point downward only, a job never
+imports another job, nothing imports the binaries, only the binaries define flags, and
+importing the package touches no device. A new module must be placed in the table.
 
 One rule about tf.data functions is checked from the source too: every function the package
 hands to a dataset's `map` or `filter` is marked `tf.autograph.experimental.do_not_convert`
