@@ -141,10 +141,15 @@ def confusion_matrix(matrix: np.ndarray, class_names, path: str, *, pairs: int =
     return True
 
 
+def _grid(tiles: int) -> tuple[int, int]:
+    """(columns, rows) of the mistakes grid for this many tiles (one tile at least)."""
+    columns = max(1, min(TILE_COLUMNS, tiles))
+    return columns, max(1, math.ceil(tiles / columns))
+
+
 def mistakes_grid_size(mistakes: int) -> tuple[int, int]:
     """(width, height) in pixels of mistakes.png for this many tiles."""
-    columns = max(1, min(TILE_COLUMNS, mistakes))
-    rows = max(1, math.ceil(mistakes / columns))
+    columns, rows = _grid(mistakes)
     size = int(TILE_INCHES * DPI)
     return columns * size, rows * size
 
@@ -157,8 +162,7 @@ def mistakes(images, true_names, predicted_names, probabilities, path: str) -> b
         return False
     plt = _pyplot()
     count = len(images)
-    columns = max(1, min(TILE_COLUMNS, count))
-    rows = max(1, math.ceil(count / columns))
+    columns, rows = _grid(count)
     figure, axes = plt.subplots(
         rows, columns, figsize=(columns * TILE_INCHES, rows * TILE_INCHES), squeeze=False
     )

@@ -163,8 +163,8 @@ def _image_files(directory: epath.Path) -> list[epath.Path]:
         if child.is_dir():
             if child.name not in listing.METADATA_FOLDERS:
                 found += _image_files(child)
-        elif child.name.lower().endswith(listing.IMAGE_EXTENSIONS) and not child.name.startswith(
-            "._"
+        elif child.name.lower().endswith(listing.IMAGE_EXTENSIONS) and not listing.is_metadata(
+            child.name
         ):
             found.append(child)
     return found

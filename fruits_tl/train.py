@@ -32,6 +32,7 @@ from fruits_tl import (
     plots,
     sources,
     stopping,
+    train_input,
 )
 from fruits_tl import checkpoints as checkpoints_module
 from fruits_tl.config import NO_AUGMENTATION, Augmentation, TrainConfig
@@ -277,12 +278,7 @@ def train(
             cache_dir=weights_cache_dir,
             seed=data_config.seed,
         )
-        model.compile_classifier(
-            classifier,
-            optimizer=config.optimizer,
-            learning_rate=_given_rate(config),
-            num_classes=num_classes,
-        )
+    # Compiled by each phase (`_fit`), with that phase's optimizer and rate.
     parameters = model.count_parameters(classifier)
     logging.info(
         "Model: %d trainable (head), %d frozen (backbone) parameters",
@@ -524,11 +520,6 @@ class _PhaseResult:
     finding: lr_finder.Finding | None
 
 
-def _given_rate(config: TrainConfig) -> float:
-    """The head's learning rate before the finder runs (the finder sets its own)."""
-    return lr_finder.START if config.find_learning_rate else float(config.learning_rate)
-
-
 def _find_rate(config, trainable, *, arrays, strategy) -> lr_finder.Finding:
     """The range test on the training examples, from `trainable`'s current weights."""
     start = time.perf_counter()
@@ -581,7 +572,14 @@ def _fit(
         # Cosine decay to 0 over the phase's steps: the last epochs move the weights least, so
         # the result does not hang on one epoch's noise. The optimizer's step count is in its
         # checkpoint, so a resumed run continues the schedule where it stopped.
-        steps = -(-len(arrays["train"][1]) // config.batch_size) * phase.epochs
+        steps = (
+            phase.epochs
+            * train_input.Batching(
+                count=len(arrays["train"][1]),
+                batch_size=config.batch_size,
+                replicas=strategy.num_replicas_in_sync,
+            ).num_batches
+        )
         schedule = keras.optimizers.schedules.CosineDecay(float(rate), decay_steps=steps)
     with strategy.scope():  # A fresh optimizer: the finder's state is not carried over.
         model.compile_classifier(
