@@ -385,6 +385,98 @@ def load_dataset(
     Raises:
       UserInputError: With a message naming the folder, class or files at fault.
     """
+    listed = _list_data_dir(data_dir, train_subdir, test_subdir, validation_split)
+    user_excluded, undecodable, bad, decode_check = _check_listed_files(
+        listed, exclude_files, skip_bad_images=skip_bad_images, check_record=check_record
+    )
+    common = dict(
+        class_names=listed.class_names,
+        image_size=image_size,
+        exclude=user_excluded,
+        undecodable=undecodable,
+    )
+    train = load_split(
+        listed.train_dir, name="train", expected_files=listed.all_files("train"), **common
+    )
+    test = None
+    if listed.test_dir:
+        test = load_split(
+            listed.test_dir, name="test", expected_files=listed.all_files("test"), **common
+        )
+    return assemble_splits(
+        train,
+        test,
+        class_names=listed.class_names,
+        validation_split=validation_split,
+        seed=seed,
+        bad_images=bad,
+        warnings=listed.warnings,
+        decode_check=decode_check,
+    )
+
+
+def assemble_splits(
+    train: ImageFolder,
+    test: ImageFolder | None,
+    *,
+    class_names: tuple[str, ...],
+    validation_split: float,
+    seed: int,
+    bad_images: tuple[BadImage, ...] = (),
+    warnings: tuple[str, ...] = (),
+    decode_check: DecodeCheck | None = None,
+) -> Splits:
+    """The Splits of every source: with `validation_split` > 0, a seeded class-stratified part
+    of `train` validates (`validation_mask`); otherwise the test split does."""
+    if validation_split > 0:
+        mask = validation_mask(train.labels, validation_split, seed)
+        if not mask.any():
+            raise UserInputError(
+                f"--validation_split={validation_split} selects no images: every class needs at "
+                "least 2 training images for a class-mixed validation set."
+            )
+        validation = select(train, mask, name="validation")
+        train = select(train, ~mask, name="train")
+        source = "validation_split"
+    elif test is None:
+        raise UserInputError(
+            "There is no test split and --validation_split is 0: nothing to validate on. Set "
+            "--validation_split=0.2 to hold out a seeded, class-mixed part of training."
+        )
+    else:
+        validation, source = test, "test folder"
+    return Splits(
+        train=train,
+        validation=validation,
+        test=test if test is not None else validation,
+        class_names=tuple(class_names),
+        bad_images=tuple(bad_images),
+        warnings=tuple(warnings),
+        validation_source=source,
+        validation_is_test=test is None or validation_split <= 0,
+        decode_check=decode_check,
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class _Listed:
+    """A data folder's listing: classes, files per class of each split, label-map warnings."""
+
+    train_dir: str
+    test_dir: str  # "" without a test folder.
+    class_names: tuple[str, ...]
+    files: dict[str, dict[str, list[str]]]  # split -> class -> paths.
+    warnings: tuple[str, ...]
+
+    def all_files(self, split: str) -> list[str]:
+        return [path for paths in self.files[split].values() for path in paths]
+
+
+def _list_data_dir(
+    data_dir: str, train_subdir: str, test_subdir: str, validation_split: float
+) -> _Listed:
+    """Lists a data folder (Keras's listing, `fruits_tl.listing`) and checks its shape: the
+    folders exist, the label maps agree, no class folder is empty."""
     if not os.path.exists(data_dir):
         raise UserInputError(f"The data directory '{data_dir}' does not exist (--data_dir).")
     if not os.path.isdir(data_dir):
@@ -414,7 +506,6 @@ def load_dataset(
     if has_test:
         test_classes = listing.list_classes(test_dir, role="test")
         warnings += listing.check_label_map(train_classes, test_classes, test_dir=test_dir)
-
     train_files = listing.list_image_files(train_dir, train_classes)
     test_files = listing.list_image_files(test_dir, test_classes) if has_test else {}
     empty = [os.path.join(train_dir, c) for c, p in train_files.items() if not p]
@@ -425,15 +516,26 @@ def load_dataset(
             f"{', '.join(listing.IMAGE_EXTENSIONS)}): {', '.join(empty)}. Add images or remove "
             "the folders."
         )
+    return _Listed(
+        train_dir=train_dir,
+        test_dir=test_dir if has_test else "",
+        class_names=tuple(train_classes),
+        files={"train": train_files, "test": test_files},
+        warnings=tuple(warnings),
+    )
 
-    all_train = [p for paths in train_files.values() for p in paths]
-    all_test = [p for paths in test_files.values() for p in paths]
-    listed = {os.path.abspath(p) for p in exclude_files}
-    user_excluded = {p for p in all_train + all_test if os.path.abspath(p) in listed}
-    decode_check = check_files(all_train + all_test, record_path=check_record)
-    all_bad = decode_check.bad
-    undecodable = {item.path for item in all_bad}
-    bad = tuple(item for item in all_bad if item.path not in user_excluded)
+
+def _check_listed_files(
+    listed: _Listed, exclude_files, *, skip_bad_images: bool, check_record: str
+) -> tuple[set[str], set[str], tuple[BadImage, ...], DecodeCheck]:
+    """Decodes every listed file once (`image_checks.check_files`) and applies the exclude list:
+    (files the user excluded, undecodable files, bad files not excluded, the check)."""
+    all_files = listed.all_files("train") + listed.all_files("test")
+    excluded_paths = {os.path.abspath(p) for p in exclude_files}
+    user_excluded = {p for p in all_files if os.path.abspath(p) in excluded_paths}
+    decode_check = check_files(all_files, record_path=check_record)
+    undecodable = {item.path for item in decode_check.bad}
+    bad = tuple(item for item in decode_check.bad if item.path not in user_excluded)
     if bad and not skip_bad_images:
         raise UserInputError(
             f"{len(bad)} file(s) cannot be decoded by TensorFlow: {describe_bad_images(bad)}. "
@@ -443,58 +545,13 @@ def load_dataset(
     excluded = undecodable | user_excluded
     emptied = [
         os.path.join(directory, c)
-        for directory, listing in ((train_dir, train_files), (test_dir, test_files))
-        for c, paths in listing.items()
+        for directory, split in ((listed.train_dir, "train"), (listed.test_dir, "test"))
+        for c, paths in listed.files[split].items()
         if paths and all(p in excluded for p in paths)
     ]
     if emptied:
         raise UserInputError(
             f"After leaving out undecodable and excluded files, {len(emptied)} class folder(s) "
-            "hold no "
-            f"images: {', '.join(emptied)}."
+            f"hold no images: {', '.join(emptied)}."
         )
-
-    train = load_split(
-        train_dir,
-        class_names=train_classes,
-        image_size=image_size,
-        name="train",
-        exclude=user_excluded,
-        undecodable=undecodable,
-        expected_files=all_train,
-    )
-    test = None
-    if has_test:
-        test = load_split(
-            test_dir,
-            class_names=train_classes,
-            image_size=image_size,
-            name="test",
-            exclude=user_excluded,
-            undecodable=undecodable,
-            expected_files=all_test,
-        )
-    if validation_split > 0:
-        mask = validation_mask(train.labels, validation_split, seed)
-        if not mask.any():
-            raise UserInputError(
-                f"--validation_split={validation_split} selects no images: every class needs at "
-                "least 2 training images for a class-mixed validation set."
-            )
-        validation = select(train, mask, name="validation")
-        train = select(train, ~mask, name="train")
-        source = "validation_split"
-    else:
-        validation = test
-        source = "test folder"
-    return Splits(
-        train=train,
-        validation=validation,
-        test=test if test is not None else validation,
-        class_names=tuple(train_classes),
-        bad_images=bad,
-        warnings=tuple(warnings),
-        validation_source=source,
-        validation_is_test=test is None or validation_split <= 0,
-        decode_check=decode_check,
-    )
+    return user_excluded, undecodable, bad, decode_check

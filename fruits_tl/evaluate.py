@@ -27,6 +27,7 @@ from fruits_tl import (
     files,
     image_checks,
     listing,
+    model,
     pipeline,
     plots,
     progress,
@@ -114,7 +115,7 @@ def compute_report(
     probabilities = np.asarray(probabilities, dtype=np.float64)
     num_classes = len(class_names)
     predicted = probabilities.argmax(axis=1)
-    k = min(5, num_classes)
+    k = model.top_k(num_classes)
     top_k = np.argsort(-probabilities, axis=1, kind="stable")[:, :k]
     confusion = np.zeros((num_classes, num_classes), dtype=np.int64)
     np.add.at(confusion, (labels, predicted), 1)
@@ -264,44 +265,31 @@ class _PredictProgress(keras.callbacks.Callback):
 
 
 def predict_batches(
-    classifier: servable.Servable, batches: tf.data.Dataset, *, count: int, min_batch_size: int = 1
+    classifier: servable.Servable, batches: tf.data.Dataset, *, count: int
 ) -> np.ndarray:
-    """Class probabilities for the route's `(uint8 images, labels)` batches, in order.
+    """Class probabilities for `count` images in the input pipeline's `(uint8 images, labels)`
+    batches, in order; rows past `count` (a padded last batch, `pipeline.PADDING_LABEL`) are
+    dropped.
 
     A Keras model runs through `predict` (under the strategy it was loaded in); the other
-    formats take one batch at a time. `count` images are expected (for the progress line).
-
-    `min_batch_size` is the strategy's number of replicas: `make_batches` keeps every batch at
-    least that large when it can, but a split with fewer images than replicas still leaves a
-    replica with none, and oneDNN's convolution fails on an empty batch on some CPUs. Such a
-    batch is padded with copies of its last image, whose outputs are dropped.
-
-    With `count` 0 (a worker of a cluster with more workers than images) nothing is run: Keras's
-    `predict` refuses an empty dataset.
+    formats take one batch at a time. With `count` 0 (a worker of a cluster with more workers
+    than images) nothing is run: Keras's `predict` refuses an empty dataset.
     """
     if count == 0:
         return np.zeros((0, len(classifier.class_names)), np.float32)
     counter = progress.Progress(count, label=f"predict ({classifier.format})")
     images = batches.map(tf.autograph.experimental.do_not_convert(lambda pixels, labels: pixels))
-    padded = 0
-    if classifier.keras_model is not None and 0 < count < min_batch_size:
-        padded = min_batch_size - count
-        images = images.map(
-            tf.autograph.experimental.do_not_convert(
-                lambda x: tf.concat([x, tf.repeat(x[-1:], padded, axis=0)], axis=0)
-            )
-        )
     if classifier.keras_model is not None:
         result = np.asarray(
             classifier.keras_model.predict(images, verbose=0, callbacks=[_PredictProgress(counter)])
         )
         counter.finish()
-        return result[: len(result) - padded]
+        return result[:count]
     outputs = []
     for batch in images.as_numpy_iterator():
         outputs.append(classifier.predict_pixels(batch))
         counter.add(len(batch))
-    return np.concatenate(outputs)
+    return np.concatenate(outputs)[:count]
 
 
 def predict_folder(
@@ -311,19 +299,17 @@ def predict_folder(
     strategy: tf.distribute.Strategy,
     batch_size: int,
 ) -> np.ndarray:
-    """Probabilities for a split in file order: the route (no cache, the strategy's smallest
-    batch) into `predict_batches`."""
+    """Probabilities for a split in file order: the input pipeline (no cache, the last batch
+    padded) into `predict_batches`."""
     batches = pipeline.make_batches(
         folder,
         batch_size=batch_size,
         training=False,
         cache="none",
         output="uint8",
-        min_batch_size=strategy.num_replicas_in_sync,
+        pad_last_batch=True,
     )
-    return predict_batches(
-        classifier, batches, count=len(folder), min_batch_size=strategy.num_replicas_in_sync
-    )
+    return predict_batches(classifier, batches, count=len(folder))
 
 
 def predict_sharded(

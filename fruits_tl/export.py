@@ -114,7 +114,7 @@ def _float_forward(classifier: keras.Model, *, features_only: bool = False):
         layer for layer in classifier.layers if not isinstance(layer, keras.layers.InputLayer)
     ]
     if features_only:
-        layers = layers[: [layer.name for layer in layers].index("head_dense")]
+        layers = layers[: [layer.name for layer in layers].index(model.HEAD_DENSE)]
 
     def forward(images):
         x = images
@@ -272,7 +272,9 @@ def refit_head_for_int8(
     )
     strategy = tf.distribute.get_strategy()
     head = model.build_head(features.shape[1], len(folder.class_names), seed=seed)
-    head.get_layer("head_dense").set_weights(classifier.get_layer("head_dense").get_weights())
+    head.get_layer(model.HEAD_DENSE).set_weights(
+        classifier.get_layer(model.HEAD_DENSE).get_weights()
+    )
     model.compile_classifier(
         head,
         optimizer="rmsprop",
@@ -293,26 +295,36 @@ def refit_head_for_int8(
     return model.assemble_classifier(refit, head)
 
 
+@dataclasses.dataclass(frozen=True)
+class _Measuring:
+    """What export measures and calibrates with: None everywhere without --data_dir."""
+
+    test_batches: tf.data.Dataset | None = None
+    test_labels: np.ndarray | None = None
+    latency_images: np.ndarray | None = None
+    representative: tf.data.Dataset | None = None
+    train_split: data.ImageFolder | None = None
+
+
 def _measure(
     name: str,
     path: str,
     predict,
+    measuring: _Measuring,
     *,
-    test_batches,
-    test_labels,
     reference: np.ndarray | None,
-    latency_images: np.ndarray | None,
     head: str = "trained",
 ) -> tuple[FormatReport, np.ndarray | None]:
     """One artifact's FormatReport, and its top-1 predictions on the test split (or None)."""
     accuracy = agreement = latency = None
     predicted = None
-    if test_batches is not None:
-        outputs = [predict(images) for images, _ in test_batches.as_numpy_iterator()]
+    if measuring.test_batches is not None:
+        outputs = [predict(images) for images, _ in measuring.test_batches.as_numpy_iterator()]
         predicted = np.concatenate(outputs).argmax(axis=1)
-        accuracy = float(np.mean(predicted == test_labels))
+        accuracy = float(np.mean(predicted == measuring.test_labels))
         if reference is not None:
             agreement = float(np.mean(predicted == reference))
+    latency_images = measuring.latency_images
     if latency_images is not None and len(latency_images):
         predict(latency_images[:1])  # Warm-up (tracing, allocation) outside the timing.
         start = time.perf_counter()
@@ -332,130 +344,132 @@ def _measure(
     return report, predicted
 
 
+def _load_measuring(
+    config: ExportConfig, class_names: tuple[str, ...], image_size: int
+) -> _Measuring:
+    """The test batches, latency images and calibration images of --data_dir."""
+    if config.data is None:
+        return _Measuring()
+    splits = sources.load_splits(dataclasses.replace(config.data, image_size=image_size))
+    if splits.class_names != tuple(class_names):
+        raise UserInputError(
+            "The training classes of the data (--data_dir) differ from the labels.txt of "
+            f"'{config.model}': export measures and calibrates on the data the model was "
+            "trained for."
+        )
+    test_batches = pipeline.make_batches(
+        splits.test, batch_size=32, training=False, cache="memory", output="uint8"
+    )
+    latency_count = min(config.latency_images, len(splits.test))
+    images = np.concatenate([images for images, _ in test_batches.as_numpy_iterator()])
+    return _Measuring(
+        test_batches=test_batches,
+        test_labels=splits.test.labels,
+        latency_images=images[:latency_count],
+        representative=representative_batches(
+            splits.train, count=config.representative_images, seed=config.data.seed
+        ),
+        train_split=splits.train,
+    )
+
+
+def _export_saved_model(
+    classifier: keras.Model, config: ExportConfig, class_names, image_size: int
+) -> servable.Servable:
+    path = os.path.join(config.output_dir, SAVED_MODEL_DIR)
+    try:
+        write_saved_model(
+            classifier,
+            path,
+            class_names=tuple(class_names),
+            image_size=image_size,
+            top_k=config.top_k,
+        )
+    except OSError as error:
+        raise UserInputError(
+            f"The SavedModel cannot be written to '{path}' ({error.strerror or error})."
+        ) from None
+    return servable.load_servable(path)
+
+
+def _export_tflite(
+    classifier: keras.Model,
+    config: ExportConfig,
+    quantize: str,
+    image_size: int,
+    measuring: _Measuring,
+) -> tuple[str, str]:
+    """Converts (an int8 file after refitting the head, if configured) and writes one TFLite
+    file: (its path, how its head was made)."""
+    path = os.path.join(config.output_dir, tflite_file_name(quantize))
+    logging.info("Converting to tflite-%s", quantize)
+    head = "trained"
+    converted = classifier
+    if quantize == "int8" and config.int8_head_epochs:
+        head = (
+            f"refit on int8 features ({config.int8_head_epochs} epochs, "
+            f"lr {config.int8_head_learning_rate:g})"
+        )
+        logging.info("Fine-tuning the head on int8 features: %s", head)
+        converted = refit_head_for_int8(
+            classifier,
+            measuring.train_split,
+            image_size=image_size,
+            representative=measuring.representative,
+            epochs=config.int8_head_epochs,
+            learning_rate=config.int8_head_learning_rate,
+            seed=config.data.seed,
+        )
+    flatbuffer = convert_tflite(
+        converted,
+        quantize=quantize,
+        image_size=image_size,
+        representative=measuring.representative,
+    )
+    files.write_bytes(path, flatbuffer)
+    return path, head
+
+
 def export_model(config: ExportConfig) -> ExportResult:
     """Exports a trained classifier to the configured formats and measures each.
 
     Raises:
-      UserInputError: The model or data cannot be used, or a conversion failed (the message
-        names the format); nothing partial is left in output_dir.
+      UserInputError: The model or data cannot be used, or a file cannot be written; nothing
+        partial is left in output_dir. A failing conversion is a bug and keeps its traceback.
     """
     classifier, class_names, image_size = model.load_trained(config.model)
-    test_batches = test_labels = latency_images = representative = train_split = None
-    if config.data is not None:
-        splits = sources.load_splits(dataclasses.replace(config.data, image_size=image_size))
-        if splits.class_names != tuple(class_names):
-            raise UserInputError(
-                "The training classes of the data (--data_dir) differ from the labels.txt of "
-                f"'{config.model}': "
-                "export measures and calibrates on the data the model was trained for."
-            )
-        test_batches = pipeline.make_batches(
-            splits.test, batch_size=32, training=False, cache="memory", output="uint8"
-        )
-        test_labels = splits.test.labels
-        latency_count = min(config.latency_images, len(splits.test))
-        latency_images = np.concatenate([images for images, _ in test_batches.as_numpy_iterator()])[
-            :latency_count
-        ]
-        representative = representative_batches(
-            splits.train, count=config.representative_images, seed=config.data.seed
-        )
-        train_split = splits.train
+    measuring = _load_measuring(config, tuple(class_names), image_size)
     os.makedirs(config.output_dir, exist_ok=True)
     files.write_lines(os.path.join(config.output_dir, servable.LABELS_FILE), list(class_names))
-
     keras_path = (
         os.path.join(config.model, "model.keras") if os.path.isdir(config.model) else config.model
     )
     keras_report, reference = _measure(
-        "keras",
-        keras_path,
-        lambda images: classifier.predict_on_batch(images),
-        test_batches=test_batches,
-        test_labels=test_labels,
-        reference=None,
-        latency_images=latency_images,
+        "keras", keras_path, classifier.predict_on_batch, measuring, reference=None
     )
     reports = [keras_report]
     if "saved_model" in config.formats:
-        path = os.path.join(config.output_dir, SAVED_MODEL_DIR)
-        try:
-            write_saved_model(
-                classifier,
-                path,
-                class_names=tuple(class_names),
-                image_size=image_size,
-                top_k=config.top_k,
-            )
-        except UserInputError:
-            raise
-        except Exception as error:
-            raise UserInputError(
-                f"Export to format saved_model failed: {str(error).splitlines()[0][:300]}"
-            ) from None
-        loaded = servable.load_servable(path)
+        loaded = _export_saved_model(classifier, config, class_names, image_size)
         report, _ = _measure(
-            "saved_model",
-            path,
-            loaded.predict_pixels,
-            test_batches=test_batches,
-            test_labels=test_labels,
-            reference=reference,
-            latency_images=latency_images,
+            "saved_model", loaded.path, loaded.predict_pixels, measuring, reference=reference
         )
         reports.append(report)
-    if "tflite" in config.formats:
-        for quantize in config.quantize:
-            name = f"tflite-{quantize}"
-            path = os.path.join(config.output_dir, tflite_file_name(quantize))
-            logging.info("Converting to %s", name)
-            head = "trained"
-            try:
-                converted = classifier
-                if quantize == "int8" and config.int8_head_epochs:
-                    head = (
-                        f"refit on int8 features ({config.int8_head_epochs} epochs, "
-                        f"lr {config.int8_head_learning_rate:g})"
-                    )
-                    logging.info("Fine-tuning the head on int8 features: %s", head)
-                    converted = refit_head_for_int8(
-                        classifier,
-                        train_split,
-                        image_size=image_size,
-                        representative=representative,
-                        epochs=config.int8_head_epochs,
-                        learning_rate=config.int8_head_learning_rate,
-                        seed=config.data.seed,
-                    )
-                flatbuffer = convert_tflite(
-                    converted,
-                    quantize=quantize,
-                    image_size=image_size,
-                    representative=representative,
-                )
-            except Exception as error:
-                raise UserInputError(
-                    f"Export to format {name} failed ({type(error).__name__}): "
-                    f"{str(error).splitlines()[0][:300]}"
-                ) from None
-            files.write_bytes(path, flatbuffer)
-            runner = servable.TFLiteRunner(path)
-            report, _ = _measure(
-                name,
-                path,
-                runner,
-                test_batches=test_batches,
-                test_labels=test_labels,
-                reference=reference,
-                latency_images=latency_images,
-                head=head,
-            )
-            reports.append(report)
+    for quantize in config.quantize if "tflite" in config.formats else ():
+        path, head = _export_tflite(classifier, config, quantize, image_size, measuring)
+        report, _ = _measure(
+            f"tflite-{quantize}",
+            path,
+            servable.TFLiteRunner(path),
+            measuring,
+            reference=reference,
+            head=head,
+        )
+        reports.append(report)
     result = ExportResult(
         output_dir=config.output_dir,
         class_names=tuple(class_names),
         image_size=image_size,
-        num_test_images=0 if test_labels is None else len(test_labels),
+        num_test_images=0 if measuring.test_labels is None else len(measuring.test_labels),
         formats=tuple(reports),
     )
     files.write_json(os.path.join(config.output_dir, REPORT_FILE), result.to_json())

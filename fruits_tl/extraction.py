@@ -133,24 +133,14 @@ def _extraction_step(extractor: keras.Model):
     """One traced step per extractor, reused across splits and calls (tracing costs ~1 s).
 
     No input_signature: under MirroredStrategy, `strategy.run` hands a tf.function the
-    PerReplica values themselves, which a TensorSpec signature refuses. `reduce_retracing`
-    makes the second trace (a split's last, smaller batch) shape-generic, so it is the last.
+    PerReplica values themselves, which a TensorSpec signature refuses. Every batch is full
+    (`pipeline.PADDING_LABEL`), so one trace serves a whole split.
     """
     if extractor not in _STEPS:
-        feature_dim = int(extractor.output.shape[-1])
 
         @tf.function(reduce_retracing=True)
         def step(images, labels):
-            # oneDNN's convolution fails on an empty batch on some CPUs ("Incompatible shapes:
-            # [0,32,32,3] vs. [8]", seen on an AVX-512 machine). make_batches(min_batch_size)
-            # keeps every replica fed when it can; a split with fewer images than replicas
-            # still leaves one empty, and that replica skips the model.
-            features = tf.cond(
-                tf.shape(images)[0] > 0,
-                lambda: extractor(images, training=False),
-                lambda: tf.zeros([0, feature_dim], extractor.output.dtype),
-            )
-            return features, labels
+            return extractor(images, training=False), labels
 
         _STEPS[extractor] = step
     return _STEPS[extractor]
@@ -184,10 +174,11 @@ def run_extractor(
         batch_labels = strategy.gather(batch_labels, axis=0).numpy()
         features.append(batch_features.astype(feature_dtype))
         labels.append(batch_labels.astype(np.int32))
-        counter.add(len(batch_labels))
+        counter.add(int((batch_labels != pipeline.PADDING_LABEL).sum()))
     features_array = np.concatenate(features) if features else np.zeros((0, 0), feature_dtype)
     labels_array = np.concatenate(labels) if labels else np.zeros((0,), np.int32)
-    return features_array, labels_array
+    real = labels_array != pipeline.PADDING_LABEL
+    return features_array[real], labels_array[real]
 
 
 # Batches per compiled call of the extraction from stored pixels.
@@ -331,9 +322,8 @@ def extract_features(
         # The decoded pixels, then the route's batching step.
         batches = pipeline.batch_elements(
             tf.data.Dataset.from_tensor_slices((images, folder.labels)),
-            count=len(folder),
             batch_size=batch_size,
-            min_batch_size=strategy.num_replicas_in_sync,
+            pad_last_batch=True,
         )
     else:
         batches = pipeline.make_batches(
@@ -342,7 +332,7 @@ def extract_features(
             training=False,
             cache=cache,
             output="uint8",
-            min_batch_size=strategy.num_replicas_in_sync,
+            pad_last_batch=True,
         )
         batches = pipeline.share_cpu_with_model(batches)
     features_array, labels_array = run_extractor(

@@ -35,6 +35,7 @@ import tensorflow as tf
 from absl import logging
 
 from fruits_tl import faults, store, train_input
+from fruits_tl import model as model_lib
 from fruits_tl.config import NO_AUGMENTATION, Augmentation
 from fruits_tl.stopping import GracefulStop
 
@@ -89,7 +90,7 @@ class CompiledSteps:
     def __init__(self, model: keras.Model, *, strategy: tf.distribute.Strategy):
         self.model = model
         self.strategy = strategy
-        self.top_k = min(5, int(model.output.shape[-1]))
+        self.top_k = model_lib.top_k(model.output.shape[-1])
         self.input_dtype = model.inputs[0].dtype
         self.train_step = tf.function(self._train_step_fn)
         self.train_steps = tf.function(self._train_steps_fn)

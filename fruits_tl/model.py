@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import re
+import zipfile
 
 import keras
 import tensorflow as tf
@@ -22,7 +23,19 @@ from fruits_tl.errors import UserInputError
 
 # Where Keras publishes MobileNet v1 weights (keras.applications.mobilenet.BASE_WEIGHT_PATH).
 IMAGENET_WEIGHTS_URL = "https://storage.googleapis.com/tensorflow/keras-applications/mobilenet/"
-HEAD_LAYER_NAMES = ("head_pool", "head_dropout", "head_dense")
+# The head's layer names, for code that reaches into a classifier (features -> head, export).
+HEAD_POOL = "head_pool"
+HEAD_DROPOUT = "head_dropout"
+HEAD_DENSE = "head_dense"
+# Top-k accuracy's k: 5, or every class when there are fewer.
+TOP_K = 5
+
+
+def top_k(num_classes: int) -> int:
+    """The k of the top-k accuracy for `num_classes` classes."""
+    return min(TOP_K, int(num_classes))
+
+
 BACKBONE_NAME = "backbone"
 
 
@@ -87,7 +100,11 @@ def fetch_imagenet_weights(
         return keras.utils.get_file(
             file_name, IMAGENET_WEIGHTS_URL + file_name, cache_subdir="models", cache_dir=cache_dir
         )
-    except Exception as error:  # Keras wraps every network failure in a bare Exception.
+    except Exception as error:
+        # keras.utils.get_file re-raises HTTP and URL errors as a bare Exception; anything
+        # else is a bug and keeps its traceback.
+        if type(error) is not Exception and not isinstance(error, OSError):
+            raise
         raise UserInputError(
             f"Could not download the ImageNet weights '{file_name}' from "
             f"{IMAGENET_WEIGHTS_URL} ({type(error).__name__}: {str(error).splitlines()[0][:200]}). "
@@ -137,7 +154,7 @@ def build_backbone(
     if weights_path is not None:
         try:
             backbone.load_weights(weights_path)
-        except Exception as error:  # h5py, ValueError and others, from deep inside Keras.
+        except (OSError, ValueError, KeyError) as error:  # Not HDF5 (h5py), or other shapes.
             detail = str(error).splitlines()[0][:300] if str(error) else type(error).__name__
             published = float(alpha) in IMAGENET_ALPHAS and image_size in IMAGENET_IMAGE_SIZES
             example = (
@@ -159,7 +176,7 @@ def build_feature_extractor(backbone: keras.Model, *, image_size: int) -> keras.
     inputs = keras.Input((image_size, image_size, 3), dtype="uint8", name="pixels")
     x = build_preprocessing()(inputs)
     x = backbone(x, training=False)
-    outputs = keras.layers.GlobalAveragePooling2D(name="head_pool")(x)
+    outputs = keras.layers.GlobalAveragePooling2D(name=HEAD_POOL)(x)
     return keras.Model(inputs, outputs, name="feature_extractor")
 
 
@@ -202,7 +219,7 @@ def build_classifier(
     inputs = keras.Input((image_size, image_size, 3), dtype="uint8", name="pixels")
     x = build_preprocessing()(inputs)
     x = backbone(x, training=False)
-    x = keras.layers.GlobalAveragePooling2D(name="head_pool")(x)
+    x = keras.layers.GlobalAveragePooling2D(name=HEAD_POOL)(x)
     outputs = _head_layers(x, num_classes, dropout=dropout, seed=seed)
     return keras.Model(inputs, outputs, name="mobilenet_transfer")
 
@@ -210,12 +227,12 @@ def build_classifier(
 def _head_layers(features, num_classes: int, *, dropout: float, seed: int | None):
     """[Dropout] -> Dense(softmax): the trainable head, shared by both model builders."""
     if dropout > 0:
-        features = keras.layers.Dropout(dropout, seed=seed, name="head_dropout")(features)
+        features = keras.layers.Dropout(dropout, seed=seed, name=HEAD_DROPOUT)(features)
     return keras.layers.Dense(
         num_classes,
         activation="softmax",
         kernel_initializer=keras.initializers.GlorotUniform(seed=seed),
-        name="head_dense",
+        name=HEAD_DENSE,
     )(features)
 
 
@@ -235,13 +252,13 @@ def build_head(
 
 def assemble_classifier(classifier: keras.Model, head: keras.Model) -> keras.Model:
     """Copies a trained head's Dense weights into the image classifier (same architecture)."""
-    classifier.get_layer("head_dense").set_weights(head.get_layer("head_dense").get_weights())
+    classifier.get_layer(HEAD_DENSE).set_weights(head.get_layer(HEAD_DENSE).get_weights())
     return classifier
 
 
 def feature_dim(classifier: keras.Model) -> int:
     """Width of the pooled backbone features feeding the head."""
-    return int(classifier.get_layer("head_pool").output.shape[-1])
+    return int(classifier.get_layer(HEAD_POOL).output.shape[-1])
 
 
 def _block(layer_name: str) -> int:
@@ -310,9 +327,7 @@ def compile_classifier(
         loss=keras.losses.SparseCategoricalCrossentropy(),
         metrics=[
             keras.metrics.SparseCategoricalAccuracy(name="accuracy"),
-            keras.metrics.SparseTopKCategoricalAccuracy(
-                k=min(5, num_classes), name="top5_accuracy"
-            ),
+            keras.metrics.SparseTopKCategoricalAccuracy(k=top_k(num_classes), name="top5_accuracy"),
         ],
     )
 
@@ -327,7 +342,8 @@ def load_model(path: str) -> keras.Model:
         )
     try:
         return keras.saving.load_model(path, compile=False)
-    except Exception as error:
+    except (OSError, ValueError, TypeError, KeyError, zipfile.BadZipFile) as error:
+        # Not a .keras zip, a damaged one, or one whose config names unknown layers.
         raise UserInputError(
             f"The model file '{path}' cannot be loaded: {str(error).splitlines()[0][:300]}"
         ) from None

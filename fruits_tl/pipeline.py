@@ -130,42 +130,43 @@ def apply_cache(
     return dataset.cache(prefix)
 
 
-def batch_sizes(count: int, *, batch_size: int, min_batch_size: int = 1) -> list[int] | None:
-    """The batch sizes of one pass over `count` elements when the last batch would be too small.
-
-    Returns None when plain batching already respects `min_batch_size` (or cannot: fewer
-    elements than that in all); otherwise the sizes, with the last full batch and the short
-    remainder split into two near-equal batches, or joined into one when halves would be
-    too small.
-    """
-    remainder = count % batch_size
-    if min_batch_size <= 1 or remainder == 0 or remainder >= min_batch_size or count < batch_size:
-        return None
-    tail = batch_size + remainder
-    last = [(tail + 1) // 2, tail // 2] if tail // 2 >= min_batch_size else [tail]
-    return [batch_size] * (count // batch_size - 1) + last
+# The label of a padding row. Every batch that reaches a replica's step is full: training pads
+# its last batch of example indices with -1 (`train_input.Batching`), inference pads its last
+# batch of images (`pad_last_batch`), and both mark the padding rows with this label. A step
+# never sees an empty per-replica batch (oneDNN's convolution fails on one on some CPUs:
+# "Incompatible shapes: [0,32,32,3] vs. [8]", TF 2.21 on an AVX-512 machine), every batch has
+# one static shape (one trace), and the outputs of padding rows are dropped by their label.
+PADDING_LABEL = -1
 
 
 def batch_elements(
     dataset: tf.data.Dataset,
     *,
-    count: int,
     batch_size: int,
-    min_batch_size: int = 1,
     drop_remainder: bool = False,
+    pad_last_batch: bool = False,
 ) -> tf.data.Dataset:
-    """The route's batching step for `count` elements: batches of `batch_size`, with the last
-    two rebalanced so that none is smaller than `min_batch_size` (see `batch_sizes`)."""
+    """The input pipeline's batching step: `(image, label)` elements into batches of
+    `batch_size`, the last one dropped, kept short, or padded (see `PADDING_LABEL`)."""
     dataset = dataset.batch(
         batch_size,
         drop_remainder=drop_remainder,
         num_parallel_calls=tf.data.AUTOTUNE,
         deterministic=True,
     )
-    sizes = batch_sizes(count, batch_size=batch_size, min_batch_size=min_batch_size)
-    if not drop_remainder and sizes is not None:
-        dataset = dataset.rebatch(tf.constant(sizes, tf.int64))
-    return dataset
+    if not pad_last_batch or drop_remainder:
+        return dataset
+
+    def pad(images, labels):
+        missing = batch_size - tf.shape(images)[0]
+        images = tf.pad(images, [[0, missing]] + [[0, 0]] * (images.shape.rank - 1))
+        labels = tf.pad(labels, [[0, missing]], constant_values=PADDING_LABEL)
+        return (
+            tf.ensure_shape(images, [batch_size, *images.shape[1:]]),
+            tf.ensure_shape(labels, [batch_size]),
+        )
+
+    return dataset.map(tf.autograph.experimental.do_not_convert(pad))
 
 
 def make_batches(
@@ -180,7 +181,7 @@ def make_batches(
     num_shards: int = 1,
     shard_index: int = 0,
     drop_remainder: bool = False,
-    min_batch_size: int = 1,
+    pad_last_batch: bool = False,
 ) -> tf.data.Dataset:
     """Assembles the data route for one split: cache, shuffle, batch, (preprocess,) prefetch.
 
@@ -197,12 +198,9 @@ def make_batches(
       num_shards: Split the elements into this many shards (by element index) ...
       shard_index: ... and keep this one.
       drop_remainder: Drop a last partial batch (static batch shapes).
-      min_batch_size: The smallest batch to emit: pass the strategy's number of replicas.
-        When the last batch would be smaller (but not empty), the last full batch and it are
-        split into two near-equal batches instead, so every replica gets at least one example
-        of every batch: on CPU, oneDNN's convolution fails on an empty per-replica batch
-        ("Incompatible shapes: [0,32,32,3] vs. [8]", seen with TF 2.21 on an AVX-512 machine).
-        Same examples, same order; only those two batches' sizes change.
+      pad_last_batch: Pad a last partial batch to `batch_size` with zero images labelled
+        `PADDING_LABEL` (-1), for inference under a strategy: every replica then gets a share
+        of every batch, and every batch has one shape. Drop the outputs of those rows.
 
     Returns:
       A dataset of `(images, labels)` batches.
@@ -227,10 +225,9 @@ def make_batches(
         dataset = dataset.shuffle(buffer, seed=seed, reshuffle_each_iteration=True)
     dataset = batch_elements(
         dataset,
-        count=count,
         batch_size=batch_size,
-        min_batch_size=min_batch_size,
         drop_remainder=drop_remainder,
+        pad_last_batch=pad_last_batch,
     )
     if output == "float32":
         dataset = dataset.map(
@@ -326,7 +323,6 @@ def make_datasets(
     seed: int = 42,
     output: str = "float32",
     skip_bad_images: bool = False,
-    min_batch_size: int = 1,
 ) -> Datasets:
     """Checks a `Training/<class>/*`, `Test/<class>/*` folder and returns batched datasets.
 
@@ -347,8 +343,6 @@ def make_datasets(
       seed: Seed for the split and the shuffle.
       output: "float32" (preprocessed) or "uint8" (raw pixels).
       skip_bad_images: Leave out undecodable files instead of raising.
-      min_batch_size: The strategy's number of replicas under MirroredStrategy (see
-        make_batches).
 
     Returns:
       Datasets with train, validation and test batches and the class names.
@@ -365,7 +359,7 @@ def make_datasets(
         seed=seed,
         skip_bad_images=skip_bad_images,
     )
-    common = dict(batch_size=batch_size, cache=cache, output=output, min_batch_size=min_batch_size)
+    common = dict(batch_size=batch_size, cache=cache, output=output)
     train = make_batches(
         splits.train, training=True, shuffle_buffer_size=shuffle_buffer_size, seed=seed, **common
     )

@@ -20,6 +20,7 @@ from collections.abc import Callable
 
 import numpy as np
 import tensorflow as tf
+from google.protobuf import message
 
 from fruits_tl import model
 from fruits_tl.errors import UserInputError
@@ -105,7 +106,8 @@ def _load_keras(path: str) -> Servable:
 def _load_saved_model(path: str) -> Servable:
     try:
         loaded = tf.saved_model.load(path)
-    except Exception as error:  # TensorFlow raises several types for a damaged SavedModel.
+    except (OSError, ValueError, tf.errors.OpError, message.DecodeError) as error:
+        # Missing or unreadable files, or a damaged saved_model.pb.
         raise UserInputError(
             f"The SavedModel '{path}' cannot be loaded: {str(error).splitlines()[0][:300]}"
         ) from None

@@ -80,7 +80,7 @@ class Fruits360(tfds.core.GeneratorBasedBuilder):
         manual = None
         try:
             manual = epath.Path(dl_manager.manual_dir)
-        except Exception:  # TFDS raises when no manual dir was configured.
+        except AssertionError:  # TFDS's answer when no manual dir was configured.
             manual = None
         if manual is not None and manual.exists():
             root = _find_extracted_root(manual)
@@ -193,14 +193,11 @@ def prepare(*, tfds_data_dir: str, manual_dir: str = "") -> tfds.core.DatasetBui
         config = tfds.download.DownloadConfig(manual_dir=manual_dir or None)
         try:
             builder.download_and_prepare(download_config=config)
-        except UserInputError:
-            raise
-        except Exception as error:
+        except OSError as error:
             raise UserInputError(
                 f"Could not prepare the {NAME} TFDS dataset in '{tfds_data_dir}' from manual dir "
-                f"'{manual_dir or '(none)'}': {str(error).splitlines()[0][:300]}. Put the "
-                "extracted "
-                "Fruits-360 folder or its archive in --manual_dir."
+                f"'{manual_dir or '(none)'}': {error}. Put the extracted Fruits-360 folder or its "
+                "archive in --manual_dir."
             ) from None
     return builder
 
@@ -282,26 +279,6 @@ def load_tfds_splits(
             test = data.select(
                 test, np.asarray([p not in exclude_files for p in test.file_paths]), name="test"
             )
-    if validation_split > 0 or test is None:
-        if validation_split <= 0:
-            raise UserInputError(
-                "The fruits360 TFDS dataset has no test split: set --validation_split."
-            )
-        mask = data.validation_mask(train.labels, validation_split, seed)
-        validation, train = (
-            data.select(train, mask, name="validation"),
-            data.select(train, ~mask, name="train"),
-        )
-        source = "validation_split"
-    else:
-        validation, source = test, "test folder"
-    return data.Splits(
-        train=train,
-        validation=validation,
-        test=test if test is not None else validation,
-        class_names=class_names,
-        bad_images=(),
-        warnings=(),
-        validation_source=source,
-        validation_is_test=test is None or validation_split <= 0,
+    return data.assemble_splits(
+        train, test, class_names=class_names, validation_split=validation_split, seed=seed
     )

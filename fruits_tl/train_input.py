@@ -11,7 +11,7 @@ for each step):
    when the pipeline reaches it), so the host reads ahead across an epoch's end;
 2. batches of example indices: `batch_size` (global) consecutive indices of the order, the
    last batch padded with -1 to a full batch, so every batch has one static shape and no
-   replica ever gets an empty batch (oneDNN's convolution fails on one on some CPUs);
+   replica ever gets an empty batch (the package's one rule: `pipeline.PADDING_LABEL`);
 3. each replica's slice: the global batch is cut into one contiguous share per replica, and an
    input pipeline (one per worker) keeps only its own replicas' shares, so a worker reads only
    what its devices will train on;
@@ -38,7 +38,7 @@ from collections.abc import Callable
 import numpy as np
 import tensorflow as tf
 
-from fruits_tl import augment, store
+from fruits_tl import augment, pipeline, store
 from fruits_tl.config import NO_AUGMENTATION, Augmentation
 
 # Batches read ahead on the host, per input pipeline. Two: one being copied to the devices,
@@ -229,7 +229,7 @@ def make_replica_dataset(
 
     def read(indices, epochs):
         valid = indices >= 0
-        row_labels = np.where(valid, labels[np.where(valid, indices, 0)], -1)
+        row_labels = np.where(valid, labels[np.where(valid, indices, 0)], pipeline.PADDING_LABEL)
         uniforms = augment.draws(seed, epochs, indices) if augmentation else np.zeros((0,), "f4")
         return examples.take(indices), row_labels, uniforms
 

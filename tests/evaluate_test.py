@@ -67,8 +67,8 @@ def trained(tiny_dataset, tmp_path_factory):
     ]
     assert run_main(train_main, args) == 0
     classifier = model.load_model(str(model_dir))
-    kernel, bias = classifier.get_layer("head_dense").get_weights()
-    classifier.get_layer("head_dense").set_weights(
+    kernel, bias = classifier.get_layer(model.HEAD_DENSE).get_weights()
+    classifier.get_layer(model.HEAD_DENSE).set_weights(
         [np.zeros_like(kernel), np.array([0.0, 3.0, 0.0], np.float32)]
     )
     classifier.save(str(model_dir / "model.keras"))

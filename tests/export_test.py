@@ -62,7 +62,7 @@ def trained(tiny_dataset, informative_weights, tmp_path_factory):
     # few epochs. Set it to a nearest-class-mean classifier on standardised training features
     # instead, so that the exported formats are compared on a model with real margins.
     classifier = model.load_model(str(model_dir))
-    extractor = keras.Model(classifier.inputs, classifier.get_layer("head_pool").output)
+    extractor = keras.Model(classifier.inputs, classifier.get_layer(model.HEAD_POOL).output)
     splits = data.load_dataset(tiny_dataset, image_size=32)
     images = np.stack([image for image, _ in splits.train.dataset.as_numpy_iterator()])
     features = extractor.predict(images, verbose=0)
@@ -73,7 +73,7 @@ def trained(tiny_dataset, informative_weights, tmp_path_factory):
     )
     kernel = class_means / scale[:, None] * (8.0 / features.shape[1])
     bias = -(mean / scale) @ class_means * (8.0 / features.shape[1])
-    classifier.get_layer("head_dense").set_weights(
+    classifier.get_layer(model.HEAD_DENSE).set_weights(
         [kernel.astype("float32"), bias.astype("float32")]
     )
     classifier.save(str(model_dir / "model.keras"))
@@ -352,7 +352,7 @@ def test_the_int8_head_is_refit_on_the_int8_backbone_features(tiny_dataset):
         classifier, splits.train, image_size=128, representative=representative
     )
     images = np.stack([image for image, _ in splits.train.dataset.as_numpy_iterator()])
-    floats = keras.Model(classifier.inputs, classifier.get_layer("head_pool").output).predict(
+    floats = keras.Model(classifier.inputs, classifier.get_layer(model.HEAD_POOL).output).predict(
         images, verbose=0
     )
     # The same features in the same file order, up to the quantization error.
@@ -379,7 +379,7 @@ def test_the_int8_head_is_refit_on_the_int8_backbone_features(tiny_dataset):
             np.testing.assert_array_equal(a, b)
 
     def loss(head_model):
-        probabilities = head_model.get_layer("head_dense")(features).numpy()
+        probabilities = head_model.get_layer(model.HEAD_DENSE)(features).numpy()
         true = probabilities[np.arange(len(features)), splits.train.labels]
         return float(-np.mean(np.log(np.clip(true, 1e-7, 1))))
 

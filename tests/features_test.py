@@ -58,9 +58,9 @@ def test_features_mode_is_the_same_computation_as_images_mode(
         np.testing.assert_allclose(
             by_features.history[key], by_images.history[key], rtol=1e-4, atol=1e-6, err_msg=key
         )
-    kernel_images, bias_images = by_images.model.get_layer("head_dense").get_weights()
-    kernel_features, bias_features = by_features.model.get_layer("head_dense").get_weights()
-    initial = model.build_head(256, 3, seed=7).get_layer("head_dense").get_weights()[0]
+    kernel_images, bias_images = by_images.model.get_layer(model.HEAD_DENSE).get_weights()
+    kernel_features, bias_features = by_features.model.get_layer(model.HEAD_DENSE).get_weights()
+    initial = model.build_head(256, 3, seed=7).get_layer(model.HEAD_DENSE).get_weights()[0]
     # Training moved the weights, by the same amount in both modes.
     assert np.abs(kernel_features - initial).max() > 1e-3
     np.testing.assert_allclose(kernel_features, kernel_images, rtol=1e-4, atol=1e-5)
@@ -77,13 +77,13 @@ def test_features_mode_is_the_same_computation_as_images_mode(
         strategy=strategy,
     )
     assert (
-        np.abs(shuffled.model.get_layer("head_dense").get_weights()[0] - kernel_features).max()
+        np.abs(shuffled.model.get_layer(model.HEAD_DENSE).get_weights()[0] - kernel_features).max()
         > 1e-5
     )
     # The assembled model on images predicts what the head predicts on the cached features.
     test_set = extraction.load_feature_set(str(tmp_path / "features" / "features" / "test.npz"))
     head = model.build_head(256, 3)
-    head.get_layer("head_dense").set_weights([kernel_features, bias_features])
+    head.get_layer(model.HEAD_DENSE).set_weights([kernel_features, bias_features])
     splits = data.load_dataset(data_dir, image_size=32)
     images = np.stack([image for image, _ in splits.test.dataset.as_numpy_iterator()])
     np.testing.assert_allclose(
@@ -211,7 +211,7 @@ def test_feature_files_load_without_pickle(tmp_path):
 
 def test_a_split_with_fewer_images_than_replicas_extracts(data_dir):
     # One image on two replicas: one replica's batch is empty, and oneDNN's convolution fails
-    # on empty batches on some CPUs; the extraction step skips the model there.
+    # on empty batches on some CPUs; the padded last batch feeds both (PADDING_LABEL).
     strategy = distribute.get_strategy("mirrored")
     splits = data.load_dataset(data_dir, image_size=32)
     one = data.select(splits.test, np.arange(len(splits.test)) == 0, name="one")

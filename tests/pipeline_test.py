@@ -122,50 +122,21 @@ def test_input_fn_gives_each_replica_its_shard_and_per_replica_batch(splits):
     assert seen == 16
 
 
-@pytest.mark.parametrize(
-    "count, batch_size, min_batch_size, expected",
-    [
-        (9, 4, 1, None),  # One replica: plain batching.
-        (8, 4, 2, None),  # No remainder.
-        (10, 4, 2, None),  # Remainder 2 already feeds both replicas.
-        (9, 4, 2, [4, 3, 2]),  # Remainder 1: the last full batch and it become 3 + 2.
-        (5, 2, 2, [2, 3]),  # Halves of 3 would leave a replica empty: one last batch of 3.
-        (3, 4, 2, None),  # Fewer elements than one batch: nothing to rebalance with.
-    ],
-)
-def test_batch_sizes_never_leave_a_replica_without_examples(
-    count, batch_size, min_batch_size, expected
-):
-    sizes = pipeline.batch_sizes(count, batch_size=batch_size, min_batch_size=min_batch_size)
-    assert sizes == expected
-    if sizes is not None:
-        assert sum(sizes) == count and min(sizes) >= min_batch_size
-
-
-def test_make_batches_rebalances_the_last_batch_and_keeps_the_order(data_dir):
+def test_a_padded_last_batch_is_full_with_zero_images_labelled_minus_one(data_dir):
     splits = data.load_dataset(data_dir, image_size=32)
-    plain = [
-        labels
-        for _, labels in pipeline.make_batches(
-            splits.test, batch_size=4, training=False, cache="none"
-        )
-    ]
-    balanced = [
-        labels
-        for _, labels in pipeline.make_batches(
-            splits.test, batch_size=4, training=False, cache="none", min_batch_size=2
-        )
-    ]
-    assert [len(b) for b in plain] == [4, 4, 1] and [len(b) for b in balanced] == [4, 3, 2]
-    np.testing.assert_array_equal(np.concatenate(balanced), np.concatenate(plain))
-
-
-def test_make_datasets_passes_the_replica_rule_to_every_split(data_dir):
-    datasets = pipeline.make_datasets(
-        data_dir, batch_size=4, image_size=32, output="uint8", min_batch_size=2
-    )
-    assert [len(labels) for _, labels in datasets.test] == [4, 3, 2]
-    assert min(len(labels) for _, labels in datasets.train) >= 2
+    kwargs = dict(batch_size=4, training=False, cache="none", output="uint8")
+    plain = list(pipeline.make_batches(splits.test, **kwargs).as_numpy_iterator())
+    padded = list(pipeline.make_batches(splits.test, pad_last_batch=True, **kwargs))
+    assert [len(labels) for _, labels in plain] == [4, 4, 1]
+    assert [tuple(images.shape) for images, _ in padded] == [(4, 32, 32, 3)] * 3
+    labels = np.concatenate([labels for _, labels in padded])
+    np.testing.assert_array_equal(labels[:9], np.concatenate([b for _, b in plain]))
+    np.testing.assert_array_equal(labels[9:], [pipeline.PADDING_LABEL] * 3)
+    np.testing.assert_array_equal(padded[2][0][:1], plain[2][0])
+    assert not np.any(padded[2][0][1:])
+    # The spec is static: one trace serves every batch of the split.
+    spec = pipeline.make_batches(splits.test, pad_last_batch=True, **kwargs).element_spec
+    assert spec[0].shape.as_list() == [4, 32, 32, 3] and spec[1].shape.as_list() == [4]
 
 
 ORDER_SCRIPT = """
