@@ -16,13 +16,13 @@ def write_scalar(tag: str, value: float, *, step: int) -> None:
     """Writes one TensorBoard scalar with core TensorFlow only.
 
     `tf.summary.scalar` lives in the tensorboard package, which TensorFlow 2.21 no longer
-    installs; `tf.summary.write` with the scalars plugin's metadata writes the same event.
+    installs; `tf.summary.write` with the scalars plugin's metadata (the public
+    `tf.compat.v1.SummaryMetadata` proto) writes the same event.
     """
     import tensorflow as tf
-    from tensorflow.core.framework import summary_pb2
 
-    metadata = summary_pb2.SummaryMetadata(
-        plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="scalars")
+    metadata = tf.compat.v1.SummaryMetadata(
+        plugin_data=tf.compat.v1.SummaryMetadata.PluginData(plugin_name="scalars")
     )
     tf.summary.write(
         tag, tf.constant(float(value), tf.float32), step=step, metadata=metadata.SerializeToString()

@@ -20,7 +20,7 @@ import subprocess
 import sys
 from collections.abc import Callable
 
-from fruits_tl.config import TrainConfig
+from fruits_tl.config import TrainConfig, train_config_flags
 from fruits_tl.errors import UserInputError
 
 
@@ -46,35 +46,8 @@ class ModeComparison:
 
 
 def train_flags(config: TrainConfig, *, strategy: str) -> list[str]:
-    """The fruits-tl-train flags that run `config`."""
-    data, model = config.data, config.model
-    flags = [
-        f"--data_dir={data.data_dir}",
-        f"--train_subdir={data.train_subdir}",
-        f"--test_subdir={data.test_subdir}",
-        f"--validation_split={data.validation_split}",
-        f"--image_size={data.image_size}",
-        f"--shuffle_buffer={data.shuffle_buffer_size}",
-        f"--seed={data.seed}",
-        f"--exclude_list={data.exclude_list}",
-        f"--data_source={data.data_source}",
-        f"--tfds_data_dir={data.tfds_data_dir}",
-        f"--manual_dir={data.manual_dir}",
-        f"--alpha={model.alpha}",
-        f"--weights={model.weights}",
-        f"--dropout={model.dropout}",
-        f"--model_dir={config.model_dir}",
-        f"--batch_size={config.batch_size}",
-        f"--epochs={config.epochs}",
-        f"--learning_rate={config.learning_rate}",
-        f"--optimizer={config.optimizer}",
-        f"--verbose={config.verbose}",
-        f"--mode={config.mode}",
-        f"--features_dir={config.features_dir}",
-        f"--feature_dtype={config.feature_dtype}",
-        f"--strategy={strategy}",
-    ]
-    return flags + (["--skip_bad_images"] if data.skip_bad_images else [])
+    """The fruits-tl-train flags that run `config` (every TrainConfig field is a flag)."""
+    return [*train_config_flags(config), f"--strategy={strategy}"]
 
 
 def _train_in_a_process(config: TrainConfig, *, strategy: str) -> dict:

@@ -384,6 +384,76 @@ class TrainConfig:
         return self.checkpoint_dir or os.path.join(self.model_dir, "checkpoints")
 
 
+def parse_learning_rate(text: str) -> float | str:
+    """--learning_rate: a number, or "auto"."""
+    text = str(text).strip()
+    if text == "auto":
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise UserInputError(f"--learning_rate must be a number or 'auto', got {text!r}.") from None
+
+
+# fruits-tl-train's flags are TrainConfig's fields, with its DataConfig's and ModelConfig's: this
+# is the one list (`train_flag_fields`). A flag is named as its field, except these.
+_FLAG_NAMES = {"shuffle_buffer_size": "shuffle_buffer"}
+# Fields that are not train flags: training reads the stored pixels, never the decode cache
+# (TrainConfig requires DataConfig.cache's default).
+_NOT_TRAIN_FLAGS = {"cache"}
+
+
+def train_flag_fields() -> dict[str, tuple[str, ...]]:
+    """fruits-tl-train's flag names, each with the path of the TrainConfig field it sets
+    (("data", "seed") for --seed)."""
+    paths: dict[str, tuple[str, ...]] = {}
+    for field in dataclasses.fields(TrainConfig):
+        if field.name in ("data", "model"):
+            nested = DataConfig if field.name == "data" else ModelConfig
+            for inner in dataclasses.fields(nested):
+                if inner.name in _NOT_TRAIN_FLAGS:
+                    continue
+                paths[_FLAG_NAMES.get(inner.name, inner.name)] = (field.name, inner.name)
+        else:
+            paths[_FLAG_NAMES.get(field.name, field.name)] = (field.name,)
+    return paths
+
+
+def train_config_from_flags(values: dict[str, object]) -> TrainConfig:
+    """The TrainConfig of fruits-tl-train's flag values ({flag name: value}; validated)."""
+    fields: dict[str, dict[str, object]] = {"data": {}, "model": {}, "": {}}
+    for name, path in train_flag_fields().items():
+        value = values[name]
+        if name == "learning_rate":
+            value = parse_learning_rate(value)
+        elif name == "augment":
+            value = Augmentation.parse(value or "")
+        elif name == "data_dir":
+            value = value or ""
+        fields[path[0] if len(path) == 2 else ""][path[-1]] = value
+    return TrainConfig(
+        data=DataConfig(**fields["data"]), model=ModelConfig(**fields["model"]), **fields[""]
+    )
+
+
+def train_config_flags(config: TrainConfig) -> list[str]:
+    """The fruits-tl-train flags that give `config` (`train_config_from_flags`' inverse)."""
+    flags = []
+    for name, path in train_flag_fields().items():
+        value = config
+        for part in path:
+            value = getattr(value, part)
+        if isinstance(value, bool):
+            flags.append(f"--{'' if value else 'no'}{name}")
+            continue
+        if isinstance(value, Augmentation):
+            value = ",".join(f"{key}={strength!r}" for key, strength in value.transforms)
+        elif isinstance(value, float):
+            value = repr(value)
+        flags.append(f"--{name}={'' if value is None else value}")
+    return flags
+
+
 EXPORT_FORMATS = ("saved_model", "tflite")
 QUANTIZATIONS = ("none", "dynamic", "float16", "int8")
 

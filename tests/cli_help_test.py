@@ -20,6 +20,7 @@ BINARIES = {
     "fruits-tl-extract": "extract_main",
     "fruits-tl-predict": "predict_main",
     "fruits-tl-synthetic": "synthetic_main",
+    "fruits-tl-tfds-build": "tfds_build_main",
     "fruits-tl-train": "train_main",
 }
 
@@ -69,3 +70,42 @@ def test_a_flag_the_binary_does_not_use_is_refused(capsys):
     assert run_main(predict_main, ["--model=somewhere", "--epochs=3", "photo.jpg"]) == 2
     err = capsys.readouterr().err
     assert "fruits-tl-predict does not use --epochs" in err
+
+
+def test_train_flags_are_the_train_config_fields_and_round_trip():
+    """The one train flag list: every TrainConfig field is a fruits-tl-train flag, and
+    fruits-tl-bench --compare_modes runs a config by flags that parse back to it."""
+    from absl import flags
+    from absl.testing import flagsaver
+
+    from fruits_tl import compare, config
+    from fruits_tl.cli import train_main
+
+    table = config.train_flag_fields()
+    accepted = _flag_names("train_main")
+    assert set(table) <= accepted
+    assert accepted - set(table) == {"strategy"}
+    wanted = config.TrainConfig(
+        data=config.DataConfig(
+            data_dir="/d",
+            validation_split=0.125,
+            shuffle_buffer_size=7,
+            seed=3,
+            skip_bad_images=True,
+            data_service_address="grpc://h:1",
+        ),
+        model=config.ModelConfig(alpha=0.25, weights="none", dropout=0.1),
+        model_dir="/m",
+        learning_rate=0.1 + 0.2,  # Not exactly 0.3: the text keeps every bit.
+        mode="images",
+        deterministic=True,
+        checkpoint_every_steps=5,
+        keep_checkpoints_on_success=True,
+        augment=config.Augmentation.parse("flip_left_right,rotate=0.0625"),
+        fine_tune_layers=6,
+    )
+    argv = compare.train_flags(wanted, strategy="mirrored")
+    with flagsaver.flagsaver():
+        flags.FLAGS.unparse_flags()
+        flags.FLAGS([train_main.PROGRAM, *argv])
+        assert train_main.build_config() == wanted and flags.FLAGS.strategy == "mirrored"

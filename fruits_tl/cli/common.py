@@ -263,15 +263,9 @@ def guarded(program: str, main, *, module_name: str, uses: tuple[str, ...] = ())
 
 def learning_rate() -> float | str:
     """--learning_rate: a number, or "auto"."""
-    text = FLAGS.learning_rate.strip()
-    if text == "auto":
-        return text
-    try:
-        return float(text)
-    except ValueError:
-        raise UserInputError(
-            f"--learning_rate must be a number or 'auto', got {FLAGS.learning_rate!r}."
-        ) from None
+    from fruits_tl.config import parse_learning_rate
+
+    return parse_learning_rate(FLAGS.learning_rate)
 
 
 def data_config(**overrides):

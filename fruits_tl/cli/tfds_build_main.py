@@ -1,43 +1,41 @@
-"""fruits-tl-tfds-build: TFDS's own `tfds build` command, with fruits360 registered.
+"""fruits-tl-tfds-build: prepare the fruits360 TFDS records from Fruits-360 images.
 
-`tfds build` of tensorflow-datasets 4.9.10 imports Apache Beam at start-up (for its
-`convert_format` command) and fails without it; Beam cannot be installed beside this
-project's pinned TensorFlow stack. This runs the same `build` command class
-(`tensorflow_datasets.scripts.cli.build.Args`), with the same arguments, after importing
-`fruits_tl.tfds_fruits360`. Where Beam is installed, `tfds build fruits360 --imports
-fruits_tl.tfds_fruits360 ...` is equivalent.
+Runs the builder's `download_and_prepare` (TFDS's public API) into --tfds_data_dir, from the
+extracted Fruits-360 folder or its archive in --manual_dir (or a download when it is empty).
+Training with --data_source=tfds prepares the records the same way when they are missing; this
+binary does it alone. `tfds build fruits360 --imports fruits_tl.tfds_fruits360` does the same
+where Apache Beam is installed (the `tfds` command of tensorflow-datasets 4.9.10 imports it at
+start-up, and Beam cannot be installed beside this project's pinned TensorFlow stack).
 
 Example:
-  fruits-tl-tfds-build fruits360 --manual_dir=/data/fruits-360 --data_dir=/data/tfds
+  fruits-tl-tfds-build --manual_dir=/data/fruits-360 --tfds_data_dir=/data/tfds
 """
 
 from __future__ import annotations
 
-import os
-import sys
+from absl import flags, logging
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+from fruits_tl.cli import common
+
+FLAGS = flags.FLAGS
+PROGRAM = "fruits-tl-tfds-build"
 
 
-def run(argv: list[str] | None = None) -> None:
-    """Parses `tfds build` arguments and executes TFDS's build command."""
-    from fruits_tl.cli import native_log
+def _main(argv):
+    common.reject_arguments(argv)
+    from fruits_tl import tfds_fruits360
 
-    native_log.import_tensorflow_quietly()  # Its start-up lines, before TFDS imports it.
-    from absl import app
-    from tensorflow_datasets.scripts.cli import build, cli_utils
+    builder = tfds_fruits360.prepare(tfds_data_dir=FLAGS.tfds_data_dir, manual_dir=FLAGS.manual_dir)
+    splits = {name: split.num_examples for name, split in builder.info.splits.items()}
+    logging.info("The %s records are ready in %s: %s", builder.name, builder.data_dir, splits)
+    print(builder.data_dir)
+    return 0
 
-    import fruits_tl.tfds_fruits360  # noqa: F401  (registers the fruits360 builder)
 
-    parse = cli_utils.make_flags_parser(
-        build.Args, description="tfds build, with the fruits360 builder registered"
-    )
-
-    def main(args):
-        args.execute()
-
-    app.run(main, argv=argv or sys.argv, flags_parser=parse)
-
+# The shared flags (cli/common.py) this binary uses; --help lists them with its own.
+USES = ("tfds_data_dir", "manual_dir")
+main = common.guarded(PROGRAM, _main, module_name=__name__, uses=USES)
+run = common.main_runner(main)
 
 if __name__ == "__main__":
     run()

@@ -103,36 +103,11 @@ PROGRAM = "fruits-tl-train"
 
 def build_config():
     """Builds the TrainConfig from the flags (validation happens in the dataclasses)."""
-    from fruits_tl.config import Augmentation, ModelConfig, TrainConfig
+    from fruits_tl import config
 
     common.require_data(["model_dir"])
-    return TrainConfig(
-        data=common.data_config(shuffle_buffer_size=FLAGS.shuffle_buffer),
-        model=ModelConfig(alpha=FLAGS.alpha, weights=FLAGS.weights, dropout=FLAGS.dropout),
-        model_dir=FLAGS.model_dir,
-        batch_size=FLAGS.batch_size,
-        epochs=FLAGS.epochs,
-        learning_rate=common.learning_rate(),
-        optimizer=FLAGS.optimizer,
-        save_h5=FLAGS.save_h5,
-        verbose=FLAGS.verbose,
-        mode=FLAGS.mode,
-        features_dir=FLAGS.features_dir,
-        feature_dtype=FLAGS.feature_dtype,
-        tensorboard_dir=FLAGS.tensorboard_dir,
-        checkpoint_dir=FLAGS.checkpoint_dir,
-        checkpoint_every_steps=FLAGS.checkpoint_every_steps,
-        keep_checkpoints=FLAGS.keep_checkpoints,
-        keep_checkpoints_on_success=FLAGS.keep_checkpoints_on_success,
-        restart=FLAGS.restart,
-        deterministic=FLAGS.deterministic,
-        extract_chunk_images=FLAGS.extract_chunk_images,
-        collective_timeout=FLAGS.collective_timeout,
-        augment=Augmentation.parse(FLAGS.augment),
-        fine_tune_layers=FLAGS.fine_tune_layers,
-        fine_tune_epochs=FLAGS.fine_tune_epochs,
-        fine_tune_learning_rate=FLAGS.fine_tune_learning_rate,
-        fine_tune_optimizer=FLAGS.fine_tune_optimizer,
+    return config.train_config_from_flags(
+        {name: FLAGS[name].value for name in config.train_flag_fields()}
     )
 
 
