@@ -51,39 +51,8 @@ def audit_folder(
         split: {c: len(paths) for c, paths in files_of.items()}
         for split, (_, _, files_of) in splits.items()
     }
-    undecodable = [{"path": f.path, "reason": f.reason} for f in facts if not f.decodable]
     good = [f for f in facts if f.decodable]
-    mismatched = []
-    for f in good:
-        expected = EXTENSION_FORMATS.get(os.path.splitext(f.path)[1].lower())
-        if expected and f.real_format != expected:
-            mismatched.append(
-                {
-                    "path": f.path,
-                    "extension": os.path.splitext(f.path)[1],
-                    "actual_format": f.real_format,
-                }
-            )
-    grayscale = [f.path for f in good if f.channels in (1, 2)]
-    alpha = [f.path for f in good if f.channels in (2, 4)]
-    cmyk = [f.path for f in good if f.jpeg_components == 4]
-    by_digest = collections.defaultdict(list)
-    for f in good:
-        by_digest[f.fingerprint].append(f)
-    within = []
-    across = []
-    for group in by_digest.values():
-        if len(group) < 2:
-            continue
-        for split in splits:
-            same = sorted(f.path for f in group if f.split == split)
-            if len(same) > 1:
-                within.append({"split": split, "paths": same})
-        if test_subdir in splits:
-            train_paths = sorted(f.path for f in group if f.split == train_subdir)
-            test_paths = sorted(f.path for f in group if f.split == test_subdir)
-            if train_paths and test_paths:
-                across.append({"train": train_paths, "test": test_paths})
+    within, across = _duplicates(good, list(splits), train_subdir, test_subdir)
     decodable_counts = collections.Counter((f.split, f.class_name) for f in good)
     small = [
         {"split": split, "class": c, "images": decodable_counts[(split, c)]}
@@ -110,11 +79,7 @@ def audit_folder(
             }
             for split, (_, classes, _) in splits.items()
         },
-        "undecodable": undecodable,
-        "extension_mismatch": mismatched,
-        "grayscale": grayscale,
-        "alpha": alpha,
-        "cmyk": cmyk,
+        **_file_findings(facts),
         "duplicates_within_split": within,
         "duplicates_across_train_test": across,
         "small_or_empty_classes": small,
@@ -122,6 +87,51 @@ def audit_folder(
         "class_mismatch": mismatch,
         "decode_images_per_second": images_per_second,
     }
+
+
+def _file_findings(facts) -> dict:
+    """Undecodable files, extensions that lie about the format, grayscale, alpha and CMYK."""
+    good = [f for f in facts if f.decodable]
+    mismatched = []
+    for f in good:
+        expected = EXTENSION_FORMATS.get(os.path.splitext(f.path)[1].lower())
+        if expected and f.real_format != expected:
+            mismatched.append(
+                {
+                    "path": f.path,
+                    "extension": os.path.splitext(f.path)[1],
+                    "actual_format": f.real_format,
+                }
+            )
+    return {
+        "undecodable": [{"path": f.path, "reason": f.reason} for f in facts if not f.decodable],
+        "extension_mismatch": mismatched,
+        "grayscale": [f.path for f in good if f.channels in (1, 2)],
+        "alpha": [f.path for f in good if f.channels in (2, 4)],
+        "cmyk": [f.path for f in good if f.jpeg_components == 4],
+    }
+
+
+def _duplicates(good, split_names, train_subdir: str, test_subdir: str):
+    """Groups of identical decoded images within a split, and across train and test."""
+    by_digest = collections.defaultdict(list)
+    for f in good:
+        by_digest[f.fingerprint].append(f)
+    within = []
+    across = []
+    for group in by_digest.values():
+        if len(group) < 2:
+            continue
+        for split in split_names:
+            same = sorted(f.path for f in group if f.split == split)
+            if len(same) > 1:
+                within.append({"split": split, "paths": same})
+        if test_subdir in split_names:
+            train_paths = sorted(f.path for f in group if f.split == train_subdir)
+            test_paths = sorted(f.path for f in group if f.split == test_subdir)
+            if train_paths and test_paths:
+                across.append({"train": train_paths, "test": test_paths})
+    return within, across
 
 
 def summary(report: dict) -> str:

@@ -69,6 +69,26 @@ def download(
     os.makedirs(os.path.dirname(os.path.abspath(destination)), exist_ok=True)
     partial = destination + ".part"
     offset = os.path.getsize(partial) if os.path.exists(partial) else 0
+    total = _fetch(url, partial, offset=offset, timeout=timeout, progress=progress)
+    if total is not None and os.path.getsize(partial) < total:
+        raise UserInputError(
+            f"The download of {url} ended early ({os.path.getsize(partial)} of {total} bytes); "
+            "run again to resume."
+        )
+    if sha256 is not None:
+        actual = sha256_of(partial)
+        if actual != sha256.lower():
+            os.unlink(partial)
+            raise UserInputError(
+                f"The download of {url} has sha256 {actual}, expected {sha256}; it was deleted."
+            )
+    os.replace(partial, destination)
+    return destination
+
+
+def _fetch(url: str, partial: str, *, offset: int, timeout: float, progress) -> int | None:
+    """Appends `url`'s bytes from `offset` to `partial` (a Range request); returns the total
+    size when the server says it."""
     request = urllib.request.Request(url, headers={"User-Agent": "fruits_tl"})
     total = None
     if offset:
@@ -112,20 +132,7 @@ def download(
             f"Could not write the download of {url} to '{partial}': {error.strerror or error}. "
             "Free space or fix the folder's permissions (--dest), then run again to resume."
         ) from None
-    if total is not None and os.path.getsize(partial) < total:
-        raise UserInputError(
-            f"The download of {url} ended early ({os.path.getsize(partial)} of {total} bytes); "
-            "run again to resume."
-        )
-    if sha256 is not None:
-        actual = sha256_of(partial)
-        if actual != sha256.lower():
-            os.unlink(partial)
-            raise UserInputError(
-                f"The download of {url} has sha256 {actual}, expected {sha256}; it was deleted."
-            )
-    os.replace(partial, destination)
-    return destination
+    return total
 
 
 def _inside(root: str, path: str) -> bool:

@@ -278,8 +278,8 @@ def extract_features(
       extractor: uint8 pixels -> [batch, D] features, built in `strategy.scope()`.
       strategy: The distribution strategy; `batch_size` is the global batch.
       batch_size: Global batch size.
-      cache: Cache setting for the route (one pass: "none" unless a file cache should be
-        filled for later image-mode runs).
+      cache: Cache setting of the input pipeline (one pass: "none" unless a file cache should
+        be filled for later image-mode runs).
       feature_dtype: "float32" or "float16" for the stored features.
       verbose: Show a progress bar.
       data_service_address: Decode the images on the tf.data service there (each exactly
@@ -287,16 +287,13 @@ def extract_features(
       data_service_timeout: Seconds without an element before the service counts as lost.
       stored: (the split's stored pixels, the rows of `folder` in them): read them through
         the training input pipeline instead of decoding.
-
-    Returns:
-      The FeatureSet.
     """
     if feature_dtype not in FEATURE_DTYPES:
         raise UserInputError(
             f"feature_dtype must be one of {', '.join(FEATURE_DTYPES)}, got {feature_dtype!r}."
         )
     if stored is not None:
-        features_array = extract_stored(
+        features = extract_stored(
             stored[0],
             np.zeros(len(stored[0]), np.int32),
             extractor,
@@ -307,19 +304,11 @@ def extract_features(
             verbose=verbose,
             label=f"extract {folder.name} (stored pixels)",
         )
-        return FeatureSet(
-            split=folder.name,
-            features=features_array,
-            labels=np.asarray(folder.labels, np.int32),
-            file_paths=folder.file_paths,
-            class_names=folder.class_names,
-            fingerprint=folder.fingerprint,
-        )
+        return _feature_set(folder, features, np.asarray(folder.labels, np.int32))
     if data_service_address:
         images = data_service.decode_through_service(
             folder, data_service_address, timeout=data_service_timeout
         )
-        # The decoded pixels, then the route's batching step.
         batches = pipeline.batch_elements(
             tf.data.Dataset.from_tensor_slices((images, folder.labels)),
             batch_size=batch_size,
@@ -335,7 +324,7 @@ def extract_features(
             pad_last_batch=True,
         )
         batches = pipeline.share_cpu_with_model(batches)
-    features_array, labels_array = run_extractor(
+    features, labels = run_extractor(
         batches,
         extractor,
         strategy=strategy,
@@ -344,16 +333,24 @@ def extract_features(
         verbose=verbose,
         label=f"extract {folder.name}",
     )
-    if not np.array_equal(labels_array, folder.labels):
+    return _feature_set(folder, features, labels)
+
+
+def _feature_set(
+    folder: data.ImageFolder, features: np.ndarray, labels: np.ndarray, **overrides
+) -> FeatureSet:
+    """The FeatureSet of a split, after checking that the labels are the folder's in order."""
+    if not np.array_equal(labels, folder.labels):
         raise RuntimeError(f"extracted labels of split {folder.name} do not match its file order")
-    return FeatureSet(
+    values = dict(
         split=folder.name,
-        features=features_array,
-        labels=labels_array,
+        features=features,
+        labels=labels,
         file_paths=folder.file_paths,
         class_names=folder.class_names,
         fingerprint=folder.fingerprint,
     )
+    return FeatureSet(**{**values, **overrides})
 
 
 def save_feature_set(path: str, feature_set: FeatureSet) -> None:
@@ -407,80 +404,60 @@ def _load_chunk(path: str, fingerprint: str, count: int) -> FeatureSet | None:
     return part if part.fingerprint == fingerprint and len(part) == count else None
 
 
+def _shard_file(features_dir: str, name: str, index: int, count: int) -> str:
+    return os.path.join(features_dir, f"{name}-{index}-of-{count}.npz")
+
+
+def _shard_mask(folder: data.ImageFolder, index: int, count: int) -> np.ndarray:
+    return np.arange(len(folder)) % count == index
+
+
 def _extract_sharded(
     splits: dict[str, data.ImageFolder],
-    *,
     extractor: keras.Model,
     strategy: tf.distribute.Strategy,
+    *,
     role: distribute.WorkerRole,
     run_digest: str,
-    fingerprint: dict,
-    features_dir: str,
-    paths: dict[str, str],
-    batch_size: int,
-    feature_dtype: str,
-    verbose: bool,
-    barrier_timeout: float | None,
-    data_service_address: str,
-    data_service_timeout: float,
-) -> Extraction:
+    settings: ExtractionSettings,
+) -> dict[str, FeatureSet]:
     """Extraction under several workers: each runs the backbone on its shard only.
 
     Worker i of n takes every n-th image from image i of each split (the listing is sharded
     before decoding, `data.select`), runs the backbone on its own devices, and writes
     `<split>-<i>-of-<n>.npz` atomically (a rerun reuses it when its fingerprint matches). After
     a barrier every worker reads all the shards and puts the features back in file order; the
-    chief writes `<split>.npz`, labels.txt and fingerprint.json, and after a second barrier
-    removes the shard files. No two workers write the same file.
+    chief writes `<split>.npz` (and, in `extract_or_reuse`, labels.txt and fingerprint.json,
+    then removes the shards after a second barrier). No two workers write the same file.
     """
-    start = time.perf_counter()
     local = tf.distribute.get_strategy()  # Outside any scope: this worker's own devices.
-    shard_batch = max(1, batch_size // role.count)
-
-    def shard_file(name: str, index: int) -> str:
-        return os.path.join(features_dir, f"{name}-{index}-of-{role.count}.npz")
-
-    def shard_fingerprint(name: str, index: int) -> str:
-        return f"{run_digest}:{name}:shard-{index}-of-{role.count}"
-
-    def shard_mask(folder: data.ImageFolder, index: int) -> np.ndarray:
-        return np.arange(len(folder)) % role.count == index
-
+    features_dir, count = settings.features_dir, role.count
     for name, folder in splits.items():
-        mask = shard_mask(folder, role.index)
-        path, expected = shard_file(name, role.index), shard_fingerprint(name, role.index)
+        mask = _shard_mask(folder, role.index, count)
+        path = _shard_file(features_dir, name, role.index, count)
+        expected = f"{run_digest}:{name}:shard-{role.index}-of-{count}"
         if _load_chunk(path, expected, int(mask.sum())) is not None:
-            logging.warning(
-                "Reusing shard %d of %d of %s in %s", role.index, role.count, name, features_dir
-            )
+            logging.warning("Reusing shard %d of %d of %s in %s", role.index, count, name, path)
             continue
         logging.info(
-            "Extracting shard %d of %d of %s: %d images",
-            role.index,
-            role.count,
-            name,
-            int(mask.sum()),
+            "Extracting shard %d of %d of %s: %d images", role.index, count, name, int(mask.sum())
         )
-        part = extract_features(
+        part = settings.extract(
             data.select(folder, mask, name=name),
             extractor,
-            strategy=local,
-            batch_size=shard_batch,
-            feature_dtype=feature_dtype,
-            verbose=verbose,
-            data_service_address=data_service_address,
-            data_service_timeout=data_service_timeout,
+            local,
+            batch_size=max(1, settings.batch_size // count),
         )
         save_feature_set(path, dataclasses.replace(part, fingerprint=expected))
-    distribute.barrier(strategy, timeout=barrier_timeout)
+    distribute.barrier(strategy, timeout=settings.barrier_timeout)
     feature_sets = {}
     for name, folder in splits.items():
         parts = []
-        for index in range(role.count):
+        for index in range(count):
             part = _load_chunk(
-                shard_file(name, index),
-                shard_fingerprint(name, index),
-                int(shard_mask(folder, index).sum()),
+                _shard_file(features_dir, name, index, count),
+                f"{run_digest}:{name}:shard-{index}-of-{count}",
+                int(_shard_mask(folder, index, count).sum()),
             )
             if part is None:
                 raise RuntimeError(
@@ -488,44 +465,69 @@ def _extract_sharded(
                 )
             parts.append(part)
         width = max(p.features.shape[1] for p in parts if len(p))
-        features = np.zeros((len(folder), width), dtype=feature_dtype)
+        features = np.zeros((len(folder), width), dtype=settings.feature_dtype)
         labels = np.zeros(len(folder), dtype=np.int32)
         for index, part in enumerate(parts):
-            features[index :: role.count] = part.features
-            labels[index :: role.count] = part.labels
-        if not np.array_equal(labels, folder.labels):
-            raise RuntimeError(f"the shards of split {name} do not match its file order")
-        feature_sets[name] = FeatureSet(
-            split=name,
-            features=features,
-            labels=labels,
-            file_paths=folder.file_paths,
-            class_names=folder.class_names,
-            fingerprint=folder.fingerprint,
-        )
+            features[index::count] = part.features
+            labels[index::count] = part.labels
+        feature_sets[name] = _feature_set(folder, features, labels)
         if role.is_chief:
-            save_feature_set(paths[name], feature_sets[name])
-    if role.is_chief:
-        any_split = next(iter(splits.values()))
-        files.write_lines(os.path.join(features_dir, "labels.txt"), list(any_split.class_names))
-        files.write_json(os.path.join(features_dir, FINGERPRINT_FILE), fingerprint)
-    distribute.barrier(
-        strategy, timeout=barrier_timeout
-    )  # Every worker has read the shards: the chief may remove them.
-    if role.is_chief:
-        for name in splits:
-            for index in range(role.count):
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(shard_file(name, index))
-    seconds = time.perf_counter() - start
-    images = sum(len(folder) for folder in splits.values())
-    return Extraction(
-        feature_sets=feature_sets,
-        reused=False,
-        seconds=seconds,
-        images_per_second=images / max(seconds, 1e-9),
-        features_dir=features_dir,
-    )
+            save_feature_set(_split_path(features_dir, name), feature_sets[name])
+    return feature_sets
+
+
+def _remove_shards(splits, role: distribute.WorkerRole, features_dir: str) -> None:
+    for name in splits:
+        for index in range(role.count):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(_shard_file(features_dir, name, index, role.count))
+
+
+@dataclasses.dataclass(frozen=True)
+class ExtractionSettings:
+    """How a job extracts features, as `extract_or_reuse` takes it.
+
+    Attributes:
+      features_dir: Where `<split>.npz`, labels.txt and fingerprint.json live.
+      batch_size: Global batch size.
+      feature_dtype: "float32" or "float16".
+      cache: The input pipeline's cache for the one pass: "none", or a file prefix to fill a
+        file cache that later image-mode runs read ("memory" would hold images never read
+        again).
+      verbose: Progress bars.
+      chunk_images: Images per stored chunk (rounded up to a multiple of batch_size).
+      barrier_timeout: Under several workers, seconds a barrier waits for the others.
+      data_service_address: Decode on the tf.data service there ("" decodes here).
+      data_service_timeout: Seconds without an element before the service counts as lost.
+      pixels_dir: A pixel store (`pixels.store_pixels`): a split whose decoded pixels are
+        stored there is read from the store, not decoded.
+    """
+
+    features_dir: str
+    batch_size: int
+    feature_dtype: str = "float32"
+    cache: str = "none"
+    verbose: bool = True
+    chunk_images: int = DEFAULT_CHUNK_IMAGES
+    barrier_timeout: float | None = None
+    data_service_address: str = ""
+    data_service_timeout: float = data_service.DEFAULT_TIMEOUT
+    pixels_dir: str = ""
+
+    def extract(self, folder, extractor, strategy, *, batch_size=None, stored=None, cache=None):
+        """`extract_features` with these settings."""
+        return extract_features(
+            folder,
+            extractor,
+            strategy=strategy,
+            batch_size=batch_size or self.batch_size,
+            feature_dtype=self.feature_dtype,
+            cache=self.cache if cache is None else cache,
+            verbose=self.verbose,
+            data_service_address=self.data_service_address,
+            data_service_timeout=self.data_service_timeout,
+            stored=stored,
+        )
 
 
 def extract_or_reuse(
@@ -534,71 +536,98 @@ def extract_or_reuse(
     backbone: keras.Model,
     alpha: float,
     image_size: int,
-    features_dir: str,
     strategy: tf.distribute.Strategy,
-    batch_size: int,
-    feature_dtype: str = "float32",
-    cache: str = "none",
-    verbose: bool = True,
-    chunk_images: int = DEFAULT_CHUNK_IMAGES,
+    settings: ExtractionSettings,
     stop: GracefulStop | None = None,
-    barrier_timeout: float | None = None,
-    data_service_address: str = "",
-    data_service_timeout: float = data_service.DEFAULT_TIMEOUT,
-    pixels_dir: str = "",
 ) -> Extraction:
-    """Returns the features of every split, reusing `features_dir` when its fingerprint matches.
+    """Returns the features of every split, reusing `settings.features_dir` when its
+    fingerprint matches.
 
-    The work is stored in chunks of about `chunk_images` images (`<split>.chunk-<k>.npz`, a
-    multiple of the batch size), each written atomically with a fingerprint of what it holds,
-    so a killed extraction's rerun reuses the complete chunks and computes only the rest; the
-    chunks of a split become its `<split>.npz` once all are there. The chunking is the same in
-    every run, so the final files are identical whether or not a run was interrupted. A
-    file cache is filled in one pass per split (it caches whole splits), so with one the
-    extraction resumes per split.
+    The work is stored in chunks of about `chunk_images` images, each written atomically with
+    a fingerprint of what it holds, so a killed extraction's rerun computes only the missing
+    chunks, and the final files are the same whether or not a run was interrupted
+    (`_extract_in_chunks`). Under several workers each extracts its shard (`_extract_sharded`).
 
     Args:
       splits: Split name -> ImageFolder (one label map).
       backbone: The frozen backbone (built in the strategy's scope).
       alpha: Its width multiplier (recorded in the fingerprint).
       image_size: Input size.
-      features_dir: Where `<split>.npz`, labels.txt and fingerprint.json live.
       strategy: Distribution strategy for the backbone pass.
-      batch_size: Global batch size.
-      feature_dtype: "float32" or "float16".
-      cache: The route's cache for the one pass: "none", or a file prefix to fill a file
-        cache that later image-mode runs read ("memory" would hold images never read again).
-      verbose: Progress bars.
-      chunk_images: Images per stored chunk (rounded up to a multiple of batch_size).
+      settings: Where and how to extract.
       stop: Checked after every chunk: a stop request raises StopRequested there.
-      barrier_timeout: Under several workers, seconds a barrier waits for the others.
-      data_service_address: Decode on the tf.data service there ("" decodes here).
-      data_service_timeout: Seconds without an element before the service counts as lost.
-      pixels_dir: A pixel store (`pixels.store_pixels`): a split whose decoded pixels are
-        stored there is read from the store, not decoded.
-
-    Returns:
-      The Extraction.
     """
+    features_dir = settings.features_dir
     fingerprint = make_fingerprint(
         backbone=backbone,
         alpha=alpha,
         image_size=image_size,
-        feature_dtype=feature_dtype,
+        feature_dtype=settings.feature_dtype,
         splits=splits,
     )
-    paths = {name: os.path.join(features_dir, f"{name}.npz") for name in splits}
-    if _read_fingerprint(features_dir) == fingerprint and all(
-        os.path.exists(p) for p in paths.values()
-    ):
+    reused = _reuse(splits, fingerprint, features_dir)
+    if reused is not None:
+        return reused
+    os.makedirs(features_dir, exist_ok=True)
+    role = distribute.worker_role(strategy)
+    # Invalidate first: from here until the new fingerprint is written, nothing here counts.
+    if role.is_chief:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(os.path.join(features_dir, FINGERPRINT_FILE))
+    with strategy.scope():
+        extractor = model.build_feature_extractor(backbone, image_size=image_size)
+    run_digest = hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()[:16]
+    start = time.perf_counter()
+    if role.count > 1:
+        feature_sets = _extract_sharded(
+            splits, extractor, strategy, role=role, run_digest=run_digest, settings=settings
+        )
+    else:
+        feature_sets = {
+            name: _extract_in_chunks(
+                folder, extractor, strategy, run_digest=run_digest, settings=settings, stop=stop
+            )
+            for name, folder in splits.items()
+        }
+    if role.is_chief:
+        any_split = next(iter(splits.values()))
+        files.write_lines(os.path.join(features_dir, "labels.txt"), list(any_split.class_names))
+        files.write_json(os.path.join(features_dir, FINGERPRINT_FILE), fingerprint)
+    if role.count > 1:
+        # Every worker has read the shards: the chief may remove them.
+        distribute.barrier(strategy, timeout=settings.barrier_timeout)
+        if role.is_chief:
+            _remove_shards(splits, role, features_dir)
+    seconds = time.perf_counter() - start
+    rate = sum(len(folder) for folder in splits.values()) / max(seconds, 1e-9)
+    logging.info("Extracted the features in %.1f s: %.1f images/s", seconds, rate)
+    return Extraction(
+        feature_sets=feature_sets,
+        reused=False,
+        seconds=seconds,
+        images_per_second=rate,
+        features_dir=features_dir,
+    )
+
+
+def _split_path(features_dir: str, name: str) -> str:
+    return os.path.join(features_dir, f"{name}.npz")
+
+
+def _reuse(splits, fingerprint: dict, features_dir: str) -> Extraction | None:
+    """The stored features when the fingerprint and every split file match, else None (and a
+    line saying what changed)."""
+    previous = _read_fingerprint(features_dir)
+    paths = {name: _split_path(features_dir, name) for name in splits}
+    if previous == fingerprint and all(os.path.exists(p) for p in paths.values()):
         try:
             loaded = {name: load_feature_set(path) for name, path in paths.items()}
         except UserInputError as error:
             # A damaged file under a matching fingerprint (a disk error, a copy cut short): the
             # features can be computed again, so that is what happens, with a warning.
             logging.warning("Recomputing the features in %s: %s", features_dir, error)
-            loaded = None
-        if loaded is not None and all(
+            return None
+        if all(
             loaded[name].fingerprint == splits[name].fingerprint
             and len(loaded[name]) == len(splits[name])
             for name in splits
@@ -615,7 +644,6 @@ def extract_or_reuse(
                 images_per_second=0.0,
                 features_dir=features_dir,
             )
-    previous = _read_fingerprint(features_dir)
     if previous is not None:
         changed = sorted(
             k for k in set(previous) | set(fingerprint) if previous.get(k) != fingerprint.get(k)
@@ -625,122 +653,83 @@ def extract_or_reuse(
             features_dir,
             ", ".join(changed),
         )
-    os.makedirs(features_dir, exist_ok=True)
-    role = distribute.worker_role(strategy)
-    # Invalidate first: from here until the new fingerprint is written, nothing here counts.
-    if role.is_chief:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(os.path.join(features_dir, FINGERPRINT_FILE))
-    with strategy.scope():
-        extractor = model.build_feature_extractor(backbone, image_size=image_size)
-    run_digest = hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()[:16]
-    if role.count > 1:
-        return _extract_sharded(
-            splits,
-            extractor=extractor,
-            strategy=strategy,
-            role=role,
-            run_digest=run_digest,
-            fingerprint=fingerprint,
-            features_dir=features_dir,
-            paths=paths,
-            batch_size=batch_size,
-            feature_dtype=feature_dtype,
-            verbose=verbose,
-            barrier_timeout=barrier_timeout,
-            data_service_address=data_service_address,
-            data_service_timeout=data_service_timeout,
+    return None
+
+
+def _extract_in_chunks(
+    folder: data.ImageFolder,
+    extractor: keras.Model,
+    strategy: tf.distribute.Strategy,
+    *,
+    run_digest: str,
+    settings: ExtractionSettings,
+    stop: GracefulStop | None,
+) -> FeatureSet:
+    """One split's features, chunk by chunk (each saved, a saved one reused), then saved whole
+    as `<split>.npz` and its chunks removed."""
+    name, features_dir = folder.name, settings.features_dir
+    stored_pixels = None
+    if settings.pixels_dir:
+        stored_pixels = store.open_complete(
+            settings.pixels_dir, f"{name}.pixels", fingerprint=folder.fingerprint
         )
-    start = time.perf_counter()
-    feature_sets = {}
-    chunk = -(-max(chunk_images, 1) // batch_size) * batch_size
-    for name, folder in splits.items():
-        stored_pixels = (
-            store.open_complete(pixels_dir, f"{name}.pixels", fingerprint=folder.fingerprint)
-            if pixels_dir
-            else None
+    if stored_pixels is not None:
+        logging.warning(
+            "Extracting %s from the stored pixels in %s: nothing decoded.",
+            name,
+            settings.pixels_dir,
         )
-        if stored_pixels is not None:
+    chunk = -(-max(settings.chunk_images, 1) // settings.batch_size) * settings.batch_size
+    size = len(folder) if settings.cache not in ("none", "memory") else chunk
+    bounds = [(i, min(i + size, len(folder))) for i in range(0, len(folder), size)] or [(0, 0)]
+
+    def chunk_path(k: int) -> str:
+        return os.path.join(features_dir, f"{name}.chunk-{k}.npz")
+
+    parts = []
+    for k, (first, last) in enumerate(bounds, start=1):
+        part_fingerprint = f"{run_digest}:{name}:{first}-{last}"
+        reused = _load_chunk(chunk_path(k), part_fingerprint, last - first)
+        if reused is not None:
             logging.warning(
-                "Extracting %s from the stored pixels in %s: nothing decoded.", name, pixels_dir
+                "Reusing chunk %d of %d of %s (images %d-%d)", k, len(bounds), name, first, last - 1
             )
-        size = len(folder) if cache not in ("none", "memory") else chunk
-        bounds = [(i, min(i + size, len(folder))) for i in range(0, len(folder), size)] or [(0, 0)]
-        parts = []
-        for k, (first, last) in enumerate(bounds, start=1):
-            part_path = os.path.join(features_dir, f"{name}.chunk-{k}.npz")
-            part_fingerprint = f"{run_digest}:{name}:{first}-{last}"
-            reused = _load_chunk(part_path, part_fingerprint, last - first)
-            if reused is not None:
-                logging.warning(
-                    "Reusing chunk %d of %d of %s (images %d-%d)",
-                    k,
-                    len(bounds),
-                    name,
-                    first,
-                    last - 1,
-                )
-                parts.append(reused)
-                continue
-            logging.info(
-                "Extracting %s features of images %d-%d of %d", name, first, last - 1, len(folder)
-            )
-            if last - first == len(folder):
-                subset = folder  # The whole split: its own fingerprint names its file cache.
-            else:
-                indices = np.arange(len(folder))
-                subset = data.select(folder, (indices >= first) & (indices < last), name=name)
-            part = extract_features(
-                subset,
-                extractor,
-                strategy=strategy,
-                batch_size=batch_size,
-                feature_dtype=feature_dtype,
-                cache=cache,
-                verbose=verbose,
-                data_service_address=data_service_address,
-                data_service_timeout=data_service_timeout,
-                stored=(None if stored_pixels is None else (stored_pixels, np.arange(first, last))),
-            )
-            part = dataclasses.replace(part, fingerprint=part_fingerprint)
-            save_feature_set(part_path, part)
-            parts.append(part)
-            faults.point(f"extraction:chunk:{name}:{k}")
-            if stop is not None and k < len(bounds):
-                stop.check(
-                    f"{k} of {len(bounds)} chunks of the {name} features are saved in "
-                    f"{features_dir}; rerun to resume"
-                )
-        feature_sets[name] = FeatureSet(
-            split=name,
-            features=np.concatenate([p.features for p in parts])
-            if len(parts) > 1
-            else parts[0].features,
-            labels=np.concatenate([p.labels for p in parts]) if len(parts) > 1 else parts[0].labels,
-            file_paths=folder.file_paths,
-            class_names=folder.class_names,
-            fingerprint=folder.fingerprint,
+            parts.append(reused)
+            continue
+        logging.info(
+            "Extracting %s features of images %d-%d of %d", name, first, last - 1, len(folder)
         )
-        if not np.array_equal(feature_sets[name].labels, folder.labels):
-            raise RuntimeError(f"extracted labels of split {name} do not match its file order")
-        save_feature_set(paths[name], feature_sets[name])
-        for k in range(1, len(bounds) + 1):
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(os.path.join(features_dir, f"{name}.chunk-{k}.npz"))
-        faults.point(f"extraction:saved:{name}")
-        if stop is not None:
-            stop.check(f"the {name} features are saved in {features_dir}; rerun to resume")
-    seconds = time.perf_counter() - start
-    images = sum(len(folder) for folder in splits.values())
-    any_split = next(iter(splits.values()))
-    files.write_lines(os.path.join(features_dir, "labels.txt"), list(any_split.class_names))
-    files.write_json(os.path.join(features_dir, FINGERPRINT_FILE), fingerprint)
-    rate = images / max(seconds, 1e-9)
-    logging.info("Extracted %d images in %.1f s: %.1f images/s", images, seconds, rate)
-    return Extraction(
-        feature_sets=feature_sets,
-        reused=False,
-        seconds=seconds,
-        images_per_second=rate,
-        features_dir=features_dir,
+        # The whole split keeps its own fingerprint, which names its file cache.
+        subset = (
+            folder
+            if last - first == len(folder)
+            else data.select(
+                folder,
+                (np.arange(len(folder)) >= first) & (np.arange(len(folder)) < last),
+                name=name,
+            )
+        )
+        rows = None if stored_pixels is None else (stored_pixels, np.arange(first, last))
+        part = settings.extract(subset, extractor, strategy, stored=rows)
+        part = dataclasses.replace(part, fingerprint=part_fingerprint)
+        save_feature_set(chunk_path(k), part)
+        parts.append(part)
+        faults.point(f"extraction:chunk:{name}:{k}")
+        if stop is not None and k < len(bounds):
+            stop.check(
+                f"{k} of {len(bounds)} chunks of the {name} features are saved in "
+                f"{features_dir}; rerun to resume"
+            )
+    whole = _feature_set(
+        folder,
+        np.concatenate([p.features for p in parts]) if len(parts) > 1 else parts[0].features,
+        np.concatenate([p.labels for p in parts]) if len(parts) > 1 else parts[0].labels,
     )
+    save_feature_set(_split_path(features_dir, name), whole)
+    for k in range(1, len(bounds) + 1):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(chunk_path(k))
+    faults.point(f"extraction:saved:{name}")
+    if stop is not None:
+        stop.check(f"the {name} features are saved in {features_dir}; rerun to resume")
+    return whole

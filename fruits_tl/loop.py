@@ -213,6 +213,32 @@ def order_digest(index_batches: np.ndarray) -> str:
     return hashlib.sha256(np.asarray(index_batches, np.int64).tobytes()).hexdigest()[:16]
 
 
+@dataclasses.dataclass(frozen=True)
+class Checkpointing:
+    """How `fit` resumes, saves, stops and reports that it lives.
+
+    Attributes:
+      resume: A state `save` received earlier: training continues from it.
+      save: Called with the state after every `every_steps` steps, after every epoch (the last
+        one too), and on a stop request (save the model and optimizer beside it).
+      every_steps: 0 for once per epoch.
+      stop: Checked after every call; a request saves and raises StopRequested.
+      resume_hint: The end of the stop message.
+      heartbeat: Called after every compiled call and every validation (a watchdog's beat).
+    """
+
+    resume: dict | None = None
+    save: Callable[[dict], None] | None = None
+    every_steps: int = 0
+    stop: GracefulStop | None = None
+    resume_hint: str = "rerun the same command to resume"
+    heartbeat: Callable[[], None] | None = None
+
+    def beat(self) -> None:
+        if self.heartbeat is not None:
+            self.heartbeat()
+
+
 def fit(
     model: keras.Model,
     *,
@@ -229,20 +255,15 @@ def fit(
     verbose: bool = False,
     steps_per_call: int = 0,
     evaluation_batch_size: int = EVALUATION_SLICE,
-    resume: dict | None = None,
-    checkpoint: Callable[[dict], None] | None = None,
-    checkpoint_every_steps: int = 0,
-    stop: GracefulStop | None = None,
-    resume_hint: str = "rerun the same command to resume",
-    heartbeat: Callable[[], None] | None = None,
+    checkpointing: Checkpointing = Checkpointing(),
     augmentation: Augmentation = NO_AUGMENTATION,
     fault_name: str = "train",
 ) -> Training:
     """Trains a compiled model on stored examples through the training input pipeline.
 
     Args:
-      model: Built and compiled (`model.compile_classifier`) in `strategy.scope()`; its
-        optimizer is used, its loss is sparse categorical cross-entropy, computed here.
+      model: Compiled (`model.compile_classifier`) in `strategy.scope()`: its optimizer is
+        used; the loss is sparse categorical cross-entropy.
       examples: [N, ...] training examples (uint8 images or float features): a
         `store.ChunkedArray` (e.g. memory-mapped) or an array in memory.
       labels: [N] int labels.
@@ -253,59 +274,137 @@ def fit(
       test: (examples, labels) evaluated once at the end, or None. When it is `validation`
         itself, the last epoch's validation figures are the test figures (the same weights,
         the same examples): they are not computed twice.
-      shuffle_buffer_size: 0 for a uniform permutation per epoch (`train_input.epoch_order`).
-      seed: The order's seed.
-      callbacks: Keras callbacks: `on_train_begin/end`, `on_epoch_begin/end` (with the
-        epoch's logs) and `on_test_begin/end` around validation.
+      shuffle_buffer_size, seed: Each epoch's order (`train_input.epoch_order`; 0: uniform).
+      callbacks: Keras callbacks: `on_train_begin/end`, `on_epoch_begin/end`, `on_test_*`.
       verbose: Log every epoch's metrics.
       steps_per_call: Steps per compiled call; 0 for a whole epoch per call.
       evaluation_batch_size: Global batch size of the validation passes.
-      resume: A state `checkpoint` received earlier: training continues from it.
-      checkpoint: Called with the state after every `checkpoint_every_steps` steps, after every
-        epoch (the last one too), and on a stop request (save the model and optimizer beside it).
-      checkpoint_every_steps: 0 for once per epoch.
-      stop: Checked after every call; a request checkpoints and raises StopRequested.
-      resume_hint: The end of the stop message.
-      heartbeat: Called after every compiled call and every validation (a watchdog's beat).
+      checkpointing: Resume, save, stop and heartbeat (`Checkpointing`).
       augmentation: Random transforms of the training images (uint8 examples only), keyed by
         (seed, epoch, example index); validation and test are never transformed.
       fault_name: The first part of the fault points (`faults`): "train", or "fine_tune".
-
-    Returns:
-      The Training.
     """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
-    examples = as_examples(examples)
-    labels = np.asarray(labels, np.int32)
-    count = len(labels)
-    if count == 0:
-        raise ValueError("fit needs at least one training example.")
-    if len(examples) != count:
-        raise ValueError(f"{len(examples)} examples but {count} labels.")
-    if getattr(model, "optimizer", None) is None:
-        raise ValueError("fit needs a compiled model (model.compile_classifier).")
+    examples, labels = _checked_inputs(model, examples, labels, batch_size=batch_size)
     with strategy.scope():
         model.optimizer.build(model.trainable_variables)
-    loop = CompiledSteps(model, strategy=strategy)
-    batching = train_input.Batching(
-        count=count, batch_size=batch_size, replicas=strategy.num_replicas_in_sync
+    run = _Fitting(
+        model,
+        strategy=strategy,
+        batching=train_input.Batching(
+            count=len(labels), batch_size=batch_size, replicas=strategy.num_replicas_in_sync
+        ),
+        epochs=epochs,
+        seed=seed,
+        shuffle_buffer_size=shuffle_buffer_size,
+        callbacks=callbacks,
+        checkpointing=checkpointing,
+        fault_name=fault_name,
     )
-    num_batches = batching.num_batches
-    state = (
-        dict(resume)
-        if resume
-        else {"epoch": 0, "step": 0, "totals": [0.0, 0.0, 0.0], "history": {}, "digests": []}
+    iterator = run.iterator(examples, labels, augmentation)
+    evaluation = (
+        run.steps.evaluation(*validation, batch_size=evaluation_batch_size)
+        if validation is not None
+        else None
     )
-    if resume:
-        logging.info(
-            "Resuming at epoch %d, step %d of %d", state["epoch"] + 1, state["step"], num_batches
-        )
-    per_call = steps_per_call or num_batches
+    run.call("on_train_begin")
+    while run.state["epoch"] < epochs:
+        run.call("on_epoch_begin", run.state["epoch"])
+        run.train_epoch(iterator, steps_per_call or run.batching.num_batches)
+        run.end_epoch(evaluation, verbose=verbose)
+    run.call("on_train_end")
+    history = run.state["history"]
+    test_logs = None
+    if test is not None and test is validation and history.get("val_loss"):
+        test_logs = {k: history[f"val_{k}"][-1] for k in _METRICS}
+    elif test is not None:
+        test_logs = run.steps.evaluation(*test, batch_size=evaluation_batch_size)()
+    return Training(history=history, digests=tuple(run.state["digests"]), test=test_logs)
 
-    def save():
-        if checkpoint is not None:
-            checkpoint(
+
+def _checked_inputs(model, examples, labels, *, batch_size: int):
+    """`fit`'s examples and labels, checked and converted."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
+    examples, labels = as_examples(examples), np.asarray(labels, np.int32)
+    if len(labels) == 0:
+        raise ValueError("fit needs at least one training example.")
+    if len(examples) != len(labels):
+        raise ValueError(f"{len(examples)} examples but {len(labels)} labels.")
+    if getattr(model, "optimizer", None) is None:
+        raise ValueError("fit needs a compiled model (model.compile_classifier).")
+    return examples, labels
+
+
+class _Fitting:
+    """One `fit` run: its compiled steps, its state (what a checkpoint holds) and callbacks."""
+
+    def __init__(
+        self,
+        model,
+        *,
+        strategy,
+        batching,
+        epochs,
+        seed,
+        shuffle_buffer_size,
+        callbacks,
+        checkpointing,
+        fault_name,
+    ):
+        self.model, self.batching, self.epochs = model, batching, epochs
+        self.seed, self.shuffle_buffer_size = seed, shuffle_buffer_size
+        self.checkpointing, self.fault_name = checkpointing, fault_name
+        self.steps = CompiledSteps(model, strategy=strategy)
+        resume = checkpointing.resume
+        self.state = (
+            dict(resume)
+            if resume
+            else {"epoch": 0, "step": 0, "totals": [0.0, 0.0, 0.0], "history": {}, "digests": []}
+        )
+        if resume:
+            logging.info(
+                "Resuming at epoch %d, step %d of %d",
+                self.state["epoch"] + 1,
+                self.state["step"],
+                batching.num_batches,
+            )
+        # The callbacks are called directly, with the same logs dict: what they add to an
+        # epoch's logs (ThroughputCallback's images_per_second) goes into the history, as
+        # Keras's History records it (keras.callbacks.CallbackList passes copies).
+        self.callbacks = tuple(callbacks)
+        for callback in self.callbacks:
+            callback.set_model(model)
+
+    def call(self, hook: str, *args) -> None:
+        for callback in self.callbacks:
+            getattr(callback, hook)(*args)
+
+    def iterator(self, examples, labels, augmentation):
+        """One pipeline for the whole run, from where the state says: a resumed run reads only
+        the rest, and the host reads the next epoch's first batches while validation runs."""
+        rows = train_input.training_rows(
+            self.batching,
+            seed=self.seed,
+            first_epoch=self.state["epoch"],
+            epochs=self.epochs,
+            shuffle_buffer_size=self.shuffle_buffer_size,
+            start_step=self.state["step"],
+        )
+        distributed = train_input.distribute(
+            self.steps.strategy,
+            examples,
+            labels,
+            rows,
+            batching=self.batching,
+            augmentation=augmentation,
+            seed=self.seed,
+        )
+        return iter(distributed)
+
+    def save(self) -> None:
+        if self.checkpointing.save is not None:
+            state = self.state
+            self.checkpointing.save(
                 {
                     "epoch": state["epoch"],
                     "step": state["step"],
@@ -315,105 +414,68 @@ def fit(
                 }
             )
 
-    # The callbacks are called directly, with the same logs dict: what they add to an epoch's
-    # logs (ThroughputCallback's images_per_second) goes into the history, as Keras's History
-    # records it (keras.callbacks.CallbackList passes copies).
-    for callback in callbacks:
-        callback.set_model(model)
-
-    def call(hook: str, *args) -> None:
-        for callback in callbacks:
-            getattr(callback, hook)(*args)
-
-    # One pipeline for the whole run, from where the state says: a resumed run reads only the
-    # rest, and the host reads the next epoch's first batches while validation runs.
-    iterator = iter(
-        train_input.distribute(
-            strategy,
-            examples,
-            labels,
-            train_input.training_rows(
-                batching,
-                seed=seed,
-                first_epoch=state["epoch"],
-                epochs=epochs,
-                shuffle_buffer_size=shuffle_buffer_size,
-                start_step=state["step"],
-            ),
-            batching=batching,
-            augmentation=augmentation,
-            seed=seed,
-        )
-    )
-    evaluation = (
-        loop.evaluation(*validation, batch_size=evaluation_batch_size)
-        if validation is not None
-        else None
-    )
-    call("on_train_begin")
-    while state["epoch"] < epochs:
+    def train_epoch(self, iterator, per_call: int) -> None:
+        """The rest of the current epoch's steps, `per_call` (or fewer) per compiled call, saving
+        at every `every_steps` boundary and stopping (saved) on a request."""
+        state, num_batches = self.state, self.batching.num_batches
+        every, stop = self.checkpointing.every_steps, self.checkpointing.stop
         epoch = state["epoch"]
-        call("on_epoch_begin", epoch)
         while state["step"] < num_batches:
             step = state["step"]
             n = min(per_call, num_batches - step)
-            if checkpoint_every_steps:
-                n = min(n, checkpoint_every_steps - step % checkpoint_every_steps)
-            faults.point(f"{fault_name}:calling:{epoch}:{step + 1}")
-            sums = loop.train(iterator, n)
+            if every:
+                n = min(n, every - step % every)
+            faults.point(f"{self.fault_name}:calling:{epoch}:{step + 1}")
+            sums = self.steps.train(iterator, n)
             state["totals"] = [float(a + b) for a, b in zip(state["totals"], sums, strict=True)]
             state["step"] = step + n
-            if heartbeat is not None:
-                heartbeat()
-            faults.point(f"{fault_name}:step:{epoch}:{state['step']}")
-            boundary = checkpoint_every_steps and state["step"] % checkpoint_every_steps == 0
+            self.checkpointing.beat()
+            faults.point(f"{self.fault_name}:step:{epoch}:{state['step']}")
+            boundary = every and state["step"] % every == 0
             stopping = stop is not None and stop.requested is not None
             if state["step"] < num_batches and (boundary or stopping):
-                save()
+                self.save()
             if stopping and state["step"] < num_batches:
                 stop.check(
                     f"epoch {epoch + 1}, step {state['step']} of {num_batches} is saved; "
-                    f"{resume_hint}"
+                    f"{self.checkpointing.resume_hint}"
                 )
+
+    def end_epoch(self, evaluation, *, verbose: bool) -> None:
+        """Validation, the callbacks, the history and digests, the log line, and a save."""
+        state, count = self.state, self.batching.count
+        epoch = state["epoch"]
         loss, accuracy, top_k = (v / count for v in state["totals"])
         logs = {"loss": loss, "accuracy": accuracy, "top5_accuracy": top_k}
         if evaluation is not None:
-            call("on_test_begin")
+            self.call("on_test_begin")
             validation_logs = evaluation()
-            if heartbeat is not None:
-                heartbeat()
-            call("on_test_end", validation_logs)
+            self.checkpointing.beat()
+            self.call("on_test_end", validation_logs)
             logs.update({f"val_{key}": value for key, value in validation_logs.items()})
-        call("on_epoch_end", epoch, logs)
+        self.call("on_epoch_end", epoch, logs)
         for key, value in logs.items():
             state["history"].setdefault(key, []).append(float(value))
+        order = train_input.epoch_index_batches(
+            self.batching, seed=self.seed, epoch=epoch, shuffle_buffer_size=self.shuffle_buffer_size
+        )
         state["digests"].append(
             {
                 "epoch": epoch + 1,
-                "batches": num_batches,
-                "indices_digest": order_digest(
-                    train_input.epoch_index_batches(
-                        batching, seed=seed, epoch=epoch, shuffle_buffer_size=shuffle_buffer_size
-                    )
-                ),
-                "weights_digest": weights_digest(model),
+                "batches": self.batching.num_batches,
+                "indices_digest": order_digest(order),
+                "weights_digest": weights_digest(self.model),
             }
         )
         if verbose:
-            logging.info("%s", epoch_line(fault_name, epoch, epochs, logs, count))
+            logging.info("%s", epoch_line(self.fault_name, epoch, self.epochs, logs, count))
         state.update(epoch=epoch + 1, step=0, totals=[0.0, 0.0, 0.0])
         # The last epoch too: a finished phase that a later phase follows (fine-tuning) is
         # resumed as finished.
-        save()
-        if stop is not None and state["epoch"] < epochs:
-            stop.check(f"epoch {epoch + 1} is saved; {resume_hint}")
-    call("on_train_end")
-    test_logs = None
-    if test is not None and test is validation and state["history"].get("val_loss"):
-        test_logs = {k: state["history"][f"val_{k}"][-1] for k in _METRICS}
-    elif test is not None:
-        test_logs = loop.evaluation(*test, batch_size=evaluation_batch_size)()
-    return Training(history=state["history"], digests=tuple(state["digests"]), test=test_logs)
+        self.save()
+        stop = self.checkpointing.stop
+        if stop is not None and state["epoch"] < self.epochs:
+            stop.check(f"epoch {epoch + 1} is saved; {self.checkpointing.resume_hint}")
 
 
 def evaluate(

@@ -160,6 +160,45 @@ def write_or_reuse(
     row_shape = tuple(int(d) for d in row_shape)
     dtype = np.dtype(dtype)
     label = label or name
+    bounds, paths, whole_path, manifest = _layout(
+        directory, name, fingerprint, count, row_shape, dtype, chunk_rows
+    )
+    if count == 0:
+        return Stored(
+            ChunkedArray([], row_shape=row_shape, dtype=dtype), reused=True, written_rows=0
+        )
+    if _read_manifest(directory, name) == manifest:
+        whole = _open_chunk(whole_path, count, row_shape, dtype)
+        if whole is not None:
+            wait_for_writers()  # Every process calls it as often, whichever way it goes.
+            wait_for_writers()
+            logging.warning(
+                "Reusing the stored %s in %s: its fingerprint matches.", label, directory
+            )
+            return Stored(ChunkedArray([whole], row_shape=row_shape, dtype=dtype), True, 0)
+        logging.warning("Rewriting the stored %s in %s: its file is damaged.", label, directory)
+    os.makedirs(directory, exist_ok=True)
+    if writes_manifest:
+        # From here until the new manifest is written, nothing under this name counts.
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(_manifest_path(directory, name))
+    written = _write_chunks(
+        paths, bounds, produce, writes_chunk, row_shape, dtype, name, label, directory, stop
+    )
+    wait_for_writers()
+    if writes_manifest:
+        _publish(directory, name, label, paths, bounds, whole_path, manifest)
+    wait_for_writers()  # The whole file is in place for every process.
+    whole = _open_chunk(whole_path, count, row_shape, dtype)
+    if whole is None:
+        raise RuntimeError(f"the stored {label} is missing or damaged in {directory}")
+    examples = ChunkedArray([whole], row_shape=row_shape, dtype=dtype)
+    return Stored(examples=examples, reused=False, written_rows=written)
+
+
+def _layout(directory, name, fingerprint, count, row_shape, dtype, chunk_rows):
+    """Where an array's chunks and whole file go, and the manifest that names them: (chunk
+    bounds, chunk paths, the whole file's path, the manifest)."""
     digest = hashlib.sha256(
         json.dumps([FORMAT_VERSION, fingerprint, count, row_shape, dtype.str, chunk_rows]).encode()
     ).hexdigest()[:12]
@@ -175,30 +214,13 @@ def write_or_reuse(
         "chunk_rows": chunk_rows,
         "file": os.path.basename(whole_path),
     }
-    if count == 0:
-        return Stored(
-            ChunkedArray([], row_shape=row_shape, dtype=dtype), reused=True, written_rows=0
-        )
-    if _read_manifest(directory, name) == manifest:
-        whole = _open_chunk(whole_path, count, row_shape, dtype)
-        if whole is not None:
-            # Every process calls it as often, whichever way it goes.
-            wait_for_writers()
-            wait_for_writers()
-            logging.warning(
-                "Reusing the stored %s (%d rows) in %s: its fingerprint matches.",
-                label,
-                count,
-                directory,
-            )
-            examples = ChunkedArray([whole], row_shape=row_shape, dtype=dtype)
-            return Stored(examples=examples, reused=True, written_rows=0)
-        logging.warning("Rewriting the stored %s in %s: its file is damaged.", label, directory)
-    os.makedirs(directory, exist_ok=True)
-    if writes_manifest:
-        # From here until the new manifest is written, nothing under this name counts.
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(_manifest_path(directory, name))
+    return bounds, paths, whole_path, manifest
+
+
+def _write_chunks(
+    paths, bounds, produce, writes_chunk, row_shape, dtype, name, label, directory, stop
+) -> int:
+    """Writes this process's missing chunks (each atomically); returns the rows written."""
     written = 0
     for k, ((first, last), path) in enumerate(zip(bounds, paths, strict=True)):
         if not writes_chunk(k):
@@ -220,25 +242,22 @@ def write_or_reuse(
                 f"{k + 1} of {len(bounds)} chunks of the stored {label} are saved in "
                 f"{directory}; rerun to resume"
             )
-    wait_for_writers()
-    if writes_manifest:
-        missing = [os.path.basename(p) for p in paths if not os.path.exists(p)]
-        if missing:
-            raise RuntimeError(
-                f"chunks of the stored {label} are missing in {directory}: {missing}"
-            )
-        _merge(paths, bounds, whole_path, count=count, row_shape=row_shape, dtype=dtype)
-        files.write_json(_manifest_path(directory, name), manifest)
-        for stale in glob.glob(os.path.join(glob.escape(directory), f"{glob.escape(name)}.*.npy")):
-            if stale != whole_path:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(stale)
-    wait_for_writers()  # The whole file is in place for every process.
-    whole = _open_chunk(whole_path, count, row_shape, dtype)
-    if whole is None:
-        raise RuntimeError(f"the stored {label} is missing or damaged in {directory}")
-    examples = ChunkedArray([whole], row_shape=row_shape, dtype=dtype)
-    return Stored(examples=examples, reused=False, written_rows=written)
+    return written
+
+
+def _publish(directory, name, label, paths, bounds, whole_path, manifest) -> None:
+    """The one writer's last step: the chunks merged into the whole file, the manifest
+    written (from then on the array counts), and older files of this name removed."""
+    missing = [os.path.basename(p) for p in paths if not os.path.exists(p)]
+    if missing:
+        raise RuntimeError(f"chunks of the stored {label} are missing in {directory}: {missing}")
+    row_shape, dtype = tuple(manifest["row_shape"]), np.dtype(manifest["dtype"])
+    _merge(paths, bounds, whole_path, count=manifest["count"], row_shape=row_shape, dtype=dtype)
+    files.write_json(_manifest_path(directory, name), manifest)
+    for stale in glob.glob(os.path.join(glob.escape(directory), f"{glob.escape(name)}.*.npy")):
+        if stale != whole_path:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(stale)
 
 
 def _merge(paths, bounds, path: str, *, count: int, row_shape, dtype) -> None:

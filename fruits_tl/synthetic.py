@@ -90,6 +90,29 @@ def render_fruit(style: dict, rng: np.random.Generator, *, image_size: int = 100
     return np.clip(image, 0, 255).astype(np.uint8)
 
 
+def _render_classes(
+    folder, num_classes, train_per_class, test_per_class, image_size, seed, file_format
+) -> None:
+    """Renders and encodes every image of the dataset into `folder`."""
+    rng = np.random.default_rng(seed)
+    for index in range(num_classes):
+        name = FRUIT_NAMES[index % len(FRUIT_NAMES)]
+        if index >= len(FRUIT_NAMES):
+            name = f"{name} {index // len(FRUIT_NAMES) + 1}"
+        style = _class_style(index, rng)
+        for split, count in (("Training", train_per_class), ("Test", test_per_class)):
+            class_dir = os.path.join(folder, split, name)
+            os.makedirs(class_dir, exist_ok=True)
+            for number in range(count):
+                pixels = render_fruit(style, rng, image_size=image_size)
+                if file_format == "jpg":
+                    encoded = tf.io.encode_jpeg(pixels, quality=92).numpy()
+                else:
+                    encoded = tf.io.encode_png(pixels).numpy()
+                with open(os.path.join(class_dir, f"{number}_100.{file_format}"), "wb") as stream:
+                    stream.write(encoded)
+
+
 def write_synthetic_dataset(
     directory: str,
     *,
@@ -148,25 +171,9 @@ def write_synthetic_dataset(
     os.makedirs(parent, exist_ok=True)
     staging = tempfile.mkdtemp(prefix=".synthetic-", dir=parent)
     try:
-        rng = np.random.default_rng(seed)
-        for index in range(num_classes):
-            name = FRUIT_NAMES[index % len(FRUIT_NAMES)]
-            if index >= len(FRUIT_NAMES):
-                name = f"{name} {index // len(FRUIT_NAMES) + 1}"
-            style = _class_style(index, rng)
-            for split, count in (("Training", train_per_class), ("Test", test_per_class)):
-                class_dir = os.path.join(staging, split, name)
-                os.makedirs(class_dir, exist_ok=True)
-                for number in range(count):
-                    pixels = render_fruit(style, rng, image_size=image_size)
-                    if file_format == "jpg":
-                        encoded = tf.io.encode_jpeg(pixels, quality=92).numpy()
-                    else:
-                        encoded = tf.io.encode_png(pixels).numpy()
-                    with open(
-                        os.path.join(class_dir, f"{number}_100.{file_format}"), "wb"
-                    ) as stream:
-                        stream.write(encoded)
+        _render_classes(
+            staging, num_classes, train_per_class, test_per_class, image_size, seed, file_format
+        )
         files.write_text(os.path.join(staging, COMPLETE_MARKER), settings + "\n")
         if os.path.exists(directory):
             os.rmdir(directory)

@@ -217,14 +217,67 @@ def train(
       UserInputError: Bad data, weights or settings, before training starts.
     """
     job_start = time.perf_counter()
-    data_config = config.data
-    replicas = strategy.num_replicas_in_sync
-    per_replica = distribute.per_replica_batch_size(strategy, config.batch_size)
+    role = distribute.worker_role(strategy)
+    splits = _load_splits(config, strategy)
+    _seed(config)
+    with strategy.scope():
+        classifier = model.build_classifier(
+            len(splits.class_names),
+            image_size=config.data.image_size,
+            alpha=config.model.alpha,
+            weights=config.model.weights,
+            dropout=config.model.dropout,
+            cache_dir=weights_cache_dir,
+            seed=config.data.seed,
+        )
+    # Compiled by each phase (`_fit`), with that phase's optimizer and rate.
+    parameters = model.count_parameters(classifier)
+    logging.info(
+        "Model: %d trainable (head), %d frozen (backbone) parameters",
+        parameters["trainable"],
+        parameters["frozen"],
+    )
+    mode, reason = config.resolved_mode()
+    logging.info("Mode %s (%s).", mode, reason)
+    if splits.decode_check is not None:
+        # Every input check has passed: from here the job writes (the chief's record alone).
+        splits.decode_check.save()
+    with (
+        stopping.GracefulStop() as stop,
+        distribute.clear_worker_errors(strategy, hint=RESTART_HINT),
+    ):
+        trained = _train_phases(config, splits, classifier, mode=mode, strategy=strategy, stop=stop)
+    history = {key: [float(v) for v in values] for key, values in trained.history.items()}
+    metrics = _metrics(
+        config,
+        splits,
+        trained,
+        strategy,
+        mode=(mode, reason),
+        parameters=parameters,
+        total_seconds=time.perf_counter() - job_start,
+    )
+    _write_outputs(config, role, classifier, splits, trained, metrics, history, extra_text_files)
+    logging.info(
+        "Test accuracy %.4f, top-5 %.4f, loss %.4f; %.1f training images/s; wrote %s",
+        metrics.test_accuracy,
+        metrics.test_top5_accuracy,
+        metrics.test_loss,
+        metrics.train_images_per_second,
+        config.model_dir,
+    )
+    return TrainResult(
+        model_dir=config.model_dir, metrics=metrics, history=history, model=classifier
+    )
+
+
+def _load_splits(config: TrainConfig, strategy: tf.distribute.Strategy) -> data.Splits:
+    """The checked splits, with their warnings and the data and strategy lines logged."""
     role = distribute.worker_role(strategy)
     # The decode check is recorded beside the stores (the chief's alone: only it writes
     # there), so a later run on the same, unchanged files decodes nothing to check them.
     splits = sources.load_splits(
-        data_config,
+        config.data,
         check_record=(
             os.path.join(config.resolved_features_dir(), DECODE_CHECK_FILE) if role.is_chief else ""
         ),
@@ -237,10 +290,9 @@ def train(
             len(splits.bad_images),
             ", ".join(b.path for b in splits.bad_images),
         )
-    num_classes = len(splits.class_names)
     logging.info(
         "Data: %d classes, %d training, %d validation (%s), %d test images",
-        num_classes,
+        len(splits.class_names),
         len(splits.train),
         len(splits.validation),
         splits.validation_source,
@@ -249,12 +301,15 @@ def train(
     logging.info(
         "Strategy %s: %d replica(s), global batch %d = %d per replica",
         distribute.describe(strategy),
-        replicas,
+        strategy.num_replicas_in_sync,
         config.batch_size,
-        per_replica,
+        distribute.per_replica_batch_size(strategy, config.batch_size),
     )
+    return splits
 
-    keras.utils.set_random_seed(data_config.seed)
+
+def _seed(config: TrainConfig) -> None:
+    keras.utils.set_random_seed(config.data.seed)
     if config.deterministic:
         # Seeds Python, NumPy and TensorFlow (tf.random.set_seed alone does not seed Keras 3:
         # keras-team/keras#22620) and makes every op deterministic. Results can still depend on
@@ -263,44 +318,21 @@ def train(
         logging.info(
             "Deterministic: seed %d; %d cores, inter-op threads %d, intra-op threads %d (0: "
             "TF's default)",
-            data_config.seed,
+            config.data.seed,
             os.cpu_count() or 0,
             tf.config.threading.get_inter_op_parallelism_threads(),
             tf.config.threading.get_intra_op_parallelism_threads(),
         )
-    with strategy.scope():
-        classifier = model.build_classifier(
-            num_classes,
-            image_size=data_config.image_size,
-            alpha=config.model.alpha,
-            weights=config.model.weights,
-            dropout=config.model.dropout,
-            cache_dir=weights_cache_dir,
-            seed=data_config.seed,
-        )
-    # Compiled by each phase (`_fit`), with that phase's optimizer and rate.
-    parameters = model.count_parameters(classifier)
-    logging.info(
-        "Model: %d trainable (head), %d frozen (backbone) parameters",
-        parameters["trainable"],
-        parameters["frozen"],
-    )
 
-    mode, reason = config.resolved_mode()
-    logging.info("Mode %s (%s).", mode, reason)
-    if splits.decode_check is not None:
-        # Every input check has passed: from here the job writes (the chief's record alone).
-        splits.decode_check.save()
-    with (
-        stopping.GracefulStop() as stop,
-        distribute.clear_worker_errors(strategy, hint=RESTART_HINT),
-    ):
-        trained = _train_phases(config, splits, classifier, mode=mode, strategy=strategy, stop=stop)
-    history = {key: [float(v) for v in values] for key, values in trained.history.items()}
+
+def _metrics(
+    config, splits, trained, strategy, *, mode: tuple[str, str], parameters, total_seconds
+) -> TrainMetrics:
+    """The run's TrainMetrics: `mode` is (mode, the reason it was chosen)."""
     tune = trained.fine_tune
-    metrics = TrainMetrics(
-        mode=mode,
-        mode_reason=reason,
+    return TrainMetrics(
+        mode=mode[0],
+        mode_reason=mode[1],
         extract_seconds=trained.extract_seconds,
         head_train_seconds=trained.head_train_seconds,
         features_reused=trained.features_reused,
@@ -315,7 +347,7 @@ def train(
             if splits.validation_is_test and splits.validation_source == "validation_split"
             else "test folder"
         ),
-        num_classes=num_classes,
+        num_classes=len(splits.class_names),
         num_train_images=len(splits.train),
         num_validation_images=len(splits.validation),
         num_test_images=len(splits.test),
@@ -326,10 +358,10 @@ def train(
         * (config.epochs + (config.fine_tune_epochs if tune else 0))
         / max(trained.train_seconds, 1e-9),
         strategy=distribute.describe(strategy),
-        num_replicas=replicas,
+        num_replicas=strategy.num_replicas_in_sync,
         global_batch_size=config.batch_size,
-        per_replica_batch_size=per_replica,
-        image_size=data_config.image_size,
+        per_replica_batch_size=distribute.per_replica_batch_size(strategy, config.batch_size),
+        image_size=config.data.image_size,
         alpha=config.model.alpha,
         weights=config.model.weights,
         optimizer=config.optimizer,
@@ -346,16 +378,20 @@ def train(
         fine_tune_seconds=tune.seconds if tune else 0.0,
         trainable_parameters=parameters["trainable"],
         frozen_parameters=parameters["frozen"],
-        total_seconds=time.perf_counter() - job_start,
+        total_seconds=total_seconds,
     )
+
+
+def _write_outputs(config, role, classifier, splits, trained, metrics, history, extra_text_files):
+    """model_dir's files (the chief's; another worker writes to a temporary folder of its own
+    and removes it: the TF/Keras convention, every worker runs the same save code), then the
+    finished run's checkpoints are removed."""
     extra = dict(extra_text_files or {})
     extra[DIGESTS_FILE] = digests_to_csv(trained.digests)
     if trained.finding is not None:
         extra[LR_FIND_FILE] = trained.finding.to_csv()
     if splits.bad_images:
         extra[SKIPPED_FILE] = "".join(f"{item}\n" for item in splits.bad_images)
-    # Only the chief writes model_dir; another worker writes to a temporary folder of its own
-    # and removes it (the TF/Keras convention: every worker runs the same save code).
     output_dir = (
         config.model_dir
         if role.is_chief
@@ -378,17 +414,6 @@ def train(
             store.remove()
         with contextlib.suppress(OSError):  # The checkpoint folder, if nothing else is in it.
             os.rmdir(config.resolved_checkpoint_dir())
-    logging.info(
-        "Test accuracy %.4f, top-5 %.4f, loss %.4f; %.1f training images/s; wrote %s",
-        metrics.test_accuracy,
-        metrics.test_top5_accuracy,
-        metrics.test_loss,
-        metrics.train_images_per_second,
-        config.model_dir,
-    )
-    return TrainResult(
-        model_dir=config.model_dir, metrics=metrics, history=history, model=classifier
-    )
 
 
 def _watch_workers(strategy: tf.distribute.Strategy, timeout: float):
@@ -567,25 +592,11 @@ def _fit(
             )
         finding = _find_rate(config, trainable, arrays=arrays, strategy=strategy)
         rate = finding.suggested
-    schedule = float(rate)
-    if phase.name == FINE_TUNE:
-        # Cosine decay to 0 over the phase's steps: the last epochs move the weights least, so
-        # the result does not hang on one epoch's noise. The optimizer's step count is in its
-        # checkpoint, so a resumed run continues the schedule where it stopped.
-        steps = (
-            phase.epochs
-            * train_input.Batching(
-                count=len(arrays["train"][1]),
-                batch_size=config.batch_size,
-                replicas=strategy.num_replicas_in_sync,
-            ).num_batches
-        )
-        schedule = keras.optimizers.schedules.CosineDecay(float(rate), decay_steps=steps)
     with strategy.scope():  # A fresh optimizer: the finder's state is not carried over.
         model.compile_classifier(
             trainable,
             optimizer=phase.optimizer,
-            learning_rate=schedule,
+            learning_rate=_schedule(config, phase, float(rate), arrays, strategy),
             num_classes=len(splits.class_names),
         )
         trainable.optimizer.build(trainable.trainable_variables)
@@ -635,6 +646,23 @@ def _fit(
     return _PhaseResult(training, store, float(rate), finding)
 
 
+def _schedule(config, phase: _Phase, rate: float, arrays: dict, strategy):
+    """The phase's learning rate: constant for the head; for fine-tuning, a cosine decay to 0
+    over the phase's steps, so the last epochs move the weights least and the result does not
+    hang on one epoch's noise (the optimizer's step count is in its checkpoint, so a resumed
+    run continues the schedule where it stopped)."""
+    if phase.name != FINE_TUNE:
+        return rate
+    batching = train_input.Batching(
+        count=len(arrays["train"][1]),
+        batch_size=config.batch_size,
+        replicas=strategy.num_replicas_in_sync,
+    )
+    return keras.optimizers.schedules.CosineDecay(
+        rate, decay_steps=phase.epochs * batching.num_batches
+    )
+
+
 def _fit_loop(
     config, trainable, *, arrays, phase, strategy, throughput, resume, store, stop, heartbeat
 ):
@@ -658,11 +686,13 @@ def _fit_loop(
         steps_per_call=1 if on_images else 0,
         # Images are evaluated in training-size batches; features in large ones (tiny rows).
         evaluation_batch_size=config.batch_size if on_images else loop.EVALUATION_SLICE,
-        resume=resume,
-        checkpoint=store.save if store is not None else None,
-        checkpoint_every_steps=config.checkpoint_every_steps,
-        stop=stop,
-        heartbeat=heartbeat,
+        checkpointing=loop.Checkpointing(
+            resume=resume,
+            save=store.save if store is not None else None,
+            every_steps=config.checkpoint_every_steps,
+            stop=stop,
+            heartbeat=heartbeat,
+        ),
         augmentation=phase.augmentation,
         fault_name="fine_tune" if phase.name == FINE_TUNE else "train",
     )
@@ -847,17 +877,19 @@ def _train_on_features(config, splits, classifier, *, strategy, stop, start_dige
         backbone=backbone,
         alpha=config.model.alpha,
         image_size=data_config.image_size,
-        features_dir=config.resolved_features_dir(),
         strategy=strategy,
-        batch_size=config.batch_size,
-        feature_dtype=config.feature_dtype,
-        verbose=config.verbose == 1,
-        chunk_images=config.extract_chunk_images,
+        settings=extraction.ExtractionSettings(
+            features_dir=config.resolved_features_dir(),
+            batch_size=config.batch_size,
+            feature_dtype=config.feature_dtype,
+            verbose=config.verbose == 1,
+            chunk_images=config.extract_chunk_images,
+            barrier_timeout=config.collective_timeout,
+            data_service_address=data_config.data_service_address,
+            data_service_timeout=data_config.data_service_timeout,
+            pixels_dir=os.path.join(config.resolved_features_dir(), PIXELS_DIR),
+        ),
         stop=stop,
-        barrier_timeout=config.collective_timeout,
-        data_service_address=data_config.data_service_address,
-        data_service_timeout=data_config.data_service_timeout,
-        pixels_dir=os.path.join(config.resolved_features_dir(), PIXELS_DIR),
     )
     extract_seconds = time.perf_counter() - start
     with strategy.scope():

@@ -273,3 +273,15 @@ def test_importing_the_package_touches_no_device():
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "untouched" in result.stdout
+
+
+def test_no_function_is_longer_than_80_lines():
+    """A function a reader can hold in their head: 80 lines at most, docstring included."""
+    long = [
+        f"{path}:{node.lineno} {node.name} ({node.end_lineno - node.lineno + 1} lines)"
+        for path, tree in _modules()
+        for node in ast.walk(tree)
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+        and node.end_lineno - node.lineno + 1 > 80
+    ]
+    assert not long, long

@@ -105,11 +105,10 @@ def _extract(splits, backbone, features_dir, **kwargs):
         backbone=backbone,
         alpha=0.25,
         image_size=32,
-        features_dir=str(features_dir),
         strategy=distribute.get_strategy("default"),
-        batch_size=4,
-        verbose=False,
-        **kwargs,
+        settings=extraction.ExtractionSettings(
+            features_dir=str(features_dir), batch_size=4, verbose=False, **kwargs
+        ),
     )
 
 
@@ -177,10 +176,10 @@ def test_killed_extraction_leaves_nothing_that_looks_complete(tmp_path):
         backbone=backbone,
         alpha=0.25,
         image_size=64,
-        features_dir=str(features_dir),
         strategy=distribute.get_strategy("default"),
-        batch_size=32,
-        verbose=False,
+        settings=extraction.ExtractionSettings(
+            features_dir=str(features_dir), batch_size=32, verbose=False
+        ),
     )
     assert not rerun.reused
     assert len(rerun.feature_sets["test"]) == 300
@@ -271,12 +270,14 @@ def test_features_of_stored_pixels_equal_those_of_decoded_images(
             backbone=replicated,
             alpha=0.25,
             image_size=32,
-            features_dir=str(tmp_path / "stored"),
             strategy=mirrored,
-            batch_size=4,
-            verbose=False,
-            chunk_images=8,
-            pixels_dir=str(tmp_path / "pixels"),
+            settings=extraction.ExtractionSettings(
+                features_dir=str(tmp_path / "stored"),
+                batch_size=4,
+                verbose=False,
+                chunk_images=8,
+                pixels_dir=str(tmp_path / "pixels"),
+            ),
         )
     assert "Extracting train from the stored pixels" in caplog.text
     assert "Extracting test from the stored pixels" not in caplog.text
