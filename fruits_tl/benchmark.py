@@ -7,17 +7,17 @@ interleaved, repeat by repeat, so ratios are measured side by side on the same n
 Variants (each delivers what a model consumes: batches of size x size x 3 images with labels):
   legacy         the tutorial's ImageDataGenerator.flow_from_directory (float32, preprocessed)
   idfd           image_dataset_from_directory as tutorials use it, no cache (float32, preprocessed)
-  pipeline-<cache>-<output>   our route, cache memory|file, output uint8|float32
+  pipeline-<cache>-<output>   our input pipeline, cache memory|file, output uint8|float32
   train-input    the training input pipeline itself (`train_input.training_rows`, what training
                  iterates): the cold epoch decodes the split into the pixel store, later epochs
                  read the store (memory-mapped) in a new order each, distributed by the strategy
-  tfds-<cache>-<output>      our route reading the prepared fruits360 TFDS records
+  tfds-<cache>-<output>      our input pipeline reading the prepared fruits360 TFDS records
   decode         TensorFlow's decoder alone over every file, in parallel: the decode check's pass
                  (the decode ceiling)
   audit          fruits-tl-audit's one-pass inspection of every file
   model-infer    the classifier alone on in-memory uint8 tensors, inference
   model-train    the training job's compiled step on random in-memory uint8 images
-  train          the same step on the split's images decoded through the route
+  train          the same step on the split's images decoded through the input pipeline
   extract        the job's feature extraction, decoding as it goes (every epoch decodes)
   extract-stored the job's feature extraction from the pixel store (nothing decoded)
   service-<n>    the decode pass through a tf.data service with n local workers (asked for
@@ -159,8 +159,8 @@ def _idfd_epochs(context: Context):
 
 
 def _decode_epochs(paths: list[str]):
-    # The decode check's own pass (route options included): the ceiling the route is compared
-    # with.
+    # The decode check's own pass (the input pipeline's options): the ceiling the input pipeline
+    # is compared with.
     dataset = image_checks.decode_pass(paths)
     return lambda: dataset
 
@@ -200,7 +200,7 @@ def _epochs_variant(
 def _route_variant(
     context: Context, repeat: int, *, source: str, cache: str, output: str
 ) -> Measurement:
-    """Our route (`pipeline.make_batches`) over the folder or the TFDS records."""
+    """Our input pipeline (`pipeline.make_batches`) over the folder or the TFDS records."""
     config = context.config
     folder = context.tfds_folder if source == "tfds" else context.folder
     prefix = (
@@ -211,7 +211,7 @@ def _route_variant(
     holder = {}
 
     def epoch():
-        # The first call builds the route (a file cache is filled here), inside the cold
+        # The first call builds the input pipeline (a file cache is filled here), inside the cold
         # epoch's timing; later epochs reuse it.
         if "dataset" not in holder:
             holder["dataset"] = pipeline.make_batches(
@@ -311,8 +311,9 @@ def warm_batches(
     *,
     training: bool,
 ) -> tf.data.Dataset:
-    """The route's batches of the first `count` images of a split, decoded once into a memory
-    cache (untimed), so model variants measure the route's steady state feeding the model."""
+    """The input pipeline's batches of the first `count` images of a split, decoded once into a
+    memory cache (untimed), so model variants measure the input pipeline's steady state feeding
+    the model."""
     count = min(count, len(folder))
     subset = data.select(folder, np.arange(len(folder)) < count, name=f"{folder.name}-first{count}")
     batches = pipeline.make_batches(
@@ -375,7 +376,7 @@ def _model_infer(context: Context, repeat: int) -> Measurement:
 def _train_step(context: Context, repeat: int, *, real_images: bool) -> Measurement:
     """The train step (`loop.fit`, through the training input pipeline) on `model_steps`
     batches of examples in memory:
-    random pixels (`model-train`) or the split's first images decoded through the route
+    random pixels (`model-train`) or the split's first images decoded through the input pipeline
     (`train`)."""
     config = context.config
     count = config.model_steps * config.batch_size
@@ -462,7 +463,7 @@ def _route_variants(source: str) -> dict[str, Callable[[Context, int], Measureme
 # Name -> the function that measures the variant once (one repeat). The model variants time
 # `model_steps` batches per "epoch": the model runs at a few hundred images/s on a CPU, so full
 # epochs would take minutes; `train` and `extract` read the first batches of the split from a
-# warm memory cache, so they measure the route's steady state feeding the model.
+# warm memory cache, so they measure the input pipeline's steady state feeding the model.
 VARIANTS: dict[str, Callable[[Context, int], Measurement]] = {
     "legacy": functools.partial(_epochs_variant, _legacy_epochs),
     "idfd": functools.partial(_epochs_variant, _idfd_epochs),
@@ -685,7 +686,7 @@ def make_verdict(results: dict) -> str:
     headroom = pipeline_result.steady_median / model_train.steady_median
     bound = "model-bound" if headroom >= 1.0 else "input-bound"
     text = (
-        f"{bound}: the input route delivers {pipeline_result.steady_median:.0f} images/s, "
+        f"{bound}: the input pipeline delivers {pipeline_result.steady_median:.0f} images/s, "
         f"{headroom:.1f}x what the train step consumes ({model_train.steady_median:.0f} "
         "images/s on in-memory tensors)"
     )

@@ -53,7 +53,7 @@ def check_cache(cache: str) -> None:
 
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
-    """Where the images are and how the input route treats them.
+    """Where the images are and how the input pipeline treats them.
 
     Attributes:
       data_dir: Folder holding `train_subdir/<class>/*` and usually `test_subdir/<class>/*`.
@@ -547,7 +547,7 @@ BENCH_INPUT_VARIANTS = (
 BENCH_DECODE_VARIANTS = ("decode", "audit")
 BENCH_MODEL_VARIANTS = ("model-infer", "model-train", "train", "extract", "extract-stored")
 BENCH_VARIANTS = BENCH_INPUT_VARIANTS + BENCH_DECODE_VARIANTS + BENCH_MODEL_VARIANTS
-# The route reading the prepared fruits360 TFDS records; asked for by name (they need
+# The input pipeline reading the prepared fruits360 TFDS records; asked for by name (they need
 # tfds_data_dir, and manual_dir to prepare the records the first time).
 BENCH_TFDS_VARIANTS = (
     "tfds-memory-uint8",
@@ -564,7 +564,7 @@ class BenchConfig:
     """One fruits-tl-bench run.
 
     Attributes:
-      data: The images (the training folder is measured) and the route's settings.
+      data: The images (the training folder is measured) and the input pipeline's settings.
       model: The backbone of the model variants (weights do not change throughput).
       variants: What to measure, from BENCH_VARIANTS and BENCH_TFDS_VARIANTS.
       epochs: Epochs per repeat: the first is the cold one.

@@ -1,6 +1,6 @@
 """Image folders: listing, checking and loading `<split>/<class>/<image>` trees.
 
-This module owns the first step of the one data route. File listing is kept apart from
+This module owns the first step of the one input pipeline. File listing is kept apart from
 decoding (as in tensorflow_datasets' image-folder reader): `list_image_files` and the label-map
 checks touch only the file system; `find_bad_images` decodes every file once with TensorFlow's
 own decoder, in parallel, before any training starts; `load_split` takes the listing (file
@@ -41,7 +41,7 @@ class ImageFolder:
 
     Attributes:
       class_names: Class names in label-index order (always the training classes).
-      file_paths: The image files, in the route's element order.
+      file_paths: The image files, in the input pipeline's element order.
       labels: The int labels, element for element (a NumPy int32 array).
       name: The split's name ("train", "validation", "test"), used in logs and cache names.
       image_size: Images are image_size x image_size.
@@ -49,7 +49,7 @@ class ImageFolder:
         decode version: equal fingerprints mean equal decoded elements.
       records: None for files on disk (each element reads its path); otherwise a dataset of
         `(encoded image bytes, int32 label)` element for element with `file_paths` (the TFDS
-        route's undecoded records).
+        input pipeline's undecoded records).
     """
 
     class_names: tuple[str, ...]
@@ -95,8 +95,8 @@ class ImageFolder:
             sources = sources.shard(num_shards, shard_index)
         image_size = self.image_size
 
-        # Not converted by AutoGraph (no Python control flow here): converting it cost the
-        # first route built in a process 130-200 ms (BENCHMARKS.md 5c).
+        # Not converted by AutoGraph (no Python control flow here): converting it slowed the
+        # first input pipeline built in a process (BENCHMARKS.md 5c).
         @tf.autograph.experimental.do_not_convert
         def decode_element(source, label):
             return decode.decode_image(read(source), image_size), label

@@ -1,12 +1,12 @@
-"""The tf.data service: decoding the route's images on other machines.
+"""The tf.data service: decoding the input pipeline's images on other machines.
 
 `start_dispatcher` and `start_worker` start real tf.data service servers (fruits-tl-data-service
-runs one per process). `decode_through_service` sends the decode step of the route to them: the
-(index, path, label) listing is split among the workers by tf.data's `distributed_epoch` mode,
-so every image is decoded exactly once, by one worker, with `decode.decode_image`; the client
-puts the pixels back in file order by index, and checks that every index came exactly once.
-The jobs then use the pixels as they do without the service (images mode writes them into its
-pixel store, a chunk at a time; extraction runs the backbone over them).
+runs one per process). `decode_through_service` sends the decode step of the input pipeline to
+them: the (index, path, label) listing is split among the workers by tf.data's `distributed_epoch`
+mode, so every image is decoded exactly once, by one worker, with `decode.decode_image`; the client
+puts the pixels back in file order by index, and checks that every index came exactly once. The jobs
+then use the pixels as they do without the service (images mode writes them into its pixel store, a
+chunk at a time; extraction runs the backbone over them).
 
 Why `distributed_epoch` for training too: this package's training decodes each split once and
 stores the pixels (BUILD_NOTES, "Decoded pixels stored once"), so every consumer of the service

@@ -1,7 +1,7 @@
-"""The one decode function: encoded image bytes to the route's uint8 pixels.
+"""The one decode function: encoded image bytes to the input pipeline's uint8 pixels.
 
-Every path that turns a file into pixels calls `decode_image`: the folder route (after
-`tf.io.read_file`), the TFDS route (on the records' undecoded bytes), prediction, and the
+Every path that turns a file into pixels calls `decode_image`: the folder pipeline (after
+`tf.io.read_file`), the TFDS pipeline (on the records' undecoded bytes), prediction, and the
 exported SavedModel's `serve_jpeg` signature. Its steps are those of Keras's
 `image_dataset_from_directory` loader (`keras.src.utils.image_dataset_utils.load_image`):
 `tf.io.decode_image(channels=3, expand_animations=False)` and a bilinear `tf.image.resize`
@@ -37,9 +37,8 @@ def decode_image(contents: tf.Tensor, image_size: int) -> tf.Tensor:
     """
     image = tf.io.decode_image(contents, channels=3, expand_animations=False)
     # The cast first: the bilinear kernel computes in float32 either way (it converts each
-    # uint8 input as it reads it, so the output is bit for bit the same), but its float32
-    # path takes 39-59 us per 100x100 image here against 86-90 from uint8; the route's cold
-    # pass rose from 1.83-2.01x to 2.25-2.49x the legacy loader (BENCHMARKS.md section 5b).
+    # uint8 input as it reads it, so the output is bit for bit the same), but its float32 path
+    # is about twice as fast (BENCHMARKS.md section 5b).
     image = tf.image.resize(tf.cast(image, tf.float32), (image_size, image_size), method="bilinear")
     # Round half to even, no clip: bilinear weights are in [0, 1), so every output lies
     # between two uint8 inputs up to a float rounding error, and rounding brings it into
@@ -57,30 +56,26 @@ def load_image(path: tf.Tensor, image_size: int) -> tf.Tensor:
 def decode_parallelism() -> int:
     """Parallel calls for a tf.data map that reads and decodes files: twice the cores.
 
-    Used by the route's decode step and the decode-only passes (audit, decode check). Reading
-    a file blocks in system calls, so with one call per core a core sits idle while its call
+    Used by the input pipeline's decode step and the decode-only passes (audit, decode check).
+    Reading a file blocks in system calls, so with one call per core a core sits idle while its call
     waits; and AUTOTUNE sometimes settles on too few (BENCHMARKS.md sections 5 and 7).
     """
     return 2 * (os.cpu_count() or 1)
 
 
 def with_pass_options(dataset: tf.data.Dataset) -> tf.data.Dataset:
-    """The tf.data options of every pass that reads and decodes files: the route
+    """The tf.data options of every pass that reads and decodes files: the input pipeline
     (`pipeline.make_batches`), the decode check, the audit and the bench's decode ceiling.
     Parallelism set, not autotuned, and no static rewrites.
 
-    - The autotuner is off. With it on, a cold pass of the route ran on one of this machine's
-      two cores in a third to a half of the passes (4,500 images/s instead of 7,500-9,000,
-      process CPU time equal to wall time), with fixed `num_parallel_calls` too; with it off,
-      none did in 20 probe passes nor in the route's 15 bench passes (BENCHMARKS.md 5a). The
-      decode check had such passes too (1.4 of 2 cores busy in 4 of 12; median 12,134 images/s
-      against 12,903 with these options). Decode maps take `decode_parallelism()` calls,
-      AUTOTUNE elsewhere means one call per core, and prefetch keeps its own buffer heuristic.
+    - The autotuner is off. With it on, a cold pass sometimes ran on one of two cores, with
+      fixed `num_parallel_calls` too; with it off, none did (BENCHMARKS.md 5a). Decode maps take
+      `decode_parallelism()` calls, AUTOTUNE elsewhere means one call per core, and prefetch
+      keeps its own buffer heuristic.
     - tf.data's default static optimizations are off. These passes have nothing for them to
       rewrite (their maps and batches are already parallel, there is no repeat to fuse), but
-      they ran on every new iterator, i.e. every epoch: 5-20 ms of graph rewriting over a
-      listing of 5,700 paths, against 0.3-0.7 ms without. Route's cold pass +4.6%, warm epochs
-      +5% (medians of 14 interleaved passes; BENCHMARKS.md 5c).
+      they ran on every new iterator, i.e. every epoch, and cost the cold pass and the warm
+      epochs a few percent (BENCHMARKS.md 5c).
 
     A caller who wants either back applies `tf.data.Options()` with `autotune.enabled = True`
     or `experimental_optimization.apply_default_optimizations = True` through `with_options`.

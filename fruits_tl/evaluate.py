@@ -2,7 +2,7 @@
 
 `compute_report` is pure NumPy over labels and probabilities, so its arithmetic is tested on
 known predictions; `evaluate_folder` and `predict_paths` run a saved model (any format of
-`servable.load_servable`: model_dir, .keras, SavedModel, .tflite) through the data route
+`servable.load_servable`: model_dir, .keras, SavedModel, .tflite) through the input pipeline
 (uint8 batches in file order) under a distribution strategy.
 """
 
@@ -521,7 +521,7 @@ def predict_paths(
         return _predict_encoded(classifier, paths, good, errors, top_k=top_k, batch_size=batch_size)
     probabilities = np.zeros((0, len(class_names)))
     if good:
-        # The one route: (path) listing -> decode -> batch, with the strategy's smallest batch.
+        # The one input pipeline: (path) listing -> decode -> batch (the last one padded).
         folder = data.folder_of_files(good, image_size=classifier.image_size, name="predict")
         probabilities = predict_folder(classifier, folder, strategy=strategy, batch_size=batch_size)
     by_path = dict(zip(good, probabilities, strict=True))

@@ -8,7 +8,7 @@
   names are a constant inside it, and `labels.txt` is written inside it and beside it.
 - `model_<quantize>.tflite` for each `quantize` choice: float32 ("none"), dynamic-range,
   float16, and full-integer int8 (int8 input and output, calibrated on a seeded choice of
-  training images taken through the data route). For int8 the head is first fine-tuned on the
+  training images taken through the input pipeline). For int8 the head is first fine-tuned on the
   features the int8 backbone computes (`refit_head_for_int8`): post-training quantization of
   the small MobileNet moves the pooled features by about a fifth, and the trained head alone
   then loses several points of accuracy; with the backbone frozen this is what
@@ -167,7 +167,7 @@ def write_saved_model(
 
 
 def representative_batches(folder: data.ImageFolder, *, count: int, seed: int) -> tf.data.Dataset:
-    """A seeded choice of `count` images of a split, one per batch, through the data route."""
+    """A seeded choice of `count` images of a split, one per batch, through the input pipeline."""
     count = min(count, len(folder))
     chosen = np.zeros(len(folder), dtype=bool)
     chosen[np.random.default_rng(seed).choice(len(folder), size=count, replace=False)] = True
@@ -225,7 +225,7 @@ def int8_features(
     """The pooled features of a split as the full-integer int8 backbone computes them.
 
     The backbone and pooling are converted exactly as the int8 model converts them (same
-    calibration images), and the split goes through the data route in file order.
+    calibration images), and the split goes through the input pipeline in file order.
     """
     flatbuffer = convert_tflite(
         classifier,

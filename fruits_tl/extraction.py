@@ -3,7 +3,7 @@
 The backbone is frozen, so its output for an image never changes during training; computing
 it every epoch (as the tutorial does) repeats the same work once per epoch. This module runs
 `model.build_feature_extractor` (preprocessing -> backbone -> global average pool) over the
-data route's evaluation batches, under the distribution strategy, and stores per split
+input pipeline's evaluation batches, under the distribution strategy, and stores per split
 `<split>.npz` (features, labels, file paths, its fingerprint), `labels.txt` and
 `fingerprint.json`. A later run whose fingerprint matches reuses the files.
 
@@ -156,7 +156,7 @@ def run_extractor(
     verbose: bool = False,
     label: str = "extract",
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Runs the extractor over uint8 `(images, labels)` batches of the route, in order.
+    """Runs the extractor over uint8 `(images, labels)` batches of the input pipeline, in order.
 
     Features and labels come out of the same distributed step, gathered from the replicas in
     order, so they cannot drift apart.

@@ -1,4 +1,4 @@
-"""The tf.data route every job takes, and the public API for embedding it.
+"""The tf.input pipeline every job takes, and the public API for embedding it.
 
 The order is written once, here (after big_vision's input_pipeline):
 
@@ -183,7 +183,7 @@ def make_batches(
     drop_remainder: bool = False,
     pad_last_batch: bool = False,
 ) -> tf.data.Dataset:
-    """Assembles the data route for one split: cache, shuffle, batch, (preprocess,) prefetch.
+    """Assembles the input pipeline for one split: cache, shuffle, batch, (preprocess,) prefetch.
 
     Args:
       folder: The split from `data.load_split` or `data.load_dataset`.
@@ -248,9 +248,9 @@ def make_feature_batches(
     shuffle_buffer_size: int = 0,
     seed: int | None = 42,
 ) -> tf.data.Dataset:
-    """The route for cached backbone features: shuffle (training), batch, float32, prefetch.
+    """The input pipeline of cached backbone features: shuffle (training), batch, prefetch.
 
-    The shuffle is the image route's (same buffer rule, seed and reshuffling), so with the same
+    The shuffle is the image pipeline's (same buffer rule, seed and reshuffling), so with the same
     seed the head sees examples in the same order as it would in image mode.
 
     Args:
@@ -326,9 +326,9 @@ def make_datasets(
 ) -> Datasets:
     """Checks a `Training/<class>/*`, `Test/<class>/*` folder and returns batched datasets.
 
-    This is the route `fruits-tl-train` uses, for use in your own models. By default batches
-    are float32 MobileNet-preprocessed pixels in [-1, 1]; pass `output="uint8"` for raw pixels
-    (4x less memory traffic) when your model applies `fruits_tl.preprocess.mobilenet_inputs`
+    This is the input pipeline `fruits-tl-train` uses, for use in your own models. By default
+    batches are float32 MobileNet-preprocessed pixels in [-1, 1]; pass `output="uint8"` for raw
+    pixels (4x less memory traffic) when your model applies `fruits_tl.preprocess.mobilenet_inputs`
     itself.
 
     Args:

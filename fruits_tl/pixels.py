@@ -7,7 +7,7 @@ memory maps. The store's fingerprint is the split's (every file's path, size and
 time, the image size, the class map and the decode version): a later run on unchanged files
 decodes nothing.
 
-Decoding a chunk takes the data route's evaluation pass (`pipeline.make_batches`, file order,
+Decoding a chunk takes the input pipeline's evaluation pass (`pipeline.make_batches`, file order,
 no cache) or, with a tf.data service address, the service's workers. Under several workers
 the chunks are shared out (chunk k to worker k mod n): each worker decodes only its chunks,
 then all of them read every chunk (the store is on a folder they all reach, like the

@@ -2,7 +2,7 @@
 
 The models apply it as their first layer, Keras's built-in `Rescaling(1/127.5, offset=-1)`,
 which is bit for bit `mobilenet_inputs` in float32 (fruits_tl.model); embedding users who want
-float32 batches get `mobilenet_inputs` as the last map of the data route.
+float32 batches get `mobilenet_inputs` as the last map of the input pipeline.
 """
 
 from __future__ import annotations

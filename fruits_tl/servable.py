@@ -4,7 +4,7 @@
 `.h5` file, a SavedModel directory written by `fruits-tl-export`, or a `.tflite` file. Each
 gives a `Servable` with the label map, the input size and `predict_pixels` (uint8 pixels in,
 class probabilities out); a SavedModel also serves encoded image bytes (`predict_encoded`,
-its `serve_jpeg` signature). So evaluation and prediction run the same route and write the
+its `serve_jpeg` signature). So evaluation and prediction run the same input pipeline and write the
 same reports whatever the format.
 
 The label map is `labels.txt` beside the model file (for a model_dir or SavedModel directory:

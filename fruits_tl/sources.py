@@ -1,7 +1,7 @@
 """Where a job's images come from: an image folder or the prepared fruits360 TFDS records.
 
 Both give the same `data.Splits` (uint8 elements, one label map in the training folder's
-class order), so every job then takes the same cache, shuffle, batch, preprocess route.
+class order), so every job then takes the same cache, shuffle, batch and preprocess steps.
 """
 
 from __future__ import annotations

@@ -262,8 +262,8 @@ def _publish(directory, name, label, paths, bounds, whole_path, manifest) -> Non
 
 def _merge(paths, bounds, path: str, *, count: int, row_shape, dtype) -> None:
     """Copies the chunks, in order, into one file (atomically): one memory map to read, whose
-    row copies run outside Python's lock (reading across chunk files row by row ran at 27,000-
-    32,000 images/s, one file at 42,000-50,000; BENCHMARKS.md 11)."""
+    row copies run outside Python's lock (faster than reading across chunk files row by row;
+    BENCHMARKS.md 11)."""
     with files.atomic_path(path) as temporary:
         whole = np.lib.format.open_memmap(
             temporary, mode="w+", dtype=dtype, shape=(count, *row_shape)

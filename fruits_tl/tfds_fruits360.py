@@ -1,4 +1,4 @@
-"""A TensorFlow Datasets builder for Fruits-360, and its reader for the one data route.
+"""A TensorFlow Datasets builder for Fruits-360, and its reader for the one input pipeline.
 
 Importing this module registers the `fruits360` builder, so `tfds.load("fruits360",
 data_dir=...)` and `tfds build fruits360 --imports fruits_tl.tfds_fruits360 --manual_dir=...`
@@ -8,7 +8,7 @@ both work. It prepares from, in this order: an extracted Fruits-360 folder (hold
 
 `load_tfds_splits` turns the prepared records into the same `data.Splits` that image folders
 give (uint8 images resized as Keras resizes, int32 labels in the folder's class order, file
-names as paths), so TFDS data takes the same cache, shuffle, batch and preprocessing route.
+names as paths), so TFDS data takes the same cache, shuffle, batch and preprocessing steps.
 """
 
 from __future__ import annotations
@@ -216,7 +216,7 @@ def _load_tfds_split(
         names += [n.decode("utf-8") for n in example[0]]
         labels.append(example[1].astype(np.int32))
     labels_array = np.concatenate(labels) if labels else np.zeros((0,), np.int32)
-    # Undecoded records: the route shards and selects them before decoding
+    # Undecoded records: the input pipeline shards and selects them before decoding
     # (data.ImageFolder.make_elements decodes with the one decode function).
     records = skip.map(
         tf.autograph.experimental.do_not_convert(

@@ -1,4 +1,4 @@
-"""Orchestration of one training job: data -> route -> model under a strategy -> outputs.
+"""Orchestration of one training job: data -> input pipeline -> model under a strategy -> outputs.
 
 Every check on the input runs before the model is built; every output file is written
 atomically at the end, so an interrupted run leaves `model_dir` as it was.

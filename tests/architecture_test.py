@@ -6,7 +6,7 @@ importing the package touches no device. A new module must be placed in the tabl
 
 One rule about tf.data functions is checked from the source too: every function the package
 hands to a dataset's `map` or `filter` is marked `tf.autograph.experimental.do_not_convert`
-(converting one cost the first route built in a process 130-200 ms; BENCHMARKS.md 5c).
+(converting one cost the first input pipeline built in a process 130-200 ms; BENCHMARKS.md 5c).
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ LAYERS = {
         "store",
         "plots",
     },
-    "route_and_models": {
+    "input_and_models": {
         "pipeline",
         "model",
         "distribute",
@@ -134,7 +134,7 @@ def test_imports_point_down_the_layer_table_and_jobs_import_no_job():
 def test_the_layer_check_catches_an_upward_and_a_job_to_job_import():
     upward = ast.parse("def f():\n    from fruits_tl import train\n")
     assert _offenders("pipeline", "pipeline.py", upward) == [
-        "pipeline.py:2 (route_and_models) imports train (jobs): points up"
+        "pipeline.py:2 (input_and_models) imports train (jobs): points up"
     ]
     sideways = ast.parse("from fruits_tl import evaluate, pipeline\nimport fruits_tl.cli.common\n")
     assert _offenders("export", "export.py", sideways) == [

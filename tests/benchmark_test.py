@@ -66,7 +66,9 @@ def test_bench_binary_end_to_end(tiny_dataset, tmp_path, capsys):
     route = report["results"]["pipeline-memory-uint8"]["steady_median"]
     step = report["results"]["model-train"]["steady_median"]
     bound = "model-bound" if route >= step else "input-bound"
-    assert report["verdict"].startswith(f"{bound}: the input route delivers {route:.0f} images/s")
+    assert report["verdict"].startswith(
+        f"{bound}: the input pipeline delivers {route:.0f} images/s"
+    )
     assert f"({step:.0f} images/s on in-memory tensors)" in report["verdict"]
     table = capsys.readouterr().out
     assert report["verdict"] in table

@@ -62,7 +62,7 @@ def write_unusual_images(folder: str) -> int:
     """Writes valid images that differ from plain RGB JPEGs into `folder`; returns how many.
 
     Grayscale, CMYK and progressive JPEGs, a PNG with alpha, an upper-case extension, a BMP and
-    a still GIF: Keras's loader reads each as RGB, and so must the route.
+    a still GIF: Keras's loader reads each as RGB, and so must the input pipeline.
     """
     import numpy as np
     from PIL import Image

@@ -1,4 +1,4 @@
-"""The one decode function and the route that shards before it decodes."""
+"""The one decode function and the input pipeline that shards before it decodes."""
 
 from __future__ import annotations
 
@@ -73,7 +73,7 @@ def test_each_shard_decodes_only_its_own_files(data_dir):
     np.testing.assert_array_equal([label for _, label in shard0], folder.labels[0::2])
     with pytest.raises(tf.errors.InvalidArgumentError):
         list(folder.make_elements(num_shards=2, shard_index=1).as_numpy_iterator())
-    # The same holds through the whole route (cache, batch, prefetch) of an input pipeline.
+    # The same holds through the whole input pipeline (cache, batch, prefetch) of an input pipeline.
     batches = pipeline.make_batches(
         folder, batch_size=4, training=True, num_shards=2, shard_index=0
     )

@@ -32,10 +32,3 @@ def test_explicit_devices_and_one_device():
 def test_unknown_strategy_is_named():
     with pytest.raises(UserInputError, match="'tpu'"):
         distribute.get_strategy("tpu")
-
-
-def test_variables_created_in_scope_are_mirrored():
-    strategy = distribute.get_strategy("mirrored")
-    with strategy.scope():
-        variable = tf.Variable(1.0)
-    assert len(strategy.experimental_local_results(variable)) == 2

@@ -202,8 +202,8 @@ def test_extract_binary_from_weights_and_from_a_model(trained, tiny_dataset, tmp
     assert "reused the features" in capsys.readouterr().out
 
 
-def test_predict_one_image_on_two_replicas_takes_the_route(trained, tiny_dataset, capsys):
-    """One image under MirroredStrategy: the route's smallest batch keeps no replica empty."""
+def test_predict_one_image_on_two_replicas(trained, tiny_dataset, capsys):
+    """One image under MirroredStrategy: the padded last batch keeps no replica empty."""
     folder = os.path.join(tiny_dataset, "Test", "Banana")
     one = os.path.join(folder, sorted(os.listdir(folder))[0])
     code = run_main(

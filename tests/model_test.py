@@ -123,11 +123,16 @@ def test_with_top_file_is_rejected_with_the_no_top_name():
         model.build_backbone(image_size=128, alpha=0.25, weights=TOP_WEIGHTS)
 
 
-def test_optimizers_by_name():
-    assert isinstance(model.build_optimizer("rmsprop", learning_rate=0.1), keras.optimizers.RMSprop)
-    assert isinstance(model.build_optimizer("adam", learning_rate=0.1), keras.optimizers.Adam)
-    assert isinstance(model.build_optimizer("sgd", learning_rate=0.1), keras.optimizers.SGD)
-    with pytest.raises(UserInputError, match="optimizer must be one of"):
+def test_optimizers_by_name_take_the_rate_and_sgd_its_momentum():
+    for name, kind in (
+        ("rmsprop", keras.optimizers.RMSprop),
+        ("adam", keras.optimizers.Adam),
+        ("sgd", keras.optimizers.SGD),
+    ):
+        optimizer = model.build_optimizer(name, learning_rate=0.125)
+        assert type(optimizer) is kind and float(optimizer.learning_rate) == 0.125
+    assert model.build_optimizer("sgd", learning_rate=0.1).momentum == 0.9
+    with pytest.raises(UserInputError, match="optimizer must be one of rmsprop, adam, sgd"):
         model.build_optimizer("adagrad", learning_rate=0.1)
 
 

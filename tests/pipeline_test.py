@@ -1,4 +1,4 @@
-"""The data route: order, dtypes, reshuffling, file caches and the distributed input_fn."""
+"""The input pipeline: order, dtypes, reshuffling, file caches and the distributed input_fn."""
 
 from __future__ import annotations
 
@@ -173,8 +173,8 @@ def test_the_same_seed_gives_the_same_order_in_another_process(tiny_dataset):
 
 def test_the_route_is_not_autotuned_nor_rewritten_and_a_caller_can_turn_both_back_on(splits):
     batches = pipeline.make_batches(splits.train, batch_size=4, training=True)
-    # Every pass that decodes files runs so: the route and the decode check (and the bench's
-    # decode ceiling, which is the check's pass).
+    # Every pass that decodes files runs so: the input pipeline and the decode check (and the
+    # bench's decode ceiling, which is the check's pass).
     for dataset in (batches, image_checks.decode_pass(list(splits.train.file_paths))):
         assert dataset.options().autotune.enabled is False  # BENCHMARKS.md 5a.
         # BENCHMARKS.md 5c: the default static rewrites cost every new iterator (every epoch).

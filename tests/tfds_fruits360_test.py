@@ -59,7 +59,7 @@ def test_tfds_source_trains_with_the_folder_class_order(tmp_path, caplog, capsys
     folder = data.load_dataset(source, image_size=32)
     assert splits.class_names == folder.class_names
     assert (len(splits.train), len(splits.test)) == (12, 6)
-    # Same images and labels as the folder route, file for file.
+    # Same images and labels as the folder pipeline, file for file.
     by_name = {
         os.path.relpath(p, os.path.join(source, "Training")): (image, label)
         for p, (image, label) in zip(

@@ -20,7 +20,7 @@ flags.DEFINE_list(
     "variants",
     ",".join(BENCH_VARIANTS),
     "Comma-separated variants to measure (see fruits_tl.benchmark); add tfds-memory-uint8 "
-    "(and tfds-memory-float32, tfds-file-*) to compare the TFDS record route, with "
+    "(and tfds-memory-float32, tfds-file-*) to compare the TFDS record pipeline, with "
     "--tfds_data_dir; service-1 and service-2 measure the decode pass through a tf.data "
     "service with 1 or 2 local workers.",
 )
