@@ -39,10 +39,10 @@ import numpy as np
 import tensorflow as tf
 
 from fruits_tl import (
+    backbone_features,
     data,
     data_service,
     distribute,
-    extraction,
     faults,
     image_checks,
     listing,
@@ -398,7 +398,7 @@ def _train_step(context: Context, repeat: int, *, real_images: bool) -> Measurem
 
 
 def _extract(context: Context, repeat: int, *, stored: bool) -> Measurement:
-    """The job's extraction (`extraction.extract_features`) over the split's first
+    """The job's extraction (`backbone_features.extract_features`) over the split's first
     `model_steps` batches: decoding as it goes (`extract`, every epoch decodes again, as a
     first features-mode run does), or from their pixel store (`extract-stored`, filled before
     the timing, as after an images-mode run)."""
@@ -413,7 +413,7 @@ def _extract(context: Context, repeat: int, *, stored: bool) -> Measurement:
             images = pixels.store_pixels(subset, directory=directory).examples
 
         def epoch():
-            features = extraction.extract_features(
+            features = backbone_features.extract_features(
                 subset,
                 context.extractor,
                 strategy=strategy,

@@ -1,7 +1,7 @@
 """The extraction job (fruits-tl-extract): a backbone's features of every split, stored once.
 
 The backbone is built from a ModelConfig or taken from a trained model (whose input size and
-label map then apply); `extraction.extract_or_reuse` does the work and reuses features whose
+label map then apply); `backbone_features.extract_or_reuse` does the work and reuses features whose
 fingerprint matches.
 """
 
@@ -12,11 +12,13 @@ import dataclasses
 import keras
 import tensorflow as tf
 
-from fruits_tl import distribute, extraction, listing, model, sources, stopping
+from fruits_tl import backbone_features, distribute, listing, model, sources, stopping
 from fruits_tl.config import ExtractConfig
 
 
-def extract(config: ExtractConfig, *, strategy: tf.distribute.Strategy) -> extraction.Extraction:
+def extract(
+    config: ExtractConfig, *, strategy: tf.distribute.Strategy
+) -> backbone_features.Extraction:
     """Extracts (or reuses) the features of every split of `config.data`.
 
     Raises:
@@ -52,13 +54,13 @@ def extract(config: ExtractConfig, *, strategy: tf.distribute.Strategy) -> extra
             )
     hint = "Start every worker again: shards already written are reused."
     with stopping.GracefulStop() as stop, distribute.clear_worker_errors(strategy, hint=hint):
-        return extraction.extract_or_reuse(
+        return backbone_features.extract_or_reuse(
             splits.named(),
             backbone=backbone,
             alpha=alpha,
             image_size=data_config.image_size,
             strategy=strategy,
-            settings=extraction.ExtractionSettings(
+            settings=backbone_features.ExtractionSettings(
                 features_dir=config.features_dir,
                 batch_size=config.batch_size,
                 feature_dtype=config.feature_dtype,

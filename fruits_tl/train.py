@@ -20,10 +20,10 @@ import tensorflow as tf
 from absl import logging
 
 from fruits_tl import (
+    backbone_features,
     callbacks,
     data,
     distribute,
-    extraction,
     files,
     loop,
     lr_finder,
@@ -755,7 +755,7 @@ def _train_phases(
     # Images mode's head time includes filling the store, as before fine-tuning existed; the
     # features head's does not (the store is there for phase 2).
     head_start = start if mode == "images" else time.perf_counter()
-    backbone_digest = extraction.weights_digest(classifier.get_layer(model.BACKBONE_NAME))
+    backbone_digest = backbone_features.weights_digest(classifier.get_layer(model.BACKBONE_NAME))
     if mode == "images":
         head = _fit(
             config,
@@ -872,13 +872,13 @@ def _train_on_features(config, splits, classifier, *, strategy, stop, start_dige
     data_config = config.data
     start = time.perf_counter()
     backbone = classifier.get_layer(model.BACKBONE_NAME)
-    extracted = extraction.extract_or_reuse(
+    extracted = backbone_features.extract_or_reuse(
         splits.named(),
         backbone=backbone,
         alpha=config.model.alpha,
         image_size=data_config.image_size,
         strategy=strategy,
-        settings=extraction.ExtractionSettings(
+        settings=backbone_features.ExtractionSettings(
             features_dir=config.resolved_features_dir(),
             batch_size=config.batch_size,
             feature_dtype=config.feature_dtype,

@@ -53,7 +53,7 @@ LAYERS = {
         "pipeline",
         "model",
         "distribute",
-        "extraction",
+        "backbone_features",
         "loop",
         "checkpoints",
         "callbacks",

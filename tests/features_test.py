@@ -15,7 +15,7 @@ import pytest
 import tensorflow as tf
 from conftest import REPO
 
-from fruits_tl import config, data, distribute, extraction, model, pixels, train
+from fruits_tl import backbone_features, config, data, distribute, model, pixels, train
 
 
 def _config(data_dir, model_dir, weights, **overrides):
@@ -81,7 +81,9 @@ def test_features_mode_is_the_same_computation_as_images_mode(
         > 1e-5
     )
     # The assembled model on images predicts what the head predicts on the cached features.
-    test_set = extraction.load_feature_set(str(tmp_path / "features" / "features" / "test.npz"))
+    test_set = backbone_features.load_feature_set(
+        str(tmp_path / "features" / "features" / "test.npz")
+    )
     head = model.build_head(256, 3)
     head.get_layer(model.HEAD_DENSE).set_weights([kernel_features, bias_features])
     splits = data.load_dataset(data_dir, image_size=32)
@@ -100,13 +102,13 @@ def test_features_mode_is_the_same_computation_as_images_mode(
 
 
 def _extract(splits, backbone, features_dir, **kwargs):
-    return extraction.extract_or_reuse(
+    return backbone_features.extract_or_reuse(
         {"train": splits.train, "test": splits.test},
         backbone=backbone,
         alpha=0.25,
         image_size=32,
         strategy=distribute.get_strategy("default"),
-        settings=extraction.ExtractionSettings(
+        settings=backbone_features.ExtractionSettings(
             features_dir=str(features_dir), batch_size=4, verbose=False, **kwargs
         ),
     )
@@ -171,13 +173,13 @@ def test_killed_extraction_leaves_nothing_that_looks_complete(tmp_path):
     assert not (features_dir / "fingerprint.json").exists()
     splits = data.load_dataset(data_dir, image_size=64)
     backbone = model.build_backbone(image_size=64, alpha=0.25, weights="none")
-    rerun = extraction.extract_or_reuse(
+    rerun = backbone_features.extract_or_reuse(
         {"train": splits.train, "test": splits.test},
         backbone=backbone,
         alpha=0.25,
         image_size=64,
         strategy=distribute.get_strategy("default"),
-        settings=extraction.ExtractionSettings(
+        settings=backbone_features.ExtractionSettings(
             features_dir=str(features_dir), batch_size=32, verbose=False
         ),
     )
@@ -187,7 +189,7 @@ def test_killed_extraction_leaves_nothing_that_looks_complete(tmp_path):
 
 
 def test_feature_files_load_without_pickle(tmp_path):
-    feature_set = extraction.FeatureSet(
+    feature_set = backbone_features.FeatureSet(
         split="train",
         features=np.ones((2, 3), np.float32),
         labels=np.array([0, 1], np.int32),
@@ -196,8 +198,8 @@ def test_feature_files_load_without_pickle(tmp_path):
         fingerprint="abc",
     )
     path = str(tmp_path / "train.npz")
-    extraction.save_feature_set(path, feature_set)
-    loaded = extraction.load_feature_set(path)
+    backbone_features.save_feature_set(path, feature_set)
+    loaded = backbone_features.load_feature_set(path)
     assert (
         loaded.file_paths == ("a.jpg", "b.jpg")
         and loaded.class_names == ("A", "B")
@@ -205,7 +207,7 @@ def test_feature_files_load_without_pickle(tmp_path):
     )
     (tmp_path / "broken.npz").write_bytes(b"PK\x03\x04 not a zip")
     with pytest.raises(ValueError, match="broken.npz"):
-        extraction.load_feature_set(str(tmp_path / "broken.npz"))
+        backbone_features.load_feature_set(str(tmp_path / "broken.npz"))
 
 
 def test_a_split_with_fewer_images_than_replicas_extracts(data_dir):
@@ -219,7 +221,7 @@ def test_a_split_with_fewer_images_than_replicas_extracts(data_dir):
             model.BACKBONE_NAME
         )
         extractor = model.build_feature_extractor(backbone, image_size=32)
-    extracted = extraction.extract_features(
+    extracted = backbone_features.extract_features(
         one, extractor, strategy=strategy, batch_size=4, verbose=False
     )
     assert strategy.num_replicas_in_sync == 2
@@ -265,13 +267,13 @@ def test_features_of_stored_pixels_equal_those_of_decoded_images(
     with mirrored.scope():
         replicated = model.build_backbone(image_size=32, alpha=0.25, weights=informative_weights)
     with caplog.at_level(logging.WARNING, logger="absl"):
-        stored = extraction.extract_or_reuse(
+        stored = backbone_features.extract_or_reuse(
             {"train": splits.train, "test": splits.test},
             backbone=replicated,
             alpha=0.25,
             image_size=32,
             strategy=mirrored,
-            settings=extraction.ExtractionSettings(
+            settings=backbone_features.ExtractionSettings(
                 features_dir=str(tmp_path / "stored"),
                 batch_size=4,
                 verbose=False,
