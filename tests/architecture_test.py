@@ -16,6 +16,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 from conftest import REPO
 
 PACKAGE = os.path.join(REPO, "fruits_tl")
@@ -252,6 +253,7 @@ def test_nothing_outside_cli_imports_cli():
     assert offenders == []
 
 
+@pytest.mark.slow
 def test_importing_the_package_touches_no_device():
     # If any import initialised TensorFlow's devices, configuring logical devices would raise.
     modules = sorted(

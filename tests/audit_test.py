@@ -7,6 +7,7 @@ import os
 import shutil
 
 import numpy as np
+import pytest
 from conftest import FRUITS_SAMPLE, needs_fruits_sample, run_main
 from PIL import Image
 
@@ -90,6 +91,7 @@ def test_audit_reports_every_seeded_problem(data_dir, tmp_path, capsys):
     )
 
 
+@pytest.mark.slow
 def test_exclude_list_leaves_files_out_of_training(data_dir, tmp_path, capsys):
     banana = os.path.join(data_dir, "Training", "Banana")
     broken = os.path.join(banana, "broken.jpg")
@@ -135,6 +137,7 @@ def test_exclude_list_leaves_files_out_of_training(data_dir, tmp_path, capsys):
     assert "exclude list" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 @needs_fruits_sample
 def test_audit_counts_the_real_sample(tmp_path, capsys):
     assert (

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from conftest import run_main
 
 from fruits_tl import benchmark, config, timing
@@ -27,6 +28,7 @@ def test_verdict_names_the_bound():
     ).startswith("input-bound")
 
 
+@pytest.mark.slow
 def test_bench_binary_end_to_end(tiny_dataset, tmp_path, capsys):
     out = tmp_path / "bench.json"
     code = run_main(
@@ -107,6 +109,7 @@ def test_bench_rejects_unknown_variants(tiny_dataset, capsys):
     assert "unknown --variants turbo" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_compare_modes_end_to_end(tiny_dataset, tmp_path, capsys, informative_weights):
     code = run_main(
         bench_main,
@@ -138,6 +141,7 @@ def test_compare_modes_end_to_end(tiny_dataset, tmp_path, capsys, informative_we
     assert "faster end to end" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_service_variants_decode_the_split_through_local_workers(tiny_dataset, tmp_path, capsys):
     out = tmp_path / "bench.json"
     args = [

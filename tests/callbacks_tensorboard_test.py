@@ -33,8 +33,15 @@ def _scalars(run_dir) -> dict[str, list[tuple[int, float]]]:
 
 @pytest.mark.parametrize(
     "extra, steps",
-    [([], [0, 1]), (["--fine_tune_layers=6", "--fine_tune_epochs=1"], [0, 1, 2])],
-    ids=["head", "fine_tune"],
+    [
+        pytest.param([], [0, 1], id="head"),
+        pytest.param(
+            ["--fine_tune_layers=6", "--fine_tune_epochs=1"],
+            [0, 1, 2],
+            id="fine_tune",
+            marks=pytest.mark.slow,
+        ),
+    ],
 )
 def test_train_and_validation_runs_overlay_with_the_history(
     tiny_dataset, tmp_path, capsys, extra, steps

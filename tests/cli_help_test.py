@@ -14,6 +14,7 @@ from conftest import run_main
 BINARIES = {
     "fruits-tl-audit": "audit_main",
     "fruits-tl-bench": "bench_main",
+    "fruits-tl-data-service": "data_service_main",
     "fruits-tl-download": "download_main",
     "fruits-tl-evaluate": "evaluate_main",
     "fruits-tl-export": "export_main",
@@ -109,3 +110,10 @@ def test_train_flags_are_the_train_config_fields_and_round_trip():
         flags.FLAGS.unparse_flags()
         flags.FLAGS([train_main.PROGRAM, *argv])
         assert train_main.build_config() == wanted and flags.FLAGS.strategy == "mirrored"
+
+
+def test_a_data_service_port_out_of_range_is_refused_before_any_server_starts(capsys):
+    from fruits_tl.cli import data_service_main
+
+    assert run_main(data_service_main, ["--port=70000"]) == 2
+    assert "--port must be in [0, 65535], got 70000" in capsys.readouterr().err

@@ -18,6 +18,9 @@ from conftest import REPO, run_main
 from fruits_tl import data, data_service
 from fruits_tl.cli import train_main
 
+# Starts processes or servers, or trains on the real sample: the slow tier.
+pytestmark = pytest.mark.slow
+
 
 def _serve(args: list[str]) -> tuple[subprocess.Popen, str]:
     """Starts fruits-tl-data-service; returns it once it has printed its address (no sleep)."""

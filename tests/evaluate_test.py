@@ -75,6 +75,7 @@ def trained(tiny_dataset, tmp_path_factory):
     return model_dir
 
 
+@pytest.mark.slow
 def test_evaluate_binary_writes_the_known_report(trained, tiny_dataset, tmp_path, capsys):
     out = tmp_path / "report"
     code = run_main(
@@ -160,6 +161,7 @@ def test_predict_classifies_good_files_and_reports_the_corrupt_one(
     assert len(table) == 3 and all("Banana 0." in row for row in table)
 
 
+@pytest.mark.slow
 def test_extract_binary_from_weights_and_from_a_model(trained, tiny_dataset, tmp_path, capsys):
     out = tmp_path / "features"
     args = [

@@ -95,6 +95,7 @@ def exported(trained, tiny_dataset, tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_plain_keras_loads_the_model_and_predicts_as_fruits_tl_does(trained, tiny_dataset, capsys):
     paths = _test_images(tiny_dataset)
     expected = _predict_json(trained, paths, capsys, "--top_k=3")
@@ -145,6 +146,7 @@ def test_models_saved_by_version_0_1_0_still_load_through_fruits_tl(tiny_dataset
     ]
 
 
+@pytest.mark.slow
 def test_export_writes_every_format_and_measures_it(exported):
     names = sorted(os.listdir(exported))
     assert names == sorted(
@@ -177,6 +179,7 @@ def test_export_writes_every_format_and_measures_it(exported):
     assert set(heads.values()) == {"trained"}
 
 
+@pytest.mark.slow
 def test_saved_model_cli_lists_both_signatures_and_serves_a_jpeg(
     exported, trained, tiny_dataset, tmp_path, capsys
 ):
@@ -226,6 +229,7 @@ def test_saved_model_cli_lists_both_signatures_and_serves_a_jpeg(
     assert classes[0][0].decode() == expected
 
 
+@pytest.mark.slow
 def test_saved_model_serves_jpeg_bytes_without_fruits_tl(exported, trained, tiny_dataset, capsys):
     paths = _test_images(tiny_dataset)
     code = f"""
@@ -242,6 +246,7 @@ print(json.dumps([c.decode() for c in out["classes"][:, 0].numpy()]))
     assert served == [p["top"][0]["class"] for p in _predict_json(trained, paths, capsys)]
 
 
+@pytest.mark.slow
 def test_evaluate_and_predict_take_every_format(exported, trained, tiny_dataset, tmp_path, capsys):
     report = json.loads(open(os.path.join(exported, export.REPORT_FILE)).read())
     accuracy = {r["format"]: r["test_accuracy"] for r in report["formats"]}
@@ -286,6 +291,7 @@ def test_evaluate_and_predict_take_every_format(exported, trained, tiny_dataset,
     assert [top[0].decode() for top in classes] == keras_top
 
 
+@pytest.mark.slow
 def test_bad_quantize_and_missing_labels_are_clear_errors(trained, tmp_path, capsys):
     code = run_main(
         export_main, [f"--model={trained}", f"--output_dir={tmp_path / 'o'}", "--quantize=int4"]
@@ -306,6 +312,7 @@ def test_bad_quantize_and_missing_labels_are_clear_errors(trained, tmp_path, cap
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.slow
 @needs_weights
 def test_int8_agrees_with_float_on_real_imagenet_weights(tiny_dataset, tmp_path):
     """Full-integer int8 against the float model, with the real alpha-0.25 backbone at 128x128."""
@@ -344,6 +351,7 @@ def test_int8_agrees_with_float_on_real_imagenet_weights(tiny_dataset, tmp_path)
     assert by_format["tflite-int8"]["size_bytes"] < by_format["tflite-none"]["size_bytes"] / 2.5
 
 
+@pytest.mark.slow
 @needs_weights
 def test_the_int8_head_is_refit_on_the_int8_backbone_features(tiny_dataset):
     """refit_head_for_int8 trains a copy's head on what the int8 backbone computes."""

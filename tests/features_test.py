@@ -32,6 +32,7 @@ def _config(data_dir, model_dir, weights, **overrides):
     return config.TrainConfig(**values)
 
 
+@pytest.mark.slow
 def test_features_mode_is_the_same_computation_as_images_mode(
     data_dir, tmp_path, informative_weights
 ):
@@ -114,6 +115,7 @@ def _extract(splits, backbone, features_dir, **kwargs):
     )
 
 
+@pytest.mark.slow
 def test_fingerprint_reuse_and_invalidation(data_dir, tmp_path, informative_weights):
     backbone = model.build_backbone(image_size=32, alpha=0.25, weights=informative_weights)
     splits = data.load_dataset(data_dir, image_size=32)
@@ -146,6 +148,7 @@ def test_fingerprint_reuse_and_invalidation(data_dir, tmp_path, informative_weig
     } <= set(stored)
 
 
+@pytest.mark.slow
 def test_killed_extraction_leaves_nothing_that_looks_complete(tmp_path):
     from fruits_tl import synthetic
 
@@ -232,6 +235,7 @@ def test_a_split_with_fewer_images_than_replicas_extracts(data_dir):
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("damage", ["truncated", "garbage"])
 def test_a_corrupt_feature_file_under_a_matching_fingerprint_is_recomputed(
     tiny_dataset, tmp_path, caplog, damage
@@ -254,6 +258,7 @@ def test_a_corrupt_feature_file_under_a_matching_fingerprint_is_recomputed(
     assert _extract(splits, backbone, tmp_path / "f").reused  # The rewritten file is whole.
 
 
+@pytest.mark.slow
 def test_features_of_stored_pixels_equal_those_of_decoded_images(
     data_dir, tmp_path, informative_weights, caplog
 ):

@@ -17,6 +17,10 @@ from conftest import REPO
 
 from fruits_tl import config, distribute, train
 
+# Starts processes or servers, or trains on the real sample: the slow tier.
+pytestmark = pytest.mark.slow
+
+
 RECIPE = [
     "--alpha=0.25",
     "--image_size=32",

@@ -6,6 +6,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from fruits_tl.cli import native_log
 
 ONEDNN = (
@@ -29,6 +31,7 @@ def test_levels_follow_tensorflows_meaning():
     assert not native_log.hidden("fruits-tl-predict: error: There is no model\n", 3)
 
 
+@pytest.mark.slow
 def test_a_binary_shows_its_error_and_hides_tensorflows_start_up_lines(tmp_path):
     script = os.path.join(os.path.dirname(sys.executable), "fruits-tl-predict")
     image = tmp_path / "x.jpg"
@@ -52,6 +55,7 @@ def test_a_binary_shows_its_error_and_hides_tensorflows_start_up_lines(tmp_path)
     assert any(native_log.NATIVE_LINE.match(line) for line in loud.stderr.splitlines()), loud.stderr
 
 
+@pytest.mark.slow
 def test_a_training_log_has_one_line_per_epoch_and_none_of_tensorflows_info(tiny_dataset, tmp_path):
     script = os.path.join(os.path.dirname(sys.executable), "fruits-tl-train")
     command = [

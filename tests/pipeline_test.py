@@ -152,6 +152,7 @@ print(json.dumps([
 """
 
 
+@pytest.mark.slow
 def test_the_same_seed_gives_the_same_order_in_another_process(tiny_dataset):
     def order(seed):
         result = subprocess.run(

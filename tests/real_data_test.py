@@ -12,6 +12,9 @@ from conftest import FRUITS_SAMPLE, NO_TOP_WEIGHTS, needs_fruits_sample, needs_w
 
 from fruits_tl.cli import train_main
 
+# Starts processes or servers, or trains on the real sample: the slow tier.
+pytestmark = pytest.mark.slow
+
 
 @pytest.mark.real_data
 @needs_fruits_sample

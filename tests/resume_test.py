@@ -17,6 +17,10 @@ import numpy as np
 import pytest
 from conftest import REPO
 
+# Starts processes or servers, or trains on the real sample: the slow tier.
+pytestmark = pytest.mark.slow
+
+
 TRAIN = [
     "--alpha=0.25",
     "--image_size=32",

@@ -65,6 +65,7 @@ def test_refuses_a_foreign_non_empty_folder(tmp_path):
     assert (tmp_path / "mine.txt").read_text() == "keep me"
 
 
+@pytest.mark.slow
 def test_synthetic_binary_writes_a_dataset_that_trains(tmp_path, capsys):
     from conftest import run_main
 

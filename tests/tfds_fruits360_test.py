@@ -47,6 +47,7 @@ class Fruits360BuilderTest(tfds.testing.DatasetBuilderTestCase):
         shutil.rmtree(cls._examples, ignore_errors=True)
 
 
+@pytest.mark.slow
 def test_tfds_source_trains_with_the_folder_class_order(tmp_path, caplog, capsys):
     manual = tmp_path / "manual"
     source = _write_fake_fruits(str(manual))
@@ -158,6 +159,7 @@ def test_archive_in_manual_dir_is_extracted(tmp_path):
     assert len(splits.train) == 12 and len(splits.class_names) == 3
 
 
+@pytest.mark.slow
 def test_tfds_build_command_prepares_the_records(tmp_path):
     import subprocess
     import sys

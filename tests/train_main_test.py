@@ -29,6 +29,7 @@ def metrics_text(model_dir) -> str:
     return (model_dir / "metrics.json").read_text()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("strategy, replicas", [("default", 1), ("mirrored", 2)])
 def test_trains_and_writes_everything(data_dir, tmp_path, capsys, strategy, replicas):
     model_dir = tmp_path / "run"
@@ -108,6 +109,7 @@ def test_trains_and_writes_everything(data_dir, tmp_path, capsys, strategy, repl
     assert "test_accuracy=" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_images_mode_under_two_replicas_with_a_last_batch_smaller_than_the_replicas(
     data_dir, tmp_path, capsys
 ):
@@ -132,6 +134,7 @@ def test_images_mode_under_two_replicas_with_a_last_batch_smaller_than_the_repli
     )
 
 
+@pytest.mark.slow
 def test_flagfile_and_skip_bad_images(data_dir, tmp_path, capsys):
     bad = os.path.join(data_dir, "Training", "Banana", "broken.jpg")
     open(bad, "wb").close()
@@ -193,6 +196,7 @@ def test_missing_required_flags_and_data_dir(tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_a_failed_run_leaves_an_existing_model_dir_untouched(data_dir, tmp_path, capsys):
     model_dir = tmp_path / "run"
     assert run_main(train_main, [f"--data_dir={data_dir}", f"--model_dir={model_dir}", *TINY]) == 0
@@ -214,6 +218,7 @@ def test_a_failed_run_leaves_an_existing_model_dir_untouched(data_dir, tmp_path,
     assert snapshot() == before
 
 
+@pytest.mark.slow
 def test_validation_split_beside_a_test_folder(data_dir, tmp_path, capsys):
     model_dir = tmp_path / "run"
     args = [f"--data_dir={data_dir}", f"--model_dir={model_dir}", "--validation_split=0.34", *TINY]
@@ -246,6 +251,7 @@ def test_validation_split_beside_a_test_folder(data_dir, tmp_path, capsys):
     assert all(os.sep + "Training" + os.sep in path for path in validation["file_paths"])
 
 
+@pytest.mark.slow
 def test_a_second_images_mode_run_decodes_nothing(data_dir, tmp_path, capsys, caplog):
     args = [
         f"--data_dir={data_dir}",
@@ -284,6 +290,7 @@ def test_a_second_images_mode_run_decodes_nothing(data_dir, tmp_path, capsys, ca
     assert os.path.basename(victim) in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_cache_is_not_a_training_setting(data_dir, tmp_path, capsys):
     code = run_main(
         train_main,
@@ -293,6 +300,7 @@ def test_cache_is_not_a_training_setting(data_dir, tmp_path, capsys):
     assert "fruits-tl-train does not use --cache" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_fine_tuning_trains_the_last_block_and_reports_both_phases(data_dir, tmp_path, capsys):
     model_dir = tmp_path / "run"
     code = run_main(
