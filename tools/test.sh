@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite from a fresh clone: sets up .venv, then runs pytest.
-# Extra arguments go to pytest (e.g. tools/test.sh -k pipeline, tools/test.sh -m "not real_data").
+# Extra arguments go to pytest (e.g. tools/test.sh -k pipeline, tools/test.sh -m "not slow").
+# Two pytest workers (pytest-xdist) by default: FRUITS_TL_TEST_WORKERS=0 runs in one process.
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 source "$repo/tools/setup_venv.sh"
@@ -9,7 +10,7 @@ cd "$repo"
 ruff format --check fruits_tl tests tools
 ruff check fruits_tl tests tools
 set +e
-python -m pytest "$@"
+python -m pytest -n "${FRUITS_TL_TEST_WORKERS:-2}" "$@"
 status=$?
 set -e
 if [ "$status" -eq 5 ]; then
