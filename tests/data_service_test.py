@@ -78,10 +78,9 @@ def test_training_through_the_service_is_training_without_it(
         "--batch_size=4",
         "--verbose=0",
     ]
-    # Features mode: the extraction decodes through the service. Fine-tuning: the pixel store is
-    # filled through it (`train._stored_pixels`, images mode's store too), the stored pixels are
-    # compared bit for bit, and both phases train on them.
-    for mode in ("features", "fine_tune"):
+    # Features mode: the extraction decodes through the service; images mode and fine-tuning:
+    # the pixel store is filled through it (compared bit for bit), and they train on it.
+    for mode in ("features", "images", "fine_tune"):
         recipe = (
             ["--mode=features", "--fine_tune_layers=6", "--fine_tune_epochs=1"]
             if mode == "fine_tune"
