@@ -13,18 +13,37 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ["CUDA_VISIBLE_DEVICES"] = "-1"
 
 import pytest  # noqa: E402
-import tensorflow as tf  # noqa: E402
-
-# MirroredStrategy gets two replicas on a CPU-only machine: split the CPU before any op runs.
-_cpus = tf.config.list_physical_devices("CPU")
-tf.config.set_logical_device_configuration(
-    _cpus[0], [tf.config.LogicalDeviceConfiguration(), tf.config.LogicalDeviceConfiguration()]
-)
-
 from absl import flags  # noqa: E402
 from absl.testing import flagsaver  # noqa: E402
 
-from fruits_tl import synthetic  # noqa: E402
+
+def pytest_configure(config):
+    """Splits the CPU into two logical devices before any op runs, so MirroredStrategy gets two
+    replicas on a CPU-only machine. Not in pytest-xdist's controller, which runs no test (it
+    would pay TensorFlow's import, about 5 s, before starting its workers)."""
+    if config.getoption("numprocesses", None) and not hasattr(config, "workerinput"):
+        return
+    import tensorflow as tf
+
+    cpus = tf.config.list_physical_devices("CPU")
+    tf.config.set_logical_device_configuration(
+        cpus[0], [tf.config.LogicalDeviceConfiguration(), tf.config.LogicalDeviceConfiguration()]
+    )
+
+
+def pytest_collection_modifyitems(config, items):
+    """The modules of the slow tier first, whole (their module fixtures are built once): under
+    several workers the long tests start early and the short ones fill the cores at the end."""
+
+    def rank(module) -> int:
+        marks = [item.get_closest_marker("slow") is not None for item in by_module[module]]
+        return 0 if all(marks) else 1 if any(marks) else 2
+
+    by_module: dict = {}
+    for item in items:
+        by_module.setdefault(item.module, []).append(item)
+    items[:] = [item for module in sorted(by_module, key=rank) for item in by_module[module]]
+
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED = os.path.join(os.path.dirname(REPO), "shared")
@@ -44,6 +63,8 @@ needs_weights = pytest.mark.skipif(
 @pytest.fixture(scope="session")
 def tiny_dataset(tmp_path_factory) -> str:
     """3 classes, 6 training and 3 test real JPEGs each (100x100)."""
+    from fruits_tl import synthetic
+
     path = str(tmp_path_factory.mktemp("tiny") / "fruits")
     return synthetic.write_synthetic_dataset(
         path, num_classes=3, train_per_class=6, test_per_class=3, seed=1
