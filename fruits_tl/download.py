@@ -94,7 +94,9 @@ def _fetch(url: str, partial: str, *, offset: int, timeout: float, progress) -> 
     if offset:
         request.add_header("Range", f"bytes={offset}-")
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
+        # A new opener per download: `urlopen` keeps the first call's proxy settings for the
+        # rest of the process, so a later change of http(s)_proxy would be ignored.
+        with urllib.request.build_opener().open(request, timeout=timeout) as response:
             status = getattr(response, "status", 200)
             if offset and status != 206:
                 offset = 0  # The server ignored the range: start again.

@@ -174,6 +174,23 @@ def test_http_error_is_named(server, tmp_path):
         download.download(f"{base}/missing.zip", str(tmp_path / "m.zip"))
 
 
+def test_each_download_reads_the_proxy_settings_of_its_time(server, tmp_path, monkeypatch):
+    # urllib's `urlopen` keeps the proxies of its first call for the whole process; a download
+    # through a dead proxy must not leave the next download, without one, going through it.
+    base, handler = server
+    handler.files["/a.zip"] = b"zip bytes"
+    with monkeypatch.context() as patched:
+        for name in ("http_proxy", "HTTP_PROXY", "no_proxy", "NO_PROXY"):
+            patched.delenv(name, raising=False)
+        patched.setenv("http_proxy", "http://127.0.0.1:9")
+        with pytest.raises(UserInputError, match="Could not download"):
+            download.download(f"{base}/a.zip", str(tmp_path / "through_proxy.zip"))
+    for name in ("http_proxy", "HTTP_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    path = download.download(f"{base}/a.zip", str(tmp_path / "direct.zip"))
+    assert open(path, "rb").read() == b"zip bytes"
+
+
 @pytest.mark.parametrize(
     "members, refused",
     [
