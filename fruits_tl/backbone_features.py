@@ -336,13 +336,11 @@ def extract_features(
     return _feature_set(folder, features, labels)
 
 
-def _feature_set(
-    folder: data.ImageFolder, features: np.ndarray, labels: np.ndarray, **overrides
-) -> FeatureSet:
+def _feature_set(folder: data.ImageFolder, features: np.ndarray, labels: np.ndarray) -> FeatureSet:
     """The FeatureSet of a split, after checking that the labels are the folder's in order."""
     if not np.array_equal(labels, folder.labels):
         raise RuntimeError(f"extracted labels of split {folder.name} do not match its file order")
-    values = dict(
+    return FeatureSet(
         split=folder.name,
         features=features,
         labels=labels,
@@ -350,7 +348,6 @@ def _feature_set(
         class_names=folder.class_names,
         fingerprint=folder.fingerprint,
     )
-    return FeatureSet(**{**values, **overrides})
 
 
 def save_feature_set(path: str, feature_set: FeatureSet) -> None:
@@ -514,15 +511,15 @@ class ExtractionSettings:
     data_service_timeout: float = data_service.DEFAULT_TIMEOUT
     pixels_dir: str = ""
 
-    def extract(self, folder, extractor, strategy, *, batch_size=None, stored=None, cache=None):
-        """`extract_features` with these settings."""
+    def extract(self, folder, extractor, strategy, *, batch_size=None, stored=None):
+        """`extract_features` with these settings (`batch_size`: another global batch)."""
         return extract_features(
             folder,
             extractor,
             strategy=strategy,
             batch_size=batch_size or self.batch_size,
             feature_dtype=self.feature_dtype,
-            cache=self.cache if cache is None else cache,
+            cache=self.cache,
             verbose=self.verbose,
             data_service_address=self.data_service_address,
             data_service_timeout=self.data_service_timeout,

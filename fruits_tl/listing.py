@@ -36,13 +36,18 @@ def is_metadata(path: str) -> bool:
     return parts[-1].startswith("._") or any(part in METADATA_FOLDERS for part in parts)
 
 
+def is_skipped_folder(name: str) -> bool:
+    """Whether a folder name is no class: hidden (a leading dot, as Keras has it) or
+    operating-system metadata (METADATA_FOLDERS)."""
+    return name.startswith(".") or name in METADATA_FOLDERS
+
+
 def list_subfolders(directory: str) -> list[str]:
-    """The sorted names of the sub-folders of `directory` that are neither hidden (a leading
-    dot) nor operating-system metadata (METADATA_FOLDERS)."""
+    """The sorted names of the sub-folders of `directory` that `is_skipped_folder` keeps."""
     return sorted(
         entry.name
         for entry in os.scandir(directory)
-        if entry.is_dir() and not entry.name.startswith(".") and entry.name not in METADATA_FOLDERS
+        if entry.is_dir() and not is_skipped_folder(entry.name)
     )
 
 

@@ -1,4 +1,4 @@
-"""The tf.input pipeline every job takes, and the public API for embedding it.
+"""The tf.data input pipeline every job takes, and the public API for embedding it.
 
 The order is written once, here (after big_vision's input_pipeline):
 

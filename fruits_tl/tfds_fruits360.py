@@ -40,7 +40,7 @@ def _find_extracted_root(directory: epath.Path, *, depth: int = 3) -> epath.Path
             pending += [
                 (child, level + 1)
                 for child in sorted(current.iterdir())
-                if child.is_dir() and not _hidden_or_metadata(child)
+                if child.is_dir() and not listing.is_skipped_folder(child.name)
             ]
     return None
 
@@ -114,7 +114,7 @@ class Fruits360(tfds.core.GeneratorBasedBuilder):
         names = sorted(
             p.name
             for p in (root / "Training").iterdir()
-            if p.is_dir() and not _hidden_or_metadata(p)
+            if p.is_dir() and not listing.is_skipped_folder(p.name)
         )
         self.info.features["label"].names = names
         splits = {"train": self._generate_examples(root / "Training", names)}
@@ -125,7 +125,7 @@ class Fruits360(tfds.core.GeneratorBasedBuilder):
     def _generate_examples(self, split_dir: epath.Path, names: list[str]):
         known = set(names)
         for class_dir in sorted(
-            p for p in split_dir.iterdir() if p.is_dir() and not _hidden_or_metadata(p)
+            p for p in split_dir.iterdir() if p.is_dir() and not listing.is_skipped_folder(p.name)
         ):
             if class_dir.name not in known:
                 raise UserInputError(
@@ -148,11 +148,6 @@ class Fruits360(tfds.core.GeneratorBasedBuilder):
                         "file_name": str(path.relative_to(split_dir)),
                     },
                 )
-
-
-def _hidden_or_metadata(path: epath.Path) -> bool:
-    """A hidden folder, or operating-system metadata (`listing.is_metadata`): not a class."""
-    return path.name.startswith(".") or path.name in listing.METADATA_FOLDERS
 
 
 def _image_files(directory: epath.Path) -> list[epath.Path]:
