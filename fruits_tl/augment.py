@@ -1,12 +1,12 @@
 """Random transforms of training images, on the host, keyed by (seed, epoch, example index).
 
 `--augment` names the transforms (`config.Augmentation`); the training input pipeline applies
-them to the uint8 rows it has just read from the pixel store, before they go to the devices.
-Every example's randomness comes from its own generator,
-`np.random.default_rng([seed, epoch, index])`, which draws DRAWS uniform numbers in a fixed
-order (one per transform, whether the transform is on or not). So an example is transformed
-the same way whatever batch, replica, worker or resumed run reads it: two `--deterministic`
-runs, and a run killed and rerun, see the same images.
+them to the uint8 rows it has just read from the pixel store, before they go to the devices,
+as TensorFlow ops in its graph. Every example's randomness is a counter-based hash of its own
+key: `draws` gives DRAWS uniform numbers per (seed, epoch, index), one per transform in a fixed
+order, whether the transform is on or not. So an example is transformed the same way whatever
+batch, replica, worker or resumed run reads it: two `--deterministic` runs, and a run killed
+and rerun, see the same images.
 
 The transforms, in the order they apply (strengths: `config.AUGMENT_MEANINGS`):
 - flip_left_right, flip_up_down: with probability `strength`;
@@ -33,14 +33,50 @@ DRAW_NAMES = ("flip_left_right", "flip_up_down", "rotate", "zoom", "brightness",
 DRAWS = len(DRAW_NAMES)
 
 
-def draws(seed: int, epochs: np.ndarray, indices: np.ndarray) -> np.ndarray:
-    """[n, DRAWS] float32 uniforms in [0, 1) for the examples `indices` read in `epochs`
-    (one epoch per index); padding rows (index -1) get 0.5 (no flip, no change)."""
-    out = np.full((len(indices), DRAWS), 0.5, np.float32)
-    for row, (epoch, index) in enumerate(zip(epochs, indices, strict=True)):
-        if index >= 0:
-            out[row] = np.random.default_rng([seed, int(epoch), int(index)]).random(DRAWS)
-    return out
+# SplitMix64's constants (Steele, Lea and Flood, "Fast splittable pseudorandom number
+# generators", 2014): the golden-ratio increment and the two multipliers of its finaliser.
+_GOLDEN = 0x9E3779B97F4A7C15
+_MIX_1, _MIX_2 = 0xBF58476D1CE4E5B9, 0x94D049BB133111EB
+
+
+def _mix(x: tf.Tensor) -> tf.Tensor:
+    """SplitMix64's finaliser on uint64 (multiplication wraps modulo 2^64)."""
+    shift = tf.bitwise.right_shift
+    x = tf.bitwise.bitwise_xor(x, shift(x, tf.constant(30, tf.uint64))) * tf.constant(
+        _MIX_1, tf.uint64
+    )
+    x = tf.bitwise.bitwise_xor(x, shift(x, tf.constant(27, tf.uint64))) * tf.constant(
+        _MIX_2, tf.uint64
+    )
+    return tf.bitwise.bitwise_xor(x, shift(x, tf.constant(31, tf.uint64)))
+
+
+def draws(seed, epochs, indices) -> tf.Tensor:
+    """[n, DRAWS] float32 uniforms in [0, 1) for the examples `indices` read in `epochs` (one
+    epoch per index, or one for all); padding rows (index -1) get 0.5 (no flip, no change).
+
+    Draw k of (seed, epoch, index) is the top 24 bits of
+    mix(mix(mix(mix(seed + G) + epoch + G) + index + G) + (k + 1) G) over 2^24, where mix is
+    SplitMix64's finaliser and G its golden-ratio increment: TensorFlow ops, so the draws are
+    made in the input pipeline's graph, in parallel, with no Python.
+    """
+    indices = tf.convert_to_tensor(indices, tf.int64)
+    epochs = tf.broadcast_to(tf.convert_to_tensor(epochs, tf.int64), tf.shape(indices))
+    golden = tf.constant(_GOLDEN, tf.uint64)
+
+    def as_u64(value):
+        return tf.bitcast(tf.cast(value, tf.int64), tf.uint64)
+
+    state = _mix(as_u64(seed) + golden)
+    state = _mix(state + as_u64(epochs) + golden)
+    state = _mix(state + as_u64(indices) + golden)
+    # From a NumPy array: in a graph, TensorFlow converts a Python list of ints above 2^63
+    # through float64 and loses their low bits.
+    with np.errstate(over="ignore"):
+        steps = tf.constant(np.arange(1, DRAWS + 1, dtype=np.uint64) * np.uint64(_GOLDEN))
+    bits = tf.bitwise.right_shift(_mix(state[:, None] + steps), tf.constant(40, tf.uint64))
+    uniforms = tf.cast(bits, tf.float32) / float(1 << 24)
+    return tf.where((indices >= 0)[:, None], uniforms, 0.5)
 
 
 def _centred(draw: tf.Tensor, strength: float) -> tf.Tensor:

@@ -207,7 +207,7 @@ def _stored_extraction_steps(extractor: keras.Model, strategy: tf.distribute.Str
 
 
 def extract_stored(
-    images: store.ChunkedArray,
+    images: store.StoredArray,
     labels: np.ndarray,
     extractor: keras.Model,
     *,
@@ -266,7 +266,7 @@ def extract_features(
     verbose: bool = True,
     data_service_address: str = "",
     data_service_timeout: float = data_service.DEFAULT_TIMEOUT,
-    stored: tuple[store.ChunkedArray, np.ndarray] | None = None,
+    stored: tuple[store.StoredArray, np.ndarray] | None = None,
 ) -> FeatureSet:
     """Runs the extractor over one split in file order, under the strategy, in one pass.
 

@@ -53,6 +53,14 @@ def load_image(path: tf.Tensor, image_size: int) -> tf.Tensor:
     return decode_image(tf.io.read_file(path), image_size)
 
 
+def available_cores() -> int:
+    """The cores this process may run on (its CPU affinity: `taskset`, a container's cpuset),
+    which `os.cpu_count()` ignores."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return os.cpu_count() or 1
+
+
 def decode_parallelism() -> int:
     """Parallel calls for a tf.data map that reads and decodes files: twice the cores.
 
@@ -60,7 +68,7 @@ def decode_parallelism() -> int:
     Reading a file blocks in system calls, so with one call per core a core sits idle while its call
     waits; and AUTOTUNE sometimes settles on too few (BENCHMARKS.md sections 5 and 7).
     """
-    return 2 * (os.cpu_count() or 1)
+    return 2 * available_cores()
 
 
 def with_pass_options(dataset: tf.data.Dataset) -> tf.data.Dataset:

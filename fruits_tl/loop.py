@@ -178,11 +178,11 @@ class Evaluation:
         return {"loss": float(loss), "accuracy": float(accuracy), "top5_accuracy": float(top_k)}
 
 
-def as_examples(examples) -> store.ChunkedArray:
-    """Stored examples as they are; an array in memory becomes a one-chunk ChunkedArray."""
-    if isinstance(examples, store.ChunkedArray):
+def as_examples(examples) -> train_input.Examples:
+    """Stored examples as they are; anything else as an array in memory."""
+    if isinstance(examples, store.StoredArray):
         return examples
-    return store.ChunkedArray([np.asarray(examples)])
+    return np.asarray(examples)
 
 
 def weights_digest(model: keras.Model) -> str:
@@ -265,7 +265,7 @@ def fit(
       model: Compiled (`model.compile_classifier`) in `strategy.scope()`: its optimizer is
         used; the loss is sparse categorical cross-entropy.
       examples: [N, ...] training examples (uint8 images or float features): a
-        `store.ChunkedArray` (e.g. memory-mapped) or an array in memory.
+        `store.StoredArray` (read through a view of its file) or an array in memory.
       labels: [N] int labels.
       epochs: Passes over the examples.
       batch_size: Global batch size.

@@ -102,7 +102,7 @@ def find(
     Args:
       model: Compiled (`model.compile_classifier`) in `strategy.scope()`: a fresh optimizer,
         whose state the test changes (compile again before training).
-      examples, labels: The training examples (`store.ChunkedArray` or an array) and labels.
+      examples, labels: The training examples (`store.StoredArray` or an array) and labels.
       strategy: The strategy the model was built under.
       batch_size: The global batch size of the training that follows.
       seed: The order's seed (`train_input.epoch_order`).

@@ -31,7 +31,7 @@ from collections.abc import Callable
 import tensorflow as tf
 from absl import logging
 
-from fruits_tl import data, decode, files, preprocess, progress
+from fruits_tl import data, decode, files, preprocess, progress, train_input
 from fruits_tl.errors import UserInputError
 
 OUTPUTS = ("uint8", "float32")
@@ -130,13 +130,8 @@ def apply_cache(
     return dataset.cache(prefix)
 
 
-# The label of a padding row. Every batch that reaches a replica's step is full: training pads
-# its last batch of example indices with -1 (`train_input.Batching`), inference pads its last
-# batch of images (`pad_last_batch`), and both mark the padding rows with this label. A step
-# never sees an empty per-replica batch (oneDNN's convolution fails on one on some CPUs:
-# "Incompatible shapes: [0,32,32,3] vs. [8]", TF 2.21 on an AVX-512 machine), every batch has
-# one static shape (one trace), and the outputs of padding rows are dropped by their label.
-PADDING_LABEL = -1
+# The label of a padding row (the package's one rule: `train_input.PADDING_LABEL`).
+PADDING_LABEL = train_input.PADDING_LABEL
 
 
 def batch_elements(

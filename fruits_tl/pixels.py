@@ -17,8 +17,10 @@ checkpoints).
 from __future__ import annotations
 
 import numpy as np
+import tensorflow as tf
 
-from fruits_tl import data, data_service, pipeline, store
+from fruits_tl import data, data_service, decode, store
+from fruits_tl.errors import UserInputError
 from fruits_tl.stopping import GracefulStop
 
 # Images per batch of the decode pass that fills a chunk.
@@ -32,21 +34,52 @@ def decode_rows(
     *,
     service: str = "",
     service_timeout: float = data_service.DEFAULT_TIMEOUT,
-) -> np.ndarray:
-    """Images [first, last) of a split, decoded in file order: [last - first, S, S, 3] uint8."""
-    if (first, last) == (0, len(folder)):
-        subset = folder
-    else:
-        positions = np.arange(len(folder))
-        subset = data.select(folder, (positions >= first) & (positions < last), name=folder.name)
+):
+    """Images [first, last) of a split, decoded: blocks of (positions, uint8 images) for the
+    store to write in place. A file the decoder rejects is in no block (a missing row)."""
     if service:
-        return data_service.decode_through_service(subset, service, timeout=service_timeout)
-    batches = pipeline.make_batches(
-        subset, batch_size=DECODE_BATCH, training=False, cache="none", output="uint8"
-    )
-    images = [x for x, _ in batches.as_numpy_iterator()]
+        subset = _rows(folder, first, last)
+        images = data_service.decode_through_service(subset, service, timeout=service_timeout)
+        yield np.arange(first, last), images
+        return
+    for positions, images in decode_pass(folder, first, last).as_numpy_iterator():
+        yield positions, images
+
+
+def _rows(folder: data.ImageFolder, first: int, last: int) -> data.ImageFolder:
+    if (first, last) == (0, len(folder)):
+        return folder
+    positions = np.arange(len(folder))
+    return data.select(folder, (positions >= first) & (positions < last), name=folder.name)
+
+
+def decode_pass(folder: data.ImageFolder, first: int, last: int) -> tf.data.Dataset:
+    """The decode pass over images [first, last): batches of (positions, uint8 images), with
+    `decode.decode_parallelism()` calls in parallel, in the order they finish. A file the
+    decoder rejects is left out (`ignore_errors`): its position never comes out."""
+    if folder.records is None:
+        sources = tf.data.Dataset.from_tensor_slices(
+            tf.constant(list(folder.file_paths[first:last]), tf.string)
+        )
+        read = tf.io.read_file
+    else:
+        sources = (
+            folder.records.skip(first)
+            .take(last - first)
+            .map(tf.autograph.experimental.do_not_convert(lambda contents, label: contents))
+        )
+        read = tf.identity
     size = folder.image_size
-    return np.concatenate(images) if images else np.zeros((0, size, size, 3), np.uint8)
+
+    @tf.autograph.experimental.do_not_convert
+    def decode_one(position, source):
+        return position, decode.decode_image(read(source), size)
+
+    positions = tf.data.Dataset.range(first, last)
+    dataset = tf.data.Dataset.zip(positions, sources).map(
+        decode_one, num_parallel_calls=decode.decode_parallelism(), deterministic=False
+    )
+    return decode.with_pass_options(dataset.ignore_errors().batch(DECODE_BATCH).prefetch(2))
 
 
 def store_pixels(
@@ -78,7 +111,7 @@ def store_pixels(
       The Stored images, element for element with `folder.labels`.
     """
     size = folder.image_size
-    return store.write_or_reuse(
+    stored = store.fill(
         directory,
         f"{folder.name}.pixels",
         fingerprint=folder.fingerprint,
@@ -93,9 +126,18 @@ def store_pixels(
             service_timeout=data_service_timeout,
         ),
         chunk_rows=chunk_images,
-        writes_chunk=lambda k: k % worker_count == worker_index,
-        wait_for_writers=wait_for_workers,
-        writes_manifest=worker_index == 0,
+        worker_index=worker_index,
+        worker_count=worker_count,
+        barrier=wait_for_workers,
         stop=stop,
         label=f"{folder.name} pixels",
     )
+    if stored.missing:
+        # The decode check passed these files: they changed, or cannot be read now.
+        bad = [folder.file_paths[i] for i in stored.missing]
+        raise UserInputError(
+            f"{len(bad)} file(s) of the {folder.name} split could not be decoded while they were "
+            f"stored, though the decode check passed them (changed since?): {', '.join(bad[:10])}"
+            f"{', ...' if len(bad) > 10 else ''}. Rerun: the files are checked again."
+        )
+    return stored

@@ -1,119 +1,58 @@
-"""Examples stored once: chunked `.npy` files with a fingerprint, read through memory maps.
+"""The store: rows of examples written once into one file, read natively by TensorFlow.
 
-A split's decoded uint8 images (or any [N, ...] array of examples) are written as chunks of
-`chunk_rows` rows, `<name>.<digest>.<k>.npy`, each atomically; once all are there they are
-copied into one file, `<name>.<digest>.npy` (atomically), then `<name>.json` (the manifest:
-fingerprint, count, row shape, dtype, the file) is written last and the chunks removed. So:
-- nothing incomplete looks complete: without a manifest that matches, nothing is reused;
-- a killed run's rerun keeps the chunks it finished (their names carry a digest of what they
-  hold, so a chunk of other data is never taken for one of these) and writes only the rest;
-- a reader maps the chunks (`np.load(mmap_mode="r")`): the operating system's page cache holds
-  what fits in memory, the process holds only the rows it copies out, and several processes
-  reading one store share the pages.
+One format for decoded pixels and backbone features. An array `name` in a folder is:
+- `<name>.<digest>.rows`: the rows, raw (C order, no header), [count, *row_shape] of dtype;
+  the digest names what the rows are (fingerprint, count, shape, dtype, chunk size), so a
+  file of other data is never taken for this one;
+- `<name>.json`, the manifest, written last (atomically): fingerprint, count, row shape,
+  dtype, the file, and per chunk of `chunk_rows` rows its CRC-32 and the rows its producer
+  could not make (an undecodable image). Without a manifest that matches, nothing counts.
 
-`ChunkedArray.take` copies rows out by index: what an input pipeline calls for each batch.
+Filling (`fill`): the file is created at its final size and each chunk's rows are written
+straight into their place (no second copy). After a chunk is written, a marker
+`<name>.<digest>.chunk-<k>.json` records its CRC; a killed run's rerun keeps every chunk
+whose marker matches the bytes on disk and writes only the rest. Under several workers one
+rule shares the chunks out (`owns_chunk`: chunk k to worker k mod n); the chief checks every
+marker, syncs the file to disk, then writes the manifest and removes the markers.
+
+Reading: `StoredArray.tensor()` is a zero-copy view of the file (a copy-on-write memory map
+exported through DLPack): the operating system's page cache holds what fits in memory, the
+process holds only the rows it gathers, and processes reading one store share the pages.
+`StoredArray.gather_by_path` reads rows in the graph by the file's path (ImmutableConst), for
+datasets that are serialised (the tf.data service): nothing of the store enters the graph.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import glob
 import hashlib
 import json
 import os
-from collections.abc import Callable, Sequence
+import shutil
+import zlib
+from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
+import tensorflow as tf
 from absl import logging
 
 from fruits_tl import faults, files
+from fruits_tl.errors import UserInputError
 from fruits_tl.stopping import GracefulStop
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 # Rows per chunk: a killed run loses at most one chunk of work; 2,048 128x128 images are 100 MB.
 DEFAULT_CHUNK_ROWS = 2048
+# Bytes per piece when a chunk's CRC is computed (bounded memory whatever the chunk size).
+_CRC_PIECE = 16 << 20
 
 
-class ChunkedArray:
-    """Several [n_k, ...] arrays read as one [N, ...] array (rows in chunk order)."""
-
-    def __init__(self, chunks: Sequence[np.ndarray], *, row_shape=None, dtype=None):
-        """Args:
-        chunks: The arrays (memory maps or in memory), all with the same row shape and dtype.
-        row_shape, dtype: Needed only when there are no chunks (an empty array).
-        """
-        self._chunks = list(chunks)
-        if self._chunks:
-            row_shape, dtype = self._chunks[0].shape[1:], self._chunks[0].dtype
-        if row_shape is None or dtype is None:
-            raise ValueError("an empty ChunkedArray needs row_shape and dtype")
-        self.row_shape = tuple(int(d) for d in row_shape)
-        self.dtype = np.dtype(dtype)
-        for chunk in self._chunks:
-            if tuple(chunk.shape[1:]) != self.row_shape or chunk.dtype != self.dtype:
-                raise ValueError("every chunk must have the same row shape and dtype")
-        self._starts = np.cumsum([0] + [len(c) for c in self._chunks]).astype(np.int64)
-
-    def __len__(self) -> int:
-        return int(self._starts[-1])
-
-    def take(self, indices) -> np.ndarray:
-        """Rows `indices` as a new array; an index of -1 gives a row of zeros (padding).
-
-        Each row is copied once, straight from its chunk into the result (fancy indexing
-        would copy twice: into a temporary, then into place).
-        """
-        indices = np.asarray(indices, dtype=np.int64)
-        valid = indices >= 0
-        if len(self._chunks) == 1 and valid.all():
-            return np.take(self._chunks[0], indices, axis=0)
-        out = np.zeros((len(indices), *self.row_shape), self.dtype)
-        chunk_of = np.searchsorted(self._starts, indices, side="right") - 1
-        rows = indices - self._starts[np.maximum(chunk_of, 0)]
-        for position in np.nonzero(valid)[0]:
-            out[position] = self._chunks[chunk_of[position]][rows[position]]
-        return out
-
-
-@dataclasses.dataclass(frozen=True)
-class Stored:
-    """A stored array and how it was obtained.
-
-    Attributes:
-      examples: The rows, memory-mapped.
-      reused: True when every chunk came from an earlier run.
-      written_rows: Rows this process produced and wrote now.
-    """
-
-    examples: ChunkedArray
-    reused: bool
-    written_rows: int
-
-
-def _manifest_path(directory: str, name: str) -> str:
-    return os.path.join(directory, f"{name}.json")
-
-
-def _chunk_name(name: str, digest: str, k: int) -> str:
-    return f"{name}.{digest}.{k:05d}.npy"
-
-
-def _open_chunk(path: str, rows: int, row_shape, dtype) -> np.ndarray | None:
-    """The chunk at `path` memory-mapped if it holds `rows` rows of that shape and dtype."""
-    try:
-        chunk = np.load(path, mmap_mode="r", allow_pickle=False)
-    except (OSError, ValueError, EOFError):
-        return None
-    if chunk.shape != (rows, *row_shape) or chunk.dtype != dtype:
-        return None
-    return chunk
-
-
-def _save_chunk(path: str, array: np.ndarray) -> None:
-    with files.atomic_path(path) as temporary:
-        with open(temporary, "wb") as stream:
-            np.save(stream, array, allow_pickle=False)
+def owns_chunk(chunk: int, worker_index: int, worker_count: int) -> bool:
+    """The one rule that splits a pass among workers: chunk k belongs to worker k mod n."""
+    return chunk % worker_count == worker_index
 
 
 def chunk_bounds(count: int, chunk_rows: int) -> list[tuple[int, int]]:
@@ -121,90 +60,105 @@ def chunk_bounds(count: int, chunk_rows: int) -> list[tuple[int, int]]:
     return [(first, min(first + chunk_rows, count)) for first in range(0, count, chunk_rows)]
 
 
-def write_or_reuse(
-    directory: str,
-    name: str,
-    *,
-    fingerprint: str,
-    count: int,
-    row_shape: Sequence[int],
-    dtype,
-    produce: Callable[[int, int], np.ndarray],
-    chunk_rows: int = DEFAULT_CHUNK_ROWS,
-    writes_chunk: Callable[[int], bool] = lambda k: True,
-    wait_for_writers: Callable[[], None] = lambda: None,
-    writes_manifest: bool = True,
-    stop: GracefulStop | None = None,
-    label: str = "",
-) -> Stored:
-    """The stored array `name` in `directory`, written first unless its manifest matches.
+@dataclasses.dataclass(frozen=True)
+class StoredArray:
+    """A complete stored array: [count, *row_shape] rows of `dtype` in the file at `path`."""
 
-    Args:
-      directory: The store's folder.
-      name: The array's name (e.g. "train.pixels").
-      fingerprint: What the rows are a function of (e.g. the split's listing fingerprint and
-        the decode version): a manifest with another fingerprint is stale.
-      count, row_shape, dtype: The array's shape and type.
-      produce: (first, last) -> the rows [first, last), computed (e.g. decoded).
-      chunk_rows: Rows per chunk.
-      writes_chunk: Whether this process writes chunk k (several workers split the chunks).
-      wait_for_writers: Called once this process's chunks are written, before it reads every
-        chunk (under several workers, a barrier).
-      writes_manifest: This process writes the manifest (the chief; one writer only).
-      stop: Checked after every chunk written: a stop request raises StopRequested there.
-      label: The array's name in log lines.
+    path: str
+    count: int
+    row_shape: tuple[int, ...]
+    dtype: np.dtype
 
-    Returns:
-      The Stored array.
-    """
-    row_shape = tuple(int(d) for d in row_shape)
-    dtype = np.dtype(dtype)
-    label = label or name
-    bounds, paths, whole_path, manifest = _layout(
-        directory, name, fingerprint, count, row_shape, dtype, chunk_rows
-    )
-    if count == 0:
-        return Stored(
-            ChunkedArray([], row_shape=row_shape, dtype=dtype), reused=True, written_rows=0
+    def __len__(self) -> int:
+        return self.count
+
+    @property
+    def row_bytes(self) -> int:
+        return int(np.prod(self.row_shape, dtype=np.int64)) * self.dtype.itemsize
+
+    @property
+    def nbytes(self) -> int:
+        return self.count * self.row_bytes
+
+    def numpy(self) -> np.ndarray:
+        """The rows as a copy-on-write memory map: reads share the file's pages, and nothing
+        a caller writes reaches the file."""
+        if self.count == 0:
+            return np.zeros((0, *self.row_shape), self.dtype)
+        return np.memmap(self.path, self.dtype, mode="c", shape=(self.count, *self.row_shape))
+
+    def tensor(self) -> tf.Tensor:
+        """The rows as a tensor that shares the memory map's pages (DLPack; no copy).
+
+        A read-only map cannot be exported through DLPack; a copy-on-write one can, and
+        nothing is ever written through it.
+        """
+        if self.count == 0:
+            return tf.zeros((0, *self.row_shape), tf.as_dtype(self.dtype))
+        return tf.experimental.dlpack.from_dlpack(self.numpy().__dlpack__())
+
+    def gather_by_path(self, indices: tf.Tensor) -> tf.Tensor:
+        """Rows `indices` (>= 0), read in the graph by the file's path: the op maps the file
+        (ImmutableConst) each time it runs, so a serialised dataset carries only the path."""
+        whole = tf.raw_ops.ImmutableConst(
+            dtype=tf.as_dtype(self.dtype),
+            shape=[self.count, *self.row_shape],
+            memory_region_name=self.path,
         )
-    if _read_manifest(directory, name) == manifest:
-        whole = _open_chunk(whole_path, count, row_shape, dtype)
-        if whole is not None:
-            wait_for_writers()  # Every process calls it as often, whichever way it goes.
-            wait_for_writers()
-            logging.warning(
-                "Reusing the stored %s in %s: its fingerprint matches.", label, directory
-            )
-            return Stored(ChunkedArray([whole], row_shape=row_shape, dtype=dtype), True, 0)
-        logging.warning("Rewriting the stored %s in %s: its file is damaged.", label, directory)
-    os.makedirs(directory, exist_ok=True)
-    if writes_manifest:
-        # From here until the new manifest is written, nothing under this name counts.
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(_manifest_path(directory, name))
-    written = _write_chunks(
-        paths, bounds, produce, writes_chunk, row_shape, dtype, name, label, directory, stop
-    )
-    wait_for_writers()
-    if writes_manifest:
-        _publish(directory, name, label, paths, bounds, whole_path, manifest)
-    wait_for_writers()  # The whole file is in place for every process.
-    whole = _open_chunk(whole_path, count, row_shape, dtype)
-    if whole is None:
-        raise RuntimeError(f"the stored {label} is missing or damaged in {directory}")
-    examples = ChunkedArray([whole], row_shape=row_shape, dtype=dtype)
-    return Stored(examples=examples, reused=False, written_rows=written)
+        return tf.gather(whole, indices)
 
 
-def _layout(directory, name, fingerprint, count, row_shape, dtype, chunk_rows):
-    """Where an array's chunks and whole file go, and the manifest that names them: (chunk
-    bounds, chunk paths, the whole file's path, the manifest)."""
+@dataclasses.dataclass(frozen=True)
+class Stored:
+    """A stored array and how it was obtained.
+
+    Attributes:
+      examples: The rows.
+      reused: True when every chunk came from an earlier run.
+      written_rows: Rows this process produced and wrote now.
+      missing: Rows the producer could not make (zeros in the file), in order.
+      rewritten_chunks: Chunks of a complete store that failed their CRC and were written
+        again (numbered from 1).
+    """
+
+    examples: StoredArray
+    reused: bool
+    written_rows: int
+    missing: tuple[int, ...] = ()
+    rewritten_chunks: tuple[int, ...] = ()
+
+
+# What `fill` calls to make a chunk: (first, last) -> (row positions, rows) blocks. Positions
+# are absolute; a position of [first, last) that no block names is a missing row.
+Produce = Callable[[int, int], Iterable[tuple[np.ndarray, np.ndarray]]]
+
+
+@dataclasses.dataclass(frozen=True)
+class _Layout:
+    directory: str
+    name: str
+    path: str
+    bounds: list
+    manifest: dict
+
+    def marker(self, k: int) -> str:
+        stem = os.path.basename(self.path)[: -len(".rows")]
+        return os.path.join(self.directory, f"{stem}.chunk-{k:05d}.json")
+
+    @property
+    def manifest_path(self) -> str:
+        return os.path.join(self.directory, f"{self.name}.json")
+
+    def array(self) -> StoredArray:
+        m = self.manifest
+        return StoredArray(self.path, m["count"], tuple(m["row_shape"]), np.dtype(m["dtype"]))
+
+
+def _layout(directory, name, fingerprint, count, row_shape, dtype, chunk_rows) -> _Layout:
     digest = hashlib.sha256(
         json.dumps([FORMAT_VERSION, fingerprint, count, row_shape, dtype.str, chunk_rows]).encode()
     ).hexdigest()[:12]
-    bounds = chunk_bounds(count, chunk_rows)
-    paths = [os.path.join(directory, _chunk_name(name, digest, k)) for k in range(len(bounds))]
-    whole_path = os.path.join(directory, f"{name}.{digest}.npy")
+    path = os.path.join(directory, f"{name}.{digest}.rows")
     manifest = {
         "format_version": FORMAT_VERSION,
         "fingerprint": fingerprint,
@@ -212,86 +166,308 @@ def _layout(directory, name, fingerprint, count, row_shape, dtype, chunk_rows):
         "row_shape": list(row_shape),
         "dtype": dtype.str,
         "chunk_rows": chunk_rows,
-        "file": os.path.basename(whole_path),
+        "file": os.path.basename(path),
     }
-    return bounds, paths, whole_path, manifest
+    return _Layout(directory, name, path, chunk_bounds(count, chunk_rows), manifest)
 
 
-def _write_chunks(
-    paths, bounds, produce, writes_chunk, row_shape, dtype, name, label, directory, stop
-) -> int:
-    """Writes this process's missing chunks (each atomically); returns the rows written."""
-    written = 0
-    for k, ((first, last), path) in enumerate(zip(bounds, paths, strict=True)):
-        if not writes_chunk(k):
+def fill(
+    directory: str,
+    name: str,
+    *,
+    fingerprint: str,
+    count: int,
+    row_shape: Sequence[int],
+    dtype,
+    produce: Produce,
+    chunk_rows: int = DEFAULT_CHUNK_ROWS,
+    worker_index: int = 0,
+    worker_count: int = 1,
+    barrier: Callable[[], None] = lambda: None,
+    stop: GracefulStop | None = None,
+    verify: bool = True,
+    label: str = "",
+) -> Stored:
+    """The stored array `name` in `directory`: reused when its manifest matches (each chunk's
+    CRC checked when `verify`), otherwise written, chunk by chunk, straight into its file.
+
+    Args:
+      directory: The store's folder.
+      name: The array's name (e.g. "train.pixels").
+      fingerprint: What the rows are a function of: a manifest with another one is stale.
+      count, row_shape, dtype: The array's shape and type.
+      produce: Makes a chunk's rows (`Produce`).
+      chunk_rows: Rows per chunk.
+      worker_index, worker_count: This process among the workers that share the pass
+        (`owns_chunk`); worker 0 publishes the manifest.
+      barrier: Called twice by every worker, whichever way the call goes (a barrier among
+        the workers, who all reach `directory`).
+      stop: Checked after every chunk written: a stop request raises StopRequested there.
+      verify: Check every chunk's CRC when the store is reused (a damaged chunk is written
+        again and named in the log).
+      label: The array's name in messages.
+
+    Returns:
+      The Stored array.
+
+    Raises:
+      UserInputError: The folder's disk has no room for the array.
+    """
+    row_shape, dtype = tuple(int(d) for d in row_shape), np.dtype(dtype)
+    label = label or name
+    layout = _layout(directory, name, fingerprint, count, row_shape, dtype, chunk_rows)
+    if count == 0:
+        return Stored(layout.array(), reused=True, written_rows=0)
+    published = _read_json(layout.manifest_path)
+    complete = _matches(published, layout)
+    if not complete:
+        os.makedirs(directory, exist_ok=True)
+        if worker_index == 0:
+            # From here until the new manifest is written, nothing under this name counts.
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(layout.manifest_path)
+    writer = _ChunkWriter(layout, produce, stop=stop, label=label)
+    try:
+        mine = [k for k in range(len(layout.bounds)) if owns_chunk(k, worker_index, worker_count)]
+        rewritten = writer.write_chunks(mine, published if complete else None, verify=verify)
+    finally:
+        writer.close()
+    barrier()
+    if worker_index == 0 and (not complete or writer.wrote_any or _has_markers(layout)):
+        _publish(layout, published if complete else None, label)
+    barrier()  # The manifest is in place for every worker.
+    manifest = _read_json(layout.manifest_path)
+    if not _matches(manifest, layout):
+        raise RuntimeError(f"the stored {label} is missing or incomplete in {directory}")
+    if complete and not writer.wrote_any:
+        logging.warning("Reusing the stored %s in %s: its fingerprint matches.", label, directory)
+    missing = tuple(i for chunk in manifest["chunks"] for i in chunk["missing"])
+    return Stored(
+        examples=layout.array(),
+        reused=complete and not writer.wrote_any,
+        written_rows=writer.written_rows,
+        missing=missing,
+        rewritten_chunks=tuple(rewritten),
+    )
+
+
+def _matches(manifest: dict | None, layout: _Layout) -> bool:
+    """The manifest names this array, with one entry per chunk, and its file has its size."""
+    if not manifest or any(manifest.get(k) != v for k, v in layout.manifest.items()):
+        return False
+    if len(manifest.get("chunks", ())) != len(layout.bounds):
+        return False
+    try:
+        return os.path.getsize(layout.path) == layout.array().nbytes
+    except OSError:
+        return False
+
+
+class _ChunkWriter:
+    """Writes chunks into the array's file (opened, and sized, on the first write)."""
+
+    def __init__(self, layout: _Layout, produce: Produce, *, stop, label: str):
+        self.layout, self.produce, self.stop, self.label = layout, produce, stop, label
+        self.array = layout.array()
+        self.fd = -1
+        self.written_rows = 0
+        self.wrote_any = False
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def _open(self) -> int:
+        if self.fd < 0:
+            path, size = self.layout.path, self.array.nbytes
+            current = os.path.getsize(path) if os.path.exists(path) else 0
+            _check_free_space(self.layout.directory, size - current, self.label)
+            self.fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+            if os.fstat(self.fd).st_size != size:
+                os.ftruncate(self.fd, size)
+        return self.fd
+
+    def crc(self, k: int) -> int:
+        """CRC-32 of chunk k's bytes as they are in the file."""
+        first, last = self.layout.bounds[k]
+        row_bytes, value = self.array.row_bytes, 0
+        with open(self.layout.path, "rb") as stream:
+            stream.seek(first * row_bytes)
+            remaining = (last - first) * row_bytes
+            while remaining:
+                piece = stream.read(min(_CRC_PIECE, remaining))
+                if not piece:
+                    return -1
+                value = zlib.crc32(piece, value)
+                remaining -= len(piece)
+        return value
+
+    def intact(self, k: int, entry: dict) -> bool:
+        return self.crc(k) == entry.get("crc32")
+
+    def write_chunks(self, chunks: list[int], published: dict | None, *, verify: bool):
+        """Writes `chunks` where they are not vouched for: by the published manifest (their
+        CRC checked when `verify`) or by a marker. Returns the published chunks rewritten
+        (numbered from 1)."""
+        rewritten = []
+        for k in chunks:
+            if published is not None:
+                if not verify or self.intact(k, published["chunks"][k]):
+                    continue
+                logging.warning(
+                    "Rewriting chunk %d of %d of the stored %s in %s: its bytes do not match "
+                    "their checksum.",
+                    k + 1,
+                    len(self.layout.bounds),
+                    self.label,
+                    self.layout.directory,
+                )
+                rewritten.append(k + 1)
+            self.write_unless_marked(k, last_chunk=k == chunks[-1])
+        return rewritten
+
+    def write_unless_marked(self, k: int, *, last_chunk: bool) -> None:
+        """Chunk k written (unless a marker vouches for the bytes already there), then its
+        marker; a stop request is answered after it."""
+        first, last = self.layout.bounds[k]
+        chunks = len(self.layout.bounds)
+        marker = _read_json(self.layout.marker(k))
+        if marker and marker.get("rows") == [first, last] and self.intact(k, marker):
+            logging.warning("Reusing chunk %d of %d of the stored %s", k + 1, chunks, self.label)
+            return
+        missing = self._write(k)
+        files.write_json(
+            self.layout.marker(k),
+            {"rows": [first, last], "crc32": self.crc(k), "missing": missing},
+        )
+        self.wrote_any = True
+        faults.point(f"store:chunk:{self.layout.name}:{k + 1}")
+        if self.stop is not None and not last_chunk:
+            self.stop.check(
+                f"{k + 1} of {chunks} chunks of the stored {self.label} are saved in "
+                f"{self.layout.directory}; rerun to resume"
+            )
+
+    def _write(self, k: int) -> list[int]:
+        """Produces chunk k and writes its rows in place; returns the rows not produced."""
+        first, last = self.layout.bounds[k]
+        fd, array = self._open(), self.array
+        seen = np.zeros(last - first, bool)
+        for positions, rows in self.produce(first, last):
+            positions = np.asarray(positions, np.int64)
+            rows = np.asarray(rows)
+            if rows.shape != (len(positions), *array.row_shape) or rows.dtype != array.dtype:
+                raise RuntimeError(
+                    f"{self.label} rows {first}-{last}: produced {rows.shape} {rows.dtype}, "
+                    f"expected {(len(positions), *array.row_shape)} {array.dtype}"
+                )
+            if len(positions) and (positions.min() < first or positions.max() >= last):
+                raise RuntimeError(f"{self.label}: rows produced outside chunk {first}-{last}")
+            _write_rows(fd, positions, rows, array.row_bytes, self.layout.directory, self.label)
+            seen[positions - first] = True
+        missing = [first + int(i) for i in np.nonzero(~seen)[0]]
+        if missing:  # Zeros, whatever an earlier run left there: the CRC is of known bytes.
+            zeros = np.zeros((len(missing), *array.row_shape), array.dtype)
+            _write_rows(fd, np.asarray(missing), zeros, array.row_bytes, "", self.label)
+        self.written_rows += int(seen.sum())
+        return missing
+
+
+def _write_rows(fd, positions, rows, row_bytes, directory, label) -> None:
+    """Writes rows at their positions, a run of consecutive positions per system call."""
+    order = np.argsort(positions, kind="stable")
+    positions, rows = positions[order], rows[order]
+    breaks = np.nonzero(np.diff(positions) != 1)[0] + 1
+    for run in np.split(np.arange(len(positions)), breaks):
+        if not len(run):
             continue
-        if _open_chunk(path, last - first, row_shape, dtype) is not None:
-            logging.warning("Reusing chunk %d of %d of the stored %s", k + 1, len(bounds), label)
-            continue
-        rows = np.asarray(produce(first, last))
-        if rows.shape != (last - first, *row_shape) or rows.dtype != dtype:
+        data = memoryview(np.ascontiguousarray(rows[run[0] : run[-1] + 1])).cast("B")
+        offset = int(positions[run[0]]) * row_bytes
+        try:
+            while data:
+                done = os.pwrite(fd, data, offset)
+                data, offset = data[done:], offset + done
+        except OSError as error:
+            if error.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise _no_room(directory, len(data), label) from None
+            raise
+
+
+def _check_free_space(directory: str, needed: int, label: str) -> None:
+    if needed > 0 and shutil.disk_usage(directory).free < needed:
+        raise _no_room(directory, needed, label)
+
+
+def _no_room(directory: str, needed: int, label: str) -> UserInputError:
+    free = shutil.disk_usage(directory).free if directory else 0
+    return UserInputError(
+        f"The disk of '{directory}' has no room for the stored {label}: it needs "
+        f"{needed / 1e6:,.1f} MB more and {free / 1e6:,.1f} MB are free. Free some space or "
+        "point the store elsewhere (--features_dir), then rerun: the chunks already written "
+        "are kept and reused."
+    )
+
+
+def _has_markers(layout: _Layout) -> bool:
+    return any(os.path.exists(layout.marker(k)) for k in range(len(layout.bounds)))
+
+
+def _publish(layout: _Layout, published: dict | None, label: str) -> None:
+    """The one writer's last step: every chunk vouched for (by its marker, or the manifest it
+    replaces), the file synced to disk, the manifest written, markers and stale files gone."""
+    chunks = []
+    for k, (first, last) in enumerate(layout.bounds):
+        marker = _read_json(layout.marker(k))
+        if marker and marker.get("rows") == [first, last]:
+            chunks.append({"crc32": marker["crc32"], "missing": marker["missing"]})
+        elif published is not None:
+            chunks.append(published["chunks"][k])
+        else:
             raise RuntimeError(
-                f"{label} rows {first}-{last}: produced {rows.shape} {rows.dtype}, expected "
-                f"{(last - first, *row_shape)} {dtype}"
+                f"chunk {k + 1} of the stored {label} is missing in {layout.directory}"
             )
-        _save_chunk(path, rows)
-        written += last - first
-        faults.point(f"store:chunk:{name}:{k + 1}")
-        if stop is not None and k + 1 < len(bounds):
-            stop.check(
-                f"{k + 1} of {len(bounds)} chunks of the stored {label} are saved in "
-                f"{directory}; rerun to resume"
-            )
-    return written
-
-
-def _publish(directory, name, label, paths, bounds, whole_path, manifest) -> None:
-    """The one writer's last step: the chunks merged into the whole file, the manifest
-    written (from then on the array counts), and older files of this name removed."""
-    missing = [os.path.basename(p) for p in paths if not os.path.exists(p)]
-    if missing:
-        raise RuntimeError(f"chunks of the stored {label} are missing in {directory}: {missing}")
-    row_shape, dtype = tuple(manifest["row_shape"]), np.dtype(manifest["dtype"])
-    _merge(paths, bounds, whole_path, count=manifest["count"], row_shape=row_shape, dtype=dtype)
-    files.write_json(_manifest_path(directory, name), manifest)
-    for stale in glob.glob(os.path.join(glob.escape(directory), f"{glob.escape(name)}.*.npy")):
-        if stale != whole_path:
+    fd = os.open(layout.path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    files.write_json(layout.manifest_path, {**layout.manifest, "chunks": chunks})
+    for k in range(len(layout.bounds)):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(layout.marker(k))
+    pattern = os.path.join(glob.escape(layout.directory), f"{glob.escape(layout.name)}.*")
+    for stale in glob.glob(pattern):
+        if stale not in (layout.path, layout.manifest_path) and stale.endswith((".rows", ".json")):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(stale)
 
 
-def _merge(paths, bounds, path: str, *, count: int, row_shape, dtype) -> None:
-    """Copies the chunks, in order, into one file (atomically): one memory map to read, whose
-    row copies run outside Python's lock (faster than reading across chunk files row by row;
-    BENCHMARKS.md 11)."""
-    with files.atomic_path(path) as temporary:
-        whole = np.lib.format.open_memmap(
-            temporary, mode="w+", dtype=dtype, shape=(count, *row_shape)
-        )
-        for chunk_path, (first, last) in zip(paths, bounds, strict=True):
-            whole[first:last] = np.load(chunk_path, mmap_mode="r", allow_pickle=False)
-        whole.flush()
-        del whole
-
-
-def open_complete(directory: str, name: str, *, fingerprint: str) -> ChunkedArray | None:
+def open_complete(directory: str, name: str, *, fingerprint: str) -> StoredArray | None:
     """The stored array `name` if its manifest names `fingerprint` and its file is whole;
-    None otherwise (nothing is written)."""
-    manifest = _read_manifest(directory, name)
+    None otherwise (nothing is written or checked beyond the file's size)."""
+    manifest = _read_json(os.path.join(directory, f"{name}.json"))
     if not manifest or manifest.get("fingerprint") != fingerprint:
         return None
     try:
-        row_shape, dtype = tuple(manifest["row_shape"]), np.dtype(manifest["dtype"])
-        count, path = int(manifest["count"]), os.path.join(directory, manifest["file"])
+        layout = _layout(
+            directory,
+            name,
+            fingerprint,
+            int(manifest["count"]),
+            tuple(manifest["row_shape"]),
+            np.dtype(manifest["dtype"]),
+            int(manifest["chunk_rows"]),
+        )
     except (KeyError, TypeError, ValueError):
         return None
-    whole = _open_chunk(path, count, row_shape, dtype)
-    return None if whole is None else ChunkedArray([whole], row_shape=row_shape, dtype=dtype)
+    return layout.array() if _matches(manifest, layout) else None
 
 
-def _read_manifest(directory: str, name: str) -> dict | None:
+def _read_json(path: str) -> dict | None:
     try:
-        with open(_manifest_path(directory, name), encoding="utf-8") as stream:
-            return json.load(stream)
+        with open(path, encoding="utf-8") as stream:
+            value = json.load(stream)
     except (OSError, ValueError):
         return None
+    return value if isinstance(value, dict) else None

@@ -5,20 +5,22 @@ Both training modes, and the evaluation between epochs, read their examples thro
 for each step):
 
 1. the epoch's order: `epoch_order(count, seed=, epoch=)`, a pure function of the seed and the
-   epoch (`np.random.default_rng([seed, epoch]).permutation(count)`), so a run resumed at
+   epoch (stateless Philox draws keyed by [seed, epoch], sorted), so a run resumed at
    (epoch, step) feeds exactly the batches an uninterrupted run would have fed. Training reads
-   one stream of batches for the whole run (`training_rows`: each epoch's order is computed
-   when the pipeline reaches it), so the host reads ahead across an epoch's end;
+   one stream of batches for the whole run (`training_rows`: each epoch's order is computed,
+   in the graph, when the pipeline reaches it), so the host reads ahead across an epoch's end;
 2. batches of example indices: `batch_size` (global) consecutive indices of the order, the
    last batch padded with -1 to a full batch, so every batch has one static shape and no
-   replica ever gets an empty batch (the package's one rule: `pipeline.PADDING_LABEL`);
+   replica ever gets an empty batch (the package's one rule: `PADDING_LABEL`);
 3. each replica's slice: the global batch is cut into one contiguous share per replica, and an
    input pipeline (one per worker) keeps only its own replicas' shares, so a worker reads only
    what its devices will train on;
-4. the examples read on the host: `store.ChunkedArray.take` copies the rows out of the stored
-   arrays (memory-mapped decoded pixels in images mode, backbone features in features mode),
-   with their labels (-1 for padding); with `--augment`, the images are transformed there,
-   each by draws keyed by (seed, epoch, example index) (`fruits_tl.augment`);
+4. the examples read on the host, by TensorFlow ops: `tf.gather` of the slice's rows from a
+   zero-copy view of the store (`store.StoredArray.tensor`: memory-mapped decoded pixels in
+   images mode, backbone features in features mode), with their labels (-1 for padding);
+   with `--augment`, the images are transformed there, each by draws keyed by (seed, epoch,
+   example index) (`fruits_tl.augment`). No Python runs per batch, so the reads of several
+   slices run in parallel on every core (no interpreter lock);
 5. prefetch on the host, so the next batch is read while the devices compute;
 6. distribution: `strategy.distribute_datasets_from_function`, which hands each replica its
    own slice and, where the devices are accelerators, copies the next slice to the device while
@@ -38,18 +40,35 @@ from collections.abc import Callable
 import numpy as np
 import tensorflow as tf
 
-from fruits_tl import augment, pipeline, store
+from fruits_tl import augment, decode, store
 from fruits_tl.config import NO_AUGMENTATION, Augmentation
 
+# The label of a padding row. Every batch that reaches a replica's step is full: training pads
+# its last batch of example indices with -1 (`Batching`), inference pads its last
+# batch of images (`pad_last_batch`), and both mark the padding rows with this label. A step
+# never sees an empty per-replica batch (oneDNN's convolution fails on one on some CPUs:
+# "Incompatible shapes: [0,32,32,3] vs. [8]", TF 2.21 on an AVX-512 machine), every batch has
+# one static shape (one trace), and the outputs of padding rows are dropped by their label.
+PADDING_LABEL = -1
 # Batches read ahead on the host, per input pipeline. Two: one being copied to the devices,
 # one being read.
 HOST_PREFETCH = 2
-# Replica slices read at once: each read is a Python call that copies rows out of the store
-# (the copies release the GIL), so two overlap; more did not read faster (BENCHMARKS.md 11).
-READ_PARALLELISM = 2
-# Bytes read per call at most, where one replica slice is smaller (features): many slices per
-# call. A slice of 32 images of 128x128 (1.5 MB) is read alone.
-READ_BYTES = 1 << 20
+
+
+def _order_tensor(count: int, seed, epoch, *, shuffle: bool, shuffle_buffer_size: int):
+    """`epoch_order` as TensorFlow ops (eager or in a graph; `seed` and `epoch` may be
+    tensors)."""
+    if not shuffle or count == 0:
+        return tf.range(count, dtype=tf.int64)
+    key = tf.stack([tf.cast(seed, tf.int64), tf.cast(epoch, tf.int64)])
+    if shuffle_buffer_size <= 0 or shuffle_buffer_size >= count:
+        draws = tf.random.stateless_uniform(
+            [count], seed=key, minval=None, maxval=None, dtype=tf.int64, alg="philox"
+        )
+        return tf.cast(tf.argsort(draws, stable=True), tf.int64)
+    jitter = tf.random.stateless_uniform([count], seed=key, dtype=tf.float64, alg="philox")
+    keys = tf.range(count, dtype=tf.float64) + float(shuffle_buffer_size) * jitter
+    return tf.cast(tf.argsort(keys, stable=True), tf.int64)
 
 
 def epoch_order(
@@ -62,33 +81,19 @@ def epoch_order(
       seed: The run's seed.
       epoch: The epoch (from 0).
       shuffle: False keeps file order (evaluation).
-      shuffle_buffer_size: 0 (or >= count) for a uniform permutation,
-        `np.random.default_rng([seed, epoch]).permutation(count)`; otherwise a shuffle through
-        a buffer of that many examples, as `tf.data.Dataset.shuffle` does (1 keeps file order),
-        drawn from the same generator.
+      shuffle_buffer_size: 0 (or >= count) for a uniform permutation: the examples sorted by
+        full-range int64 draws of the stateless Philox generator keyed by [seed, epoch].
+        Otherwise a local shuffle, as a shuffle buffer of that many examples gives: example i
+        is sorted by i + shuffle_buffer_size x u (u uniform in [0, 1), the same generator),
+        so it moves about that many places at most; 1 keeps file order.
 
     Returns:
       [count] int64 example indices.
     """
-    if not shuffle or count == 0:
-        return np.arange(count, dtype=np.int64)
-    rng = np.random.default_rng([seed, epoch])
-    if shuffle_buffer_size <= 0 or shuffle_buffer_size >= count:
-        return rng.permutation(count).astype(np.int64)
-    buffer = list(range(shuffle_buffer_size))
-    draws = rng.random(count)
-    order = np.empty(count, np.int64)
-    upcoming = shuffle_buffer_size
-    for position in range(count):
-        slot = int(draws[position] * len(buffer))
-        order[position] = buffer[slot]
-        if upcoming < count:
-            buffer[slot] = upcoming
-            upcoming += 1
-        else:
-            buffer[slot] = buffer[-1]
-            buffer.pop()
-    return order
+    order = _order_tensor(
+        count, seed, epoch, shuffle=shuffle, shuffle_buffer_size=shuffle_buffer_size
+    )
+    return order.numpy()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,16 +119,27 @@ class Batching:
         """Rows of each replica's slice (the global batch padded to a multiple of replicas)."""
         return -(-self.batch_size // self.replicas)
 
-    def index_batches(self, order: np.ndarray) -> np.ndarray:
-        """[num_batches, replicas * per_replica] example indices, -1 where padded."""
+    @property
+    def width(self) -> int:
+        """Rows of a padded global batch: every replica's slice."""
+        return self.replicas * self.per_replica
+
+    def batches_tensor(self, order) -> tf.Tensor:
+        """`index_batches` as TensorFlow ops."""
+        order = tf.convert_to_tensor(order, tf.int64)
+        total = self.num_batches * self.batch_size
+        padded = tf.concat([order, tf.fill([total - self.count], tf.constant(-1, tf.int64))], 0)
+        rows = tf.reshape(padded, [self.num_batches, self.batch_size])
+        return tf.pad(
+            rows, [[0, 0], [0, self.width - self.batch_size]], constant_values=PADDING_LABEL
+        )
+
+    def index_batches(self, order) -> np.ndarray:
+        """[num_batches, width] example indices, `batch_size` consecutive ones of `order` per
+        global batch, -1 where padded."""
         if len(order) != self.count:
             raise ValueError(f"an order of {len(order)} examples for a pass of {self.count}")
-        width = self.replicas * self.per_replica
-        rows = np.full((self.num_batches, width), -1, np.int64)
-        for batch in range(self.num_batches):
-            chunk = order[batch * self.batch_size : (batch + 1) * self.batch_size]
-            rows[batch, : len(chunk)] = chunk
-        return rows
+        return self.batches_tensor(order).numpy()
 
 
 # A function returning a dataset of (epoch, global batch of example indices) pairs.
@@ -140,14 +156,10 @@ def epoch_index_batches(
 ) -> np.ndarray:
     """Epoch `epoch`'s global batches of example indices (`Batching.index_batches` of
     `epoch_order`)."""
-    order = epoch_order(
-        batching.count,
-        seed=seed,
-        epoch=epoch,
-        shuffle=shuffle,
-        shuffle_buffer_size=shuffle_buffer_size,
+    order = _order_tensor(
+        batching.count, seed, epoch, shuffle=shuffle, shuffle_buffer_size=shuffle_buffer_size
     )
-    return batching.index_batches(order)
+    return batching.batches_tensor(order).numpy()
 
 
 def training_rows(
@@ -160,18 +172,15 @@ def training_rows(
     start_step: int = 0,
 ) -> IndexRows:
     """The global batches of epochs [first_epoch, epochs), from step `start_step` of the first:
-    one stream for the whole run, each epoch's order computed when the pipeline reaches it."""
-    width = batching.replicas * batching.per_replica
-
-    def of_epoch(epoch):
-        return epoch_index_batches(
-            batching, seed=seed, epoch=int(epoch), shuffle_buffer_size=shuffle_buffer_size
-        )
+    one stream for the whole run, each epoch's order computed in the graph when the pipeline
+    reaches it."""
 
     @tf.autograph.experimental.do_not_convert
     def epoch_rows(epoch):
-        matrix = tf.numpy_function(of_epoch, [epoch], tf.int64, stateful=False)
-        matrix.set_shape([batching.num_batches, width])
+        order = _order_tensor(
+            batching.count, seed, epoch, shuffle=True, shuffle_buffer_size=shuffle_buffer_size
+        )
+        matrix = batching.batches_tensor(order)
         return tf.data.Dataset.from_tensor_slices((tf.fill([batching.num_batches], epoch), matrix))
 
     def rows() -> tf.data.Dataset:
@@ -192,8 +201,40 @@ def fixed_rows(index_batches: np.ndarray, *, repeat: bool = False) -> IndexRows:
     return rows
 
 
+# What the pipeline reads rows from: a stored array (read through a view of its file) or an
+# array in memory (small: features being trained on, tests).
+Examples = store.StoredArray | np.ndarray
+
+
+def example_spec(examples: Examples) -> tuple[tuple[int, ...], np.dtype]:
+    """(row shape, dtype) of the examples."""
+    if isinstance(examples, store.StoredArray):
+        return examples.row_shape, examples.dtype
+    return tuple(examples.shape[1:]), examples.dtype
+
+
+def _gather_rows(examples: Examples, *, by_path: bool) -> Callable[[tf.Tensor], tf.Tensor]:
+    """indices (>= 0) -> their rows, by TensorFlow ops."""
+    if by_path:
+        if not isinstance(examples, store.StoredArray):
+            raise ValueError("a read by path needs a stored array")
+        return examples.gather_by_path
+    source = examples.tensor() if isinstance(examples, store.StoredArray) else tf.constant(examples)
+    return lambda indices: tf.gather(source, indices)
+
+
+def read_options() -> tf.data.Options:
+    """The options of every pipeline that reads the store. tf.data's default graph rewrites
+    are off: they copied a captured view of the store into the process's own memory (the
+    whole store, once per pipeline), and have nothing to rewrite here."""
+    options = tf.data.Options()
+    options.deterministic = True
+    options.experimental_optimization.apply_default_optimizations = False
+    return options
+
+
 def make_replica_dataset(
-    examples: store.ChunkedArray,
+    examples: Examples,
     labels: np.ndarray,
     index_rows: IndexRows,
     *,
@@ -201,13 +242,16 @@ def make_replica_dataset(
     input_context: tf.distribute.InputContext,
     augmentation: Augmentation = NO_AUGMENTATION,
     seed: int = 0,
+    by_path: bool = False,
 ) -> tf.data.Dataset:
     """One input pipeline's dataset: its replicas' slices of the global batches, in turn.
 
     Element k * L + r (L replicas per pipeline) is replica r's slice of global batch k:
     `(examples [per_replica, ...], labels [per_replica] with -1 for padding, real examples in
-    the global batch)`, read on the host, and transformed by `augmentation` (uint8 images
-    only) with draws keyed by (`seed`, epoch, example index).
+    the global batch)`, gathered on the host by TensorFlow ops, and transformed by
+    `augmentation` (uint8 images only) with draws keyed by (`seed`, epoch, example index).
+    Padding rows are zeros. `by_path` reads the store by its file's path (for a dataset that
+    is serialised, as the tf.data service does).
     """
     replicas, per_replica = batching.replicas, batching.per_replica
     pipelines = input_context.num_input_pipelines
@@ -215,11 +259,11 @@ def make_replica_dataset(
         raise ValueError(f"{replicas} replicas do not divide among {pipelines} input pipelines")
     local = replicas // pipelines
     first = input_context.input_pipeline_id * local
-    labels = np.asarray(labels, np.int32)
-    row_shape, dtype = examples.row_shape, examples.dtype
-
+    row_shape, dtype = example_spec(examples)
     if augmentation and (dtype != np.uint8 or len(row_shape) != 3):
         raise ValueError(f"augmentation needs uint8 images, not {dtype} rows of {row_shape}")
+    gather = _gather_rows(examples, by_path=by_path)
+    label_table = tf.constant(np.asarray(labels, np.int32))
 
     @tf.autograph.experimental.do_not_convert
     def own_slices(epoch, row):
@@ -227,47 +271,30 @@ def make_replica_dataset(
         mine = tf.reshape(row, [replicas, per_replica])[first : first + local]
         return mine, tf.fill([local], real), tf.fill([local], epoch)
 
-    def read(indices, epochs):
-        valid = indices >= 0
-        row_labels = np.where(valid, labels[np.where(valid, indices, 0)], pipeline.PADDING_LABEL)
-        uniforms = augment.draws(seed, epochs, indices) if augmentation else np.zeros((0,), "f4")
-        return examples.take(indices), row_labels, uniforms
-
-    # Small rows (features) are read many slices per call, so the Python call is paid per
-    # block, not per step; a slice of images is already a large read.
-    slice_bytes = per_replica * int(np.prod(row_shape, dtype=np.int64)) * dtype.itemsize
-    per_read = max(1, READ_BYTES // max(slice_bytes, 1))
-
     @tf.autograph.experimental.do_not_convert
-    def read_slices(indices, counts, epochs):
-        flat = tf.reshape(indices, [-1])
-        row_epochs = tf.reshape(tf.broadcast_to(epochs[..., None], tf.shape(indices)), [-1])
-        rows, row_labels, uniforms = tf.numpy_function(
-            read, [flat, row_epochs], (tf.as_dtype(dtype), tf.int32, tf.float32), stateful=False
+    def read_slice(indices, count, epoch):
+        valid = indices >= 0
+        safe = tf.maximum(indices, 0)
+        rows = gather(safe)
+        mask = tf.reshape(valid, [-1] + [1] * len(row_shape))
+        rows = tf.cond(
+            tf.reduce_all(valid), lambda: rows, lambda: tf.where(mask, rows, tf.zeros_like(rows))
         )
+        row_labels = tf.where(valid, tf.gather(label_table, safe), PADDING_LABEL)
         if augmentation:
-            rows = augment.apply(
-                tf.reshape(rows, [-1, *row_shape]),
-                tf.reshape(uniforms, [-1, augment.DRAWS]),
-                augmentation,
-            )
-        shape = [per_replica] if per_read == 1 else [-1, per_replica]
-        return tf.reshape(rows, [*shape, *row_shape]), tf.reshape(row_labels, shape), counts
+            rows = augment.apply(rows, augment.draws(seed, epoch, indices), augmentation)
+        return rows, row_labels, count
 
     dataset = index_rows().map(own_slices).unbatch()
-    if per_read > 1:
-        dataset = dataset.batch(per_read)
-    dataset = dataset.map(read_slices, num_parallel_calls=READ_PARALLELISM, deterministic=True)
-    if per_read > 1:
-        dataset = dataset.unbatch()
-    options = tf.data.Options()
-    options.deterministic = True
-    return dataset.prefetch(HOST_PREFETCH).with_options(options)
+    dataset = dataset.map(
+        read_slice, num_parallel_calls=decode.available_cores(), deterministic=True
+    )
+    return dataset.prefetch(HOST_PREFETCH).with_options(read_options())
 
 
 def distribute(
     strategy: tf.distribute.Strategy,
-    examples: store.ChunkedArray,
+    examples: Examples,
     labels: np.ndarray,
     index_rows: IndexRows,
     *,

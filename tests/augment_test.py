@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from fruits_tl import augment, store, train_input
+from fruits_tl import augment, train_input
 from fruits_tl.config import Augmentation
 
 
@@ -19,7 +19,7 @@ def _images(count: int, size: int = 8) -> np.ndarray:
 
 def _apply(images, epochs, indices, spec: str, seed: int = 5) -> np.ndarray:
     uniforms = augment.draws(seed, np.asarray(epochs), np.asarray(indices))
-    return augment.apply(tf.constant(images), tf.constant(uniforms), Augmentation.parse(spec))
+    return augment.apply(tf.constant(images), uniforms, Augmentation.parse(spec))
 
 
 ALL = "flip_left_right,flip_up_down,rotate=0.1,zoom=0.2,brightness=0.2,contrast=0.3"
@@ -37,12 +37,35 @@ def test_an_examples_transform_depends_on_seed_epoch_and_index_only():
     assert not np.array_equal(_apply(images, [3] * 4, [10, 11, 12, 13], ALL, seed=6), together)
 
 
+def _splitmix_reference(seed: int, epoch: int, index: int) -> np.ndarray:
+    """The documented draws, in NumPy's uint64 arithmetic (wrapping, as TensorFlow's)."""
+    golden = np.uint64(0x9E3779B97F4A7C15)
+
+    def mix(x):
+        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return x ^ (x >> np.uint64(31))
+
+    with np.errstate(over="ignore"):
+        state = mix(np.uint64(seed) + golden)
+        state = mix(state + np.uint64(epoch) + golden)
+        state = mix(state + np.uint64(index) + golden)
+        steps = np.arange(1, augment.DRAWS + 1, dtype=np.uint64) * golden
+        bits = mix(state + steps) >> np.uint64(40)
+    return (bits.astype(np.float32) / np.float32(1 << 24)).astype(np.float32)
+
+
 def test_draws_are_the_documented_generator_and_padding_changes_nothing():
-    uniforms = augment.draws(7, np.array([2, 2]), np.array([5, -1]))
-    np.testing.assert_array_equal(
-        uniforms[0], np.random.default_rng([7, 2, 5]).random(augment.DRAWS).astype(np.float32)
-    )
+    uniforms = augment.draws(7, np.array([2, 2, 9]), np.array([5, -1, 123456])).numpy()
+    np.testing.assert_array_equal(uniforms[0], _splitmix_reference(7, 2, 5))
+    np.testing.assert_array_equal(uniforms[2], _splitmix_reference(7, 9, 123456))
     np.testing.assert_array_equal(uniforms[1], np.full(augment.DRAWS, 0.5, np.float32))
+    assert ((uniforms >= 0) & (uniforms < 1)).all()
+    # Made in a graph (as the input pipeline makes them), the same numbers.
+    in_graph = tf.data.Dataset.from_tensors(np.array([5, -1, 123456])).map(
+        lambda indices: augment.draws(7, tf.constant([2, 2, 9], tf.int64), indices)
+    )
+    np.testing.assert_array_equal(next(iter(in_graph)).numpy(), uniforms)
     images = _images(1)
     padded = _apply(images, [0], [-1], ALL).numpy()
     np.testing.assert_array_equal(padded, images)
@@ -84,7 +107,7 @@ def test_a_rotation_by_zero_strength_is_refused_and_a_small_one_moves_pixels():
 
 def test_the_training_pipeline_augments_what_it_reads():
     images = _images(6)
-    examples = store.ChunkedArray([images])
+    examples = images
     labels = np.arange(6) % 2
     batching = train_input.Batching(count=6, batch_size=3, replicas=1)
     spec = Augmentation.parse("flip_left_right=1")
@@ -101,7 +124,7 @@ def test_the_training_pipeline_augments_what_it_reads():
 
 
 def test_features_cannot_be_augmented():
-    features = store.ChunkedArray([np.zeros((4, 8), np.float32)])
+    features = np.zeros((4, 8), np.float32)
     batching = train_input.Batching(count=4, batch_size=2, replicas=1)
     with pytest.raises(ValueError, match="augmentation needs uint8 images"):
         train_input.make_replica_dataset(

@@ -1,0 +1,194 @@
+"""The store: one file per array written in place, resumable, checksummed, read natively."""
+
+from __future__ import annotations
+
+import os
+import threading
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from fruits_tl import store, train_input
+
+ROWS = np.arange(10 * 3, dtype=np.uint8).reshape(10, 3)
+
+
+class Producer:
+    """Rows of ROWS, in reverse order within a chunk (the store puts them in place), counting
+    what it was asked for; `fail_at` raises on that chunk (an interrupted run)."""
+
+    def __init__(self, rows=ROWS, *, fail_at: int | None = None, leave_out=()):
+        self.rows, self.fail_at, self.leave_out = rows, fail_at, set(leave_out)
+        self.asked: list[tuple[int, int]] = []
+
+    def __call__(self, first, last):
+        if first == self.fail_at:
+            raise KeyboardInterrupt("interrupted")
+        self.asked.append((first, last))
+        keep = [i for i in range(last - 1, first - 1, -1) if i not in self.leave_out]
+        yield np.asarray(keep, np.int64), self.rows[keep]
+
+
+def _fill(directory, produce, **kwargs):
+    return store.fill(
+        str(directory),
+        "x",
+        fingerprint="f1",
+        count=len(ROWS),
+        row_shape=(3,),
+        dtype=np.uint8,
+        produce=produce,
+        chunk_rows=4,
+        **kwargs,
+    )
+
+
+def test_an_array_is_written_in_place_into_one_file_and_reused(tmp_path):
+    produce = Producer()
+    stored = _fill(tmp_path, produce)
+    assert (stored.reused, stored.written_rows, stored.missing) == (False, 10, ())
+    assert produce.asked == [(0, 4), (4, 8), (8, 10)]
+    # One data file and its manifest: no chunk files, no second copy, no markers left.
+    assert sorted(os.listdir(tmp_path)) == sorted(
+        [os.path.basename(stored.examples.path), "x.json"]
+    )
+    assert os.path.getsize(stored.examples.path) == ROWS.nbytes
+    np.testing.assert_array_equal(stored.examples.numpy(), ROWS)
+    np.testing.assert_array_equal(stored.examples.tensor().numpy(), ROWS)
+    np.testing.assert_array_equal(
+        stored.examples.gather_by_path([9, 0, 4]).numpy(), ROWS[[9, 0, 4]]
+    )
+    again = Producer()
+    reused = _fill(tmp_path, again)
+    assert (reused.reused, reused.written_rows, again.asked) == (True, 0, [])
+    # Another fingerprint is other data: written again.
+    other = store.fill(
+        str(tmp_path),
+        "x",
+        fingerprint="f2",
+        count=10,
+        row_shape=(3,),
+        dtype=np.uint8,
+        produce=Producer(ROWS + 1),
+        chunk_rows=4,
+    )
+    np.testing.assert_array_equal(other.examples.numpy(), ROWS + 1)
+    assert len([n for n in os.listdir(tmp_path) if n.endswith(".rows")]) == 1
+
+
+def test_an_interrupted_fill_resumes_with_the_chunks_it_had_written(tmp_path):
+    with pytest.raises(KeyboardInterrupt):
+        _fill(tmp_path, Producer(fail_at=8))
+    assert not os.path.exists(tmp_path / "x.json")  # Nothing incomplete looks complete.
+    produce = Producer()
+    stored = _fill(tmp_path, produce)
+    assert produce.asked == [(8, 10)]
+    np.testing.assert_array_equal(stored.examples.numpy(), ROWS)
+
+
+def test_changed_bytes_are_found_by_their_checksum_and_only_their_chunk_is_rewritten(tmp_path):
+    stored = _fill(tmp_path, Producer())
+    with open(stored.examples.path, "r+b") as stream:
+        stream.seek(5 * 3 + 1)  # Row 5: chunk 2.
+        stream.write(b"\xff")
+    produce = Producer()
+    repaired = _fill(tmp_path, produce)
+    assert produce.asked == [(4, 8)]
+    assert (repaired.reused, repaired.rewritten_chunks) == (False, (2,))
+    np.testing.assert_array_equal(repaired.examples.numpy(), ROWS)
+    # Without verification the damage would have been read as data.
+    with open(stored.examples.path, "r+b") as stream:
+        stream.seek(1)
+        stream.write(b"\xff")
+    unchecked = _fill(tmp_path, Producer(), verify=False)
+    assert unchecked.reused and unchecked.examples.numpy()[0, 1] == 0xFF
+
+
+def test_rows_the_producer_cannot_make_are_zeros_and_named(tmp_path):
+    stored = _fill(tmp_path, Producer(leave_out={2, 9}))
+    assert stored.missing == (2, 9)
+    expected = ROWS.copy()
+    expected[[2, 9]] = 0
+    np.testing.assert_array_equal(stored.examples.numpy(), expected)
+    assert _fill(tmp_path, Producer()).missing == (2, 9)  # Recorded in the manifest.
+
+
+def test_workers_write_their_own_chunks_of_one_file_and_the_chief_publishes(tmp_path):
+    producers = [Producer(), Producer()]
+    barrier = threading.Barrier(2, timeout=60)
+    results: list = [None, None]
+
+    def work(index):
+        results[index] = _fill(
+            tmp_path,
+            producers[index],
+            worker_index=index,
+            worker_count=2,
+            barrier=barrier.wait,
+        )
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in (0, 1)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    # The one rule: chunk k to worker k mod 2.
+    assert producers[0].asked == [(0, 4), (8, 10)] and producers[1].asked == [(4, 8)]
+    for result in results:
+        np.testing.assert_array_equal(result.examples.numpy(), ROWS)
+    assert [store.owns_chunk(k, 1, 3) for k in range(6)] == [False, True, False] * 2
+
+
+def _anonymous_bytes() -> int:
+    with open("/proc/self/status", encoding="ascii") as stream:
+        for line in stream:
+            if line.startswith("RssAnon:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("no RssAnon in /proc/self/status")
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="needs Linux's /proc")
+def test_reading_the_store_never_copies_it_into_the_process(tmp_path):
+    count, size = 1536, 128  # 75 MB of images.
+    images = np.random.default_rng(0).integers(0, 256, (count, size, size, 3), np.uint8)
+
+    def produce(first, last):
+        yield np.arange(first, last), images[first:last]
+
+    stored = store.fill(
+        str(tmp_path),
+        "pixels",
+        fingerprint="f",
+        count=count,
+        row_shape=(size, size, 3),
+        dtype=np.uint8,
+        produce=produce,
+        chunk_rows=512,
+    )
+    labels = np.zeros(count, np.int32)
+    batching = train_input.Batching(count=count, batch_size=64, replicas=1)
+
+    def growth(options: tf.data.Options | None) -> int:
+        dataset = train_input.make_replica_dataset(
+            stored.examples,
+            labels,
+            train_input.training_rows(batching, seed=1, first_epoch=0, epochs=2),
+            batching=batching,
+            input_context=tf.distribute.InputContext(),
+        )
+        if options is not None:
+            dataset = dataset.with_options(options)
+        before = _anonymous_bytes()
+        seen = 0
+        for rows, _, _ in dataset:
+            seen += int(rows.shape[0])
+        assert seen == 2 * count
+        return _anonymous_bytes() - before
+
+    growth(None)  # The first pipeline of a process sets up TensorFlow's runtime (~20 MB).
+    assert growth(None) < stored.examples.nbytes // 4
+    # The check fails on a pipeline that copies the store: tf.data's default rewrites do.
+    rewrites = tf.data.Options()
+    rewrites.experimental_optimization.apply_default_optimizations = True
+    assert growth(rewrites) > stored.examples.nbytes // 2
