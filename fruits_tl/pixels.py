@@ -55,8 +55,9 @@ def _rows(folder: data.ImageFolder, first: int, last: int) -> data.ImageFolder:
 
 def decode_pass(folder: data.ImageFolder, first: int, last: int) -> tf.data.Dataset:
     """The decode pass over images [first, last): batches of (positions, uint8 images), with
-    `decode.decode_parallelism()` calls in parallel, in the order they finish. A file the
-    decoder rejects is left out (`ignore_errors`): its position never comes out."""
+    `decode.decode_parallelism()` calls in parallel, in file order (the store writes and
+    checksums them as they come). A file the decoder rejects is left out (`ignore_errors`):
+    its position never comes out."""
     if folder.records is None:
         sources = tf.data.Dataset.from_tensor_slices(
             tf.constant(list(folder.file_paths[first:last]), tf.string)
@@ -77,7 +78,7 @@ def decode_pass(folder: data.ImageFolder, first: int, last: int) -> tf.data.Data
 
     positions = tf.data.Dataset.range(first, last)
     dataset = tf.data.Dataset.zip(positions, sources).map(
-        decode_one, num_parallel_calls=decode.decode_parallelism(), deterministic=False
+        decode_one, num_parallel_calls=decode.decode_parallelism(), deterministic=True
     )
     return decode.with_pass_options(dataset.ignore_errors().batch(DECODE_BATCH).prefetch(2))
 

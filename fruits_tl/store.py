@@ -24,6 +24,7 @@ datasets that are serialised (the tf.data service): nothing of the store enters 
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import dataclasses
 import errno
@@ -272,8 +273,16 @@ class _ChunkWriter:
         self.fd = -1
         self.written_rows = 0
         self.wrote_any = False
+        # Each finished chunk is synced to disk in the background while the next one is made
+        # (a marker is checked against the bytes on disk when it is used, so it need not
+        # wait): the sync before the manifest then has little left to do.
+        self._syncing = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="store-sync")
+        self._synced: list[concurrent.futures.Future] = []
 
     def close(self) -> None:
+        self._syncing.shutdown(wait=True)
+        for future in self._synced:
+            future.result()
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
@@ -310,7 +319,7 @@ class _ChunkWriter:
         """Writes `chunks` where they are not vouched for: by the published manifest (their
         CRC checked when `verify`) or by a marker. Returns the published chunks rewritten
         (numbered from 1)."""
-        rewritten = []
+        rewritten, todo = [], []
         for k in chunks:
             if published is not None:
                 if not verify or self.intact(k, published["chunks"][k]):
@@ -324,74 +333,146 @@ class _ChunkWriter:
                     self.layout.directory,
                 )
                 rewritten.append(k + 1)
-            self.write_unless_marked(k, last_chunk=k == chunks[-1])
+            if self._marked(k):
+                logging.warning(
+                    "Reusing chunk %d of %d of the stored %s",
+                    k + 1,
+                    len(self.layout.bounds),
+                    self.label,
+                )
+                continue
+            todo.append(k)
+        # One pass of the producer over each run of consecutive chunks (one pipeline, not one
+        # per chunk); a stop request is answered after any chunk but the last.
+        for run in _runs(todo):
+            self._write_run(run, last_run=run[-1] == todo[-1])
         return rewritten
 
-    def write_unless_marked(self, k: int, *, last_chunk: bool) -> None:
-        """Chunk k written (unless a marker vouches for the bytes already there), then its
-        marker; a stop request is answered after it."""
+    def _marked(self, k: int) -> bool:
         first, last = self.layout.bounds[k]
-        chunks = len(self.layout.bounds)
         marker = _read_json(self.layout.marker(k))
-        if marker and marker.get("rows") == [first, last] and self.intact(k, marker):
-            logging.warning("Reusing chunk %d of %d of the stored %s", k + 1, chunks, self.label)
-            return
-        missing = self._write(k)
+        return bool(marker and marker.get("rows") == [first, last] and self.intact(k, marker))
+
+    def _write_run(self, run: list[int], *, last_run: bool) -> None:
+        """Produces chunks `run` (consecutive) in one pass and writes them in place, each
+        closed by its marker as the rows pass its end."""
+        bounds = self.layout.bounds
+        fd = self._open()
+        chunk = _OpenChunk(run[0], bounds[run[0]], self.array)
+        for positions, rows in self.produce(bounds[run[0]][0], bounds[run[-1]][1]):
+            positions, rows = np.asarray(positions, np.int64), np.asarray(rows)
+            self._check_block(positions, rows, bounds[run[0]][0], bounds[run[-1]][1])
+            while len(positions):
+                if positions[0] >= chunk.last:
+                    self._close(fd, chunk, final=last_run and chunk.k == run[-1])
+                    chunk = _OpenChunk(chunk.k + 1, bounds[chunk.k + 1], self.array)
+                    continue
+                inside = int(np.searchsorted(positions, chunk.last))
+                chunk.add(fd, positions[:inside], rows[:inside], self)
+                positions, rows = positions[inside:], rows[inside:]
+        while True:
+            self._close(fd, chunk, final=last_run and chunk.k == run[-1])
+            if chunk.k == run[-1]:
+                break
+            chunk = _OpenChunk(chunk.k + 1, bounds[chunk.k + 1], self.array)
+
+    def _check_block(self, positions, rows, first, last) -> None:
+        array = self.array
+        if rows.shape != (len(positions), *array.row_shape) or rows.dtype != array.dtype:
+            raise RuntimeError(
+                f"{self.label} rows {first}-{last}: produced {rows.shape} {rows.dtype}, "
+                f"expected {(len(positions), *array.row_shape)} {array.dtype}"
+            )
+        if len(positions) and (
+            positions[0] < first or positions[-1] >= last or (np.diff(positions) <= 0).any()
+        ):
+            raise RuntimeError(
+                f"{self.label}: rows produced out of order or outside {first}-{last}"
+            )
+
+    def _close(self, fd, chunk: _OpenChunk, *, final: bool) -> None:
+        """The chunk's missing rows zeroed, its marker written, the fault point, a stop."""
+        chunk.add(fd, np.zeros(0, np.int64), np.zeros((0, *self.array.row_shape)), self, end=True)
         files.write_json(
-            self.layout.marker(k),
-            {"rows": [first, last], "crc32": self.crc(k), "missing": missing},
+            self.layout.marker(chunk.k),
+            {"rows": [chunk.first, chunk.last], "crc32": chunk.value, "missing": chunk.missing},
         )
+        self._synced.append(self._syncing.submit(os.fdatasync, fd))
         self.wrote_any = True
-        faults.point(f"store:chunk:{self.layout.name}:{k + 1}")
-        if self.stop is not None and not last_chunk:
+        self.written_rows += chunk.last - chunk.first - len(chunk.missing)
+        chunks = len(self.layout.bounds)
+        faults.point(f"store:chunk:{self.layout.name}:{chunk.k + 1}")
+        if self.stop is not None and not final:
             self.stop.check(
-                f"{k + 1} of {chunks} chunks of the stored {self.label} are saved in "
+                f"{chunk.k + 1} of {chunks} chunks of the stored {self.label} are saved in "
                 f"{self.layout.directory}; rerun to resume"
             )
 
-    def _write(self, k: int) -> list[int]:
-        """Produces chunk k and writes its rows in place; returns the rows not produced."""
-        first, last = self.layout.bounds[k]
-        fd, array = self._open(), self.array
-        seen = np.zeros(last - first, bool)
-        for positions, rows in self.produce(first, last):
-            positions = np.asarray(positions, np.int64)
-            rows = np.asarray(rows)
-            if rows.shape != (len(positions), *array.row_shape) or rows.dtype != array.dtype:
-                raise RuntimeError(
-                    f"{self.label} rows {first}-{last}: produced {rows.shape} {rows.dtype}, "
-                    f"expected {(len(positions), *array.row_shape)} {array.dtype}"
-                )
-            if len(positions) and (positions.min() < first or positions.max() >= last):
-                raise RuntimeError(f"{self.label}: rows produced outside chunk {first}-{last}")
-            _write_rows(fd, positions, rows, array.row_bytes, self.layout.directory, self.label)
-            seen[positions - first] = True
-        missing = [first + int(i) for i in np.nonzero(~seen)[0]]
-        if missing:  # Zeros, whatever an earlier run left there: the CRC is of known bytes.
-            zeros = np.zeros((len(missing), *array.row_shape), array.dtype)
-            _write_rows(fd, np.asarray(missing), zeros, array.row_bytes, "", self.label)
-        self.written_rows += int(seen.sum())
-        return missing
+
+class _OpenChunk:
+    """A chunk being written in order: its next position, running CRC and missing rows."""
+
+    def __init__(self, k: int, bound: tuple[int, int], array: StoredArray):
+        self.k, (self.first, self.last) = k, bound
+        self.next, self.value, self.missing = self.first, 0, []
+        self.zero_row = bytes(array.row_bytes)
+
+    def add(self, fd, positions, rows, writer: _ChunkWriter, *, end: bool = False) -> None:
+        """Writes rows at `positions` (ascending, in this chunk); the positions skipped before
+        them (or before the chunk's end, with `end`) are missing rows, written as zeros. The
+        CRC follows the bytes in file order."""
+        row_bytes = writer.array.row_bytes
+        data = memoryview(np.ascontiguousarray(rows)).cast("B") if len(positions) else None
+        for i, position in enumerate(positions):
+            self._zeros_until(int(position), fd, writer)
+            self.value = zlib.crc32(data[i * row_bytes : (i + 1) * row_bytes], self.value)
+            self.next = int(position) + 1
+        if end:
+            self._zeros_until(self.last, fd, writer)
+        if data is not None:
+            offset = int(positions[0]) * row_bytes
+            _pwrite(fd, data, offset, writer.layout.directory, writer.label, rows=positions)
+
+    def _zeros_until(self, position: int, fd, writer: _ChunkWriter) -> None:
+        """Missing rows up to `position`: zeros, whatever an earlier run left there."""
+        row_bytes = writer.array.row_bytes
+        while self.next < position:
+            _pwrite(fd, self.zero_row, self.next * row_bytes, writer.layout.directory, writer.label)
+            self.value = zlib.crc32(self.zero_row, self.value)
+            self.missing.append(self.next)
+            self.next += 1
 
 
-def _write_rows(fd, positions, rows, row_bytes, directory, label) -> None:
-    """Writes rows at their positions, a run of consecutive positions per system call."""
-    order = np.argsort(positions, kind="stable")
-    positions, rows = positions[order], rows[order]
-    breaks = np.nonzero(np.diff(positions) != 1)[0] + 1
-    for run in np.split(np.arange(len(positions)), breaks):
-        if not len(run):
-            continue
-        data = memoryview(np.ascontiguousarray(rows[run[0] : run[-1] + 1])).cast("B")
-        offset = int(positions[run[0]]) * row_bytes
-        try:
-            while data:
-                done = os.pwrite(fd, data, offset)
-                data, offset = data[done:], offset + done
-        except OSError as error:
-            if error.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise _no_room(directory, len(data), label) from None
-            raise
+def _runs(chunks: list[int]) -> list[list[int]]:
+    """Consecutive chunk numbers grouped: [0, 1, 3] -> [[0, 1], [3]]."""
+    runs: list[list[int]] = []
+    for k in chunks:
+        if runs and runs[-1][-1] == k - 1:
+            runs[-1].append(k)
+        else:
+            runs.append([k])
+    return runs
+
+
+def _pwrite(fd, data, offset: int, directory: str, label: str, rows=None) -> None:
+    """Writes `data` at `offset`: one system call per run of consecutive rows (`rows`, their
+    positions; None for one run), a full disk reported as the user's problem."""
+    if rows is not None and len(rows) > 1 and rows[-1] - rows[0] != len(rows) - 1:
+        row_bytes = len(data) // len(rows)
+        breaks = np.nonzero(np.diff(rows) != 1)[0] + 1
+        for run in np.split(np.arange(len(rows)), breaks):
+            piece = data[run[0] * row_bytes : (run[-1] + 1) * row_bytes]
+            _pwrite(fd, piece, int(rows[run[0]]) * row_bytes, directory, label)
+        return
+    data = memoryview(data).cast("B")
+    try:
+        while data:
+            done = os.pwrite(fd, data, offset)
+            data, offset = data[done:], offset + done
+    except OSError as error:
+        if error.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise _no_room(directory, len(data), label) from None
+        raise
 
 
 def _check_free_space(directory: str, needed: int, label: str) -> None:

@@ -15,19 +15,20 @@ ROWS = np.arange(10 * 3, dtype=np.uint8).reshape(10, 3)
 
 
 class Producer:
-    """Rows of ROWS, in reverse order within a chunk (the store puts them in place), counting
-    what it was asked for; `fail_at` raises on that chunk (an interrupted run)."""
+    """Rows of ROWS in blocks of 3 (blocks that straddle chunks), counting what it was asked
+    for; `fail_at` raises when the pass reaches that row (an interrupted run)."""
 
     def __init__(self, rows=ROWS, *, fail_at: int | None = None, leave_out=()):
         self.rows, self.fail_at, self.leave_out = rows, fail_at, set(leave_out)
         self.asked: list[tuple[int, int]] = []
 
     def __call__(self, first, last):
-        if first == self.fail_at:
-            raise KeyboardInterrupt("interrupted")
         self.asked.append((first, last))
-        keep = [i for i in range(last - 1, first - 1, -1) if i not in self.leave_out]
-        yield np.asarray(keep, np.int64), self.rows[keep]
+        for start in range(first, last, 3):
+            if self.fail_at is not None and start + 3 > self.fail_at:
+                raise KeyboardInterrupt("interrupted")
+            keep = [i for i in range(start, min(start + 3, last)) if i not in self.leave_out]
+            yield np.asarray(keep, np.int64), self.rows[keep]
 
 
 def _fill(directory, produce, **kwargs):
@@ -48,7 +49,7 @@ def test_an_array_is_written_in_place_into_one_file_and_reused(tmp_path):
     produce = Producer()
     stored = _fill(tmp_path, produce)
     assert (stored.reused, stored.written_rows, stored.missing) == (False, 10, ())
-    assert produce.asked == [(0, 4), (4, 8), (8, 10)]
+    assert produce.asked == [(0, 10)]  # One pass over consecutive chunks.
     # One data file and its manifest: no chunk files, no second copy, no markers left.
     assert sorted(os.listdir(tmp_path)) == sorted(
         [os.path.basename(stored.examples.path), "x.json"]
@@ -79,7 +80,7 @@ def test_an_array_is_written_in_place_into_one_file_and_reused(tmp_path):
 
 def test_an_interrupted_fill_resumes_with_the_chunks_it_had_written(tmp_path):
     with pytest.raises(KeyboardInterrupt):
-        _fill(tmp_path, Producer(fail_at=8))
+        _fill(tmp_path, Producer(fail_at=9))
     assert not os.path.exists(tmp_path / "x.json")  # Nothing incomplete looks complete.
     produce = Producer()
     stored = _fill(tmp_path, produce)
