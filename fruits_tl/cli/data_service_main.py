@@ -29,6 +29,8 @@ flags.DEFINE_string("host", "localhost", "The host name other processes reach th
 
 FLAGS = flags.FLAGS
 PROGRAM = "fruits-tl-data-service"
+# How often the main thread wakes to run a signal handler recorded by another thread.
+WAKE_SECONDS = 0.25
 
 
 def _main(argv):
@@ -56,7 +58,13 @@ def _main(argv):
     else:
         server = data_service.start_dispatcher(FLAGS.port)
         print(f"{PROGRAM}: dispatcher serving at {server.target}", flush=True)
-    stopping.wait()
+    # Not one unbounded wait: the operating system may deliver the signal to one of
+    # TensorFlow's server threads, where CPython only records it, and a main thread blocked for
+    # good never gets back to the interpreter to run the handler (a Ctrl-C lost under load). Each
+    # bounded wait returns to it, so the handler runs within WAKE_SECONDS wherever the signal
+    # landed.
+    while not stopping.wait(WAKE_SECONDS):
+        pass
     server.stop()
     print(f"{PROGRAM}: stopped on {signal.Signals(received[0]).name}", file=sys.stderr, flush=True)
     return 0

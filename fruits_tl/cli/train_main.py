@@ -48,7 +48,10 @@ flags.DEFINE_string(
 )
 flags.DEFINE_float("dropout", 0.0, "Dropout before the Dense head (0 for none).")
 flags.DEFINE_integer(
-    "shuffle_buffer", 0, "Shuffle buffer in images; 0 shuffles the whole training split."
+    "shuffle_buffer",
+    0,
+    "0 shuffles the whole training split each epoch; k > 0 shuffles locally, as a k-image "
+    "shuffle buffer does: no image moves more than k places from file order.",
 )
 flags.DEFINE_bool("save_h5", False, "Also write the legacy Keras .h5 model file.")
 flags.DEFINE_enum(
