@@ -22,16 +22,19 @@ calls, tf.data's autotuner is off and so are its static graph rewrites
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import glob
 import os
+import shutil
 import socket
+import tempfile
 from collections.abc import Callable
 
 import tensorflow as tf
 from absl import logging
 
-from fruits_tl import data, decode, files, preprocess, progress, train_input
+from fruits_tl import data, decode, files, pixels, preprocess, progress, store, train_input
 from fruits_tl.errors import UserInputError
 
 OUTPUTS = ("uint8", "float32")
@@ -286,6 +289,73 @@ def share_cpu_with_model(dataset: tf.data.Dataset) -> tf.data.Dataset:
     return dataset.with_options(options)
 
 
+_TEMPORARY_STORES: dict[str, str] = {}
+
+
+def get_store_directory(cache: str) -> str:
+    """Where the embedding API stores a split's decoded pixels for `cache`.
+
+    "memory" (or "none"): a temporary folder of this process, removed when it exits (the
+    operating system's page cache holds the pixels, not the process). Anything else is a
+    folder that keeps the store across runs: a later call on unchanged files decodes nothing.
+    """
+    if cache in ("memory", "none"):
+        if "path" not in _TEMPORARY_STORES:
+            path = tempfile.mkdtemp(prefix="fruits-tl-store-")
+            atexit.register(shutil.rmtree, path, ignore_errors=True)
+            _TEMPORARY_STORES["path"] = path
+        return _TEMPORARY_STORES["path"]
+    return cache
+
+
+def store_split(folder: data.ImageFolder, *, cache: str = "memory") -> store.StoredArray:
+    """The split's uint8 images in the store (decoded into it once, by one parallel pass)."""
+    return pixels.store_pixels(folder, directory=get_store_directory(cache)).examples
+
+
+def make_split_dataset(
+    examples: store.StoredArray,
+    labels,
+    *,
+    batch_size: int,
+    training: bool,
+    seed: int | None = 42,
+    output: str = "float32",
+    shuffle_buffer_size: int = 0,
+    num_shards: int = 1,
+    shard_index: int = 0,
+    drop_remainder: bool = False,
+) -> tf.data.Dataset:
+    """Batches of a stored split for `model.fit`: indices -> (shard) -> (shuffle, reshuffled
+    every epoch) -> batch -> rows gathered from the store by TensorFlow ops -> (preprocess)
+    -> prefetch. The rows are read by the file's path (`StoredArray.gather_by_path`): the
+    dataset's graph carries the path, not the store, so it can be saved or sent to a tf.data
+    service whose workers reach the file, and nothing of the store is copied into memory."""
+    if output not in OUTPUTS:
+        raise UserInputError(f"output must be one of {', '.join(OUTPUTS)}, got {output!r}.")
+    if batch_size < 1:
+        raise UserInputError(f"batch_size must be >= 1, got {batch_size}.")
+    label_table = tf.constant(labels, tf.int32)
+    indices = tf.data.Dataset.range(len(examples))
+    if num_shards > 1:
+        indices = indices.shard(num_shards, shard_index)
+    if training:
+        count = len(range(shard_index, len(examples), num_shards))
+        buffer = shuffle_buffer_size or max(count, 1)
+        indices = indices.shuffle(buffer, seed=seed, reshuffle_each_iteration=True)
+    indices = indices.batch(batch_size, drop_remainder=drop_remainder)
+
+    @tf.autograph.experimental.do_not_convert
+    def read(batch):
+        images = examples.gather_by_path(batch)
+        if output == "float32":
+            images = preprocess.mobilenet_inputs(images)
+        return images, tf.gather(label_table, batch)
+
+    dataset = indices.map(read, num_parallel_calls=decode.available_cores(), deterministic=True)
+    return dataset.prefetch(tf.data.AUTOTUNE).with_options(train_input.read_options())
+
+
 @dataclasses.dataclass(frozen=True)
 class Datasets:
     """Batched datasets of one data folder, for embedding in other TensorFlow projects.
@@ -321,7 +391,8 @@ def make_datasets(
 ) -> Datasets:
     """Checks a `Training/<class>/*`, `Test/<class>/*` folder and returns batched datasets.
 
-    This is the input pipeline `fruits-tl-train` uses, for use in your own models. By default
+    Each split is decoded once, in parallel, into the store (`store_split`), and the batches
+    are read from it by TensorFlow ops, as `fruits-tl-train` reads it. By default
     batches are float32 MobileNet-preprocessed pixels in [-1, 1]; pass `output="uint8"` for raw
     pixels (4x less memory traffic) when your model applies `fruits_tl.preprocess.mobilenet_inputs`
     itself.
@@ -333,7 +404,9 @@ def make_datasets(
       train_subdir: The training folder inside data_dir (defines the classes).
       test_subdir: The test folder inside data_dir.
       validation_split: Fraction of training held out for validation; 0 validates on test.
-      cache: "memory", "none" or a file path prefix.
+      cache: Where the decoded pixels are stored (`get_store_directory`): "memory" (or
+        "none") for a temporary folder removed when the process exits, or a folder that keeps
+        them for later runs.
       shuffle_buffer_size: 0 for a full shuffle.
       seed: Seed for the split and the shuffle.
       output: "float32" (preprocessed) or "uint8" (raw pixels).
@@ -354,16 +427,21 @@ def make_datasets(
         seed=seed,
         skip_bad_images=skip_bad_images,
     )
-    common = dict(batch_size=batch_size, cache=cache, output=output)
-    train = make_batches(
-        splits.train, training=True, shuffle_buffer_size=shuffle_buffer_size, seed=seed, **common
-    )
-    test = make_batches(splits.test, training=False, **common)
-    validation = (
-        test
-        if splits.validation_is_test
-        else make_batches(splits.validation, training=False, **common)
-    )
+
+    def batches(folder, training):
+        return make_split_dataset(
+            store_split(folder, cache=cache),
+            folder.labels,
+            batch_size=batch_size,
+            training=training,
+            seed=seed,
+            output=output,
+            shuffle_buffer_size=shuffle_buffer_size,
+        )
+
+    train = batches(splits.train, True)
+    test = batches(splits.test, False)
+    validation = test if splits.validation_is_test else batches(splits.validation, False)
     return Datasets(
         train=train, validation=validation, test=test, class_names=splits.class_names, splits=splits
     )
@@ -381,16 +459,17 @@ def make_input_fn(
 ) -> Callable[[tf.distribute.InputContext], tf.data.Dataset]:
     """Returns an `input_fn` for `strategy.distribute_datasets_from_function`.
 
-    Each input pipeline reads its own shard of the split (sharded before the cache, so each
-    caches only its part) and batches with the per-replica batch size that the strategy's
-    InputContext derives from `global_batch_size`. Training batches drop the remainder so
+    The split is decoded once into the store (`store_split`) when this is called; each input
+    pipeline then reads its own shard of the rows (row i to pipeline i mod n) and batches
+    with the per-replica batch size that the strategy's InputContext derives from
+    `global_batch_size`. Training batches drop the remainder so
     every replica gets a full batch every step.
 
     Args:
       folder: A split, e.g. `make_datasets(...).splits.train` or `data.load_dataset(...).train`.
       global_batch_size: Images per step across all replicas.
       training: Shuffle and drop the last partial batch.
-      cache: "memory", "none" or a file path prefix.
+      cache: Where the decoded pixels are stored (see `make_datasets`).
       shuffle_buffer_size: 0 for a full shuffle of the shard.
       seed: Shuffle seed.
       output: "float32" (preprocessed) or "uint8" (raw pixels).
@@ -399,15 +478,17 @@ def make_input_fn(
       A function from `tf.distribute.InputContext` to a batched dataset.
     """
 
+    examples = store_split(folder, cache=cache)
+
     def input_fn(input_context: tf.distribute.InputContext) -> tf.data.Dataset:
-        return make_batches(
-            folder,
+        return make_split_dataset(
+            examples,
+            folder.labels,
             batch_size=input_context.get_per_replica_batch_size(global_batch_size),
             training=training,
-            cache=cache,
-            shuffle_buffer_size=shuffle_buffer_size,
             seed=seed,
             output=output,
+            shuffle_buffer_size=shuffle_buffer_size,
             num_shards=input_context.num_input_pipelines,
             shard_index=input_context.input_pipeline_id,
             drop_remainder=training,

@@ -1,16 +1,16 @@
-"""Decoded pixels stored once: each split's uint8 images in a chunked, fingerprinted store.
+"""Decoded pixels stored once: each split's uint8 images in one checksummed store file.
 
 Images mode trains on every image of every epoch. Decoding is the expensive part of reading an
-image (BENCHMARKS.md 5), so each split is decoded once, by the one decode function, into
-`store.write_or_reuse` chunks under `<features_dir>/pixels`, and training reads them through
-memory maps. The store's fingerprint is the split's (every file's path, size and modification
-time, the image size, the class map and the decode version): a later run on unchanged files
-decodes nothing.
+image (BENCHMARKS.md 5), so each split is decoded once, by the one decode function, into one
+file per split under `<features_dir>/pixels` (`store.fill`, chunk by chunk, in place), and
+training reads it through a view of its memory map. The store's fingerprint is the split's
+(every file's path, size and modification time, the image size, the class map and the decode
+version): a later run on unchanged files decodes nothing.
 
-Decoding a chunk takes the input pipeline's evaluation pass (`pipeline.make_batches`, file order,
-no cache) or, with a tf.data service address, the service's workers. Under several workers
-the chunks are shared out (chunk k to worker k mod n): each worker decodes only its chunks,
-then all of them read every chunk (the store is on a folder they all reach, like the
+Decoding takes one ordered pass (`decode_pass`) over each run of chunks or, with a tf.data
+service address, the service's workers. Under several workers the chunks are shared out
+(`store.owns_chunk`: chunk k to worker k mod n): each worker decodes only its chunks into the
+one file, then all of them read every row (the store is on a folder they all reach, like the
 checkpoints).
 """
 
@@ -139,6 +139,7 @@ def store_pixels(
         raise UserInputError(
             f"{len(bad)} file(s) of the {folder.name} split could not be decoded while they were "
             f"stored, though the decode check passed them (changed since?): {', '.join(bad[:10])}"
-            f"{', ...' if len(bad) > 10 else ''}. Rerun: the files are checked again."
+            f"{', ...' if len(bad) > 10 else ''}. Fix or remove them, then rerun: changed files "
+            "are checked again."
         )
     return stored

@@ -101,6 +101,8 @@ class StoredArray:
     def gather_by_path(self, indices: tf.Tensor) -> tf.Tensor:
         """Rows `indices` (>= 0), read in the graph by the file's path: the op maps the file
         (ImmutableConst) each time it runs, so a serialised dataset carries only the path."""
+        if self.count == 0:
+            return tf.zeros([0, *self.row_shape], tf.as_dtype(self.dtype))
         whole = tf.raw_ops.ImmutableConst(
             dtype=tf.as_dtype(self.dtype),
             shape=[self.count, *self.row_shape],

@@ -13,9 +13,10 @@ import time
 
 import numpy as np
 import pytest
+import tensorflow as tf
 from conftest import REPO, run_main
 
-from fruits_tl import data, data_service
+from fruits_tl import data, data_service, pipeline
 from fruits_tl.cli import train_main
 
 # Starts processes or servers, or trains on the real sample: the slow tier.
@@ -65,6 +66,39 @@ def test_every_image_is_decoded_once_with_the_routes_pixels(service, tiny_datase
     images = data_service.decode_through_service(splits.train, service)
     expected = np.stack([image for image, _ in splits.train.dataset.as_numpy_iterator()])
     np.testing.assert_array_equal(images, expected)
+
+
+def test_the_public_datasets_go_through_a_tf_data_service_by_path(service, tiny_dataset, tmp_path):
+    # The datasets' graphs carry the store's path, not its rows: the service's workers (other
+    # processes) read the file themselves, and every batch comes back as it is read here.
+    datasets = pipeline.make_datasets(
+        tiny_dataset, batch_size=4, image_size=32, cache=str(tmp_path / "store"), output="uint8"
+    )
+    graph = tf.data.experimental.to_variant(datasets.test)  # Serialisable as it is sent.
+    assert graph.dtype == tf.variant
+    here = list(datasets.test.as_numpy_iterator())
+    served = datasets.test.apply(
+        tf.data.experimental.service.distribute(
+            processing_mode="distributed_epoch", service=service, job_name="public-test"
+        )
+    )
+
+    def rows(batches):
+        images = np.concatenate([images for images, _ in batches])
+        labels = np.concatenate([labels for _, labels in batches])
+        order = sorted(range(len(labels)), key=lambda i: images[i].tobytes())
+        return images[order], labels[order]
+
+    # distributed_epoch: each worker batches its own share of the rows; every row once.
+    there_images, there_labels = rows(list(served.as_numpy_iterator()))
+    here_images, here_labels = rows(here)
+    assert len(there_labels) == len(here_labels) == 9
+    np.testing.assert_array_equal(there_images, here_images)
+    np.testing.assert_array_equal(there_labels, here_labels)
+    # The serialised dataset is small: the rows stayed in the file.
+    stored = sum(p.stat().st_size for p in (tmp_path / "store").glob("test.*.rows"))
+    serialised = len(datasets.test._as_serialized_graph().numpy())
+    assert serialised < stored // 4, (serialised, stored)
 
 
 def test_training_through_the_service_is_training_without_it(

@@ -223,3 +223,36 @@ def test_feature_batches_for_fit_are_float32_shuffled_and_seeded():
     np.testing.assert_array_equal(
         np.concatenate([y for _, y in evaluation.as_numpy_iterator()]), labels
     )
+
+
+def test_the_public_datasets_read_the_store_feed_fit_and_reshuffle_every_epoch(
+    data_dir, tmp_path, caplog
+):
+    store_dir = tmp_path / "store"
+    datasets = pipeline.make_datasets(
+        data_dir, batch_size=4, image_size=32, cache=str(store_dir), output="uint8"
+    )
+    # The pixels are in the store folder, one file and one manifest per split.
+    names = sorted(p.name for p in store_dir.iterdir())
+    assert [n for n in names if n.endswith(".json")] == ["test.pixels.json", "train.pixels.json"]
+    assert len([n for n in names if n.endswith(".rows")]) == 2
+    # Every image, in file order, is the one decode function's pixels.
+    test_images = np.concatenate([x for x, _ in datasets.test.as_numpy_iterator()])
+    expected = np.stack([x for x, _ in datasets.splits.test.dataset.as_numpy_iterator()])
+    np.testing.assert_array_equal(test_images, expected)
+    # Two epochs of train: the same elements, in another order.
+    first, second = (_labels_of_epoch(datasets.train) for _ in range(2))
+    assert sorted(first) == sorted(datasets.splits.train.labels.tolist())
+    assert sorted(first) == sorted(second) and list(first) != list(second)
+    # model.fit takes the datasets as they are.
+    model = tf.keras.Sequential(
+        [tf.keras.Input((32, 32, 3)), tf.keras.layers.Rescaling(1 / 255.0)]
+        + [tf.keras.layers.Flatten(), tf.keras.layers.Dense(3, activation="softmax")]
+    )
+    model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy")
+    history = model.fit(datasets.train, validation_data=datasets.validation, epochs=1, verbose=0)
+    assert len(history.history["loss"]) == 1 and np.isfinite(history.history["val_loss"][0])
+    # A second call on unchanged files decodes nothing: the store is reused.
+    with caplog.at_level("WARNING"):
+        pipeline.make_datasets(data_dir, batch_size=4, image_size=32, cache=str(store_dir))
+    assert caplog.text.count("Reusing the stored") == 2
