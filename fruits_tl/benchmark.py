@@ -293,18 +293,13 @@ def _train_input_variant(context: Context, repeat: int) -> Measurement:
     # The consuming function is traced before the timing, on stand-in rows of the same shapes
     # (the same iterator spec, so no second trace): its trace is the consumer's cost, which
     # the other input variants, consumed by a Python loop, do not pay either.
-    size = folder.image_size
+    size, one_batch = folder.image_size, dataclasses.replace(batching, count=batching.batch_size)
     stand_in = train_input.distribute(
         strategy,
-        np.zeros((batching.batch_size, size, size, 3), np.uint8),
-        np.zeros(batching.batch_size, np.int32),
-        train_input.training_rows(
-            dataclasses.replace(batching, count=batching.batch_size),
-            seed=0,
-            first_epoch=0,
-            epochs=1,
-        ),
-        batching=dataclasses.replace(batching, count=batching.batch_size),
+        np.zeros((one_batch.count, size, size, 3), np.uint8),
+        np.zeros(one_batch.count, np.int32),
+        train_input.training_rows(one_batch, seed=0, first_epoch=0, epochs=1),
+        batching=one_batch,
     )
     count_real(iter(stand_in), tf.constant(1))
     with PeakMemory() as memory:

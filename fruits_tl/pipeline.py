@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import atexit
 import dataclasses
+import functools
 import glob
 import os
 import shutil
@@ -289,7 +290,12 @@ def share_cpu_with_model(dataset: tf.data.Dataset) -> tf.data.Dataset:
     return dataset.with_options(options)
 
 
-_TEMPORARY_STORES: dict[str, str] = {}
+@functools.cache
+def _temporary_store_directory() -> str:
+    """This process's temporary store folder, removed when the process exits."""
+    path = tempfile.mkdtemp(prefix="fruits-tl-store-")
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
+    return path
 
 
 def get_store_directory(cache: str) -> str:
@@ -299,13 +305,7 @@ def get_store_directory(cache: str) -> str:
     operating system's page cache holds the pixels, not the process). Anything else is a
     folder that keeps the store across runs: a later call on unchanged files decodes nothing.
     """
-    if cache in ("memory", "none"):
-        if "path" not in _TEMPORARY_STORES:
-            path = tempfile.mkdtemp(prefix="fruits-tl-store-")
-            atexit.register(shutil.rmtree, path, ignore_errors=True)
-            _TEMPORARY_STORES["path"] = path
-        return _TEMPORARY_STORES["path"]
-    return cache
+    return _temporary_store_directory() if cache in ("memory", "none") else cache
 
 
 def store_split(folder: data.ImageFolder, *, cache: str = "memory") -> store.StoredArray:

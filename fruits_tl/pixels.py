@@ -54,31 +54,14 @@ def _rows(folder: data.ImageFolder, first: int, last: int) -> data.ImageFolder:
 
 
 def decode_pass(folder: data.ImageFolder, first: int, last: int) -> tf.data.Dataset:
-    """The decode pass over images [first, last): batches of (positions, uint8 images), with
-    `decode.decode_parallelism()` calls in parallel, in file order (the store writes and
-    checksums them as they come). A file the decoder rejects is left out (`ignore_errors`):
-    its position never comes out."""
-    if folder.records is None:
-        sources = tf.data.Dataset.from_tensor_slices(
-            tf.constant(list(folder.file_paths[first:last]), tf.string)
-        )
-        read = tf.io.read_file
-    else:
-        sources = (
-            folder.records.skip(first)
-            .take(last - first)
-            .map(tf.autograph.experimental.do_not_convert(lambda contents, label: contents))
-        )
-        read = tf.identity
-    size = folder.image_size
-
-    @tf.autograph.experimental.do_not_convert
-    def decode_one(position, source):
-        return position, decode.decode_image(read(source), size)
-
+    """The decode pass over images [first, last): batches of (positions, uint8 images), the
+    split's own decoded elements (`ImageFolder.make_elements`: the one decode function, in
+    parallel, in file order, so the store writes and checksums them as they come). A file the
+    decoder rejects is left out (`ignore_errors`): its position never comes out."""
+    elements = _rows(folder, first, last).make_elements()
     positions = tf.data.Dataset.range(first, last)
-    dataset = tf.data.Dataset.zip(positions, sources).map(
-        decode_one, num_parallel_calls=decode.decode_parallelism(), deterministic=True
+    dataset = tf.data.Dataset.zip(positions, elements).map(
+        tf.autograph.experimental.do_not_convert(lambda position, element: (position, element[0]))
     )
     return decode.with_pass_options(dataset.ignore_errors().batch(DECODE_BATCH).prefetch(2))
 

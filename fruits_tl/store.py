@@ -1,6 +1,7 @@
 """The store: rows of examples written once into one file, read natively by TensorFlow.
 
-One format for decoded pixels and backbone features. An array `name` in a folder is:
+It holds decoded pixels (`pixels.py`); any [N, ...] array of rows fits (backbone features
+still have their own files, `backbone_features.py`). An array `name` in a folder is:
 - `<name>.<digest>.rows`: the rows, raw (C order, no header), [count, *row_shape] of dtype;
   the digest names what the rows are (fingerprint, count, shape, dtype, chunk size), so a
   file of other data is never taken for this one;

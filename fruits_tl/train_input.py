@@ -213,12 +213,8 @@ def example_spec(examples: Examples) -> tuple[tuple[int, ...], np.dtype]:
     return tuple(examples.shape[1:]), examples.dtype
 
 
-def _gather_rows(examples: Examples, *, by_path: bool) -> Callable[[tf.Tensor], tf.Tensor]:
-    """indices (>= 0) -> their rows, by TensorFlow ops."""
-    if by_path:
-        if not isinstance(examples, store.StoredArray):
-            raise ValueError("a read by path needs a stored array")
-        return examples.gather_by_path
+def _gather_rows(examples: Examples) -> Callable[[tf.Tensor], tf.Tensor]:
+    """indices (>= 0) -> their rows, by TensorFlow ops on a view of the examples."""
     source = examples.tensor() if isinstance(examples, store.StoredArray) else tf.constant(examples)
     return lambda indices: tf.gather(source, indices)
 
@@ -242,7 +238,6 @@ def make_replica_dataset(
     input_context: tf.distribute.InputContext,
     augmentation: Augmentation = NO_AUGMENTATION,
     seed: int = 0,
-    by_path: bool = False,
 ) -> tf.data.Dataset:
     """One input pipeline's dataset: its replicas' slices of the global batches, in turn.
 
@@ -250,8 +245,7 @@ def make_replica_dataset(
     `(examples [per_replica, ...], labels [per_replica] with -1 for padding, real examples in
     the global batch)`, gathered on the host by TensorFlow ops, and transformed by
     `augmentation` (uint8 images only) with draws keyed by (`seed`, epoch, example index).
-    Padding rows are zeros. `by_path` reads the store by its file's path (for a dataset that
-    is serialised, as the tf.data service does).
+    Padding rows are zeros.
     """
     replicas, per_replica = batching.replicas, batching.per_replica
     pipelines = input_context.num_input_pipelines
@@ -262,7 +256,7 @@ def make_replica_dataset(
     row_shape, dtype = example_spec(examples)
     if augmentation and (dtype != np.uint8 or len(row_shape) != 3):
         raise ValueError(f"augmentation needs uint8 images, not {dtype} rows of {row_shape}")
-    gather = _gather_rows(examples, by_path=by_path)
+    gather = _gather_rows(examples)
     label_table = tf.constant(np.asarray(labels, np.int32))
 
     @tf.autograph.experimental.do_not_convert
@@ -316,8 +310,8 @@ def distribute(
         )
 
     # On accelerators the next slice is copied to the device while the current step runs; on
-    # CPUs there is nothing to copy to, and the extra buffering stage cost the pipeline about
-    # 15% (BENCHMARKS 14).
+    # CPUs there is nothing to copy to, and the extra buffering stage cost the pipeline
+    # throughput (BENCHMARKS 14).
     accelerated = bool(
         tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("TPU")
     )
