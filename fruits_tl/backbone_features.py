@@ -1,27 +1,31 @@
-"""Features once: run the frozen backbone over each split one time and keep the result.
+"""Features once: the frozen backbone over each split one time, its output stored as rows.
 
 The backbone is frozen, so its output for an image never changes during training; computing
-it every epoch (as the tutorial does) repeats the same work once per epoch. This module runs
-`model.build_feature_extractor` (preprocessing -> backbone -> global average pool) over the
-input pipeline's evaluation batches, under the distribution strategy, and stores per split
-`<split>.npz` (features, labels, file paths, its fingerprint), `labels.txt` and
-`fingerprint.json`. A later run whose fingerprint matches reuses the files.
-
-Writes are ordered so that nothing incomplete looks complete: `fingerprint.json` is removed
-first, each `.npz` is written atomically, and `fingerprint.json` is written last.
+it every epoch (as the tutorial does) repeats the same work once per epoch. Extraction reads
+the split's decoded pixels from the pixel store (`pixels.store_pixels`: each image decoded
+once, whatever later reads it) through the training input pipeline, runs
+`model.build_feature_extractor` (preprocessing -> backbone -> global average pool) over many
+batches per compiled call, and writes the features into the store (`store.fill`), the same
+format as the pixels: per split, in `features_dir`,
+- `<split>.features.json` and its rows file: [N, D] float32 (or float16) features;
+- `<split>.labels.json` and its rows file: [N] int32 labels;
+- `<split>.files.txt`: the N image files, one per line, in row order;
+and `labels.txt`, the class names in index order. `load_split` reads them back (NumPy arrays
+that map the files). A features manifest's fingerprint names the backbone's weights, its
+architecture, the preprocessing, the decode function and the split's files: a later run whose
+fingerprint matches reuses the rows (their checksums verified), and a killed run resumes by
+chunk. Under several workers the same rule as every store shares the chunks out
+(`store.owns_chunk`): each worker decodes and extracts its chunks on its own devices.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import json
 import os
 import time
 import weakref
-import zipfile
-import zlib
 
 import keras
 import numpy as np
@@ -33,10 +37,9 @@ from fruits_tl import (
     data_service,
     decode,
     distribute,
-    faults,
     files,
     model,
-    pipeline,
+    pixels,
     preprocess,
     progress,
     store,
@@ -46,10 +49,14 @@ from fruits_tl.config import FEATURE_DTYPES
 from fruits_tl.errors import UserInputError
 from fruits_tl.stopping import GracefulStop
 
-FINGERPRINT_FILE = "fingerprint.json"
 # Images per stored chunk of an extraction: a killed run loses at most this much work.
 DEFAULT_CHUNK_IMAGES = 2048
-FORMAT_VERSION = 1
+# Images per replica in each extraction batch: the compiled forward pass of MobileNet is
+# fastest here from batch 128 on (BENCHMARKS.md 15); training's batch has no say in it.
+EXTRACTION_BATCH_PER_REPLICA = 128
+FORMAT_VERSION = 2
+PIXELS_DIR = "pixels"
+LABELS_FILE = "labels.txt"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,11 +65,11 @@ class FeatureSet:
 
     Attributes:
       split: "train", "validation" or "test".
-      features: [N, D] float32 or float16.
+      features: [N, D] float32 or float16 (a copy-on-write map of the stored rows).
       labels: [N] int32, indices into class_names.
       file_paths: The N image files.
       class_names: The label map.
-      fingerprint: The split's fingerprint the features were computed for.
+      rows: The stored features, for the input pipeline's native read.
     """
 
     split: str
@@ -70,7 +77,7 @@ class FeatureSet:
     labels: np.ndarray
     file_paths: tuple[str, ...]
     class_names: tuple[str, ...]
-    fingerprint: str
+    rows: store.StoredArray | None = None
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -82,8 +89,8 @@ class Extraction:
 
     Attributes:
       feature_sets: Split name -> FeatureSet.
-      reused: True when every split came from an earlier run's files.
-      seconds: Wall time of the extraction (0 when reused).
+      reused: True when every split's features came from an earlier run.
+      seconds: Wall time of the extraction, the pixel store's fill included (0 when reused).
       images_per_second: Images through the backbone per second (0 when reused).
       features_dir: Where the files are.
     """
@@ -126,61 +133,6 @@ def make_fingerprint(
     }
 
 
-_STEPS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
-def _extraction_step(extractor: keras.Model):
-    """One traced step per extractor, reused across splits and calls (tracing costs ~1 s).
-
-    No input_signature: under MirroredStrategy, `strategy.run` hands a tf.function the
-    PerReplica values themselves, which a TensorSpec signature refuses. Every batch is full
-    (`pipeline.PADDING_LABEL`), so one trace serves a whole split.
-    """
-    if extractor not in _STEPS:
-
-        @tf.function(reduce_retracing=True)
-        def step(images, labels):
-            return extractor(images, training=False), labels
-
-        _STEPS[extractor] = step
-    return _STEPS[extractor]
-
-
-def run_extractor(
-    batches: tf.data.Dataset,
-    extractor: keras.Model,
-    *,
-    strategy: tf.distribute.Strategy,
-    feature_dtype: str = "float32",
-    count: int = 0,
-    verbose: bool = False,
-    label: str = "extract",
-) -> tuple[np.ndarray, np.ndarray]:
-    """Runs the extractor over uint8 `(images, labels)` batches of the input pipeline, in order.
-
-    Features and labels come out of the same distributed step, gathered from the replicas in
-    order, so they cannot drift apart.
-
-    Returns:
-      ([N, D] features in `feature_dtype`, [N] int32 labels).
-    """
-    distributed = strategy.experimental_distribute_dataset(batches)
-    step = _extraction_step(extractor)
-    counter = progress.Progress(count, label=label, enabled=verbose)
-    features, labels = [], []
-    for images, batch_labels in distributed:
-        batch_features, batch_labels = strategy.run(step, args=(images, batch_labels))
-        batch_features = strategy.gather(batch_features, axis=0).numpy()
-        batch_labels = strategy.gather(batch_labels, axis=0).numpy()
-        features.append(batch_features.astype(feature_dtype))
-        labels.append(batch_labels.astype(np.int32))
-        counter.add(int((batch_labels != pipeline.PADDING_LABEL).sum()))
-    features_array = np.concatenate(features) if features else np.zeros((0, 0), feature_dtype)
-    labels_array = np.concatenate(labels) if labels else np.zeros((0,), np.int32)
-    real = labels_array != pipeline.PADDING_LABEL
-    return features_array[real], labels_array[real]
-
-
 # Batches per compiled call of the extraction from stored pixels.
 STORED_STEPS_PER_CALL = 32
 _STORED_STEPS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -206,278 +158,56 @@ def _stored_extraction_steps(extractor: keras.Model, strategy: tf.distribute.Str
     return steps
 
 
-def extract_stored(
+def feature_rows(
     images: store.StoredArray,
-    labels: np.ndarray,
     extractor: keras.Model,
     *,
     strategy: tf.distribute.Strategy,
     batch_size: int,
-    rows: np.ndarray | None = None,
+    first: int = 0,
+    last: int | None = None,
     feature_dtype: str = "float32",
-    verbose: bool = False,
-    label: str = "extract",
-) -> np.ndarray:
-    """Features of stored images, read through the training input pipeline: nothing decoded.
+    counter: progress.Progress | None = None,
+):
+    """Features of stored images [first, last), read through the training input pipeline:
+    blocks of (row positions, [n, D] features), `STORED_STEPS_PER_CALL` batches per block.
 
     Args:
       images: A split's stored uint8 images (`pixels.store_pixels`).
-      labels: Their labels (carried through the pipeline).
       extractor: uint8 pixels -> [batch, D] features, built in `strategy.scope()`.
       strategy: The distribution strategy; `batch_size` is the global batch.
       batch_size: Global batch size.
-      rows: The rows to extract, in order (default: all).
+      first, last: The rows (default: all).
       feature_dtype: The features' dtype.
-      verbose: Show a progress bar.
-      label: The progress bar's name.
-
-    Returns:
-      [len(rows), D] features in `rows` order.
+      counter: A progress bar to advance.
     """
-    rows = np.arange(len(images)) if rows is None else np.asarray(rows, np.int64)
+    rows = np.arange(first, len(images) if last is None else last)
     batching = train_input.Batching(
         count=len(rows), batch_size=batch_size, replicas=strategy.num_replicas_in_sync
     )
     index_batches = batching.index_batches(rows)
+    labels = np.zeros(len(images), np.int32)  # Not needed: the pipeline carries labels.
     iterator = iter(
         train_input.distribute(
             strategy, images, labels, train_input.fixed_rows(index_batches), batching=batching
         )
     )
     steps = _stored_extraction_steps(extractor, strategy)
-    counter = progress.Progress(len(rows), label=label, enabled=verbose)
-    parts = []
-    for first in range(0, batching.num_batches, STORED_STEPS_PER_CALL):
-        n = min(STORED_STEPS_PER_CALL, batching.num_batches - first)
-        parts.append(steps(iterator, tf.constant(n)).numpy().astype(feature_dtype))
-        counter.add(int((index_batches[first : first + n] >= 0).sum()))
-    features = np.concatenate(parts) if parts else np.zeros((0, 0), feature_dtype)
-    return features[index_batches.reshape(-1) >= 0]
+    for start in range(0, batching.num_batches, STORED_STEPS_PER_CALL):
+        n = min(STORED_STEPS_PER_CALL, batching.num_batches - start)
+        features = steps(iterator, tf.constant(n)).numpy()
+        positions = index_batches[start : start + n].reshape(-1)
+        real = positions >= 0
+        if counter is not None:
+            counter.add(int(real.sum()))
+        yield positions[real], features[real].astype(feature_dtype)
 
 
-def extract_features(
-    folder: data.ImageFolder,
-    extractor: keras.Model,
-    *,
-    strategy: tf.distribute.Strategy,
-    batch_size: int,
-    cache: str = "none",
-    feature_dtype: str = "float32",
-    verbose: bool = True,
-    data_service_address: str = "",
-    data_service_timeout: float = data_service.DEFAULT_TIMEOUT,
-    stored: tuple[store.StoredArray, np.ndarray] | None = None,
-) -> FeatureSet:
-    """Runs the extractor over one split in file order, under the strategy, in one pass.
-
-    Features and labels come out of the same distributed step, gathered from the replicas in
-    order, so they cannot drift apart; the labels are then checked against the folder's.
-
-    Args:
-      folder: The split.
-      extractor: uint8 pixels -> [batch, D] features, built in `strategy.scope()`.
-      strategy: The distribution strategy; `batch_size` is the global batch.
-      batch_size: Global batch size.
-      cache: Cache setting of the input pipeline (one pass: "none" unless a file cache should
-        be filled for later image-mode runs).
-      feature_dtype: "float32" or "float16" for the stored features.
-      verbose: Show a progress bar.
-      data_service_address: Decode the images on the tf.data service there (each exactly
-        once), then run the backbone here over them.
-      data_service_timeout: Seconds without an element before the service counts as lost.
-      stored: (the split's stored pixels, the rows of `folder` in them): read them through
-        the training input pipeline instead of decoding.
-    """
-    if feature_dtype not in FEATURE_DTYPES:
-        raise UserInputError(
-            f"feature_dtype must be one of {', '.join(FEATURE_DTYPES)}, got {feature_dtype!r}."
-        )
-    if stored is not None:
-        features = extract_stored(
-            stored[0],
-            np.zeros(len(stored[0]), np.int32),
-            extractor,
-            strategy=strategy,
-            batch_size=batch_size,
-            rows=stored[1],
-            feature_dtype=feature_dtype,
-            verbose=verbose,
-            label=f"extract {folder.name} (stored pixels)",
-        )
-        return _feature_set(folder, features, np.asarray(folder.labels, np.int32))
-    if data_service_address:
-        images = data_service.decode_through_service(
-            folder, data_service_address, timeout=data_service_timeout
-        )
-        batches = pipeline.batch_elements(
-            tf.data.Dataset.from_tensor_slices((images, folder.labels)),
-            batch_size=batch_size,
-            pad_last_batch=True,
-        )
-    else:
-        batches = pipeline.make_batches(
-            folder,
-            batch_size=batch_size,
-            training=False,
-            cache=cache,
-            output="uint8",
-            pad_last_batch=True,
-        )
-        batches = pipeline.share_cpu_with_model(batches)
-    features, labels = run_extractor(
-        batches,
-        extractor,
-        strategy=strategy,
-        feature_dtype=feature_dtype,
-        count=len(folder),
-        verbose=verbose,
-        label=f"extract {folder.name}",
-    )
-    return _feature_set(folder, features, labels)
-
-
-def _feature_set(folder: data.ImageFolder, features: np.ndarray, labels: np.ndarray) -> FeatureSet:
-    """The FeatureSet of a split, after checking that the labels are the folder's in order."""
-    if not np.array_equal(labels, folder.labels):
-        raise RuntimeError(f"extracted labels of split {folder.name} do not match its file order")
-    return FeatureSet(
-        split=folder.name,
-        features=features,
-        labels=labels,
-        file_paths=folder.file_paths,
-        class_names=folder.class_names,
-        fingerprint=folder.fingerprint,
-    )
-
-
-def save_feature_set(path: str, feature_set: FeatureSet) -> None:
-    """Writes one split's features as an .npz (no pickled objects), atomically."""
-    with files.atomic_path(path) as temporary:
-        with open(temporary, "wb") as stream:
-            np.savez(
-                stream,
-                features=feature_set.features,
-                labels=feature_set.labels,
-                file_paths=np.asarray(feature_set.file_paths, dtype=np.str_),
-                class_names=np.asarray(feature_set.class_names, dtype=np.str_),
-                split=np.asarray(feature_set.split),
-                fingerprint=np.asarray(feature_set.fingerprint),
-            )
-
-
-def load_feature_set(path: str) -> FeatureSet:
-    """Reads an .npz written by save_feature_set (never with allow_pickle)."""
-    try:
-        with np.load(path, allow_pickle=False) as stored:
-            return FeatureSet(
-                split=str(stored["split"]),
-                features=stored["features"],
-                labels=stored["labels"].astype(np.int32),
-                file_paths=tuple(str(p) for p in stored["file_paths"]),
-                class_names=tuple(str(c) for c in stored["class_names"]),
-                fingerprint=str(stored["fingerprint"]),
-            )
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error) as error:
-        raise UserInputError(f"The feature file '{path}' cannot be read: {error}") from None
-
-
-def _read_fingerprint(features_dir: str) -> dict | None:
-    try:
-        with open(os.path.join(features_dir, FINGERPRINT_FILE), encoding="utf-8") as stream:
-            return json.load(stream)
-    except (OSError, ValueError):
-        return None
-
-
-def _load_chunk(path: str, fingerprint: str, count: int) -> FeatureSet | None:
-    """A stored chunk if it is complete and holds what `fingerprint` names, else None."""
-    if not os.path.exists(path):
-        return None
-    try:
-        part = load_feature_set(path)
-    except UserInputError as error:
-        logging.warning("Recomputing a damaged chunk: %s", error)
-        return None
-    return part if part.fingerprint == fingerprint and len(part) == count else None
-
-
-def _shard_file(features_dir: str, name: str, index: int, count: int) -> str:
-    return os.path.join(features_dir, f"{name}-{index}-of-{count}.npz")
-
-
-def _shard_mask(folder: data.ImageFolder, index: int, count: int) -> np.ndarray:
-    return np.arange(len(folder)) % count == index
-
-
-def _extract_sharded(
-    splits: dict[str, data.ImageFolder],
-    extractor: keras.Model,
-    strategy: tf.distribute.Strategy,
-    *,
-    role: distribute.WorkerRole,
-    run_digest: str,
-    settings: ExtractionSettings,
-) -> dict[str, FeatureSet]:
-    """Extraction under several workers: each runs the backbone on its shard only.
-
-    Worker i of n takes every n-th image from image i of each split (the listing is sharded
-    before decoding, `data.select`), runs the backbone on its own devices, and writes
-    `<split>-<i>-of-<n>.npz` atomically (a rerun reuses it when its fingerprint matches). After
-    a barrier every worker reads all the shards and puts the features back in file order; the
-    chief writes `<split>.npz` (and, in `extract_or_reuse`, labels.txt and fingerprint.json,
-    then removes the shards after a second barrier). No two workers write the same file.
-    """
-    local = tf.distribute.get_strategy()  # Outside any scope: this worker's own devices.
-    features_dir, count = settings.features_dir, role.count
-    for name, folder in splits.items():
-        mask = _shard_mask(folder, role.index, count)
-        path = _shard_file(features_dir, name, role.index, count)
-        expected = f"{run_digest}:{name}:shard-{role.index}-of-{count}"
-        if _load_chunk(path, expected, int(mask.sum())) is not None:
-            logging.warning("Reusing shard %d of %d of %s in %s", role.index, count, name, path)
-            continue
-        logging.info(
-            "Extracting shard %d of %d of %s: %d images", role.index, count, name, int(mask.sum())
-        )
-        part = settings.extract(
-            data.select(folder, mask, name=name),
-            extractor,
-            local,
-            batch_size=max(1, settings.batch_size // count),
-        )
-        save_feature_set(path, dataclasses.replace(part, fingerprint=expected))
-    distribute.barrier(strategy, timeout=settings.barrier_timeout)
-    feature_sets = {}
-    for name, folder in splits.items():
-        parts = []
-        for index in range(count):
-            part = _load_chunk(
-                _shard_file(features_dir, name, index, count),
-                f"{run_digest}:{name}:shard-{index}-of-{count}",
-                int(_shard_mask(folder, index, count).sum()),
-            )
-            if part is None:
-                raise RuntimeError(
-                    f"worker {index}'s shard of {name} is missing or stale in {features_dir}"
-                )
-            parts.append(part)
-        width = max(p.features.shape[1] for p in parts if len(p))
-        features = np.zeros((len(folder), width), dtype=settings.feature_dtype)
-        labels = np.zeros(len(folder), dtype=np.int32)
-        for index, part in enumerate(parts):
-            features[index::count] = part.features
-            labels[index::count] = part.labels
-        feature_sets[name] = _feature_set(folder, features, labels)
-        if role.is_chief:
-            save_feature_set(_split_path(features_dir, name), feature_sets[name])
-    return feature_sets
-
-
-def _remove_shards(splits, role: distribute.WorkerRole, features_dir: str) -> None:
-    for name in splits:
-        for index in range(role.count):
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(_shard_file(features_dir, name, index, role.count))
+def extract_stored(images: store.StoredArray, extractor: keras.Model, **kwargs) -> np.ndarray:
+    """[N, D] features of all stored images, in order (`feature_rows`' blocks joined)."""
+    blocks = [features for _, features in feature_rows(images, extractor, **kwargs)]
+    dtype = kwargs.get("feature_dtype", "float32")
+    return np.concatenate(blocks) if blocks else np.zeros((0, 0), dtype)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -485,25 +215,21 @@ class ExtractionSettings:
     """How a job extracts features, as `extract_or_reuse` takes it.
 
     Attributes:
-      features_dir: Where `<split>.npz`, labels.txt and fingerprint.json live.
-      batch_size: Global batch size.
+      features_dir: Where the features, labels and file lists are stored.
+      batch_size: Global batch size of the extraction (0: EXTRACTION_BATCH_PER_REPLICA per
+        replica).
       feature_dtype: "float32" or "float16".
-      cache: The input pipeline's cache for the one pass: "none", or a file prefix to fill a
-        file cache that later image-mode runs read ("memory" would hold images never read
-        again).
       verbose: Progress bars.
-      chunk_images: Images per stored chunk (rounded up to a multiple of batch_size).
+      chunk_images: Images per stored chunk, of the features and of the pixels.
       barrier_timeout: Under several workers, seconds a barrier waits for the others.
       data_service_address: Decode on the tf.data service there ("" decodes here).
       data_service_timeout: Seconds without an element before the service counts as lost.
-      pixels_dir: A pixel store (`pixels.store_pixels`): a split whose decoded pixels are
-        stored there is read from the store, not decoded.
+      pixels_dir: The pixel store (default: `<features_dir>/pixels`).
     """
 
     features_dir: str
-    batch_size: int
+    batch_size: int = 0
     feature_dtype: str = "float32"
-    cache: str = "none"
     verbose: bool = True
     chunk_images: int = DEFAULT_CHUNK_IMAGES
     barrier_timeout: float | None = None
@@ -511,20 +237,8 @@ class ExtractionSettings:
     data_service_timeout: float = data_service.DEFAULT_TIMEOUT
     pixels_dir: str = ""
 
-    def extract(self, folder, extractor, strategy, *, batch_size=None, stored=None):
-        """`extract_features` with these settings (`batch_size`: another global batch)."""
-        return extract_features(
-            folder,
-            extractor,
-            strategy=strategy,
-            batch_size=batch_size or self.batch_size,
-            feature_dtype=self.feature_dtype,
-            cache=self.cache,
-            verbose=self.verbose,
-            data_service_address=self.data_service_address,
-            data_service_timeout=self.data_service_timeout,
-            stored=stored,
-        )
+    def resolved_pixels_dir(self) -> str:
+        return self.pixels_dir or os.path.join(self.features_dir, PIXELS_DIR)
 
 
 def extract_or_reuse(
@@ -537,13 +251,8 @@ def extract_or_reuse(
     settings: ExtractionSettings,
     stop: GracefulStop | None = None,
 ) -> Extraction:
-    """Returns the features of every split, reusing `settings.features_dir` when its
-    fingerprint matches.
-
-    The work is stored in chunks of about `chunk_images` images, each written atomically with
-    a fingerprint of what it holds, so a killed extraction's rerun computes only the missing
-    chunks, and the final files are the same whether or not a run was interrupted
-    (`_extract_in_chunks`). Under several workers each extracts its shard (`_extract_sharded`).
+    """The features of every split: stored ones reused where their fingerprint matches, the
+    rest extracted from the pixel store (filled first where needed) into the store.
 
     Args:
       splits: Split name -> ImageFolder (one label map).
@@ -553,8 +262,15 @@ def extract_or_reuse(
       strategy: Distribution strategy for the backbone pass.
       settings: Where and how to extract.
       stop: Checked after every chunk: a stop request raises StopRequested there.
+
+    Raises:
+      UserInputError: An unknown feature dtype; a disk without room for the store.
     """
-    features_dir = settings.features_dir
+    if settings.feature_dtype not in FEATURE_DTYPES:
+        raise UserInputError(
+            f"feature_dtype must be one of {', '.join(FEATURE_DTYPES)}, "
+            f"got {settings.feature_dtype!r}."
+        )
     fingerprint = make_fingerprint(
         backbone=backbone,
         alpha=alpha,
@@ -562,171 +278,189 @@ def extract_or_reuse(
         feature_dtype=settings.feature_dtype,
         splits=splits,
     )
-    reused = _reuse(splits, fingerprint, features_dir)
-    if reused is not None:
-        return reused
-    os.makedirs(features_dir, exist_ok=True)
-    role = distribute.worker_role(strategy)
-    # Invalidate first: from here until the new fingerprint is written, nothing here counts.
-    if role.is_chief:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(os.path.join(features_dir, FINGERPRINT_FILE))
-    with strategy.scope():
-        extractor = model.build_feature_extractor(backbone, image_size=image_size)
-    run_digest = hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()[:16]
+    run = _Run(
+        settings,
+        strategy,
+        backbone,
+        image_size,
+        hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()[:16],
+        stop,
+    )
     start = time.perf_counter()
-    if role.count > 1:
-        feature_sets = _extract_sharded(
-            splits, extractor, strategy, role=role, run_digest=run_digest, settings=settings
-        )
-    else:
-        feature_sets = {
-            name: _extract_in_chunks(
-                folder, extractor, strategy, run_digest=run_digest, settings=settings, stop=stop
-            )
-            for name, folder in splits.items()
-        }
-    if role.is_chief:
+    feature_sets = {name: run.split(folder) for name, folder in splits.items()}
+    if run.role.is_chief:
         any_split = next(iter(splits.values()))
-        files.write_lines(os.path.join(features_dir, "labels.txt"), list(any_split.class_names))
-        files.write_json(os.path.join(features_dir, FINGERPRINT_FILE), fingerprint)
-    if role.count > 1:
-        # Every worker has read the shards: the chief may remove them.
-        distribute.barrier(strategy, timeout=settings.barrier_timeout)
-        if role.is_chief:
-            _remove_shards(splits, role, features_dir)
+        files.write_lines(
+            os.path.join(settings.features_dir, LABELS_FILE), list(any_split.class_names)
+        )
     seconds = time.perf_counter() - start
-    rate = sum(len(folder) for folder in splits.values()) / max(seconds, 1e-9)
+    if not run.extracted:
+        return Extraction(feature_sets, True, 0.0, 0.0, settings.features_dir)
+    rate = run.extracted / max(seconds, 1e-9)
     logging.info("Extracted the features in %.1f s: %.1f images/s", seconds, rate)
-    return Extraction(
-        feature_sets=feature_sets,
-        reused=False,
-        seconds=seconds,
-        images_per_second=rate,
-        features_dir=features_dir,
-    )
+    return Extraction(feature_sets, False, seconds, rate, settings.features_dir)
 
 
-def _split_path(features_dir: str, name: str) -> str:
-    return os.path.join(features_dir, f"{name}.npz")
+class _Run:
+    """One extraction: the worker's part of every split, through the store."""
 
+    def __init__(self, settings, strategy, backbone, image_size: int, digest: str, stop):
+        self.settings, self.strategy, self.backbone = settings, strategy, backbone
+        self.image_size = image_size
+        self.digest, self.stop = digest, stop
+        self.role = distribute.worker_role(strategy)
+        # Under several workers each extracts its own chunks on its own devices.
+        self.local = strategy if self.role.count == 1 else tf.distribute.get_strategy()
+        self.batch_size = (
+            max(1, settings.batch_size // self.role.count)
+            if settings.batch_size
+            else EXTRACTION_BATCH_PER_REPLICA * self.local.num_replicas_in_sync
+        )
+        # The pixel store's chunks too, so that images mode and fine-tuning find it filled.
+        self.chunk_rows = max(settings.chunk_images, 1)
+        self.extracted = 0
+        self._extractor = None
 
-def _reuse(splits, fingerprint: dict, features_dir: str) -> Extraction | None:
-    """The stored features when the fingerprint and every split file match, else None (and a
-    line saying what changed)."""
-    previous = _read_fingerprint(features_dir)
-    paths = {name: _split_path(features_dir, name) for name in splits}
-    if previous == fingerprint and all(os.path.exists(p) for p in paths.values()):
-        try:
-            loaded = {name: load_feature_set(path) for name, path in paths.items()}
-        except UserInputError as error:
-            # A damaged file under a matching fingerprint (a disk error, a copy cut short): the
-            # features can be computed again, so that is what happens, with a warning.
-            logging.warning("Recomputing the features in %s: %s", features_dir, error)
-            return None
-        if all(
-            loaded[name].fingerprint == splits[name].fingerprint
-            and len(loaded[name]) == len(splits[name])
-            for name in splits
-        ):
-            logging.warning(
-                "Reusing the features in %s: their fingerprint matches this backbone and these "
-                "files.",
-                features_dir,
+    def barrier(self) -> None:
+        distribute.barrier(self.strategy, timeout=self.settings.barrier_timeout)
+
+    def extractor(self) -> keras.Model:
+        if self._extractor is None:
+            with self.strategy.scope():
+                self._extractor = model.build_feature_extractor(
+                    self.backbone, image_size=self.image_size
+                )
+        return self._extractor
+
+    def pixels(self, folder: data.ImageFolder, *, shared: bool) -> store.StoredArray:
+        """The split's stored pixels, filled where needed (by every worker together when
+        `shared`, else by this one alone: a damaged features chunk found late)."""
+        settings = self.settings
+        return pixels.store_pixels(
+            folder,
+            directory=settings.resolved_pixels_dir(),
+            chunk_images=self.chunk_rows,
+            data_service_address=settings.data_service_address,
+            data_service_timeout=settings.data_service_timeout,
+            worker_index=self.role.index if shared else 0,
+            worker_count=self.role.count if shared else 1,
+            wait_for_workers=self.barrier if shared else (lambda: None),
+            stop=self.stop,
+        ).examples
+
+    def split(self, folder: data.ImageFolder) -> FeatureSet:
+        """The split's features: reused, or extracted chunk by chunk into the store."""
+        settings, name = self.settings, folder.name
+        fingerprint = f"{self.digest}:{folder.fingerprint}"
+        name_in_store = f"{name}.features"
+        stored = store.open_complete(settings.features_dir, name_in_store, fingerprint=fingerprint)
+        # Every worker sees the same answer here: nothing changes the store before the pixel
+        # store's barriers.
+        images = None if stored is not None else self.pixels(folder, shared=True)
+        counter = progress.Progress(len(folder), label=f"extract {name}", enabled=settings.verbose)
+
+        def produce(first: int, last: int):
+            nonlocal images
+            if images is None:
+                images = self.pixels(folder, shared=False)
+            self.extracted += last - first
+            yield from feature_rows(
+                images,
+                self.extractor(),
+                strategy=self.local,
+                batch_size=self.batch_size,
+                first=first,
+                last=last,
+                feature_dtype=settings.feature_dtype,
+                counter=counter,
             )
-            return Extraction(
-                feature_sets=loaded,
-                reused=True,
-                seconds=0.0,
-                images_per_second=0.0,
-                features_dir=features_dir,
+
+        filled = self._fill(folder, name_in_store, fingerprint, produce, width=None)
+        if self.role.count > 1 and filled.written_rows:
+            logging.info(
+                "Worker %d of %d extracted %d of the %d %s images",
+                self.role.index,
+                self.role.count,
+                filled.written_rows,
+                len(folder),
+                name,
             )
-    if previous is not None:
-        changed = sorted(
-            k for k in set(previous) | set(fingerprint) if previous.get(k) != fingerprint.get(k)
+        features = filled.examples
+        labels = self._fill(
+            folder,
+            f"{name}.labels",
+            folder.fingerprint,
+            lambda first, last: [(np.arange(first, last), _labels(folder)[first:last])],
+            width=(),
+        ).examples
+        if self.role.is_chief:
+            files.write_lines(_files_path(settings.features_dir, name), list(folder.file_paths))
+        return FeatureSet(
+            split=name,
+            features=features.numpy(),
+            labels=labels.numpy(),
+            file_paths=folder.file_paths,
+            class_names=folder.class_names,
+            rows=features,
         )
-        logging.info(
-            "Recomputing the features in %s: fingerprint changed (%s).",
-            features_dir,
-            ", ".join(changed),
-        )
-    return None
 
-
-def _extract_in_chunks(
-    folder: data.ImageFolder,
-    extractor: keras.Model,
-    strategy: tf.distribute.Strategy,
-    *,
-    run_digest: str,
-    settings: ExtractionSettings,
-    stop: GracefulStop | None,
-) -> FeatureSet:
-    """One split's features, chunk by chunk (each saved, a saved one reused), then saved whole
-    as `<split>.npz` and its chunks removed."""
-    name, features_dir = folder.name, settings.features_dir
-    stored_pixels = None
-    if settings.pixels_dir:
-        stored_pixels = store.open_complete(
-            settings.pixels_dir, f"{name}.pixels", fingerprint=folder.fingerprint
-        )
-    if stored_pixels is not None:
-        logging.warning(
-            "Extracting %s from the stored pixels in %s: nothing decoded.",
+    def _fill(self, folder, name, fingerprint, produce, *, width) -> store.Stored:
+        if width is None:
+            width = (int(self.backbone.output.shape[-1]),)
+            dtype = self.settings.feature_dtype
+        else:
+            dtype = np.int32
+        return store.fill(
+            self.settings.features_dir,
             name,
-            settings.pixels_dir,
+            fingerprint=fingerprint,
+            count=len(folder),
+            row_shape=width,
+            dtype=dtype,
+            produce=produce,
+            chunk_rows=self.chunk_rows,
+            worker_index=self.role.index,
+            worker_count=self.role.count,
+            barrier=self.barrier,
+            stop=self.stop,
+            label=f"{folder.name} {name.split('.')[-1]}",
         )
-    chunk = -(-max(settings.chunk_images, 1) // settings.batch_size) * settings.batch_size
-    size = len(folder) if settings.cache not in ("none", "memory") else chunk
-    bounds = [(i, min(i + size, len(folder))) for i in range(0, len(folder), size)] or [(0, 0)]
 
-    def chunk_path(k: int) -> str:
-        return os.path.join(features_dir, f"{name}.chunk-{k}.npz")
 
-    parts = []
-    for k, (first, last) in enumerate(bounds, start=1):
-        part_fingerprint = f"{run_digest}:{name}:{first}-{last}"
-        reused = _load_chunk(chunk_path(k), part_fingerprint, last - first)
-        if reused is not None:
-            logging.warning(
-                "Reusing chunk %d of %d of %s (images %d-%d)", k, len(bounds), name, first, last - 1
-            )
-            parts.append(reused)
-            continue
-        logging.info(
-            "Extracting %s features of images %d-%d of %d", name, first, last - 1, len(folder)
+def _labels(folder: data.ImageFolder) -> np.ndarray:
+    return np.asarray(folder.labels, np.int32)
+
+
+def _files_path(features_dir: str, name: str) -> str:
+    return os.path.join(features_dir, f"{name}.files.txt")
+
+
+def load_split(features_dir: str, name: str) -> FeatureSet:
+    """A split's stored features, labels and files, as `extract_or_reuse` wrote them.
+
+    Raises:
+      UserInputError: The folder holds no complete features of that split.
+    """
+    features = store.open_complete(features_dir, f"{name}.features")
+    labels = store.open_complete(features_dir, f"{name}.labels")
+    try:
+        with open(_files_path(features_dir, name), encoding="utf-8") as stream:
+            file_paths = tuple(stream.read().splitlines())
+        with open(os.path.join(features_dir, LABELS_FILE), encoding="utf-8") as stream:
+            class_names = tuple(stream.read().splitlines())
+    except OSError:
+        file_paths = class_names = None
+    if features is None or labels is None or file_paths is None or len(file_paths) != len(labels):
+        raise UserInputError(
+            f"'{features_dir}' holds no complete features of the {name} split (its "
+            f"{name}.features.json, {name}.labels.json, {name}.files.txt and {LABELS_FILE}): "
+            "run fruits-tl-extract into it first."
         )
-        # The whole split keeps its own fingerprint, which names its file cache.
-        subset = (
-            folder
-            if last - first == len(folder)
-            else data.select(
-                folder,
-                (np.arange(len(folder)) >= first) & (np.arange(len(folder)) < last),
-                name=name,
-            )
-        )
-        rows = None if stored_pixels is None else (stored_pixels, np.arange(first, last))
-        part = settings.extract(subset, extractor, strategy, stored=rows)
-        part = dataclasses.replace(part, fingerprint=part_fingerprint)
-        save_feature_set(chunk_path(k), part)
-        parts.append(part)
-        faults.point(f"extraction:chunk:{name}:{k}")
-        if stop is not None and k < len(bounds):
-            stop.check(
-                f"{k} of {len(bounds)} chunks of the {name} features are saved in "
-                f"{features_dir}; rerun to resume"
-            )
-    whole = _feature_set(
-        folder,
-        np.concatenate([p.features for p in parts]) if len(parts) > 1 else parts[0].features,
-        np.concatenate([p.labels for p in parts]) if len(parts) > 1 else parts[0].labels,
+    return FeatureSet(
+        split=name,
+        features=features.numpy(),
+        labels=labels.numpy(),
+        file_paths=file_paths,
+        class_names=class_names,
+        rows=features,
     )
-    save_feature_set(_split_path(features_dir, name), whole)
-    for k in range(1, len(bounds) + 1):
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(chunk_path(k))
-    faults.point(f"extraction:saved:{name}")
-    if stop is not None:
-        stop.check(f"the {name} features are saved in {features_dir}; rerun to resume")
-    return whole

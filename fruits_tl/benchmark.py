@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import itertools
 import os
 import platform
 import statistics
@@ -411,30 +412,31 @@ def _train_step(context: Context, repeat: int, *, real_images: bool) -> Measurem
 
 
 def _extract(context: Context, repeat: int, *, stored: bool) -> Measurement:
-    """The job's extraction (`backbone_features.extract_features`) over the split's first
-    `model_steps` batches: decoding as it goes (`extract`, every epoch decodes again, as a
-    first features-mode run does), or from their pixel store (`extract-stored`, filled before
-    the timing, as after an images-mode run)."""
+    """The job's extraction over the split's first `model_steps` batches: the pixel store
+    filled, then the backbone over it (`backbone_features.extract_stored`), every epoch
+    (`extract`, as a first features-mode run does), or only the backbone over a store filled
+    before the timing (`extract-stored`, as after an images-mode run)."""
     config, strategy = context.config, context.strategy
     count = min(config.model_steps * config.batch_size, len(context.folder))
     positions = np.arange(len(context.folder))
     subset = data.select(context.folder, positions < count, name="train")
+    filled = itertools.count()
+
+    def fill():
+        directory = os.path.join(context.cache_root, f"extract-r{repeat}-{next(filled)}")
+        return pixels.store_pixels(subset, directory=directory).examples
+
     with PeakMemory() as memory:
-        images = None
-        if stored:
-            directory = os.path.join(context.cache_root, f"extract-r{repeat}")
-            images = pixels.store_pixels(subset, directory=directory).examples
+        images = fill() if stored else None
 
         def epoch():
-            features = backbone_features.extract_features(
-                subset,
+            features = backbone_features.extract_stored(
+                images if stored else fill(),
                 context.extractor,
                 strategy=strategy,
                 batch_size=config.batch_size,
-                verbose=False,
-                stored=None if images is None else (images, np.arange(count)),
             )
-            return [(features.features, None)]
+            return [(features, None)]
 
         times = time_epochs(epoch, epochs=config.epochs)
     return Measurement(times=times, peak_rss_bytes=memory.peak)

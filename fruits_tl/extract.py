@@ -1,7 +1,8 @@
 """The extraction job (fruits-tl-extract): a backbone's features of every split, stored once.
 
 The backbone is built from a ModelConfig or taken from a trained model (whose input size and
-label map then apply); `backbone_features.extract_or_reuse` does the work and reuses features whose
+label map then apply); `backbone_features.extract_or_reuse` does the work (each split decoded
+once into the pixel store, its features into the store beside it) and reuses features whose
 fingerprint matches.
 """
 
@@ -25,7 +26,8 @@ def extract(
       UserInputError: Bad data, weights or model; the training classes differ from a trained
         model's labels.txt.
     """
-    distribute.per_replica_batch_size(strategy, config.batch_size)
+    if config.batch_size:
+        distribute.per_replica_batch_size(strategy, config.batch_size)
     data_config = config.data
     class_names = None
     if config.trained_model:
@@ -52,7 +54,7 @@ def extract(
             backbone = model.build_backbone(
                 image_size=data_config.image_size, alpha=alpha, weights=config.model.weights
             )
-    hint = "Start every worker again: shards already written are reused."
+    hint = "Start every worker again: chunks already written are reused."
     with stopping.GracefulStop() as stop, distribute.clear_worker_errors(strategy, hint=hint):
         return backbone_features.extract_or_reuse(
             splits.named(),

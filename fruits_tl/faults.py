@@ -1,7 +1,7 @@
 """A documented fault-injection hook, so that kill tests happen at a point the test controls.
 
-Long jobs call `point(name)` at the places where being killed matters (after a split's
-features are saved, after a training step). When the environment variable FRUITS_TL_KILL_AT
+Long jobs call `point(name)` at the places where being killed matters (after a chunk of a
+store is written, after a training step). When the environment variable FRUITS_TL_KILL_AT
 names that point, the process sends itself SIGKILL (or the signal FRUITS_TL_KILL_SIGNAL
 names, e.g. SIGTERM) right there: no sleeps, no polling races. With FRUITS_TL_KILL_PID set,
 the signal goes to that process instead (a test kills a tf.data service worker at the moment
@@ -9,8 +9,6 @@ the job starts waiting on it). Unset, a point costs one
 dictionary lookup.
 
 Points:
-- `extraction:chunk:<split>:<k>`: chunk k (from 1) of a split's features is saved;
-- `extraction:saved:<split>`: a split's .npz is written (the fingerprint not yet);
 - `train:calling:<epoch>:<step>`: the call that runs training step `step` (from 1) of epoch
   `epoch` (from 0) is about to start (a test stops a worker there, so that a signal finds it
   blocked inside that step);
@@ -23,7 +21,8 @@ Points:
   exchanged with the others);
 - `data_service:decode`: a split is about to be decoded on the tf.data service (the client
   then waits on the service's workers);
-- `store:chunk:<name>:<k>`: chunk k (from 1) of a stored array is written.
+- `store:chunk:<name>:<k>`: chunk k (from 1) of a stored array is written (its marker too;
+  the manifest not yet), e.g. `store:chunk:train.pixels:1`, `store:chunk:train.features:2`.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The store: rows of examples written once into one file, read natively by TensorFlow.
 
-It holds decoded pixels (`pixels.py`); any [N, ...] array of rows fits (backbone features
-still have their own files, `backbone_features.py`). An array `name` in a folder is:
+It holds decoded pixels (`pixels.py`), backbone features and their labels
+(`backbone_features.py`): any [N, ...] array of rows. An array `name` in a folder is:
 - `<name>.<digest>.rows`: the rows, raw (C order, no header), [count, *row_shape] of dtype;
   the digest names what the rows are (fingerprint, count, shape, dtype, chunk size), so a
   file of other data is never taken for this one;
@@ -529,12 +529,16 @@ def _publish(layout: _Layout, published: dict | None, label: str) -> None:
                 os.unlink(stale)
 
 
-def open_complete(directory: str, name: str, *, fingerprint: str) -> StoredArray | None:
-    """The stored array `name` if its manifest names `fingerprint` and its file is whole;
-    None otherwise (nothing is written or checked beyond the file's size)."""
+def open_complete(
+    directory: str, name: str, *, fingerprint: str | None = None
+) -> StoredArray | None:
+    """The stored array `name` if its manifest is complete (and names `fingerprint`, unless
+    None) and its file is whole; None otherwise (nothing is written or checked beyond the
+    file's size)."""
     manifest = _read_json(os.path.join(directory, f"{name}.json"))
-    if not manifest or manifest.get("fingerprint") != fingerprint:
+    if not manifest or fingerprint not in (None, manifest.get("fingerprint")):
         return None
+    fingerprint = manifest.get("fingerprint")
     try:
         layout = _layout(
             directory,

@@ -49,7 +49,6 @@ CURVES_PICTURE = "training_curves.png"
 LR_FIND_PICTURE = "lr_find.png"
 # In the features folder: the record of the decode check, and the store of decoded pixels.
 DECODE_CHECK_FILE = "decode_check.json"
-PIXELS_DIR = "pixels"
 # What a worker that lost the others says to do next.
 RESTART_HINT = "Start every worker again: the job resumes from the chief's last checkpoint."
 
@@ -707,7 +706,7 @@ def _stored_pixels(
 ) -> dict:
     """Every split's decoded pixels from the store (decoded into it first where needed)."""
     role = distribute.worker_role(strategy)
-    directory = os.path.join(config.resolved_features_dir(), PIXELS_DIR)
+    directory = os.path.join(config.resolved_features_dir(), backbone_features.PIXELS_DIR)
     arrays = {}
     for name, folder in splits.named().items():
         stored = pixels.store_pixels(
@@ -880,14 +879,12 @@ def _train_on_features(config, splits, classifier, *, strategy, stop, start_dige
         strategy=strategy,
         settings=backbone_features.ExtractionSettings(
             features_dir=config.resolved_features_dir(),
-            batch_size=config.batch_size,
             feature_dtype=config.feature_dtype,
             verbose=config.verbose == 1,
             chunk_images=config.extract_chunk_images,
             barrier_timeout=config.collective_timeout,
             data_service_address=data_config.data_service_address,
             data_service_timeout=data_config.data_service_timeout,
-            pixels_dir=os.path.join(config.resolved_features_dir(), PIXELS_DIR),
         ),
         stop=stop,
     )
@@ -899,8 +896,8 @@ def _train_on_features(config, splits, classifier, *, strategy, stop, start_dige
             dropout=config.model.dropout,
             seed=data_config.seed,
         )
-    # The features in memory (they are small), read through the same input pipeline.
-    arrays = {name: (s.features, s.labels) for name, s in extracted.feature_sets.items()}
+    # The stored features, read natively through the same input pipeline.
+    arrays = {name: (s.rows, s.labels) for name, s in extracted.feature_sets.items()}
     trained = _fit(
         config,
         splits,

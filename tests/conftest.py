@@ -155,3 +155,27 @@ def informative_weights(tmp_path_factory) -> str:
     path = str(tmp_path_factory.mktemp("weights") / "informative_alpha_0_25.weights.h5")
     backbone.save_weights(path)
     return path
+
+
+def store_listing(folder) -> list[str]:
+    """A folder's names, the store's content digests left out (`train.features.<digest>.rows`
+    -> `train.features.rows`), sorted."""
+    import re
+
+    return sorted(re.sub(r"\.[0-9a-f]{12}\.", ".", name) for name in os.listdir(folder))
+
+
+def feature_files(*splits: str, pixels: bool = True) -> list[str]:
+    """What a complete extraction leaves in its features folder (`store_listing`)."""
+    names = ["labels.txt", *(["pixels"] if pixels else [])]
+    for split in splits:
+        names += [f"{split}.{kind}" for kind in ("features.json", "features.rows", "files.txt")]
+        names += [f"{split}.labels.json", f"{split}.labels.rows"]
+    return sorted(names)
+
+
+def stored_features(folder, split: str):
+    """A split's stored features and labels (`backbone_features.load_split`)."""
+    from fruits_tl import backbone_features
+
+    return backbone_features.load_split(str(folder), split)

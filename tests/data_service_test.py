@@ -14,7 +14,7 @@ import time
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import REPO, run_main
+from conftest import REPO, run_main, stored_features
 
 from fruits_tl import data, data_service, pipeline
 from fruits_tl.cli import train_main
@@ -156,11 +156,10 @@ def test_training_through_the_service_is_training_without_it(
         )
         if mode == "features":
             for split in ("train", "test"):
-                with (
-                    np.load(tmp_path / mode / "here" / "features" / f"{split}.npz") as a,
-                    np.load(tmp_path / mode / "service" / "features" / f"{split}.npz") as b,
-                ):
-                    np.testing.assert_array_equal(a["features"], b["features"])
+                np.testing.assert_array_equal(
+                    stored_features(tmp_path / mode / "here" / "features", split).features,
+                    stored_features(tmp_path / mode / "service" / "features", split).features,
+                )
         else:
             for split in ("train", "test"):
                 here_pixels, there_pixels = (

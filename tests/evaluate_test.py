@@ -9,7 +9,7 @@ import os
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import run_main
+from conftest import feature_files, run_main, store_listing
 
 from fruits_tl import data, evaluate, model, plots, servable
 from fruits_tl.cli import evaluate_main, extract_main, predict_main, train_main
@@ -175,7 +175,7 @@ def test_extract_binary_from_weights_and_from_a_model(trained, tiny_dataset, tmp
         "--batch_size=4",
     ]
     assert run_main(extract_main, args) == 0
-    assert sorted(os.listdir(out)) == ["fingerprint.json", "labels.txt", "test.npz", "train.npz"]
+    assert store_listing(out) == feature_files("test", "train")
     assert "train: 18 x 256 float32" in capsys.readouterr().out
     assert (
         run_main(

@@ -12,7 +12,7 @@ import sys
 import keras
 import numpy as np
 import pytest
-from conftest import NO_TOP_WEIGHTS, REPO, needs_weights, run_main
+from conftest import NO_TOP_WEIGHTS, REPO, feature_files, needs_weights, run_main, store_listing
 
 from fruits_tl import data, export, model, servable
 from fruits_tl.cli import evaluate_main, export_main, extract_main, predict_main, train_main
@@ -138,12 +138,7 @@ def test_models_saved_by_version_0_1_0_still_load_through_fruits_tl(tiny_dataset
         "--extract_verbose=0",
     ]
     assert run_main(extract_main, args) == 0
-    assert sorted(os.listdir(features_dir)) == [
-        "fingerprint.json",
-        "labels.txt",
-        "test.npz",
-        "train.npz",
-    ]
+    assert store_listing(features_dir) == feature_files("test", "train")
 
 
 @pytest.mark.slow

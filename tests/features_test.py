@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import signal
@@ -13,7 +12,7 @@ import time
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import REPO
+from conftest import REPO, feature_files, store_listing
 
 from fruits_tl import backbone_features, config, data, distribute, model, pixels, train
 
@@ -82,9 +81,7 @@ def test_features_mode_is_the_same_computation_as_images_mode(
         > 1e-5
     )
     # The assembled model on images predicts what the head predicts on the cached features.
-    test_set = backbone_features.load_feature_set(
-        str(tmp_path / "features" / "features" / "test.npz")
-    )
+    test_set = backbone_features.load_split(str(tmp_path / "features" / "features"), "test")
     head = model.build_head(256, 3)
     head.get_layer(model.HEAD_DENSE).set_weights([kernel_features, bias_features])
     splits = data.load_dataset(data_dir, image_size=32)
@@ -138,14 +135,13 @@ def test_fingerprint_reuse_and_invalidation(data_dir, tmp_path, informative_weig
     assert not _extract(changed, other, tmp_path / "f").reused
     half = _extract(changed, backbone, tmp_path / "f", feature_dtype="float16")
     assert not half.reused and half.feature_sets["train"].features.dtype == np.float16
-    stored = json.loads((tmp_path / "f" / "fingerprint.json").read_text())
-    assert {
-        "backbone_weights_digest",
-        "alpha",
-        "image_size",
-        "preprocessing_version",
-        "splits",
-    } <= set(stored)
+    # One pixel store per split: the file of the changed split replaced, not kept beside.
+    assert store_listing(tmp_path / "f" / "pixels") == [
+        "test.pixels.json",
+        "test.pixels.rows",
+        "train.pixels.json",
+        "train.pixels.rows",
+    ]
 
 
 @pytest.mark.slow
@@ -168,12 +164,16 @@ def test_killed_extraction_leaves_nothing_that_looks_complete(tmp_path):
         "--batch_size=2",
         "--extract_verbose=0",
     ]
-    # The documented hook (fruits_tl.faults) kills the process right after train.npz is saved.
-    environment = dict(os.environ, FRUITS_TL_KILL_AT="extraction:saved:train")
+    # The documented hook (fruits_tl.faults) kills the process when the train labels' only
+    # chunk is written: the train features are complete, their labels not yet.
+    environment = dict(os.environ, FRUITS_TL_KILL_AT="store:chunk:train.labels:1")
     result = subprocess.run(command, cwd=REPO, env=environment, capture_output=True, timeout=300)
     assert result.returncode == -signal.SIGKILL, result.stderr[-2000:]
-    assert (features_dir / "train.npz").exists(), "extraction did not get as far as the first split"
-    assert not (features_dir / "fingerprint.json").exists()
+    names = store_listing(features_dir)
+    assert "train.features.json" in names, "extraction did not get as far as the first split"
+    assert "train.labels.json" not in names and "labels.txt" not in names
+    with pytest.raises(ValueError, match="no complete features of the train split"):
+        backbone_features.load_split(str(features_dir), "train")
     splits = data.load_dataset(data_dir, image_size=64)
     backbone = model.build_backbone(image_size=64, alpha=0.25, weights="none")
     rerun = backbone_features.extract_or_reuse(
@@ -188,32 +188,13 @@ def test_killed_extraction_leaves_nothing_that_looks_complete(tmp_path):
     )
     assert not rerun.reused
     assert len(rerun.feature_sets["test"]) == 300
-    assert not [name for name in os.listdir(features_dir) if ".tmp-" in name]
-
-
-def test_feature_files_load_without_pickle(tmp_path):
-    feature_set = backbone_features.FeatureSet(
-        split="train",
-        features=np.ones((2, 3), np.float32),
-        labels=np.array([0, 1], np.int32),
-        file_paths=("a.jpg", "b.jpg"),
-        class_names=("A", "B"),
-        fingerprint="abc",
+    assert store_listing(features_dir) == feature_files("test", "train")
+    np.testing.assert_array_equal(
+        backbone_features.load_split(str(features_dir), "train").labels, splits.train.labels
     )
-    path = str(tmp_path / "train.npz")
-    backbone_features.save_feature_set(path, feature_set)
-    loaded = backbone_features.load_feature_set(path)
-    assert (
-        loaded.file_paths == ("a.jpg", "b.jpg")
-        and loaded.class_names == ("A", "B")
-        and loaded.fingerprint == "abc"
-    )
-    (tmp_path / "broken.npz").write_bytes(b"PK\x03\x04 not a zip")
-    with pytest.raises(ValueError, match="broken.npz"):
-        backbone_features.load_feature_set(str(tmp_path / "broken.npz"))
 
 
-def test_a_split_with_fewer_images_than_replicas_extracts(data_dir):
+def test_a_split_with_fewer_images_than_replicas_extracts(data_dir, tmp_path):
     # One image on two replicas: one replica's batch is empty, and oneDNN's convolution fails
     # on empty batches on some CPUs; the padded last batch feeds both (PADDING_LABEL).
     strategy = distribute.get_strategy("mirrored")
@@ -224,15 +205,20 @@ def test_a_split_with_fewer_images_than_replicas_extracts(data_dir):
             model.BACKBONE_NAME
         )
         extractor = model.build_feature_extractor(backbone, image_size=32)
-    extracted = backbone_features.extract_features(
-        one, extractor, strategy=strategy, batch_size=4, verbose=False
-    )
+    images = pixels.store_pixels(one, directory=str(tmp_path)).examples
+    features = backbone_features.extract_stored(images, extractor, strategy=strategy, batch_size=4)
     assert strategy.num_replicas_in_sync == 2
-    assert extracted.features.shape == (1, 256) and list(extracted.labels) == list(one.labels)
-    images = np.stack([image for image, _ in one.dataset.as_numpy_iterator()])
+    assert features.shape == (1, 256)
+    decoded = np.stack([image for image, _ in one.dataset.as_numpy_iterator()])
     np.testing.assert_allclose(
-        extracted.features, extractor(images, training=False).numpy(), rtol=1e-5, atol=1e-6
+        features, extractor(decoded, training=False).numpy(), rtol=1e-5, atol=1e-6
     )
+
+
+def test_a_folder_without_features_is_one_clear_error(tmp_path):
+    with pytest.raises(ValueError) as error:
+        backbone_features.load_split(str(tmp_path), "train")
+    assert str(tmp_path) in str(error.value) and "run fruits-tl-extract" in str(error.value)
 
 
 @pytest.mark.slow
@@ -242,32 +228,33 @@ def test_a_corrupt_feature_file_under_a_matching_fingerprint_is_recomputed(
 ):
     splits = data.load_dataset(tiny_dataset, image_size=32)
     backbone = model.build_backbone(image_size=32, alpha=0.25, weights="none")
-    first = _extract(splits, backbone, tmp_path / "f")
-    path = tmp_path / "f" / "train.npz"
+    first = _extract(splits, backbone, tmp_path / "f", chunk_images=8)
+    expected = np.array(first.feature_sets["train"].features)
+    (path,) = (tmp_path / "f").glob("train.features.*.rows")
     content = path.read_bytes()
-    path.write_bytes(
-        content[: len(content) // 2] if damage == "truncated" else b"\x00" * len(content)
-    )
+    if damage == "truncated":
+        path.write_bytes(content[: len(content) // 2])
+    else:  # Row 9, in chunk 2 of 3 (rows 8-15), overwritten.
+        row = 256 * 4
+        path.write_bytes(content[: 9 * row] + b"\x00" * row + content[10 * row :])
     with caplog.at_level(logging.WARNING, logger="absl"):
-        again = _extract(splits, backbone, tmp_path / "f")
+        again = _extract(splits, backbone, tmp_path / "f", chunk_images=8)
     assert not again.reused
-    assert "Recomputing the features" in caplog.text and "train.npz" in caplog.text
-    np.testing.assert_array_equal(
-        again.feature_sets["train"].features, first.feature_sets["train"].features
-    )
-    assert _extract(splits, backbone, tmp_path / "f").reused  # The rewritten file is whole.
+    if damage == "garbage":
+        assert "Rewriting chunk 2 of 3 of the stored train features" in caplog.text
+        assert "chunk 1 of 3" not in caplog.text and "chunk 3 of 3" not in caplog.text
+    np.testing.assert_array_equal(again.feature_sets["train"].features, expected)
+    assert _extract(splits, backbone, tmp_path / "f", chunk_images=8).reused  # Whole again.
 
 
 @pytest.mark.slow
-def test_features_of_stored_pixels_equal_those_of_decoded_images(
+def test_features_from_the_pixel_store_equal_the_extractor_on_decoded_images(
     data_dir, tmp_path, informative_weights, caplog
 ):
-    backbone = model.build_backbone(image_size=32, alpha=0.25, weights=informative_weights)
     splits = data.load_dataset(data_dir, image_size=32)
-    decoded = _extract(splits, backbone, tmp_path / "decoded")
-    # The training split's pixels stored in chunks of 5 (not a multiple of the batch of 4);
-    # the test split's are not stored, so it is decoded as before.
-    pixels.store_pixels(splits.train, directory=str(tmp_path / "pixels"), chunk_images=5)
+    # The training split's pixels stored already (as images mode leaves them), in chunks of 5
+    # (not a multiple of the batch of 4); the test split's are not, so they are decoded now.
+    pixels.store_pixels(splits.train, directory=str(tmp_path / "f" / "pixels"), chunk_images=5)
     mirrored = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
     with mirrored.scope():
         replicated = model.build_backbone(image_size=32, alpha=0.25, weights=informative_weights)
@@ -279,17 +266,21 @@ def test_features_of_stored_pixels_equal_those_of_decoded_images(
             image_size=32,
             strategy=mirrored,
             settings=backbone_features.ExtractionSettings(
-                features_dir=str(tmp_path / "stored"),
-                batch_size=4,
-                verbose=False,
-                chunk_images=8,
-                pixels_dir=str(tmp_path / "pixels"),
+                features_dir=str(tmp_path / "f"), batch_size=4, verbose=False, chunk_images=5
             ),
         )
-    assert "Extracting train from the stored pixels" in caplog.text
-    assert "Extracting test from the stored pixels" not in caplog.text
+    assert "Reusing the stored train pixels" in caplog.text
+    assert "Reusing the stored test pixels" not in caplog.text
+    extractor = model.build_feature_extractor(
+        model.build_backbone(image_size=32, alpha=0.25, weights=informative_weights),
+        image_size=32,
+    )
     for split in ("train", "test"):
-        ours, theirs = stored.feature_sets[split], decoded.feature_sets[split]
-        np.testing.assert_array_equal(ours.labels, theirs.labels)
-        assert ours.features.shape == theirs.features.shape
-        np.testing.assert_allclose(ours.features, theirs.features, rtol=1e-4, atol=1e-5)
+        folder = getattr(splits, split)
+        ours = stored.feature_sets[split]
+        np.testing.assert_array_equal(ours.labels, folder.labels)
+        assert ours.file_paths == folder.file_paths
+        decoded = np.stack([image for image, _ in folder.dataset.as_numpy_iterator()])
+        np.testing.assert_allclose(
+            ours.features, extractor(decoded, training=False).numpy(), rtol=1e-4, atol=1e-5
+        )

@@ -13,7 +13,7 @@ import time
 
 import numpy as np
 import pytest
-from conftest import REPO
+from conftest import REPO, feature_files, store_listing, stored_features
 
 from fruits_tl import config, distribute, train
 
@@ -46,12 +46,16 @@ def _start_workers(
     *,
     kill_at: dict | None = None,
     kill_signal: str = "",
+    kill_other: bool = False,
     module: str = "train_main",
 ) -> list[subprocess.Popen]:
-    """Starts a binary (fruits-tl-train by default) as the two workers of one cluster."""
+    """Starts a binary (fruits-tl-train by default) as the two workers of one cluster.
+
+    With `kill_other`, a worker's kill point signals the other worker (started first, so that
+    its pid is known) instead of itself."""
     ports = _free_ports(2)
-    processes = []
-    for index in range(2):
+    processes: dict[int, subprocess.Popen] = {}
+    for index in (1, 0):
         environment = {k: v for k, v in os.environ.items() if not k.startswith("FRUITS_TL_KILL")}
         environment["TF_CPP_MIN_LOG_LEVEL"] = "3"
         environment["TF_CONFIG"] = json.dumps(
@@ -64,6 +68,8 @@ def _start_workers(
             environment["FRUITS_TL_KILL_AT"] = kill_at[index]
             if kill_signal:
                 environment["FRUITS_TL_KILL_SIGNAL"] = kill_signal
+            if kill_other:
+                environment["FRUITS_TL_KILL_PID"] = str(processes[1 - index].pid)
         command = [
             sys.executable,
             "-m",
@@ -71,17 +77,15 @@ def _start_workers(
             "--strategy=multi_worker_mirrored",
             *args,
         ]
-        processes.append(
-            subprocess.Popen(
-                command,
-                cwd=REPO,
-                env=environment,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
-            )
+        processes[index] = subprocess.Popen(
+            command,
+            cwd=REPO,
+            env=environment,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
-    return processes
+    return [processes[0], processes[1]]
 
 
 def _workers(
@@ -191,13 +195,13 @@ def test_two_workers_train_as_one_process_with_two_replicas(
         assert metrics["fine_tuned_layers"] == reference.metrics.fine_tuned_layers
     if mode == "features":
         for split in ("train", "test"):
-            with (
-                np.load(model_dir / "features" / f"{split}.npz") as a,
-                np.load(tmp_path / "mirrored" / "features" / f"{split}.npz") as b,
-            ):
-                np.testing.assert_array_equal(a["features"], b["features"])
-                np.testing.assert_array_equal(a["labels"], b["labels"])
-        assert not [n for n in os.listdir(model_dir / "features") if "-of-" in n]  # Shards removed.
+            a = stored_features(model_dir / "features", split)
+            b = stored_features(tmp_path / "mirrored" / "features", split)
+            np.testing.assert_array_equal(a.features, b.features)
+            np.testing.assert_array_equal(a.labels, b.labels)
+        assert store_listing(model_dir / "features") == sorted(
+            ["decode_check.json", *feature_files("test", "train")]
+        )  # No chunk markers left.
 
 
 def test_a_dead_worker_stops_the_other_with_a_clear_message(tiny_dataset, tmp_path):
@@ -221,25 +225,21 @@ def test_two_workers_extract_their_shards_and_the_chief_writes_the_features(tiny
         "--image_size=32",
         "--weights=none",
         "--batch_size=4",
+        "--extract_chunk_images=4",
         "--extract_verbose=0",
     ]
     results = _workers([f"--features_dir={tmp_path / 'cluster'}", *common], module="extract_main")
     _assert_all_succeeded(results)
-    assert "Extracting shard 1 of 2 of train: 9 images" in results[1].stderr
+    # 18 training images in chunks of 4: worker 1 decodes and extracts chunks 2 and 4.
+    assert "Worker 1 of 2 extracted 8 of the 18 train images" in results[1].stderr
+    assert "Worker 0 of 2 extracted 10 of the 18 train images" in results[0].stderr
     _single_process("extract_main", [f"--features_dir={tmp_path / 'single'}", *common])
-    assert sorted(os.listdir(tmp_path / "cluster")) == [
-        "fingerprint.json",
-        "labels.txt",
-        "test.npz",
-        "train.npz",
-    ]
+    assert store_listing(tmp_path / "cluster") == feature_files("test", "train")
     for split in ("train", "test"):
-        with (
-            np.load(tmp_path / "cluster" / f"{split}.npz") as a,
-            np.load(tmp_path / "single" / f"{split}.npz") as b,
-        ):
-            np.testing.assert_array_equal(a["features"], b["features"])  # Element for element.
-            assert list(a["file_paths"]) == list(b["file_paths"])
+        a = stored_features(tmp_path / "cluster", split)
+        b = stored_features(tmp_path / "single", split)
+        np.testing.assert_array_equal(a.features, b.features)  # Element for element.
+        assert a.file_paths == b.file_paths
 
 
 @pytest.fixture(scope="module")
@@ -303,13 +303,16 @@ def test_a_worker_that_dies_during_evaluation_stops_the_other_clearly(
 
 
 def test_sigterm_ends_a_worker_blocked_on_a_frozen_peer_within_seconds(tiny_dataset, tmp_path):
-    # Worker 1 freezes (SIGSTOP, sent to itself by the fault hook) after the first training
-    # step. Worker 0 stops itself the same way just before the call that runs step 2, which
-    # needs worker 1. The test then sends SIGTERM and SIGCONT to worker 0: its handler runs,
-    # and the step it starts waits for the frozen peer inside a collective, long before
-    # --collective_timeout (300 s) would fire. The SIGTERM must end it within 15 s: the signal
-    # thread sees it although the main thread is blocked in C++. (A killed peer on loopback is
-    # noticed at once, by a refused connection: tests above.)
+    # Worker 0, when the call that runs its second training step is about to start (its first
+    # step is done, so it needs nothing more of step 1 from its peer), freezes worker 1
+    # (SIGSTOP, sent by the fault hook) and goes on into a step that waits for the frozen peer
+    # inside a collective, long before --collective_timeout (300 s) would fire. (Had worker 1
+    # frozen itself after its own first step, worker 0 could still be waiting for step 1's
+    # last message from it, a race the suite lost once under load.) The test sends SIGTERM
+    # when worker 1 is stopped: worker 0's handler runs whether the step has begun or not,
+    # and the SIGTERM must end it within 15 s: the signal thread sees it although the main
+    # thread is blocked in C++. (A killed peer on loopback is noticed at once, by a refused
+    # connection: tests above.)
     processes = _start_workers(
         [
             f"--data_dir={tiny_dataset}",
@@ -318,18 +321,19 @@ def test_sigterm_ends_a_worker_blocked_on_a_frozen_peer_within_seconds(tiny_data
             "--weights=none",
             *RECIPE,
         ],
-        kill_at={0: "train:calling:0:2", 1: "train:step:0:1"},
+        kill_at={0: "train:calling:0:2"},
         kill_signal="SIGSTOP",
+        kill_other=True,
     )
-    survivor = processes[0]
+    survivor, frozen = processes
     try:
-        # Each returns when that worker has stopped itself (an event, not a poll).
-        for process in processes:
-            _, status = os.waitpid(process.pid, os.WUNTRACED)
-            assert os.WIFSTOPPED(status)
+        # Returns when worker 0 has stopped worker 1 (an event, not a poll).
+        _, status = os.waitpid(frozen.pid, os.WUNTRACED)
+        if not os.WIFSTOPPED(status):
+            frozen.returncode = os.waitstatus_to_exitcode(status)
+            pytest.fail(f"worker 1 ended ({frozen.returncode}): {frozen.stderr.read()[-3000:]}")
         start = time.monotonic()
         survivor.send_signal(signal.SIGTERM)
-        survivor.send_signal(signal.SIGCONT)
         error = survivor.communicate(timeout=60)[1]
         elapsed = time.monotonic() - start
     finally:

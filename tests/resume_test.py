@@ -15,7 +15,7 @@ import sys
 import keras
 import numpy as np
 import pytest
-from conftest import REPO
+from conftest import REPO, feature_files, store_listing, stored_features
 
 # Starts processes or servers, or trains on the real sample: the slow tier.
 pytestmark = pytest.mark.slow
@@ -179,42 +179,51 @@ def test_extraction_killed_after_chunk_1_reuses_it_and_ends_identical(tiny_datas
 
     whole = extract(tmp_path / "whole")
     assert whole.returncode == 0, whole.stderr[-3000:]
-    killed = extract(tmp_path / "killed", kill_at="extraction:chunk:train:1")
+    killed = extract(tmp_path / "killed", kill_at="store:chunk:train.features:1")
     assert killed.returncode == -signal.SIGKILL
-    assert sorted(os.listdir(tmp_path / "killed")) == ["train.chunk-1.npz"]
+    # The pixels of train are stored; of its features, chunk 1 and its marker only.
+    assert store_listing(tmp_path / "killed") == [
+        "pixels",
+        "train.features.chunk-00000.json",
+        "train.features.rows",
+    ]
     rerun = extract(tmp_path / "killed")
     assert rerun.returncode == 0, rerun.stderr[-3000:]
-    assert "Reusing chunk 1 of 3 of train (images 0-7)" in rerun.stderr
-    assert sorted(os.listdir(tmp_path / "killed")) == [
-        "fingerprint.json",
-        "labels.txt",
-        "test.npz",
-        "train.npz",
-    ]
+    assert "Reusing chunk 1 of 3 of the stored train features" in rerun.stderr
+    assert "Reusing the stored train pixels" in rerun.stderr
+    assert store_listing(tmp_path / "killed") == feature_files("test", "train")
     for split in ("train", "test"):
-        with (
-            np.load(tmp_path / "whole" / f"{split}.npz") as a,
-            np.load(tmp_path / "killed" / f"{split}.npz") as b,
-        ):
-            np.testing.assert_array_equal(a["features"], b["features"])
-            np.testing.assert_array_equal(a["labels"], b["labels"])
+        a = stored_features(tmp_path / "whole", split)
+        b = stored_features(tmp_path / "killed", split)
+        np.testing.assert_array_equal(a.features, b.features)
+        np.testing.assert_array_equal(a.labels, b.labels)
 
 
 def test_sigterm_during_extraction_and_sigint_during_a_benchmark(tiny_dataset, tmp_path):
     features_dir = tmp_path / "features"
     args = _extract_args(tiny_dataset, features_dir)
-    stopped = _run("extract_main", args, kill_at="extraction:chunk:train:2", kill_signal="SIGTERM")
+    stopped = _run(
+        "extract_main", args, kill_at="store:chunk:train.features:2", kill_signal="SIGTERM"
+    )
     assert stopped.returncode == 143, stopped.stderr[-3000:]
     assert (
         stopped.stderr.strip()
         .splitlines()[-1]
         .startswith(
-            "fruits-tl-extract: stopped on SIGTERM: 2 of 3 chunks of the train features are saved"
+            "fruits-tl-extract: stopped on SIGTERM: 2 of 3 chunks of the stored train features "
+            "are saved"
         )
     )
-    assert sorted(os.listdir(features_dir)) == ["train.chunk-1.npz", "train.chunk-2.npz"]
+    assert store_listing(features_dir) == [
+        "pixels",
+        "train.features.chunk-00000.json",
+        "train.features.chunk-00001.json",
+        "train.features.rows",
+    ]
     resumed = _run("extract_main", args)
-    assert resumed.returncode == 0 and "Reusing chunk 2 of 3 of train" in resumed.stderr
+    assert resumed.returncode == 0 and "Reusing chunk 2 of 3 of the stored train features" in (
+        resumed.stderr
+    )
     bench = [
         f"--data_dir={tiny_dataset}",
         "--image_size=32",

@@ -10,7 +10,7 @@ import os
 import keras
 import numpy as np
 import pytest
-from conftest import run_main
+from conftest import feature_files, run_main, store_listing, stored_features
 
 from fruits_tl import model, train
 from fruits_tl.cli import evaluate_main, train_main
@@ -62,13 +62,9 @@ def test_trains_and_writes_everything(data_dir, tmp_path, capsys, strategy, repl
         ]
     )  # No checkpoints: they are removed when the job succeeds.
     assert "underfit" in metrics_text(model_dir)
-    assert sorted(os.listdir(model_dir / "features")) == [
-        "decode_check.json",
-        "fingerprint.json",
-        "labels.txt",
-        "test.npz",
-        "train.npz",
-    ]
+    assert store_listing(model_dir / "features") == sorted(
+        ["decode_check.json", *feature_files("test", "train")]
+    )
     metrics = json.loads((model_dir / "metrics.json").read_text())
     assert set(metrics) == {field.name for field in dataclasses.fields(train.TrainMetrics)}
     assert metrics["strategy"] == strategy and metrics["num_replicas"] == replicas
@@ -211,7 +207,7 @@ def test_a_failed_run_leaves_an_existing_model_dir_untouched(data_dir, tmp_path,
         }
 
     before = snapshot()
-    assert "features/train.npz" in before
+    assert "features/train.features.json" in before
     os.rename(os.path.join(data_dir, "Test", "Banana"), os.path.join(data_dir, "Test", "Bananas"))
     assert run_main(train_main, [f"--data_dir={data_dir}", f"--model_dir={model_dir}", *TINY]) == 2
     assert "'Bananas' (closest training class: 'Banana')" in capsys.readouterr().err
@@ -235,20 +231,15 @@ def test_validation_split_beside_a_test_folder(data_dir, tmp_path, capsys):
         9,
     )
     assert metrics["test_source"] == "test folder"
-    assert sorted(os.listdir(model_dir / "features")) == [
-        "decode_check.json",
-        "fingerprint.json",
-        "labels.txt",
-        "test.npz",
-        "train.npz",
-        "validation.npz",
-    ]
+    assert store_listing(model_dir / "features") == sorted(
+        ["decode_check.json", *feature_files("test", "train", "validation")]
+    )
     history = (model_dir / "history.csv").read_text().splitlines()[0].split(",")
     assert "val_accuracy" in history
-    validation = np.load(model_dir / "features" / "validation.npz")
-    train_files = set(np.load(model_dir / "features" / "train.npz")["file_paths"])
-    assert not train_files & set(validation["file_paths"])
-    assert all(os.sep + "Training" + os.sep in path for path in validation["file_paths"])
+    validation = stored_features(model_dir / "features", "validation")
+    train_files = set(stored_features(model_dir / "features", "train").file_paths)
+    assert len(validation) == 6 and not train_files & set(validation.file_paths)
+    assert all(os.sep + "Training" + os.sep in path for path in validation.file_paths)
 
 
 @pytest.mark.slow

@@ -79,10 +79,11 @@ flags.DEFINE_integer(
 flags.DEFINE_string(
     "features_dir",
     "",
-    "Where backbone features are stored and reused (<split>.npz, labels.txt, "
-    "fingerprint.json); train defaults to <model_dir>/features, and keeps there the record of "
-    "the decode check and, in images mode, the decoded pixels (pixels/, memory-mapped: "
-    "training's cache; fruits-tl-train takes no --cache).",
+    "Where the store keeps what is computed once: each split's decoded pixels (pixels/), its "
+    "backbone features and labels (<split>.features.json, <split>.labels.json and their .rows "
+    "files, <split>.files.txt, labels.txt), reused while their fingerprints match. Train "
+    "defaults to <model_dir>/features and keeps there the record of the decode check too; "
+    "training reads the store through a memory map (fruits-tl-train takes no --cache).",
 )
 flags.DEFINE_enum(
     "feature_dtype",
