@@ -276,20 +276,6 @@ def make_feature_batches(
     return dataset.prefetch(tf.data.AUTOTUNE)
 
 
-def share_cpu_with_model(dataset: tf.data.Dataset) -> tf.data.Dataset:
-    """Caps the input pipeline's threads at half the cores when the model runs on the CPU too.
-
-    With no accelerator, decoding and the backbone compete for the same cores, and tf.data's
-    autotuner takes as many as it likes: capped, extraction is faster and steadier
-    (BENCHMARKS.md section 7).
-    """
-    if tf.config.list_logical_devices("GPU"):
-        return dataset
-    options = tf.data.Options()
-    options.threading.private_threadpool_size = max(1, (os.cpu_count() or 2) // 2)
-    return dataset.with_options(options)
-
-
 @functools.cache
 def _temporary_store_directory() -> str:
     """This process's temporary store folder, removed when the process exits."""
