@@ -52,7 +52,7 @@ from fruits_tl.stopping import GracefulStop
 # Images per stored chunk of an extraction: a killed run loses at most this much work.
 DEFAULT_CHUNK_IMAGES = 2048
 # Images per replica in each extraction batch: the compiled forward pass of MobileNet is
-# fastest here from batch 128 on (BENCHMARKS.md 15); training's batch has no say in it.
+# 3-24% slower at training's 32 than at 64-128, and no faster at 256 (BENCHMARKS.md 15).
 EXTRACTION_BATCH_PER_REPLICA = 128
 FORMAT_VERSION = 2
 PIXELS_DIR = "pixels"
