@@ -41,10 +41,19 @@ def free_port(host: str = "localhost") -> int:
         return probe.getsockname()[1]
 
 
-def start_dispatcher(port: int = 0) -> tf.data.experimental.service.DispatchServer:
-    """Starts a dispatcher on `port` (0: any free port)."""
+def start_dispatcher(
+    port: int = 0, *, work_dir: str = ""
+) -> tf.data.experimental.service.DispatchServer:
+    """Starts a dispatcher on `port` (0: any free port).
+
+    With `work_dir`, the dispatcher journals its state there (fault-tolerant mode): started
+    again on the same port with the same folder, it takes its jobs up again and the workers
+    register again, so a client waiting on it goes on instead of failing.
+    """
     return tf.data.experimental.service.DispatchServer(
-        tf.data.experimental.service.DispatcherConfig(port=port)
+        tf.data.experimental.service.DispatcherConfig(
+            port=port, work_dir=work_dir or None, fault_tolerant_mode=bool(work_dir)
+        )
     )
 
 
@@ -118,6 +127,8 @@ def decode_through_service(
                 watchdog.beat()
                 images[indices] = batch
                 np.add.at(seen, indices, 1)
+                if seen.sum() == len(indices):  # The first batch (a test kills the dispatcher).
+                    faults.point(f"data_service:received:{folder.name}")
     except tf.errors.OpError as error:
         raise UserInputError(
             f"The tf.data service at {address} failed ({type(error).__name__}: "

@@ -16,6 +16,7 @@ import time
 
 import numpy as np
 import tensorflow as tf
+from absl import logging
 
 from fruits_tl.errors import UserInputError, WorkerLost
 
@@ -106,6 +107,21 @@ def barrier(strategy: tf.distribute.Strategy, *, timeout: float | None = None) -
     role = worker_role(strategy)
     if role.count > 1:
         _sum_over_workers(strategy, role, np.ones(1, np.float32), timeout)
+
+
+def exposure_warning(server: str, port: int) -> str:
+    """The one line a process prints when a TensorFlow server of its starts listening.
+
+    TensorFlow's gRPC servers (the tf.data service's, and the one MultiWorkerMirroredStrategy
+    starts from TF_CONFIG) listen on every network interface, with no authentication and no
+    encryption, and run the graphs they are sent: TensorFlow 2.21 has no option to bind one
+    interface (BUILD_NOTES.md, "Who can reach the servers").
+    """
+    return (
+        f"{server} listens on port {port} of every network interface, without authentication "
+        "or encryption: anyone who can reach that port can run code as this user. Keep it on a "
+        'private network or behind a firewall (README.md, "Security").'
+    )
 
 
 def lost_worker_message(role: WorkerRole, what: str, *, hint: str) -> str:
@@ -249,7 +265,11 @@ def get_strategy(
             )
         # No timeout on every collective (see Watchdog): barriers take one of their own and the
         # training loop is watched.
-        return tf.distribute.MultiWorkerMirroredStrategy()
+        strategy = tf.distribute.MultiWorkerMirroredStrategy()
+        port = _own_port()
+        logging.warning("%s", exposure_warning("This worker's TensorFlow server", port))
+        return strategy
+
     gpus = [device.name for device in tf.config.list_logical_devices("GPU")]
     if name == "auto":
         name = "mirrored" if len(gpus) > 1 else "one_device" if gpus else "default"
@@ -270,6 +290,17 @@ def get_strategy(
     return tf.distribute.MirroredStrategy(
         devices=devices, cross_device_ops=tf.distribute.ReductionToOneDevice()
     )
+
+
+def _own_port() -> int:
+    """This task's port in TF_CONFIG (0 where it cannot be read)."""
+    try:
+        config = json.loads(os.environ.get("TF_CONFIG", ""))
+        task = config["task"]
+        address = config["cluster"][task["type"]][int(task["index"])]
+        return int(str(address).rsplit(":", 1)[1])
+    except (ValueError, KeyError, IndexError, TypeError):
+        return 0
 
 
 def describe(strategy: tf.distribute.Strategy) -> str:

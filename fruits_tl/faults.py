@@ -21,6 +21,8 @@ Points:
   exchanged with the others);
 - `data_service:decode`: a split is about to be decoded on the tf.data service (the client
   then waits on the service's workers);
+- `data_service:received:<split>`: the first batch of a split's images came from the service
+  (a test kills the dispatcher there, mid-job);
 - `store:chunk:<name>:<k>`: chunk k (from 1) of a stored array is written (its marker too;
   the manifest not yet), e.g. `store:chunk:train.pixels:1`, `store:chunk:train.features:2`.
 """

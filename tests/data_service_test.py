@@ -3,6 +3,7 @@ loopback, each image decoded exactly once, the same features and training as wit
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -173,11 +174,25 @@ def test_training_through_the_service_is_training_without_it(
 def test_servers_log_their_address_and_stop_cleanly_on_sigterm_and_sigint():
     dispatcher, address = _serve(["--port=0"])
     assert address.startswith("grpc://localhost:")
-    worker, _ = _serve([f"--dispatcher_address={address}"])
+    worker, worker_address = _serve([f"--dispatcher_address={address}"])
     stopped = _stop(worker, signal.SIGINT)
     assert stopped.returncode == 0 and "stopped on SIGINT" in stopped.stderr
+    # One line at start says who can reach the server, for each kind, as --help does.
+    text = " ".join(stopped.stderr.split())
+    assert (
+        f"This tf.data service worker listens on port {worker_address.rsplit(':', 1)[1]} of "
+        "every network interface, without authentication or encryption" in text
+    )
     stopped = _stop(dispatcher)
     assert stopped.returncode == 0 and "stopped on SIGTERM" in stopped.stderr
+    text = " ".join(stopped.stderr.split())
+    assert (
+        f"This tf.data service dispatcher listens on port {address.rsplit(':', 1)[1]} of every "
+        "network interface"
+        in text
+        and 'README.md, "Security"' in text
+    )
+    assert "cannot bind one" in _help("data_service_main")
 
 
 def test_a_bad_address_is_refused(tiny_dataset, tmp_path, capsys):
@@ -294,3 +309,94 @@ def test_a_killed_service_worker_ends_the_job_with_a_message_naming_the_service(
     # Bounded: start-up, the decode check and the 5 s timeout, not a hang.
     assert elapsed < 90, elapsed
     assert not (tmp_path / "run" / "metrics.json").exists()
+
+
+def test_a_dispatcher_restarted_with_its_work_dir_lets_the_job_finish_as_if_undisturbed(tmp_path):
+    from fruits_tl import synthetic
+
+    # 180 training images: three batches of 64 from the service, so the dispatcher dies with
+    # the split partly delivered.
+    data_dir = synthetic.write_synthetic_dataset(
+        str(tmp_path / "data"), num_classes=3, train_per_class=60, test_per_class=10, seed=5
+    )
+    port = data_service.free_port()
+    serve = [f"--port={port}", f"--work_dir={tmp_path / 'journal'}"]
+    dispatcher, address = _serve(serve)
+    worker, _ = _serve([f"--dispatcher_address={address}", "--host=localhost"])
+
+    def job(name: str, **kill) -> subprocess.Popen:
+        environment = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+        if kill:
+            environment.update(
+                FRUITS_TL_KILL_AT="data_service:received:train",
+                FRUITS_TL_KILL_SIGNAL="SIGKILL",
+                FRUITS_TL_KILL_PID=str(kill["pid"]),
+            )
+        return subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "fruits_tl.cli.train_main",
+                f"--data_dir={data_dir}",
+                f"--model_dir={tmp_path / name}",
+                "--alpha=0.25",
+                "--image_size=32",
+                "--weights=none",
+                "--epochs=1",
+                "--verbose=0",
+                "--data_service_timeout=120",
+                f"--data_service_address={address}",
+            ],
+            cwd=REPO,
+            env=environment,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+
+    processes = [worker, dispatcher]
+    try:
+        undisturbed = job("undisturbed")
+        assert undisturbed.wait(timeout=300) == 0, undisturbed.stderr.read()[-3000:]
+        disturbed = job("disturbed", pid=dispatcher.pid)
+        processes.append(disturbed)
+        # Returns when the job has killed the dispatcher (an event): start it again.
+        assert dispatcher.wait(timeout=300) == -signal.SIGKILL
+        start = time.monotonic()
+        dispatcher, again = _serve(serve)
+        processes.append(dispatcher)
+        assert again == address
+        error = disturbed.communicate(timeout=300)[1]
+        waited = time.monotonic() - start
+        assert disturbed.returncode == 0, error[-3000:]
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        for process in processes:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.communicate(timeout=60)
+    print(f"the job finished {waited:.1f} s after the dispatcher was started again")
+    assert "Decoded 180 train images through the tf.data service" in error
+    here = json.loads((tmp_path / "undisturbed" / "metrics.json").read_text())
+    there = json.loads((tmp_path / "disturbed" / "metrics.json").read_text())
+    assert (there["test_loss"], there["test_accuracy"]) == (
+        here["test_loss"],
+        here["test_accuracy"],
+    )
+    for split in ("train", "test"):
+        np.testing.assert_array_equal(
+            stored_features(tmp_path / "undisturbed" / "features", split).features,
+            stored_features(tmp_path / "disturbed" / "features", split).features,
+        )
+
+
+def _help(module: str) -> str:
+    result = subprocess.run(
+        [sys.executable, "-m", f"fruits_tl.cli.{module}", "--help"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    return " ".join((result.stdout + result.stderr).split())

@@ -230,6 +230,11 @@ def test_two_workers_extract_their_shards_and_the_chief_writes_the_features(tiny
     ]
     results = _workers([f"--features_dir={tmp_path / 'cluster'}", *common], module="extract_main")
     _assert_all_succeeded(results)
+    # Each worker says at start who can reach its server (the port TF_CONFIG gives it).
+    for result in results:
+        text = " ".join(result.stderr.split())
+        assert "This worker's TensorFlow server listens on port " in text
+        assert "of every network interface, without authentication or encryption" in text
     # 18 training images in chunks of 4: worker 1 decodes and extracts chunks 2 and 4.
     assert "Worker 1 of 2 extracted 8 of the 18 train images" in results[1].stderr
     assert "Worker 0 of 2 extracted 10 of the 18 train images" in results[0].stderr

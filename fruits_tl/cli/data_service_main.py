@@ -7,6 +7,12 @@ Examples:
 
 It prints its address on its first line of output once it serves, and stops cleanly (exit 0)
 on SIGTERM or SIGINT.
+
+Security: the server listens on every network interface of this machine, without
+authentication or encryption, and runs the dataset graphs its clients send (a graph can read
+and write files): anyone who can reach the port can run code as this user. TensorFlow 2.21
+cannot bind one interface. Run it on a private network, with a firewall that admits only the
+cluster's hosts, or reach it through an SSH tunnel (README.md, "Security").
 """
 
 from __future__ import annotations
@@ -25,7 +31,19 @@ flags.DEFINE_string(
     "",
     "Start a worker of the dispatcher at this address; empty starts a dispatcher.",
 )
-flags.DEFINE_string("host", "localhost", "The host name other processes reach this worker at.")
+flags.DEFINE_string(
+    "host",
+    "localhost",
+    "The host name other processes reach this worker at (the address it advertises; the "
+    "server itself listens on every interface: TensorFlow 2.21 cannot bind one).",
+)
+flags.DEFINE_string(
+    "work_dir",
+    "",
+    "Dispatcher only: journal its state in this folder, so that a dispatcher started again on "
+    "the same --port with the same --work_dir takes its jobs up again (the workers register "
+    "again and a waiting job goes on). Empty: a dispatcher that dies takes its jobs with it.",
+)
 
 FLAGS = flags.FLAGS
 PROGRAM = "fruits-tl-data-service"
@@ -37,7 +55,7 @@ def _main(argv):
     common.reject_arguments(argv)
     if not 0 <= FLAGS.port <= 65535:
         raise common.UserInputError(f"--port must be in [0, 65535], got {FLAGS.port}.")
-    from fruits_tl import data_service
+    from fruits_tl import data_service, distribute
 
     stopping = threading.Event()
     received = []
@@ -49,15 +67,24 @@ def _main(argv):
     for number in (signal.SIGTERM, signal.SIGINT):
         signal.signal(number, handle)
     if FLAGS.dispatcher_address:
+        if FLAGS.work_dir:
+            raise common.UserInputError(
+                "--work_dir is the dispatcher's journal; a worker (--dispatcher_address) "
+                "takes none."
+            )
         port = FLAGS.port or data_service.free_port(FLAGS.host)
         server = data_service.start_worker(FLAGS.dispatcher_address, port=port, host=FLAGS.host)
         print(
             f"{PROGRAM}: worker serving at {FLAGS.host}:{port} for {FLAGS.dispatcher_address}",
             flush=True,
         )
+        kind = "This tf.data service worker"
     else:
-        server = data_service.start_dispatcher(FLAGS.port)
+        server = data_service.start_dispatcher(FLAGS.port, work_dir=FLAGS.work_dir)
         print(f"{PROGRAM}: dispatcher serving at {server.target}", flush=True)
+        port = int(server.target.rsplit(":", 1)[1])
+        kind = "This tf.data service dispatcher"
+    print(f"{PROGRAM}: {distribute.exposure_warning(kind, port)}", file=sys.stderr, flush=True)
     # Not one unbounded wait: the operating system may deliver the signal to one of
     # TensorFlow's server threads, where CPython only records it, and a main thread blocked for
     # good never gets back to the interpreter to run the handler (a Ctrl-C lost under load). Each
