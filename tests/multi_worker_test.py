@@ -235,6 +235,16 @@ def test_two_workers_extract_their_shards_and_the_chief_writes_the_features(tiny
         text = " ".join(result.stderr.split())
         assert "This worker's TensorFlow server listens on port " in text
         assert "of every network interface, without authentication or encryption" in text
+    help_text = " ".join(
+        subprocess.run(
+            [sys.executable, "-m", "fruits_tl.cli.extract_main", "--help"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        ).stdout.split()
+    )
+    assert "listens on every network interface without authentication" in help_text
     # 18 training images in chunks of 4: worker 1 decodes and extracts chunks 2 and 4.
     assert "Worker 1 of 2 extracted 8 of the 18 train images" in results[1].stderr
     assert "Worker 0 of 2 extracted 10 of the 18 train images" in results[0].stderr

@@ -59,7 +59,9 @@ flags.DEFINE_enum(
     "auto",
     ["auto", "default", "one_device", "mirrored", "multi_worker_mirrored"],
     "tf.distribute strategy; auto: multi_worker_mirrored when TF_CONFIG names several workers, "
-    "mirrored on several GPUs, one_device on one, default on CPU.",
+    "mirrored on several GPUs, one_device on one, default on CPU. multi_worker_mirrored starts "
+    "a TensorFlow server on this worker's TF_CONFIG port that listens on every network "
+    'interface without authentication or encryption (README.md, "Security").',
 )
 flags.DEFINE_float(
     "collective_timeout",
