@@ -79,8 +79,7 @@ class Checkpoints:
         if not numbers:
             return None
         path = self._path(numbers[-1])
-        with open(os.path.join(path, STATE_FILE), encoding="utf-8") as stream:
-            saved = json.load(stream)
+        saved = _read_state(os.path.join(path, STATE_FILE))
         changes = describe_changes(saved.get("run", {}), self.run_fingerprint)
         if changes:
             raise UserInputError(
@@ -123,3 +122,21 @@ class Checkpoints:
                 shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
             if not os.listdir(self.directory):
                 os.rmdir(self.directory)
+
+
+def _read_state(path: str) -> dict:
+    """A checkpoint's state file, or one paragraph saying it is damaged and what to do."""
+    try:
+        with open(path, encoding="utf-8") as stream:
+            saved = json.load(stream)
+        if not isinstance(saved, dict) or not isinstance(saved.get("state"), dict):
+            raise ValueError("it does not hold the job's state")
+        return saved
+    except (OSError, ValueError) as error:
+        reason = getattr(error, "strerror", None) or str(error).splitlines()[0][:200]
+        raise UserInputError(
+            f"The checkpoint's state file '{path}' is damaged or unreadable ({reason}), so it "
+            "cannot say where the job stopped. Pass --restart to start again (the checkpoints "
+            f"are removed), or remove the folder '{os.path.dirname(path)}' to resume from an "
+            "older checkpoint if --keep_checkpoints kept one."
+        ) from None

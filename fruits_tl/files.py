@@ -1,12 +1,19 @@
-"""Atomic file output: every file the package writes goes to a temporary name, then is renamed.
+"""Atomic, durable file output: every file the package writes goes to a temporary name, is
+synced to disk, then renamed into place, and the rename is synced too.
 
 A reader therefore sees either the old complete file or the new complete file, never a
-half-written one, even when the writing process is killed.
+half-written one, even when the writing process is killed; and after a power loss a file that
+marks work complete (a manifest, metrics.json, a checkpoint's state) names only data that
+reached the disk before it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
+import errno
+import functools
 import hashlib
 import json
 import os
@@ -42,20 +49,93 @@ def atomic_path(path: str | os.PathLike) -> Iterator[str]:
         yield temporary
         if not os.path.exists(temporary):
             raise FileNotFoundError(f"nothing was written to the temporary file for {path}")
+        sync_tree(temporary)  # Whoever wrote it (Keras, NumPy), its bytes are on disk first.
         os.replace(temporary, path)
+        sync_directory(directory)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temporary)
         raise
 
 
+def sync_directory(path: str) -> None:
+    """Syncs a folder's entries (a rename or a new file in it) to disk, where the system can."""
+    try:
+        descriptor = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        with contextlib.suppress(OSError):  # Some filesystems cannot sync a folder.
+            os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def sync_tree(path: str) -> None:
+    """Syncs a file, or a folder with every file and folder in it, to disk."""
+    if not os.path.isdir(path):
+        with open(path, "rb") as stream:
+            os.fsync(stream.fileno())
+        return
+    for root, _, names in os.walk(path, topdown=False):
+        for name in names:
+            with open(os.path.join(root, name), "rb") as stream:
+                os.fsync(stream.fileno())
+        sync_directory(root)
+
+
+_RENAME_EXCHANGE = 2
+_AT_FDCWD = -100
+
+
+@functools.cache
+def _renameat2():
+    """glibc's renameat2 (Linux 3.15+, glibc 2.28+), or None where there is none."""
+    name = ctypes.util.find_library("c")
+    if not name:
+        return None
+    try:
+        function = ctypes.CDLL(name, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return None
+    function.argtypes = [
+        ctypes.c_int,
+        ctypes.c_char_p,
+        ctypes.c_int,
+        ctypes.c_char_p,
+        ctypes.c_uint,
+    ]
+    return function
+
+
+def exchange(first: str, second: str) -> bool:
+    """Swaps two existing paths in one atomic step (renameat2 RENAME_EXCHANGE); False where the
+    system or filesystem cannot, and nothing then changed."""
+    function = _renameat2()
+    if function is None:
+        return False
+    result = function(
+        _AT_FDCWD, os.fsencode(first), _AT_FDCWD, os.fsencode(second), _RENAME_EXCHANGE
+    )
+    if result == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+        return False
+    raise OSError(code, os.strerror(code), second)
+
+
 @contextlib.contextmanager
 def atomic_directory(path: str | os.PathLike) -> Iterator[str]:
     """Yields a temporary folder beside `path`; puts it in place of `path` if the block succeeds.
 
-    A reader sees the old complete folder or the new complete one. The swap is two renames
-    (old folder aside, new folder in), then the old folder is removed; if the block raises,
-    the temporary folder is removed and `path` is left untouched.
+    The new folder's files are synced to disk first. Where `path` exists, the two folders are
+    exchanged in one atomic step (`exchange`, Linux), so a reader sees the old complete folder
+    or the new complete one and never no folder; the old one is then removed. Where the system
+    cannot exchange, the old folder is renamed aside and the new one renamed in: between the
+    two renames `path` is missing for an instant (a reader then finds no folder, never a
+    partial one). If the block raises, the temporary folder is removed and `path` is left
+    untouched.
     """
     path = os.path.abspath(os.fspath(path))
     parent = os.path.dirname(path)
@@ -67,12 +147,17 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[str]:
     os.chmod(temporary, 0o777 & ~umask)
     try:
         yield temporary
+        sync_tree(temporary)
         previous = None
-        if os.path.exists(path):
-            previous = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.old-", dir=parent)
-            os.rmdir(previous)
-            os.replace(path, previous)
-        os.replace(temporary, path)
+        if os.path.exists(path) and exchange(temporary, path):
+            previous = temporary  # It now holds the old folder.
+        else:
+            if os.path.exists(path):
+                previous = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.old-", dir=parent)
+                os.rmdir(previous)
+                os.replace(path, previous)
+            os.replace(temporary, path)
+        sync_directory(parent)
         if previous is not None:
             shutil.rmtree(previous, ignore_errors=True)
     except BaseException:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 
 import pytest
 
@@ -62,3 +63,65 @@ def test_atomic_directory_replaces_whole_or_not_at_all(tmp_path):
     with files.atomic_directory(target) as temporary:
         open(os.path.join(temporary, "c"), "w").write("second")
     assert sorted(os.listdir(tmp_path)) == ["artifact"] and sorted(os.listdir(target)) == ["c"]
+
+
+def test_a_file_is_on_disk_before_its_rename_and_the_rename_after(tmp_path, monkeypatch):
+    # The order a power loss cannot undo: the new bytes synced, the rename, the folder synced.
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(descriptor):
+        kind = "folder" if stat.S_ISDIR(os.fstat(descriptor).st_mode) else "file"
+        events.append(f"sync {kind}")
+        real_fsync(descriptor)
+
+    def replace(source, destination):
+        events.append("rename")
+        real_replace(source, destination)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    with files.atomic_path(tmp_path / "model.keras") as temporary:
+        with open(temporary, "w") as stream:  # A writer that syncs nothing itself (Keras).
+            stream.write("model")
+    assert events == ["sync file", "rename", "sync folder"]
+    events.clear()
+    with files.atomic_directory(tmp_path / "ckpt") as temporary:
+        open(os.path.join(temporary, "state.json"), "w").write("{}")
+    assert events[:2] == ["sync file", "sync folder"] and events[-1] == "sync folder"
+    assert events.index("rename") < len(events) - 1
+
+
+def test_a_folder_replaced_in_one_exchange_is_never_missing(tmp_path):
+    first, second = tmp_path / "first", tmp_path / "second"
+    first.mkdir()
+    second.mkdir()
+    (first / "a").write_text("A")
+    (second / "b").write_text("B")
+    if not files.exchange(str(first), str(second)):
+        pytest.skip("this system or filesystem cannot exchange two paths (renameat2)")
+    assert os.listdir(first) == ["b"] and os.listdir(second) == ["a"]
+    # atomic_directory takes the exchange: the old folder's contents leave with its name.
+    with files.atomic_directory(first) as temporary:
+        open(os.path.join(temporary, "c"), "w").write("C")
+    assert sorted(os.listdir(tmp_path)) == ["first", "second"] and os.listdir(first) == ["c"]
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated", "not_a_state"])
+def test_a_damaged_checkpoint_state_is_one_clear_paragraph(tmp_path, damage):
+    import tensorflow as tf
+
+    from fruits_tl import checkpoints
+
+    store = checkpoints.Checkpoints(
+        str(tmp_path), objects={"v": tf.Variable(1.0)}, run_fingerprint={"seed": 7}
+    )
+    path = store.save({"epoch": 1, "step": 0})
+    state = os.path.join(path, checkpoints.STATE_FILE)
+    text = open(state).read()
+    damaged = {"garbage": "\x00" * 10, "truncated": text[: len(text) // 2], "not_a_state": "[1]"}
+    open(state, "w").write(damaged[damage])
+    with pytest.raises(ValueError) as error:
+        store.restore_latest()
+    message = str(error.value)
+    assert state in message and "--restart" in message and "Traceback" not in message
