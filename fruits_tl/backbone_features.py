@@ -244,6 +244,7 @@ class ExtractionSettings:
 def extract_or_reuse(
     splits: dict[str, data.ImageFolder],
     *,
+    images: dict | None = None,
     backbone: keras.Model,
     alpha: float,
     image_size: int,
@@ -256,6 +257,8 @@ def extract_or_reuse(
 
     Args:
       splits: Split name -> ImageFolder (one label map).
+      images: Split name -> its stored pixels (`pixels.SourceStores.rows`, filled by the
+        decode check); a split without them is decoded into the pixel store first.
       backbone: The frozen backbone (built in the strategy's scope).
       alpha: Its width multiplier (recorded in the fingerprint).
       image_size: Input size.
@@ -279,6 +282,7 @@ def extract_or_reuse(
         splits=splits,
     )
     run = _Run(
+        images or {},
         settings,
         strategy,
         backbone,
@@ -304,8 +308,9 @@ def extract_or_reuse(
 class _Run:
     """One extraction: the worker's part of every split, through the store."""
 
-    def __init__(self, settings, strategy, backbone, image_size: int, digest: str, stop):
-        self.settings, self.strategy, self.backbone = settings, strategy, backbone
+    def __init__(self, images, settings, strategy, backbone, image_size: int, digest: str, stop):
+        self.images, self.settings, self.strategy = images, settings, strategy
+        self.backbone = backbone
         self.image_size = image_size
         self.digest, self.stop = digest, stop
         self.role = distribute.worker_role(strategy)
@@ -356,7 +361,9 @@ class _Run:
         stored = store.open_complete(settings.features_dir, name_in_store, fingerprint=fingerprint)
         # Every worker sees the same answer here: nothing changes the store before the pixel
         # store's barriers.
-        images = None if stored is not None else self.pixels(folder, shared=True)
+        images = self.images.get(name)
+        if images is None and stored is None:
+            images = self.pixels(folder, shared=True)
         counter = progress.Progress(len(folder), label=f"extract {name}", enabled=settings.verbose)
 
         def produce(first: int, last: int):

@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
+from collections.abc import Callable
 
 import keras
 import numpy as np
@@ -151,6 +152,10 @@ class Splits:
 def listing_fingerprint(file_paths, *, image_size: int, extra: str = "") -> str:
     """Digest of a file listing (paths, sizes, modification times) and the decode settings."""
     return files.stat_digest(file_paths, header=f"{DECODE_VERSION}|{image_size}|{extra}")
+
+
+# The decode check of one source folder: ("train" or "test", its files) -> the failures.
+Check = Callable[[str, list[str]], tuple[BadImage, ...]]
 
 
 def validation_mask(labels: np.ndarray, validation_split: float, seed: int) -> np.ndarray:
@@ -315,6 +320,12 @@ def load_labeled_folder(
     user_excluded = {p for p in all_files if os.path.abspath(p) in listed}
     all_bad = find_bad_images(all_files)
     bad = tuple(b for b in all_bad if b.path not in user_excluded)
+    unreadable = tuple(b for b in bad if b.unreadable)
+    if unreadable:
+        raise UserInputError(
+            f"{len(unreadable)} file(s) cannot be read: {describe_bad_images(unreadable)}. These "
+            "are read errors, not bad images: --skip_bad_images does not leave them out."
+        )
     if bad and not skip_bad_images:
         raise UserInputError(
             f"{len(bad)} file(s) cannot be decoded by TensorFlow: {describe_bad_images(bad)}. "
@@ -358,6 +369,7 @@ def load_dataset(
     skip_bad_images: bool = False,
     exclude_files: frozenset[str] | set[str] = frozenset(),
     check_record: str = "",
+    check: Check | None = None,
 ) -> Splits:
     """Checks a data folder and loads its splits under one label map.
 
@@ -378,6 +390,10 @@ def load_dataset(
       check_record: Where the decode check is recorded (`image_checks.check_files`): a later
         call on unchanged files decodes nothing. The record is written by
         `Splits.decode_check.save()`, when the job starts writing.
+      check: The decode check itself, per source folder ("train", "test") and its files
+        (user-excluded ones left out): returns the files that failed. A job that stores the
+        pixels passes `pixels.SourceStores.check`, so the check's one pass is the store's
+        fill; without it, `image_checks.check_files` decodes into nothing.
 
     Returns:
       The Splits.
@@ -387,7 +403,11 @@ def load_dataset(
     """
     listed = _list_data_dir(data_dir, train_subdir, test_subdir, validation_split)
     user_excluded, undecodable, bad, decode_check = _check_listed_files(
-        listed, exclude_files, skip_bad_images=skip_bad_images, check_record=check_record
+        listed,
+        exclude_files,
+        skip_bad_images=skip_bad_images,
+        check_record=check_record,
+        check=check,
     )
     common = dict(
         class_names=listed.class_names,
@@ -526,16 +546,36 @@ def _list_data_dir(
 
 
 def _check_listed_files(
-    listed: _Listed, exclude_files, *, skip_bad_images: bool, check_record: str
-) -> tuple[set[str], set[str], tuple[BadImage, ...], DecodeCheck]:
-    """Decodes every listed file once (`image_checks.check_files`) and applies the exclude list:
-    (files the user excluded, undecodable files, bad files not excluded, the check)."""
+    listed: _Listed, exclude_files, *, skip_bad_images: bool, check_record: str, check
+) -> tuple[set[str], set[str], tuple[BadImage, ...], DecodeCheck | None]:
+    """Decodes every listed file once (`check`, else `image_checks.check_files`) and applies
+    the exclude list: (files the user excluded, undecodable files, bad files not excluded,
+    the recorded check or None)."""
     all_files = listed.all_files("train") + listed.all_files("test")
     excluded_paths = {os.path.abspath(p) for p in exclude_files}
     user_excluded = {p for p in all_files if os.path.abspath(p) in excluded_paths}
-    decode_check = check_files(all_files, record_path=check_record)
-    undecodable = {item.path for item in decode_check.bad}
-    bad = tuple(item for item in decode_check.bad if item.path not in user_excluded)
+    if check is not None:
+        decode_check = None
+        found = tuple(
+            item
+            for source in ("train", "test")
+            if listed.files[source]
+            for item in check(
+                source, [p for p in listed.all_files(source) if p not in user_excluded]
+            )
+        )
+    else:
+        decode_check = check_files(all_files, record_path=check_record)
+        found = decode_check.bad
+    undecodable = {item.path for item in found}
+    bad = tuple(item for item in found if item.path not in user_excluded)
+    unreadable = tuple(item for item in bad if item.unreadable)
+    if unreadable:
+        raise UserInputError(
+            f"{len(unreadable)} file(s) cannot be read: {describe_bad_images(unreadable)}. These "
+            "are read errors (permissions, the disk, files that went away), not bad images, so "
+            "--skip_bad_images does not leave them out: fix the access and rerun."
+        )
     if bad and not skip_bad_images:
         raise UserInputError(
             f"{len(bad)} file(s) cannot be decoded by TensorFlow: {describe_bad_images(bad)}. "

@@ -74,15 +74,37 @@ def decode_through_service(
 ) -> np.ndarray:
     """The split's uint8 images in file order, decoded by the tf.data service at `address`.
 
+    Raises:
+      UserInputError: As `decode_rows_through_service`, or a file the decoder rejected.
+    """
+    images, delivered = decode_rows_through_service(folder, address, timeout=timeout)
+    if not delivered.all():
+        bad = [folder.file_paths[i] for i in np.flatnonzero(~delivered)[:10]]
+        raise UserInputError(
+            f"The tf.data service at {address} could not decode {int((~delivered).sum())} "
+            f"image(s) of {folder.name}: {', '.join(bad)}."
+        )
+    return images
+
+
+def decode_rows_through_service(
+    folder: data.ImageFolder, address: str, *, timeout: float = DEFAULT_TIMEOUT
+) -> tuple[np.ndarray, np.ndarray]:
+    """The split's uint8 images in file order, decoded by the tf.data service at `address`,
+    and which were delivered: a file the decoder rejects is left out (`ignore_errors`), its
+    row zeros.
+
     A lost worker or dispatcher leaves the client waiting inside TensorFlow for good (in
     `distributed_epoch` mode the service does not decode a lost worker's share again), so
     when no element has come for `timeout` seconds the process ends with one message naming
     the address (`stopping.exit_now`, exit code 2). What the job stored before is kept: a
-    rerun with the service restarted resumes.
+    rerun with the service restarted resumes. A lost worker whose share the others outlive
+    leaves rows undelivered too: callers check those files here (`pixels`), and a file that
+    decodes here means images were lost, not a bad file.
 
     Raises:
       UserInputError: The split comes from TFDS records (the service reads image files), or
-        the service did not deliver every image exactly once.
+        the service delivered an image more than once.
     """
     if folder.records is not None:
         raise UserInputError(
@@ -92,7 +114,65 @@ def decode_through_service(
     count, size = len(folder), folder.image_size
     images = np.zeros((count, size, size, 3), np.uint8)
     if count == 0:
-        return images
+        return images, np.ones(0, bool)
+    listing = tf.data.Dataset.from_tensor_slices(
+        (tf.range(count, dtype=tf.int64), tf.constant(list(folder.file_paths), tf.string))
+    )
+    decoded = (
+        listing.map(
+            tf.autograph.experimental.do_not_convert(
+                lambda index, path: (index, decode.load_image(path, size))
+            ),
+            num_parallel_calls=tf.data.AUTOTUNE,
+        )
+        .ignore_errors()
+        .batch(SERVICE_BATCH)
+    )
+    distributed = decoded.apply(
+        tf.data.experimental.service.distribute(
+            processing_mode="distributed_epoch", service=address
+        )
+    )
+    seen = np.zeros(count, np.int64)
+
+    def lost():
+        stopping.exit_now(
+            2,
+            f"The tf.data service at {address} delivered no image of {folder.name} for "
+            f"{timeout:.0f} s (--data_service_timeout): a service worker or the dispatcher is "
+            "lost. Restart fruits-tl-data-service (the dispatcher, then its workers) and rerun "
+            "the same command: what this job stored is kept.",
+        )
+
+    # The fault hook's point just before the client waits on the service (a test kills a
+    # service worker, or signals the job, here).
+    faults.point("data_service:decode")
+    try:
+        with distribute.Watchdog(timeout, lost) as watchdog:
+            for indices, batch in distributed.as_numpy_iterator():
+                watchdog.beat()
+                images[indices] = batch
+                np.add.at(seen, indices, 1)
+                if seen.sum() == len(indices):  # The first batch (a test kills the dispatcher).
+                    faults.point(f"data_service:received:{folder.name}")
+    except tf.errors.OpError as error:
+        raise UserInputError(
+            f"The tf.data service at {address} failed ({type(error).__name__}: "
+            f"{str(error).strip().splitlines()[0][:200]}); is the dispatcher running, with workers?"
+        ) from None
+    if (seen > 1).any():
+        raise UserInputError(
+            f"The tf.data service at {address} delivered {int((seen > 1).sum())} image(s) of "
+            f"{folder.name} more than once (a service worker lost?). Restart "
+            "fruits-tl-data-service and rerun the same command."
+        )
+    logging.info(
+        "Decoded %d %s images through the tf.data service at %s",
+        int((seen == 1).sum()),
+        folder.name,
+        address,
+    )
+    return images, seen == 1
     listing = tf.data.Dataset.from_tensor_slices(
         (tf.range(count, dtype=tf.int64), tf.constant(list(folder.file_paths), tf.string))
     )

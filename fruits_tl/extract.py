@@ -9,11 +9,12 @@ fingerprint matches.
 from __future__ import annotations
 
 import dataclasses
+import os
 
 import keras
 import tensorflow as tf
 
-from fruits_tl import backbone_features, distribute, listing, model, sources, stopping
+from fruits_tl import backbone_features, distribute, listing, model, pixels, sources, stopping
 from fruits_tl.config import ExtractConfig
 
 
@@ -29,24 +30,18 @@ def extract(
     if config.batch_size:
         distribute.per_replica_batch_size(strategy, config.batch_size)
     data_config = config.data
-    class_names = None
     if config.trained_model:
         with strategy.scope():
             classifier, class_names, image_size = model.load_trained(config.trained_model)
         backbone = classifier.get_layer(model.BACKBONE_NAME)
         alpha = model.backbone_alpha(backbone)
         data_config = dataclasses.replace(data_config, image_size=image_size)
-    splits = sources.load_splits(data_config)
-    if class_names is not None:
-        listing.check_same_classes(
-            splits.class_names,
-            class_names,
-            where="the training folder (--data_dir)",
-            expected_as=f"the labels.txt of '{config.trained_model}'",
-            noun="model class",
-        )
+        training = os.path.join(data_config.data_dir, data_config.train_subdir)
+        if data_config.data_source == "folder" and os.path.isdir(training):
+            # Refused before anything is decoded: the classes come from the listing alone.
+            _check_classes(listing.list_classes(training, role="training"), class_names, config)
     else:
-        alpha = config.model.alpha
+        class_names, alpha = None, config.model.alpha
         # Seeded as training seeds it: with --weights=none the backbone is the same in every run,
         # so a rerun's fingerprint matches and stored chunks are reused.
         keras.utils.set_random_seed(data_config.seed)
@@ -56,8 +51,25 @@ def extract(
             )
     hint = "Start every worker again: chunks already written are reused."
     with stopping.GracefulStop() as stop, distribute.clear_worker_errors(strategy, hint=hint):
+        stores = None
+        if data_config.data_source == "folder":
+            # The decode check's one pass fills the pixel store the extraction reads.
+            stores = pixels.SourceStores.for_job(
+                data_config,
+                directory=os.path.join(config.features_dir, backbone_features.PIXELS_DIR),
+                chunk_images=config.chunk_images,
+                role=distribute.worker_role(strategy),
+                wait_for_workers=lambda: distribute.barrier(
+                    strategy, timeout=config.collective_timeout
+                ),
+                stop=stop,
+            )
+        splits = sources.load_splits(data_config, check=stores.check if stores else None)
+        if class_names is not None:
+            _check_classes(splits.class_names, class_names, config)
         return backbone_features.extract_or_reuse(
             splits.named(),
+            images={n: stores.rows(f) for n, f in splits.named().items()} if stores else {},
             backbone=backbone,
             alpha=alpha,
             image_size=data_config.image_size,
@@ -74,3 +86,13 @@ def extract(
             ),
             stop=stop,
         )
+
+
+def _check_classes(found, class_names, config: ExtractConfig) -> None:
+    listing.check_same_classes(
+        list(found),
+        class_names,
+        where="the training folder (--data_dir)",
+        expected_as=f"the labels.txt of '{config.trained_model}'",
+        noun="model class",
+    )

@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-import os
 import re
 import time
 
@@ -25,6 +24,8 @@ from fruits_tl import decode, files, progress
 # Files per batch of the decode-only passes: small enough for a progress line every few
 # hundred files, large enough that the per-batch work stays vectorised.
 PROGRESS_BATCH = 256
+# How a read error's reason begins (`undecodable_reason`).
+READ_ERROR = "cannot be read"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,14 +38,24 @@ class BadImage:
     def __str__(self) -> str:
         return f"{self.path}: {self.reason}"
 
+    @property
+    def unreadable(self) -> bool:
+        """The file could not be read at all: a read error, not a bad image."""
+        return self.reason.startswith(READ_ERROR)
 
-def decode_error_reason(path: str) -> str:
-    """Describes why TensorFlow cannot decode `path`, in one line."""
+
+def undecodable_reason(path: str) -> str | None:
+    """Why TensorFlow cannot decode `path`, in one line; None when it can.
+
+    A file the job cannot read at all (permission denied, an I/O error, gone) is a read
+    error, `READ_ERROR (...)`: not a bad image, and never left out by --skip_bad_images.
+    """
     try:
-        size = os.path.getsize(path)
+        with open(path, "rb") as stream:
+            head = stream.read(1)
     except OSError as error:
-        return f"cannot be read ({error.strerror})"
-    if size == 0:
+        return f"{READ_ERROR} ({error.strerror or error})"
+    if not head:
         return "empty file (0 bytes)"
     try:
         tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
@@ -54,7 +65,13 @@ def decode_error_reason(path: str) -> str:
         message = re.sub(r"\{\{[^}]*\}\}\s*", "", message).strip().splitlines()[0]
         message = re.sub(r"\s*\[Op:\w+\].*$", "", message)
         return f"cannot be decoded as an image ({message})"
-    return "cannot be decoded as an image"
+    return None
+
+
+def decode_error_reason(path: str) -> str:
+    """Describes why TensorFlow cannot decode `path`, in one line (a file that decodes now
+    failed before: it changed, or its read failed then)."""
+    return undecodable_reason(path) or "cannot be decoded as an image"
 
 
 def decode_pass(paths: list[str]) -> tf.data.Dataset:

@@ -34,7 +34,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from fruits_tl import faults, store, train_input
+from fruits_tl import faults, train_input
 from fruits_tl import model as model_lib
 from fruits_tl.config import NO_AUGMENTATION, Augmentation
 from fruits_tl.stopping import GracefulStop
@@ -180,7 +180,7 @@ class Evaluation:
 
 def as_examples(examples) -> train_input.Examples:
     """Stored examples as they are; anything else as an array in memory."""
-    if isinstance(examples, store.StoredArray):
+    if isinstance(examples, train_input.STORED):
         return examples
     return np.asarray(examples)
 

@@ -114,6 +114,21 @@ def fetch_imagenet_weights(
         ) from None
 
 
+def check_weights_file(weights: str) -> None:
+    """Refuses a --weights path that is no file, before a job decodes anything.
+
+    Raises:
+      UserInputError: Naming the path.
+    """
+    if weights in ("imagenet", "none", "", None):
+        return
+    if not os.path.isfile(weights):
+        raise UserInputError(
+            f"The weights file '{weights}' does not exist (--weights takes 'imagenet', "
+            "'none' or a path to a MobileNet .h5 weights file)."
+        )
+
+
 def build_backbone(
     *, image_size: int, alpha: float, weights: str = "imagenet", cache_dir: str | None = None
 ) -> keras.Model:
@@ -139,11 +154,7 @@ def build_backbone(
         weights_path = None
     else:
         weights_path = weights
-        if not os.path.isfile(weights_path):
-            raise UserInputError(
-                f"The weights file '{weights_path}' does not exist (--weights takes 'imagenet', "
-                "'none' or a path to a MobileNet .h5 weights file)."
-            )
+        check_weights_file(weights_path)
     backbone = keras.applications.MobileNet(
         input_shape=(image_size, image_size, 3),
         alpha=alpha,

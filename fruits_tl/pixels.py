@@ -16,10 +16,13 @@ checkpoints).
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable
+
 import numpy as np
 import tensorflow as tf
 
-from fruits_tl import data, data_service, decode, store
+from fruits_tl import data, data_service, decode, image_checks, store
 from fruits_tl.errors import UserInputError
 from fruits_tl.stopping import GracefulStop
 
@@ -39,8 +42,10 @@ def decode_rows(
     store to write in place. A file the decoder rejects is in no block (a missing row)."""
     if service:
         subset = _rows(folder, first, last)
-        images = data_service.decode_through_service(subset, service, timeout=service_timeout)
-        yield np.arange(first, last), images
+        images, delivered = data_service.decode_rows_through_service(
+            subset, service, timeout=service_timeout
+        )
+        yield np.arange(first, last)[delivered], images[delivered]
         return
     for positions, images in decode_pass(folder, first, last).as_numpy_iterator():
         yield positions, images
@@ -126,3 +131,97 @@ def store_pixels(
             "are checked again."
         )
     return stored
+
+
+@dataclasses.dataclass(eq=False)
+class SourceStores:
+    """The decode check as the pixel store's fill: each source folder's files (Training, Test)
+    decoded once, in the check's one pass, into `<source>.pixels`, and every split read as
+    rows of its source's store (`rows`), so a cold run decodes each file once.
+
+    Pass `check` as `data.load_dataset`'s check. A file the decoder rejects is a missing row
+    of the store (its manifest records it, so a later run on unchanged files decodes nothing
+    to know it) and comes back as a BadImage with its reason.
+
+    Attributes:
+      directory: The pixel store's folder.
+      image_size: Images are image_size x image_size.
+      chunk_images: Images per chunk.
+      data_service_address, data_service_timeout: Decode on the tf.data service there.
+      worker_index, worker_count, wait_for_workers: This worker among several (`store.fill`).
+      stop: A stop request is answered after the current chunk.
+    """
+
+    directory: str
+    image_size: int
+    chunk_images: int = store.DEFAULT_CHUNK_ROWS
+    data_service_address: str = ""
+    data_service_timeout: float = data_service.DEFAULT_TIMEOUT
+    worker_index: int = 0
+    worker_count: int = 1
+    wait_for_workers: Callable[[], None] = lambda: None
+    stop: GracefulStop | None = None
+    _sources: dict = dataclasses.field(default_factory=dict)
+
+    @classmethod
+    def for_job(
+        cls, data_config, *, directory: str, chunk_images: int, role, wait_for_workers, stop=None
+    ) -> SourceStores:
+        """The stores of a job on `data_config`'s image folder, for the worker `role` (its
+        index and count among the job's workers)."""
+        return cls(
+            directory=directory,
+            image_size=data_config.image_size,
+            chunk_images=chunk_images,
+            data_service_address=data_config.data_service_address,
+            data_service_timeout=data_config.data_service_timeout,
+            worker_index=role.index,
+            worker_count=role.count,
+            wait_for_workers=wait_for_workers,
+            stop=stop,
+        )
+
+    def check(self, source: str, paths: list[str]) -> tuple[image_checks.BadImage, ...]:
+        """Decodes the source's files into its store (or reuses it); returns the bad ones."""
+        folder = data.folder_of_files(paths, image_size=self.image_size, name=source)
+        stored = store.fill(
+            self.directory,
+            f"{source}.pixels",
+            fingerprint=folder.fingerprint,
+            count=len(folder),
+            row_shape=(self.image_size, self.image_size, 3),
+            dtype=np.uint8,
+            produce=lambda first, last: decode_rows(
+                folder,
+                first,
+                last,
+                service=self.data_service_address,
+                service_timeout=self.data_service_timeout,
+            ),
+            chunk_rows=self.chunk_images,
+            worker_index=self.worker_index,
+            worker_count=self.worker_count,
+            barrier=self.wait_for_workers,
+            stop=self.stop,
+            label=f"{source} pixels",
+        )
+        self._sources[source] = (stored.examples, {path: i for i, path in enumerate(paths)})
+        bad = []
+        for i in stored.missing:
+            reason = image_checks.undecodable_reason(paths[i])
+            if reason is None:
+                raise UserInputError(
+                    f"'{paths[i]}' decodes here but did not come back from the tf.data service "
+                    f"at {self.data_service_address} (a service worker lost?). Restart "
+                    "fruits-tl-data-service and rerun the same command."
+                )
+            bad.append(image_checks.BadImage(paths[i], reason))
+        return tuple(bad)
+
+    def rows(self, folder: data.ImageFolder) -> store.StoredRows:
+        """A split's images as rows of its source folder's store."""
+        for array, row_of in self._sources.values():
+            if all(path in row_of for path in folder.file_paths[:1]):
+                rows = np.asarray([row_of[path] for path in folder.file_paths], np.int64)
+                return store.StoredRows(array, rows)
+        raise KeyError(f"no source store holds the {folder.name} split's files")

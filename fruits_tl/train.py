@@ -48,7 +48,6 @@ LR_FIND_FILE = "lr_find.csv"
 CURVES_PICTURE = "training_curves.png"
 LR_FIND_PICTURE = "lr_find.png"
 # In the features folder: the record of the decode check, and the store of decoded pixels.
-DECODE_CHECK_FILE = "decode_check.json"
 # What a worker that lost the others says to do next.
 RESTART_HINT = "Start every worker again: the job resumes from the chief's last checkpoint."
 
@@ -217,35 +216,20 @@ def train(
     """
     job_start = time.perf_counter()
     role = distribute.worker_role(strategy)
-    splits = _load_splits(config, strategy)
-    _seed(config)
-    with strategy.scope():
-        classifier = model.build_classifier(
-            len(splits.class_names),
-            image_size=config.data.image_size,
-            alpha=config.model.alpha,
-            weights=config.model.weights,
-            dropout=config.model.dropout,
-            cache_dir=weights_cache_dir,
-            seed=config.data.seed,
-        )
-    # Compiled by each phase (`_fit`), with that phase's optimizer and rate.
-    parameters = model.count_parameters(classifier)
-    logging.info(
-        "Model: %d trainable (head), %d frozen (backbone) parameters",
-        parameters["trainable"],
-        parameters["frozen"],
-    )
-    mode, reason = config.resolved_mode()
-    logging.info("Mode %s (%s).", mode, reason)
-    if splits.decode_check is not None:
-        # Every input check has passed: from here the job writes (the chief's record alone).
-        splits.decode_check.save()
+    # Inputs that need no decoding are refused before the decode check decodes.
+    model.check_weights_file(config.model.weights)
+    distribute.per_replica_batch_size(strategy, config.batch_size)
     with (
         stopping.GracefulStop() as stop,
         distribute.clear_worker_errors(strategy, hint=RESTART_HINT),
     ):
-        trained = _train_phases(config, splits, classifier, mode=mode, strategy=strategy, stop=stop)
+        splits, stores = _load_splits(config, strategy, stop=stop)
+        classifier, parameters = _build_classifier(config, splits, strategy, weights_cache_dir)
+        mode, reason = config.resolved_mode()
+        logging.info("Mode %s (%s).", mode, reason)
+        trained = _train_phases(
+            config, splits, classifier, mode=mode, strategy=strategy, stop=stop, stores=stores
+        )
     history = {key: [float(v) for v in values] for key, values in trained.history.items()}
     metrics = _metrics(
         config,
@@ -270,17 +254,49 @@ def train(
     )
 
 
-def _load_splits(config: TrainConfig, strategy: tf.distribute.Strategy) -> data.Splits:
-    """The checked splits, with their warnings and the data and strategy lines logged."""
-    role = distribute.worker_role(strategy)
-    # The decode check is recorded beside the stores (the chief's alone: only it writes
-    # there), so a later run on the same, unchanged files decodes nothing to check them.
-    splits = sources.load_splits(
-        config.data,
-        check_record=(
-            os.path.join(config.resolved_features_dir(), DECODE_CHECK_FILE) if role.is_chief else ""
-        ),
+def _build_classifier(config, splits, strategy, weights_cache_dir):
+    """The classifier in the strategy's scope (compiled later, by each phase), and its
+    parameter counts."""
+    _seed(config)
+    with strategy.scope():
+        classifier = model.build_classifier(
+            len(splits.class_names),
+            image_size=config.data.image_size,
+            alpha=config.model.alpha,
+            weights=config.model.weights,
+            dropout=config.model.dropout,
+            cache_dir=weights_cache_dir,
+            seed=config.data.seed,
+        )
+    parameters = model.count_parameters(classifier)
+    logging.info(
+        "Model: %d trainable (head), %d frozen (backbone) parameters",
+        parameters["trainable"],
+        parameters["frozen"],
     )
+    return classifier, parameters
+
+
+def _load_splits(
+    config: TrainConfig, strategy: tf.distribute.Strategy, *, stop=None
+) -> tuple[data.Splits, pixels.SourceStores | None]:
+    """The checked splits (and, for an image folder, the pixel store its decode check filled),
+    with their warnings and the data and strategy lines logged."""
+    stores = None
+    if config.data.data_source == "folder":
+        # The decode check's one pass decodes into the pixel store, shared among the workers
+        # by the store's rule: a cold run decodes each file once, a warm one none.
+        stores = pixels.SourceStores.for_job(
+            config.data,
+            directory=os.path.join(config.resolved_features_dir(), backbone_features.PIXELS_DIR),
+            chunk_images=config.extract_chunk_images,
+            role=distribute.worker_role(strategy),
+            wait_for_workers=lambda: distribute.barrier(
+                strategy, timeout=config.collective_timeout
+            ),
+            stop=stop,
+        )
+    splits = sources.load_splits(config.data, check=stores.check if stores else None)
     for warning in splits.warnings:
         logging.warning("%s", warning)
     if splits.bad_images:
@@ -304,7 +320,7 @@ def _load_splits(config: TrainConfig, strategy: tf.distribute.Strategy) -> data.
         config.batch_size,
         distribute.per_replica_batch_size(strategy, config.batch_size),
     )
-    return splits
+    return splits, stores
 
 
 def _seed(config: TrainConfig) -> None:
@@ -703,8 +719,14 @@ def _stored_pixels(
     *,
     strategy: tf.distribute.Strategy,
     stop: stopping.GracefulStop,
+    stores: pixels.SourceStores | None,
 ) -> dict:
-    """Every split's decoded pixels from the store (decoded into it first where needed)."""
+    """Every split's decoded pixels: rows of its source folder's store, which the decode check
+    filled; for TFDS records, each split decoded into the store here."""
+    if stores is not None:
+        return {
+            name: (stores.rows(folder), folder.labels) for name, folder in splits.named().items()
+        }
     role = distribute.worker_role(strategy)
     directory = os.path.join(config.resolved_features_dir(), backbone_features.PIXELS_DIR)
     arrays = {}
@@ -744,13 +766,14 @@ def _train_phases(
     mode: str,
     strategy: tf.distribute.Strategy,
     stop: stopping.GracefulStop,
+    stores: pixels.SourceStores | None = None,
 ) -> _Trained:
     """The head (features or images mode), the underfit guard, then fine-tuning if asked."""
     start = time.perf_counter()
     pixel_arrays = None
-    if mode == "images" or config.fine_tune_layers:
+    if mode == "images" or config.fine_tune_layers or stores is not None:
         # Decoded once into the store: the extraction of features mode reads it too.
-        pixel_arrays = _stored_pixels(config, splits, strategy=strategy, stop=stop)
+        pixel_arrays = _stored_pixels(config, splits, strategy=strategy, stop=stop, stores=stores)
     # Images mode's head time includes filling the store, as before fine-tuning existed; the
     # features head's does not (the store is there for phase 2).
     head_start = start if mode == "images" else time.perf_counter()
@@ -769,7 +792,13 @@ def _train_phases(
         extract_seconds, reused, trainable, arrays = 0.0, False, classifier, pixel_arrays
     else:
         head, extract_seconds, reused, trainable, arrays = _train_on_features(
-            config, splits, classifier, strategy=strategy, stop=stop, start_digest=backbone_digest
+            config,
+            splits,
+            classifier,
+            strategy=strategy,
+            stop=stop,
+            start_digest=backbone_digest,
+            pixel_arrays=pixel_arrays,
         )
     head_seconds = time.perf_counter() - head_start - extract_seconds
     finding, warning = _guard(config, splits, trainable, head, arrays=arrays, strategy=strategy)
@@ -865,7 +894,9 @@ def _fine_tune(config, splits, classifier, head: _PhaseResult, pixel_arrays, str
     )
 
 
-def _train_on_features(config, splits, classifier, *, strategy, stop, start_digest):
+def _train_on_features(
+    config, splits, classifier, *, strategy, stop, start_digest, pixel_arrays=None
+):
     """Features mode: the backbone once over every split (or its stored features, or from the
     stored pixels), then the head on the features, put back into the classifier."""
     data_config = config.data
@@ -873,6 +904,7 @@ def _train_on_features(config, splits, classifier, *, strategy, stop, start_dige
     backbone = classifier.get_layer(model.BACKBONE_NAME)
     extracted = backbone_features.extract_or_reuse(
         splits.named(),
+        images={name: pair[0] for name, pair in (pixel_arrays or {}).items()},
         backbone=backbone,
         alpha=config.model.alpha,
         image_size=data_config.image_size,

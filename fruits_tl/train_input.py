@@ -201,20 +201,24 @@ def fixed_rows(index_batches: np.ndarray, *, repeat: bool = False) -> IndexRows:
     return rows
 
 
-# What the pipeline reads rows from: a stored array (read through a view of its file) or an
-# array in memory (small: features being trained on, tests).
-Examples = store.StoredArray | np.ndarray
+# What the pipeline reads rows from: a stored array (read through a view of its file), some
+# rows of one (a split of its source folder's store), or an array in memory (small: features
+# being trained on, tests).
+Examples = store.StoredArray | store.StoredRows | np.ndarray
+STORED = (store.StoredArray, store.StoredRows)
 
 
 def example_spec(examples: Examples) -> tuple[tuple[int, ...], np.dtype]:
     """(row shape, dtype) of the examples."""
-    if isinstance(examples, store.StoredArray):
+    if isinstance(examples, STORED):
         return examples.row_shape, examples.dtype
     return tuple(examples.shape[1:]), examples.dtype
 
 
 def _gather_rows(examples: Examples) -> Callable[[tf.Tensor], tf.Tensor]:
     """indices (>= 0) -> their rows, by TensorFlow ops on a view of the examples."""
+    if isinstance(examples, store.StoredRows):
+        return examples.gather()
     source = examples.tensor() if isinstance(examples, store.StoredArray) else tf.constant(examples)
     return lambda indices: tf.gather(source, indices)
 
