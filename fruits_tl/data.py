@@ -29,8 +29,6 @@ from fruits_tl.decode import DECODE_VERSION
 from fruits_tl.errors import UserInputError
 from fruits_tl.image_checks import (
     BadImage,
-    DecodeCheck,
-    check_files,
     describe_bad_images,
     find_bad_images,
 )
@@ -128,7 +126,6 @@ class Splits:
       validation_source: "test folder" or "validation_split".
       validation_is_test: Validation and test are one split (the test folder validates, or
         there is no test folder and the held-out part of training is both).
-      decode_check: The decode check of every listed file (None where it was not run here).
     """
 
     train: ImageFolder
@@ -139,7 +136,6 @@ class Splits:
     warnings: tuple[str, ...]
     validation_source: str
     validation_is_test: bool
-    decode_check: DecodeCheck | None = None
 
     def named(self) -> dict[str, ImageFolder]:
         """The distinct splits by name: train, test and, when it is its own split, validation."""
@@ -368,7 +364,6 @@ def load_dataset(
     seed: int = 42,
     skip_bad_images: bool = False,
     exclude_files: frozenset[str] | set[str] = frozenset(),
-    check_record: str = "",
     check: Check | None = None,
 ) -> Splits:
     """Checks a data folder and loads its splits under one label map.
@@ -387,13 +382,10 @@ def load_dataset(
       skip_bad_images: Leave out undecodable files (reported in Splits.bad_images).
       exclude_files: Files to leave out (e.g. fruits-tl-audit's exclude list); undecodable
         files listed here are not an error.
-      check_record: Where the decode check is recorded (`image_checks.check_files`): a later
-        call on unchanged files decodes nothing. The record is written by
-        `Splits.decode_check.save()`, when the job starts writing.
       check: The decode check itself, per source folder ("train", "test") and its files
         (user-excluded ones left out): returns the files that failed. A job that stores the
         pixels passes `pixels.SourceStores.check`, so the check's one pass is the store's
-        fill; without it, `image_checks.check_files` decodes into nothing.
+        fill; without it, `image_checks.find_bad_images` decodes into nothing.
 
     Returns:
       The Splits.
@@ -402,11 +394,10 @@ def load_dataset(
       UserInputError: With a message naming the folder, class or files at fault.
     """
     listed = _list_data_dir(data_dir, train_subdir, test_subdir, validation_split)
-    user_excluded, undecodable, bad, decode_check = _check_listed_files(
+    user_excluded, undecodable, bad = _check_listed_files(
         listed,
         exclude_files,
         skip_bad_images=skip_bad_images,
-        check_record=check_record,
         check=check,
     )
     common = dict(
@@ -431,7 +422,6 @@ def load_dataset(
         seed=seed,
         bad_images=bad,
         warnings=listed.warnings,
-        decode_check=decode_check,
     )
 
 
@@ -444,7 +434,6 @@ def assemble_splits(
     seed: int,
     bad_images: tuple[BadImage, ...] = (),
     warnings: tuple[str, ...] = (),
-    decode_check: DecodeCheck | None = None,
 ) -> Splits:
     """The Splits of every source: with `validation_split` > 0, a seeded class-stratified part
     of `train` validates (`validation_mask`); otherwise the test split does."""
@@ -474,7 +463,6 @@ def assemble_splits(
         warnings=tuple(warnings),
         validation_source=source,
         validation_is_test=test is None or validation_split <= 0,
-        decode_check=decode_check,
     )
 
 
@@ -546,16 +534,15 @@ def _list_data_dir(
 
 
 def _check_listed_files(
-    listed: _Listed, exclude_files, *, skip_bad_images: bool, check_record: str, check
-) -> tuple[set[str], set[str], tuple[BadImage, ...], DecodeCheck | None]:
-    """Decodes every listed file once (`check`, else `image_checks.check_files`) and applies
-    the exclude list: (files the user excluded, undecodable files, bad files not excluded,
-    the recorded check or None)."""
+    listed: _Listed, exclude_files, *, skip_bad_images: bool, check
+) -> tuple[set[str], set[str], tuple[BadImage, ...]]:
+    """Decodes every listed file once (`check`, else `image_checks.find_bad_images`) and
+    applies the exclude list: (files the user excluded, undecodable files, bad files not
+    excluded). User-excluded files are not decoded."""
     all_files = listed.all_files("train") + listed.all_files("test")
     excluded_paths = {os.path.abspath(p) for p in exclude_files}
     user_excluded = {p for p in all_files if os.path.abspath(p) in excluded_paths}
     if check is not None:
-        decode_check = None
         found = tuple(
             item
             for source in ("train", "test")
@@ -565,8 +552,7 @@ def _check_listed_files(
             )
         )
     else:
-        decode_check = check_files(all_files, record_path=check_record)
-        found = decode_check.bad
+        found = find_bad_images([p for p in all_files if p not in user_excluded])
     undecodable = {item.path for item in found}
     bad = tuple(item for item in found if item.path not in user_excluded)
     unreadable = tuple(item for item in bad if item.unreadable)
@@ -594,4 +580,4 @@ def _check_listed_files(
             f"After leaving out undecodable and excluded files, {len(emptied)} class folder(s) "
             f"hold no images: {', '.join(emptied)}."
         )
-    return user_excluded, undecodable, bad, decode_check
+    return user_excluded, undecodable, bad

@@ -87,6 +87,30 @@ def decode_through_service(
     return images
 
 
+def _service_dataset(folder: data.ImageFolder, address: str) -> tf.data.Dataset:
+    """(indices, images) batches of the split, decoded on the service's workers, each image
+    once (`distributed_epoch`); a file the decoder rejects is left out."""
+    size = folder.image_size
+    listing = tf.data.Dataset.from_tensor_slices(
+        (tf.range(len(folder), dtype=tf.int64), tf.constant(list(folder.file_paths), tf.string))
+    )
+    decoded = (
+        listing.map(
+            tf.autograph.experimental.do_not_convert(
+                lambda index, path: (index, decode.load_image(path, size))
+            ),
+            num_parallel_calls=tf.data.AUTOTUNE,
+        )
+        .ignore_errors()
+        .batch(SERVICE_BATCH)
+    )
+    return decoded.apply(
+        tf.data.experimental.service.distribute(
+            processing_mode="distributed_epoch", service=address
+        )
+    )
+
+
 def decode_rows_through_service(
     folder: data.ImageFolder, address: str, *, timeout: float = DEFAULT_TIMEOUT
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -115,24 +139,7 @@ def decode_rows_through_service(
     images = np.zeros((count, size, size, 3), np.uint8)
     if count == 0:
         return images, np.ones(0, bool)
-    listing = tf.data.Dataset.from_tensor_slices(
-        (tf.range(count, dtype=tf.int64), tf.constant(list(folder.file_paths), tf.string))
-    )
-    decoded = (
-        listing.map(
-            tf.autograph.experimental.do_not_convert(
-                lambda index, path: (index, decode.load_image(path, size))
-            ),
-            num_parallel_calls=tf.data.AUTOTUNE,
-        )
-        .ignore_errors()
-        .batch(SERVICE_BATCH)
-    )
-    distributed = decoded.apply(
-        tf.data.experimental.service.distribute(
-            processing_mode="distributed_epoch", service=address
-        )
-    )
+    distributed = _service_dataset(folder, address)
     seen = np.zeros(count, np.int64)
 
     def lost():
@@ -173,54 +180,3 @@ def decode_rows_through_service(
         address,
     )
     return images, seen == 1
-    listing = tf.data.Dataset.from_tensor_slices(
-        (tf.range(count, dtype=tf.int64), tf.constant(list(folder.file_paths), tf.string))
-    )
-    decoded = listing.map(
-        tf.autograph.experimental.do_not_convert(
-            lambda index, path: (index, decode.load_image(path, size))
-        ),
-        num_parallel_calls=tf.data.AUTOTUNE,
-    ).batch(SERVICE_BATCH)
-    distributed = decoded.apply(
-        tf.data.experimental.service.distribute(
-            processing_mode="distributed_epoch", service=address
-        )
-    )
-    seen = np.zeros(count, np.int64)
-
-    def lost():
-        stopping.exit_now(
-            2,
-            f"The tf.data service at {address} delivered no image of {folder.name} for "
-            f"{timeout:.0f} s (--data_service_timeout): a service worker or the dispatcher is "
-            "lost. Restart fruits-tl-data-service (the dispatcher, then its workers) and rerun "
-            "the same command: what this job stored is kept.",
-        )
-
-    # The fault hook's point just before the client waits on the service (a test kills a
-    # service worker, or signals the job, here).
-    faults.point("data_service:decode")
-    try:
-        with distribute.Watchdog(timeout, lost) as watchdog:
-            for indices, batch in distributed.as_numpy_iterator():
-                watchdog.beat()
-                images[indices] = batch
-                np.add.at(seen, indices, 1)
-                if seen.sum() == len(indices):  # The first batch (a test kills the dispatcher).
-                    faults.point(f"data_service:received:{folder.name}")
-    except tf.errors.OpError as error:
-        raise UserInputError(
-            f"The tf.data service at {address} failed ({type(error).__name__}: "
-            f"{str(error).strip().splitlines()[0][:200]}); is the dispatcher running, with workers?"
-        ) from None
-    if not (seen == 1).all():
-        raise UserInputError(
-            f"The tf.data service at {address} delivered {int((seen == 0).sum())} image(s) of "
-            f"{folder.name} never and {int((seen > 1).sum())} more than once (a service worker "
-            "lost?). Restart fruits-tl-data-service and rerun the same command."
-        )
-    logging.info(
-        "Decoded %d %s images through the tf.data service at %s", count, folder.name, address
-    )
-    return images

@@ -11,15 +11,13 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import re
 import time
 
 import numpy as np
 import tensorflow as tf
-from absl import logging
 
-from fruits_tl import decode, files, progress
+from fruits_tl import decode, progress
 
 # Files per batch of the decode-only passes: small enough for a progress line every few
 # hundred files, large enough that the per-batch work stays vectorised.
@@ -122,62 +120,6 @@ def find_bad_images(file_paths: list[str] | tuple[str, ...]) -> tuple[BadImage, 
         BadImage(path, decode_error_reason(path))
         for path, ok in zip(paths, decoded, strict=True)
         if not ok
-    )
-
-
-@dataclasses.dataclass(frozen=True)
-class DecodeCheck:
-    """The decode check of a list of files, and its record.
-
-    Attributes:
-      bad: The files that failed, with a reason each, in input order.
-      record_path: Where the check is recorded ("" for nowhere).
-      digest: The files' digest (paths, sizes, modification times) and the decoder's version.
-      recorded: True when `bad` came from the record: nothing was decoded.
-    """
-
-    bad: tuple[BadImage, ...]
-    record_path: str = ""
-    digest: str = ""
-    recorded: bool = False
-
-    def save(self) -> None:
-        """Writes the record (atomically) unless it came from there; a job calls this when it
-        starts writing its own outputs, so a job refused for bad input writes nothing."""
-        if self.record_path and not self.recorded:
-            files.write_json(
-                self.record_path,
-                {"digest": self.digest, "bad": [[b.path, b.reason] for b in self.bad]},
-            )
-
-
-def check_files(file_paths: list[str] | tuple[str, ...], *, record_path: str = "") -> DecodeCheck:
-    """`find_bad_images`, unless the record at `record_path` was made for the same files.
-
-    A record names the files by path, size and modification time, with the decoder's
-    version: for the same, unchanged files it vouches for what was decoded, and nothing is
-    decoded again.
-    """
-    paths = list(file_paths)
-    if not record_path:
-        return DecodeCheck(bad=find_bad_images(paths))
-    digest = files.stat_digest(paths, header=f"decode check|{decode.DECODE_VERSION}")
-    try:
-        with open(record_path, encoding="utf-8") as stream:
-            record = json.load(stream)
-        if record.get("digest") == digest:
-            logging.warning(
-                "Decode check: %d files unchanged since %s recorded them (paths, sizes, "
-                "modification times); nothing decoded.",
-                len(paths),
-                record_path,
-            )
-            bad = tuple(BadImage(str(path), str(reason)) for path, reason in record["bad"])
-            return DecodeCheck(bad=bad, record_path=record_path, digest=digest, recorded=True)
-    except (OSError, ValueError, KeyError, TypeError):
-        pass
-    return DecodeCheck(
-        bad=find_bad_images(paths), record_path=record_path, digest=digest, recorded=False
     )
 
 

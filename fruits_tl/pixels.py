@@ -21,6 +21,7 @@ from collections.abc import Callable
 
 import numpy as np
 import tensorflow as tf
+from absl import logging
 
 from fruits_tl import data, data_service, decode, image_checks, store
 from fruits_tl.errors import UserInputError
@@ -206,6 +207,14 @@ class SourceStores:
             label=f"{source} pixels",
         )
         self._sources[source] = (stored.examples, {path: i for i, path in enumerate(paths)})
+        if stored.written_rows or stored.missing and not stored.reused:
+            logging.info(
+                "Decode check: %d %s images decoded into the pixel store in %s (%d undecodable)",
+                stored.written_rows,
+                source,
+                self.directory,
+                len(stored.missing),
+            )
         bad = []
         for i in stored.missing:
             reason = image_checks.undecodable_reason(paths[i])

@@ -10,15 +10,12 @@ from fruits_tl import data
 from fruits_tl.config import DataConfig
 
 
-def load_splits(
-    config: DataConfig, *, check_record: str = "", check: data.Check | None = None
-) -> data.Splits:
+def load_splits(config: DataConfig, *, check: data.Check | None = None) -> data.Splits:
     """Loads the splits a DataConfig describes, checking them first (see data.load_dataset).
 
-    `check_record`: where an image folder's decode check is recorded, so that a later job on
-    the same, unchanged files decodes nothing to check them (TFDS records are checked when
-    they are prepared). `check`: the decode check itself (`pixels.SourceStores.check`: the
-    check's pass fills the pixel store); image folders only.
+    `check`: the decode check itself (`pixels.SourceStores.check`: the check's pass fills the
+    pixel store, so a later job on the same, unchanged files decodes nothing); image folders
+    only (TFDS records are checked when they are prepared).
     """
     exclude = data.load_exclude_list(config.exclude_list)
     if config.data_source == "tfds":
@@ -41,6 +38,5 @@ def load_splits(
         seed=config.seed,
         skip_bad_images=config.skip_bad_images,
         exclude_files=exclude,
-        check_record=check_record,
         check=check,
     )

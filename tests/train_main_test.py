@@ -380,3 +380,55 @@ def test_a_folder_zipped_on_macos_trains_without_skip_bad_images(
     report = tmp_path / "audit.json"
     assert run_main(audit_main, [f"--data_dir={data_dir}", f"--output_json={report}"]) == 0
     assert json.loads(report.read_text())["undecodable"] == []
+
+
+@pytest.mark.slow
+def test_a_cold_run_decodes_each_file_once_and_a_warm_one_none(data_dir, tmp_path, caplog, capsys):
+    # Features mode with a validation split: the decode check fills one store per source
+    # folder, and validation, training and extraction all read rows of it.
+    args = [
+        f"--data_dir={data_dir}",
+        f"--model_dir={tmp_path / 'run'}",
+        "--validation_split=0.34",
+        "--verbosity=0",  # The decode check's lines are INFO.
+        *TINY,
+    ]
+    with caplog.at_level(logging.INFO, logger="absl"):
+        assert run_main(train_main, args) == 0
+    cold = caplog.text
+    assert "Decode check: 18 train images decoded into the pixel store" in cold
+    assert "Decode check: 9 test images decoded into the pixel store" in cold
+    assert "Reusing the stored" not in cold
+    assert "decode check:" not in capsys.readouterr().err  # No separate pass decoded them.
+    assert store_listing(tmp_path / "run" / "features" / "pixels") == [
+        "test.pixels.json",
+        "test.pixels.rows",
+        "train.pixels.json",
+        "train.pixels.rows",
+    ]
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="absl"):
+        assert run_main(train_main, [*args, "--restart", "--mode=images"]) == 0
+    warm = caplog.text
+    assert "images decoded into the pixel store" not in warm
+    assert "Reusing the stored train pixels" in warm and "Reusing the stored test pixels" in warm
+
+
+def test_a_file_that_cannot_be_read_is_a_read_error_even_with_skip_bad_images(
+    data_dir, tmp_path, capsys
+):
+    # Reading /proc/self/mem from its start fails with an I/O error (EIO) on Linux: a file
+    # listed as an image that the job cannot read, as a failing disk would give.
+    try:
+        open("/proc/self/mem", "rb").read(1)
+        pytest.skip("/proc/self/mem reads here: no way to make an I/O error")
+    except OSError:
+        pass
+    victim = os.path.join(data_dir, "Training", "Banana", "unreadable.jpg")
+    os.symlink("/proc/self/mem", victim)
+    args = [f"--data_dir={data_dir}", f"--model_dir={tmp_path / 'run'}", "--skip_bad_images"]
+    assert run_main(train_main, [*args, *TINY]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert f"{victim}: cannot be read (Input/output error)" in err
+    assert "not bad images, so --skip_bad_images does not leave them out" in err
+    assert "Traceback" not in err
