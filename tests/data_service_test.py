@@ -400,3 +400,78 @@ def _help(module: str) -> str:
         timeout=120,
     )
     return " ".join((result.stdout + result.stderr).split())
+
+
+def test_a_dispatcher_without_work_dir_that_dies_ends_the_job_and_a_rerun_reuses_its_work(
+    tmp_path,
+):
+    from fruits_tl import synthetic
+
+    data_dir = synthetic.write_synthetic_dataset(
+        str(tmp_path / "data"), num_classes=3, train_per_class=60, test_per_class=30, seed=5
+    )
+    dispatcher, address = _serve(["--port=0"])  # No journal: its jobs die with it.
+    worker, _ = _serve([f"--dispatcher_address={address}", "--host=localhost"])
+    environment = dict(
+        os.environ,
+        TF_CPP_MIN_LOG_LEVEL="3",
+        # The train split is decoded and stored; the test split's first batch has come.
+        FRUITS_TL_KILL_AT="data_service:received:test",
+        FRUITS_TL_KILL_SIGNAL="SIGKILL",
+        FRUITS_TL_KILL_PID=str(dispatcher.pid),
+    )
+
+    def job(service: str, **environment) -> subprocess.Popen:
+        return subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "fruits_tl.cli.train_main",
+                f"--data_dir={data_dir}",
+                f"--model_dir={tmp_path / 'run'}",
+                "--alpha=0.25",
+                "--image_size=32",
+                "--weights=none",
+                "--verbose=0",
+                "--data_service_timeout=10",
+                f"--data_service_address={service}",
+            ],
+            cwd=REPO,
+            env=environment,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+
+    processes = [worker]
+    try:
+        first = job(address, **environment)
+        processes.append(first)
+        assert dispatcher.wait(timeout=300) == -signal.SIGKILL
+        error = first.communicate(timeout=300)[1]
+        # The worker, its dispatcher gone, still stops cleanly and at once.
+        start = time.monotonic()
+        stopped = _stop(worker)
+        assert stopped.returncode == 0 and "stopped on SIGTERM" in stopped.stderr
+        assert time.monotonic() - start < 10
+        # A new service; the rerun decodes only what the first run had not stored.
+        dispatcher, again = _serve(["--port=0"])
+        worker, _ = _serve([f"--dispatcher_address={again}", "--host=localhost"])
+        processes += [dispatcher, worker]
+        rerun = job(again, **dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+        processes.append(rerun)
+        rerun_error = rerun.communicate(timeout=300)[1]
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+                process.communicate(timeout=60)
+    assert first.returncode == 2, error[-3000:]
+    text = " ".join(error.split())
+    assert f"The tf.data service at {address} delivered no image of test for 10 s" in text
+    assert "Traceback" not in error
+    assert rerun.returncode == 0, rerun_error[-3000:]
+    assert "Reusing the stored train pixels" in rerun_error
+    assert "Decoded 90 test images through the tf.data service" in rerun_error
+    assert "train images through the tf.data service" not in rerun_error
+    assert (tmp_path / "run" / "metrics.json").exists()

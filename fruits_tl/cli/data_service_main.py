@@ -17,6 +17,7 @@ cluster's hosts, or reach it through an SSH tunnel (README.md, "Security").
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import threading
@@ -92,9 +93,15 @@ def _main(argv):
     # landed.
     while not stopping.wait(WAKE_SECONDS):
         pass
-    server.stop()
-    print(f"{PROGRAM}: stopped on {signal.Signals(received[0]).name}", file=sys.stderr, flush=True)
-    return 0
+    # The process ends here without TensorFlow's `stop()`: a worker whose dispatcher died while
+    # it had a task never returns from it, and waits holding the interpreter's lock, so no
+    # Python thread (a timer included) could end it. Ending the process closes the server's
+    # sockets; clients see a lost server, as after a crash, and the dispatcher's journal
+    # (--work_dir) is written as it goes.
+    name = signal.Signals(received[0]).name
+    print(f"{PROGRAM}: stopped on {name}", file=sys.stderr, flush=True)
+    sys.stdout.flush()
+    os._exit(0)
 
 
 USES = ()
