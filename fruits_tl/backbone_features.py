@@ -52,8 +52,9 @@ from fruits_tl.stopping import GracefulStop
 # Images per stored chunk of an extraction: a killed run loses at most this much work.
 DEFAULT_CHUNK_IMAGES = 2048
 # Images per replica in each extraction batch: the compiled forward pass of MobileNet is
-# 3-24% slower at training's 32 than at 64-128, and no faster at 256 (BENCHMARKS.md 15).
-EXTRACTION_BATCH_PER_REPLICA = 128
+# 3-24% slower at training's 32 than at 64-128, no faster at 256, and at 128 its working memory
+# is 100 MB more than at 64 (BENCHMARKS.md 15).
+EXTRACTION_BATCH_PER_REPLICA = 64
 FORMAT_VERSION = 2
 PIXELS_DIR = "pixels"
 LABELS_FILE = "labels.txt"

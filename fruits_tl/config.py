@@ -611,7 +611,7 @@ class ExtractConfig:
         and the decoded pixels under pixels/).
       trained_model: A trained model_dir or .keras file whose backbone (and input size and
         label map) to use instead of `model`; "" to build `model`.
-      batch_size: Global batch size of the extraction; 0: 128 per replica (the measured best).
+      batch_size: Global batch size of the extraction; 0: 64 per replica (the measured best).
       feature_dtype: "float32" or "float16".
       verbose: Show progress.
       chunk_images: Images per stored chunk (a killed extraction's rerun reuses whole chunks).

@@ -6,7 +6,7 @@ Examples:
   fruits-tl-extract --data_dir=/data/fruits-360 --features_dir=features --model=runs/mobilenet
 
 Each split is decoded once into the pixel store (<features_dir>/pixels) and its features are
-extracted from there, 128 images per replica per batch unless --batch_size says otherwise.
+extracted from there, 64 images per replica per batch unless --batch_size says otherwise.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ def _main(argv):
         model=ModelConfig(alpha=FLAGS.alpha, weights=FLAGS.weights),
         features_dir=FLAGS.features_dir,
         trained_model=FLAGS.model or "",
-        # Unset: the measured extraction batch (128 per replica), not training's 32.
+        # Unset: the measured extraction batch (64 per replica), not training's 32.
         batch_size=FLAGS.batch_size if FLAGS["batch_size"].present else 0,
         feature_dtype=FLAGS.feature_dtype,
         verbose=FLAGS.extract_verbose == 1,
