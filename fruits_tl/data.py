@@ -150,6 +150,21 @@ def listing_fingerprint(file_paths, *, image_size: int, extra: str = "") -> str:
     return files.stat_digest(file_paths, header=f"{DECODE_VERSION}|{image_size}|{extra}")
 
 
+def _refuse_unreadable(bad: tuple[BadImage, ...]) -> None:
+    """Read errors are not bad images: one paragraph, whatever --skip_bad_images says.
+
+    Raises:
+      UserInputError: Naming every file that could not be read, and why.
+    """
+    unreadable = tuple(item for item in bad if item.unreadable)
+    if unreadable:
+        raise UserInputError(
+            f"{len(unreadable)} file(s) cannot be read: {describe_bad_images(unreadable)}. These "
+            "are read errors (permissions, the disk, files that went away), not bad images, so "
+            "--skip_bad_images does not leave them out: fix the access and rerun."
+        )
+
+
 # The decode check of one source folder: ("train" or "test", its files) -> the failures.
 Check = Callable[[str, list[str]], tuple[BadImage, ...]]
 
@@ -316,12 +331,7 @@ def load_labeled_folder(
     user_excluded = {p for p in all_files if os.path.abspath(p) in listed}
     all_bad = find_bad_images(all_files)
     bad = tuple(b for b in all_bad if b.path not in user_excluded)
-    unreadable = tuple(b for b in bad if b.unreadable)
-    if unreadable:
-        raise UserInputError(
-            f"{len(unreadable)} file(s) cannot be read: {describe_bad_images(unreadable)}. These "
-            "are read errors, not bad images: --skip_bad_images does not leave them out."
-        )
+    _refuse_unreadable(bad)
     if bad and not skip_bad_images:
         raise UserInputError(
             f"{len(bad)} file(s) cannot be decoded by TensorFlow: {describe_bad_images(bad)}. "
@@ -555,13 +565,7 @@ def _check_listed_files(
         found = find_bad_images([p for p in all_files if p not in user_excluded])
     undecodable = {item.path for item in found}
     bad = tuple(item for item in found if item.path not in user_excluded)
-    unreadable = tuple(item for item in bad if item.unreadable)
-    if unreadable:
-        raise UserInputError(
-            f"{len(unreadable)} file(s) cannot be read: {describe_bad_images(unreadable)}. These "
-            "are read errors (permissions, the disk, files that went away), not bad images, so "
-            "--skip_bad_images does not leave them out: fix the access and rerun."
-        )
+    _refuse_unreadable(bad)
     if bad and not skip_bad_images:
         raise UserInputError(
             f"{len(bad)} file(s) cannot be decoded by TensorFlow: {describe_bad_images(bad)}. "

@@ -206,37 +206,18 @@ def test_a_bad_address_is_refused(tiny_dataset, tmp_path, capsys):
 
 
 def _blocked_job(
-    address: str, tmp_path, signal_name: str, *, kill_pid: int = 0, extra: tuple = ()
+    address: str, tmp_path, signal_name: str, *, kill_pid: int = 0, timeout: int = 120
 ) -> subprocess.Popen:
     """fruits-tl-train on the service at `address`: right before the client starts waiting on
     the service, the fault hook sends `signal_name` to the job itself (or to `kill_pid`)."""
-    environment = dict(
-        os.environ,
-        TF_CPP_MIN_LOG_LEVEL="3",
-        FRUITS_TL_KILL_AT="data_service:decode",
-        FRUITS_TL_KILL_SIGNAL=signal_name,
-    )
-    if kill_pid:
-        environment["FRUITS_TL_KILL_PID"] = str(kill_pid)
-    return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "fruits_tl.cli.train_main",
-            f"--data_dir={tmp_path / 'data'}",
-            f"--model_dir={tmp_path / 'run'}",
-            "--alpha=0.25",
-            "--image_size=32",
-            "--weights=none",
-            "--verbose=0",
-            f"--data_service_address={address}",
-            *extra,
-        ],
-        cwd=REPO,
-        env=environment,
-        stderr=subprocess.PIPE,
-        stdout=subprocess.DEVNULL,
-        text=True,
+    return _service_training(
+        tmp_path / "data",
+        tmp_path / "run",
+        address,
+        timeout=timeout,
+        kill_at="data_service:decode",
+        kill_pid=kill_pid,
+        kill_signal=signal_name,
     )
 
 
@@ -289,9 +270,7 @@ def test_a_killed_service_worker_ends_the_job_with_a_message_naming_the_service(
     dispatcher, address = _serve(["--port=0"])
     worker, _ = _serve([f"--dispatcher_address={address}", "--host=localhost"])
     # The job SIGKILLs the service's only worker as it starts waiting on it.
-    job = _blocked_job(
-        address, tmp_path, "SIGKILL", kill_pid=worker.pid, extra=("--data_service_timeout=5",)
-    )
+    job = _blocked_job(address, tmp_path, "SIGKILL", kill_pid=worker.pid, timeout=5)
     try:
         start = time.monotonic()
         error = job.communicate(timeout=120)[1]
@@ -325,33 +304,13 @@ def test_a_dispatcher_restarted_with_its_work_dir_lets_the_job_finish_as_if_undi
     worker, _ = _serve([f"--dispatcher_address={address}", "--host=localhost"])
 
     def job(name: str, **kill) -> subprocess.Popen:
-        environment = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-        if kill:
-            environment.update(
-                FRUITS_TL_KILL_AT="data_service:received:train",
-                FRUITS_TL_KILL_SIGNAL="SIGKILL",
-                FRUITS_TL_KILL_PID=str(kill["pid"]),
-            )
-        return subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "fruits_tl.cli.train_main",
-                f"--data_dir={data_dir}",
-                f"--model_dir={tmp_path / name}",
-                "--alpha=0.25",
-                "--image_size=32",
-                "--weights=none",
-                "--epochs=1",
-                "--verbose=0",
-                "--data_service_timeout=120",
-                f"--data_service_address={address}",
-            ],
-            cwd=REPO,
-            env=environment,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
+        return _service_training(
+            data_dir,
+            tmp_path / name,
+            address,
+            timeout=120,
+            kill_at="data_service:received:train" if kill else "",
+            kill_pid=kill.get("pid", 0),
         )
 
     processes = [worker, dispatcher]
@@ -412,40 +371,17 @@ def test_a_dispatcher_without_work_dir_that_dies_ends_the_job_and_a_rerun_reuses
     )
     dispatcher, address = _serve(["--port=0"])  # No journal: its jobs die with it.
     worker, _ = _serve([f"--dispatcher_address={address}", "--host=localhost"])
-    environment = dict(
-        os.environ,
-        TF_CPP_MIN_LOG_LEVEL="3",
-        # The train split is decoded and stored; the test split's first batch has come.
-        FRUITS_TL_KILL_AT="data_service:received:test",
-        FRUITS_TL_KILL_SIGNAL="SIGKILL",
-        FRUITS_TL_KILL_PID=str(dispatcher.pid),
-    )
-
-    def job(service: str, **environment) -> subprocess.Popen:
-        return subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "fruits_tl.cli.train_main",
-                f"--data_dir={data_dir}",
-                f"--model_dir={tmp_path / 'run'}",
-                "--alpha=0.25",
-                "--image_size=32",
-                "--weights=none",
-                "--verbose=0",
-                "--data_service_timeout=10",
-                f"--data_service_address={service}",
-            ],
-            cwd=REPO,
-            env=environment,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-
     processes = [worker]
     try:
-        first = job(address, **environment)
+        # The train split is decoded and stored; the test split's first batch has come.
+        first = _service_training(
+            data_dir,
+            tmp_path / "run",
+            address,
+            timeout=10,
+            kill_at="data_service:received:test",
+            kill_pid=dispatcher.pid,
+        )
         processes.append(first)
         assert dispatcher.wait(timeout=300) == -signal.SIGKILL
         error = first.communicate(timeout=300)[1]
@@ -458,7 +394,7 @@ def test_a_dispatcher_without_work_dir_that_dies_ends_the_job_and_a_rerun_reuses
         dispatcher, again = _serve(["--port=0"])
         worker, _ = _serve([f"--dispatcher_address={again}", "--host=localhost"])
         processes += [dispatcher, worker]
-        rerun = job(again, **dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+        rerun = _service_training(data_dir, tmp_path / "run", again, timeout=10)
         processes.append(rerun)
         rerun_error = rerun.communicate(timeout=300)[1]
     finally:
@@ -475,3 +411,43 @@ def test_a_dispatcher_without_work_dir_that_dies_ends_the_job_and_a_rerun_reuses
     assert "Decoded 90 test images through the tf.data service" in rerun_error
     assert "train images through the tf.data service" not in rerun_error
     assert (tmp_path / "run" / "metrics.json").exists()
+
+
+def _service_training(
+    data_dir,
+    model_dir,
+    service: str,
+    *,
+    timeout: int,
+    kill_at: str = "",
+    kill_pid: int = 0,
+    kill_signal: str = "SIGKILL",
+) -> subprocess.Popen:
+    """fruits-tl-train on the tf.data service at `service`; with `kill_at`, the fault hook
+    sends `kill_signal` at that point to process `kill_pid` (a server), or to the job itself."""
+    environment = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    if kill_at:
+        environment.update(FRUITS_TL_KILL_AT=kill_at, FRUITS_TL_KILL_SIGNAL=kill_signal)
+    if kill_pid:
+        environment["FRUITS_TL_KILL_PID"] = str(kill_pid)
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "fruits_tl.cli.train_main",
+            f"--data_dir={data_dir}",
+            f"--model_dir={model_dir}",
+            "--alpha=0.25",
+            "--image_size=32",
+            "--weights=none",
+            "--epochs=1",
+            "--verbose=0",
+            f"--data_service_timeout={timeout}",
+            f"--data_service_address={service}",
+        ],
+        cwd=REPO,
+        env=environment,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
