@@ -1,11 +1,14 @@
-"""Decoded pixels stored once: each split's uint8 images in one checksummed store file.
+"""Decoded pixels stored once: each source folder's uint8 images in one checksummed store file.
 
-Images mode trains on every image of every epoch. Decoding is the expensive part of reading an
-image (BENCHMARKS.md 5), so each split is decoded once, by the one decode function, into one
-file per split under `<features_dir>/pixels` (`store.fill`, chunk by chunk, in place), and
-training reads it through a view of its memory map. The store's fingerprint is the split's
-(every file's path, size and modification time, the image size, the class map and the decode
-version): a later run on unchanged files decodes nothing.
+Decoding is the expensive part of reading an image (BENCHMARKS.md 5), so each file is decoded
+once, by the one decode function, into the store under `<features_dir>/pixels` (`store.fill`,
+chunk by chunk, in place), and every job reads it through a view of its memory map. For an
+image folder that pass is the decode check itself (`SourceStores`: one store per source
+folder, Training and Test; a file the decoder rejects is a missing row), and the splits are
+rows of their source's store (`store.StoredRows`). `store_pixels` stores one split on its own
+(TFDS records, the bench). A store's fingerprint is its files' (every path, size and
+modification time, the image size and the decode version): a later run on unchanged files
+decodes nothing.
 
 Decoding takes one ordered pass (`decode_pass`) over each run of chunks or, with a tf.data
 service address, the service's workers. Under several workers the chunks are shared out

@@ -133,19 +133,10 @@ class StoredRows:
     def dtype(self) -> np.dtype:
         return self.array.dtype
 
-    def numpy(self) -> np.ndarray:
-        """The rows, gathered from the memory map into an array (a copy)."""
-        return self.array.numpy()[np.asarray(self.rows, np.int64)]
-
     def gather(self) -> Callable[[tf.Tensor], tf.Tensor]:
         """indices (>= 0, into these rows) -> the rows, by TensorFlow ops on the view."""
         view, table = self.array.tensor(), tf.constant(np.asarray(self.rows, np.int64))
         return lambda indices: tf.gather(view, tf.gather(table, indices))
-
-    def gather_by_path(self, indices: tf.Tensor) -> tf.Tensor:
-        """`StoredArray.gather_by_path` of these rows (the row table is small)."""
-        table = tf.constant(np.asarray(self.rows, np.int64))
-        return self.array.gather_by_path(tf.gather(table, indices))
 
 
 @dataclasses.dataclass(frozen=True)
