@@ -66,19 +66,23 @@ class FeatureSet:
 
     Attributes:
       split: "train", "validation" or "test".
-      features: [N, D] float32 or float16 (a copy-on-write map of the stored rows).
+      rows: The stored [N, D] float32 or float16 features (the input pipeline reads them
+        natively).
       labels: [N] int32, indices into class_names.
       file_paths: The N image files.
       class_names: The label map.
-      rows: The stored features, for the input pipeline's native read.
     """
 
     split: str
-    features: np.ndarray
+    rows: store.StoredArray
     labels: np.ndarray
     file_paths: tuple[str, ...]
     class_names: tuple[str, ...]
-    rows: store.StoredArray | None = None
+
+    @property
+    def features(self) -> np.ndarray:
+        """The features as NumPy: a copy-on-write map of the stored rows."""
+        return self.rows.numpy()
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -383,7 +387,10 @@ class _Run:
                 counter=counter,
             )
 
-        filled = self._fill(folder, name_in_store, fingerprint, produce, width=None)
+        width = int(self.backbone.output.shape[-1])
+        filled = self._fill(
+            folder, name_in_store, fingerprint, produce, (width,), settings.feature_dtype
+        )
         if self.role.count > 1 and filled.written_rows:
             logging.info(
                 "Worker %d of %d extracted %d of the %d %s images",
@@ -399,31 +406,27 @@ class _Run:
             f"{name}.labels",
             folder.fingerprint,
             lambda first, last: [(np.arange(first, last), _labels(folder)[first:last])],
-            width=(),
+            (),
+            np.int32,
         ).examples
         if self.role.is_chief:
             files.write_lines(_files_path(settings.features_dir, name), list(folder.file_paths))
         return FeatureSet(
             split=name,
-            features=features.numpy(),
+            rows=features,
             labels=labels.numpy(),
             file_paths=folder.file_paths,
             class_names=folder.class_names,
-            rows=features,
         )
 
-    def _fill(self, folder, name, fingerprint, produce, *, width) -> store.Stored:
-        if width is None:
-            width = (int(self.backbone.output.shape[-1]),)
-            dtype = self.settings.feature_dtype
-        else:
-            dtype = np.int32
+    def _fill(self, folder, name, fingerprint, produce, row_shape, dtype) -> store.Stored:
+        """One of the split's arrays in the store (this worker's chunks of it)."""
         return store.fill(
             self.settings.features_dir,
             name,
             fingerprint=fingerprint,
             count=len(folder),
-            row_shape=width,
+            row_shape=row_shape,
             dtype=dtype,
             produce=produce,
             chunk_rows=self.chunk_rows,
@@ -466,9 +469,8 @@ def load_split(features_dir: str, name: str) -> FeatureSet:
         )
     return FeatureSet(
         split=name,
-        features=features.numpy(),
+        rows=features,
         labels=labels.numpy(),
         file_paths=file_paths,
         class_names=class_names,
-        rows=features,
     )
