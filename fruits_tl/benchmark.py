@@ -7,17 +7,18 @@ interleaved, repeat by repeat, so ratios are measured side by side on the same n
 Variants (each delivers what a model consumes: batches of size x size x 3 images with labels):
   legacy         the tutorial's ImageDataGenerator.flow_from_directory (float32, preprocessed)
   idfd           image_dataset_from_directory as tutorials use it, no cache (float32, preprocessed)
-  pipeline-<cache>-<output>   our input pipeline, cache memory|file, output uint8|float32
+  pipeline-memory-<output>    the reference: tf.data's own in-memory pipeline (decode, cache(),
+                 shuffle, batch, prefetch; `reference_pipeline`), output uint8|float32
   train-input    the training input pipeline itself (`train_input.training_rows`, what training
                  iterates): the cold epoch decodes the split into the pixel store, later epochs
                  read the store (memory-mapped) in a new order each, distributed by the strategy
-  tfds-<cache>-<output>      our input pipeline reading the prepared fruits360 TFDS records
+  tfds-memory-<output>       the same reference reading the prepared fruits360 TFDS records
   decode         TensorFlow's decoder alone over every file, in parallel: the decode check's pass
                  (the decode ceiling)
   audit          fruits-tl-audit's one-pass inspection of every file
   model-infer    the classifier alone on in-memory uint8 tensors, inference
   model-train    the training job's compiled step on random in-memory uint8 images
-  train          the same step on the split's images decoded through the input pipeline
+  train          the same step on the split's first images, from the pixel store
   extract        the job's feature extraction, decoding as it goes (every epoch decodes)
   extract-stored the job's feature extraction from the pixel store (nothing decoded)
   service-<n>    the decode pass through a tf.data service with n local workers (asked for
@@ -43,13 +44,13 @@ from fruits_tl import (
     backbone_features,
     data,
     data_service,
+    decode,
     distribute,
     faults,
     image_checks,
     listing,
     loop,
     model,
-    pipeline,
     pixels,
     preprocess,
     stopping,
@@ -75,7 +76,8 @@ from fruits_tl.timing import (
     time_epochs,
 )
 
-DEFAULT_TRAINING_FORM = "pipeline-memory-uint8"
+# The input training reads (the verdict and --assert_min_speedup measure it).
+DEFAULT_TRAINING_FORM = "train-input"
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -179,16 +181,6 @@ def _audit_epochs(folder: data.ImageFolder):
     return epoch
 
 
-def _disk_bytes(prefix: str) -> int:
-    directory = os.path.dirname(prefix) or "."
-    base = os.path.basename(prefix)
-    return sum(
-        os.path.getsize(os.path.join(directory, n))
-        for n in os.listdir(directory)
-        if n.startswith(base)
-    )
-
-
 def _epochs_variant(
     make_epochs: Callable[[Context], Callable], context: Context, repeat: int
 ) -> Measurement:
@@ -198,30 +190,37 @@ def _epochs_variant(
     return Measurement(times=times, peak_rss_bytes=memory.peak)
 
 
-def _route_variant(
-    context: Context, repeat: int, *, source: str, cache: str, output: str
-) -> Measurement:
-    """Our input pipeline (`pipeline.make_batches`) over the folder or the TFDS records."""
+def reference_pipeline(
+    folder: data.ImageFolder, *, batch_size: int, seed: int, output: str
+) -> tf.data.Dataset:
+    """tf.data's own in-memory pipeline, the reference the package's is measured against:
+    decode (in parallel) -> `cache()` of the uint8 elements in memory -> shuffle of the whole
+    split (reshuffled each epoch) -> batch -> (MobileNet preprocessing) -> prefetch."""
+    dataset = folder.make_elements().cache()
+    dataset = dataset.shuffle(max(len(folder), 1), seed=seed, reshuffle_each_iteration=True)
+    dataset = dataset.batch(batch_size, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    if output == "float32":
+        dataset = dataset.map(
+            tf.autograph.experimental.do_not_convert(
+                lambda images, labels: (preprocess.mobilenet_inputs(images), labels)
+            ),
+            num_parallel_calls=tf.data.AUTOTUNE,
+        )
+    return decode.with_pass_options(dataset.prefetch(tf.data.AUTOTUNE))
+
+
+def _reference_variant(context: Context, repeat: int, *, source: str, output: str) -> Measurement:
+    """tf.data's own in-memory pipeline (`reference_pipeline`) over the folder or the TFDS
+    records; the cold epoch decodes and fills the memory cache."""
     config = context.config
     folder = context.tfds_folder if source == "tfds" else context.folder
-    prefix = (
-        os.path.join(context.cache_root, f"{source}-r{repeat}-{output}")
-        if cache == "file"
-        else cache
-    )
     holder = {}
 
     def epoch():
-        # The first call builds the input pipeline (a file cache is filled here), inside the cold
-        # epoch's timing; later epochs reuse it.
+        # The first call builds the pipeline, inside the cold epoch's timing.
         if "dataset" not in holder:
-            holder["dataset"] = pipeline.make_batches(
-                folder,
-                batch_size=config.batch_size,
-                training=True,
-                cache=prefix,
-                seed=config.data.seed,
-                output=output,
+            holder["dataset"] = reference_pipeline(
+                folder, batch_size=config.batch_size, seed=config.data.seed, output=output
             )
         return holder["dataset"]
 
@@ -237,10 +236,7 @@ def _route_variant(
         epoch_images=cold.epoch_images + steady.epoch_images,
         epoch_cpu_seconds=cold.epoch_cpu_seconds + steady.epoch_cpu_seconds,
     )
-    cache_bytes = (
-        grown if cache == "memory" else _disk_bytes(pipeline.get_cache_prefix(prefix, folder))
-    )
-    return Measurement(times=times, peak_rss_bytes=memory.peak, cache_bytes=max(cache_bytes, 0))
+    return Measurement(times=times, peak_rss_bytes=memory.peak, cache_bytes=max(grown, 0))
 
 
 # Steps per compiled call when the train-input variant consumes the pipeline.
@@ -318,28 +314,14 @@ def _in_memory_batch(config: BenchConfig, num_classes: int):
     return tf.constant(images), tf.constant(labels)
 
 
-def warm_batches(
-    folder: data.ImageFolder,
-    count: int,
-    config: BenchConfig,
-    *,
-    training: bool,
-) -> tf.data.Dataset:
-    """The input pipeline's batches of the first `count` images of a split, decoded once into a
-    memory cache (untimed), so model variants measure the input pipeline's steady state feeding
-    the model."""
+def stored_images(
+    folder: data.ImageFolder, count: int, *, directory: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """The first `count` images of a split (decoded into the pixel store, untimed) and their
+    labels, so model variants measure the model fed from memory-mapped pixels."""
     count = min(count, len(folder))
     subset = data.select(folder, np.arange(len(folder)) < count, name=f"{folder.name}-first{count}")
-    batches = pipeline.make_batches(
-        subset,
-        batch_size=config.batch_size,
-        training=training,
-        cache="memory",
-        seed=config.data.seed,
-    )
-    for _ in batches:
-        pass
-    return batches
+    return pixels.store_pixels(subset, directory=directory).examples.numpy(), subset.labels
 
 
 def _loop_epochs(
@@ -396,12 +378,8 @@ def _train_step(context: Context, repeat: int, *, real_images: bool) -> Measurem
     count = config.model_steps * config.batch_size
     with PeakMemory() as memory:
         if real_images:
-            batches = warm_batches(context.folder, count, config, training=False)
-            arrays = [(x, y) for x, y in batches.as_numpy_iterator()]
-            inputs, labels = (
-                np.concatenate([x for x, _ in arrays]),
-                np.concatenate([y for _, y in arrays]),
-            )
+            directory = os.path.join(context.cache_root, f"train-r{repeat}")
+            inputs, labels = stored_images(context.folder, count, directory=directory)
         else:
             rng = np.random.default_rng(config.data.seed)
             size = config.data.image_size
@@ -465,12 +443,11 @@ def _service_variant(context: Context, repeat: int, *, workers: int) -> Measurem
     return Measurement(times=times, peak_rss_bytes=memory.peak)
 
 
-def _route_variants(source: str) -> dict[str, Callable[[Context, int], Measurement]]:
+def _reference_variants(source: str) -> dict[str, Callable[[Context, int], Measurement]]:
     return {
-        f"{source}-{cache}-{output}": functools.partial(
-            _route_variant, source=source, cache=cache, output=output
+        f"{source}-memory-{output}": functools.partial(
+            _reference_variant, source=source, output=output
         )
-        for cache in ("memory", "file")
         for output in ("uint8", "float32")
     }
 
@@ -482,7 +459,7 @@ def _route_variants(source: str) -> dict[str, Callable[[Context, int], Measureme
 VARIANTS: dict[str, Callable[[Context, int], Measurement]] = {
     "legacy": functools.partial(_epochs_variant, _legacy_epochs),
     "idfd": functools.partial(_epochs_variant, _idfd_epochs),
-    **_route_variants("pipeline"),
+    **_reference_variants("pipeline"),
     "train-input": _train_input_variant,
     "decode": functools.partial(
         _epochs_variant, lambda context: _decode_epochs(list(context.folder.file_paths))
@@ -493,7 +470,7 @@ VARIANTS: dict[str, Callable[[Context, int], Measurement]] = {
     "train": functools.partial(_train_step, real_images=True),
     "extract": functools.partial(_extract, stored=False),
     "extract-stored": functools.partial(_extract, stored=True),
-    **_route_variants("tfds"),
+    **_reference_variants("tfds"),
     "service-1": functools.partial(_service_variant, workers=1),
     "service-2": functools.partial(_service_variant, workers=2),
 }
@@ -697,7 +674,7 @@ def make_verdict(results: dict) -> str:
     model_train = results.get("model-train")
     train = results.get("train")
     if not (pipeline_result and model_train):
-        return "verdict needs both pipeline-memory-uint8 and model-train"
+        return f"verdict needs both {DEFAULT_TRAINING_FORM} and model-train"
     headroom = pipeline_result.steady_median / model_train.steady_median
     bound = "model-bound" if headroom >= 1.0 else "input-bound"
     text = (

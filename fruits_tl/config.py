@@ -46,11 +46,6 @@ def _require(condition: bool, message: str) -> None:
         raise UserInputError(message)
 
 
-def check_cache(cache: str) -> None:
-    """Checks a cache setting: "memory", "none", or a file path prefix."""
-    _require(bool(cache), "cache must be 'memory', 'none' or a file path prefix, got ''.")
-
-
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
     """Where the images are and how the input pipeline treats them.
@@ -62,9 +57,8 @@ class DataConfig:
       validation_split: Fraction of training images (seeded, class-mixed) held out for
         validation. 0 validates on the test folder.
       image_size: Images are resized to image_size x image_size.
-      cache: "memory" (default), "none", or a file path prefix for a tf.data file cache.
-      shuffle_buffer_size: Shuffle buffer in images; 0 means the whole split (a full shuffle,
-        cheap after a memory cache since only references are buffered).
+      shuffle_buffer_size: 0 for a uniform shuffle of the split; n for a local one (an
+        example moves about n places at most).
       seed: Seed for the validation split and the shuffle.
       skip_bad_images: Leave out undecodable files instead of stopping.
       exclude_list: A file listing images to leave out (one path per line), e.g. written by
@@ -84,7 +78,6 @@ class DataConfig:
     test_subdir: str = "Test"
     validation_split: float = 0.0
     image_size: int = 128
-    cache: str = "memory"
     shuffle_buffer_size: int = 0
     seed: int = 42
     skip_bad_images: bool = False
@@ -122,7 +115,6 @@ class DataConfig:
             isinstance(self.image_size, int) and 8 <= self.image_size <= 1024,
             f"image_size must be an integer from 8 to 1024, got {self.image_size}.",
         )
-        check_cache(self.cache)
         _require(
             self.shuffle_buffer_size >= 0,
             f"shuffle_buffer must be >= 0 (0 = whole split), got {self.shuffle_buffer_size}.",
@@ -290,12 +282,6 @@ class TrainConfig:
     def __post_init__(self) -> None:
         _require(bool(self.model_dir), "model_dir is required: where the model is written.")
         _require(
-            self.data.cache == "memory",
-            "cache is not a training setting: training stores what it decodes once in "
-            "features_dir (features, and the decoded pixels of images mode) and reads it "
-            f"memory-mapped; got cache={self.data.cache!r}.",
-        )
-        _require(
             self.collective_timeout > 0,
             f"collective_timeout must be > 0, got {self.collective_timeout}.",
         )
@@ -398,9 +384,6 @@ def parse_learning_rate(text: str) -> float | str:
 # fruits-tl-train's flags are TrainConfig's fields, with its DataConfig's and ModelConfig's: this
 # is the one list (`train_flag_fields`). A flag is named as its field, except these.
 _FLAG_NAMES = {"shuffle_buffer_size": "shuffle_buffer"}
-# Fields that are not train flags: training reads the stored pixels, never the decode cache
-# (TrainConfig requires DataConfig.cache's default).
-_NOT_TRAIN_FLAGS = {"cache"}
 
 
 def train_flag_fields() -> dict[str, tuple[str, ...]]:
@@ -411,8 +394,6 @@ def train_flag_fields() -> dict[str, tuple[str, ...]]:
         if field.name in ("data", "model"):
             nested = DataConfig if field.name == "data" else ModelConfig
             for inner in dataclasses.fields(nested):
-                if inner.name in _NOT_TRAIN_FLAGS:
-                    continue
                 paths[_FLAG_NAMES.get(inner.name, inner.name)] = (field.name, inner.name)
         else:
             paths[_FLAG_NAMES.get(field.name, field.name)] = (field.name,)
@@ -538,8 +519,6 @@ BENCH_INPUT_VARIANTS = (
     "idfd",
     "pipeline-memory-uint8",
     "pipeline-memory-float32",
-    "pipeline-file-uint8",
-    "pipeline-file-float32",
     "train-input",
 )
 # Every epoch reads and decodes every file (nothing cached): `decode` is TensorFlow's decoder
@@ -552,8 +531,6 @@ BENCH_VARIANTS = BENCH_INPUT_VARIANTS + BENCH_DECODE_VARIANTS + BENCH_MODEL_VARI
 BENCH_TFDS_VARIANTS = (
     "tfds-memory-uint8",
     "tfds-memory-float32",
-    "tfds-file-uint8",
-    "tfds-file-float32",
 )
 # The decode pass through a tf.data service with 1 or 2 local workers; asked for by name.
 BENCH_SERVICE_VARIANTS = ("service-1", "service-2")

@@ -66,22 +66,10 @@ class ImageFolder:
     def num_classes(self) -> int:
         return len(self.class_names)
 
-    def make_elements(self, *, num_shards: int = 1, shard_index: int = 0) -> tf.data.Dataset:
-        """The decoded elements of one shard: uint8 [S, S, 3] images and int32 labels.
-
-        The listing is sharded by element index before anything is read or decoded, so an
-        input pipeline decodes only its own files: element i goes to shard i % num_shards.
-        Decoding is `decode.decode_image`, in parallel, keeping element order.
-
-        Args:
-          num_shards: How many shards the listing is split into.
-          shard_index: Which one to decode.
-
-        Returns:
-          An unbatched dataset with a known cardinality.
-        """
-        if not 0 <= shard_index < num_shards:
-            raise ValueError(f"shard_index must be in [0, {num_shards}), got {shard_index}.")
+    def make_elements(self) -> tf.data.Dataset:
+        """The decoded elements, in file order: uint8 [S, S, 3] images and int32 labels.
+        Decoding is `decode.decode_image`, in parallel, keeping element order; this is the
+        decode pass that fills the pixel store (`pixels.decode_pass`)."""
         if self.records is None:
             sources = tf.data.Dataset.from_tensor_slices(
                 (tf.constant(list(self.file_paths), tf.string), tf.constant(self.labels, tf.int32))
@@ -90,8 +78,6 @@ class ImageFolder:
         else:
             sources = self.records
             read = tf.identity
-        if num_shards > 1:
-            sources = sources.shard(num_shards, shard_index)
         image_size = self.image_size
 
         # Not converted by AutoGraph (no Python control flow here): converting it slowed the
@@ -103,13 +89,7 @@ class ImageFolder:
         elements = sources.map(
             decode_element, num_parallel_calls=decode.decode_parallelism(), deterministic=True
         )
-        count = len(range(shard_index, len(self), num_shards))
-        return elements.apply(tf.data.experimental.assert_cardinality(count))
-
-    @property
-    def dataset(self) -> tf.data.Dataset:
-        """All decoded elements, in file order (`make_elements()` of the one shard)."""
-        return self.make_elements()
+        return elements.apply(tf.data.experimental.assert_cardinality(len(self)))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -306,8 +286,12 @@ def load_labeled_folder(
     name: str,
     skip_bad_images: bool = False,
     exclude_files: frozenset[str] | set[str] = frozenset(),
+    check: Check | None = None,
 ) -> tuple[ImageFolder, tuple[BadImage, ...]]:
     """Checks and loads one `<class>/<images>` folder against a fixed label map (a model's).
+
+    `check`: the decode check, called as `check(name, files)` (`pixels.SourceStores.check`
+    decodes into the pixel store); without it, `find_bad_images` decodes into nothing.
 
     Raises:
       UserInputError: The folder is missing, its classes differ from `class_names` (both
@@ -329,7 +313,8 @@ def load_labeled_folder(
     all_files = [p for paths in listed_files.values() for p in paths]
     listed = {os.path.abspath(p) for p in exclude_files}
     user_excluded = {p for p in all_files if os.path.abspath(p) in listed}
-    all_bad = find_bad_images(all_files)
+    kept = [p for p in all_files if p not in user_excluded]
+    all_bad = check(name, kept) if check is not None else find_bad_images(kept)
     bad = tuple(b for b in all_bad if b.path not in user_excluded)
     _refuse_unreadable(bad)
     if bad and not skip_bad_images:

@@ -72,9 +72,9 @@ def decode_parallelism() -> int:
 
 
 def with_pass_options(dataset: tf.data.Dataset) -> tf.data.Dataset:
-    """The tf.data options of every pass that reads and decodes files: the input pipeline
-    (`pipeline.make_batches`), the decode check, the audit and the bench's decode ceiling.
-    Parallelism set, not autotuned, and no static rewrites.
+    """The tf.data options of every pass that reads and decodes files: the decode pass that
+    fills the pixel store, the decode check, the audit and the bench's decode ceiling (and its
+    tf.data reference pipeline). Parallelism set, not autotuned, and no static rewrites.
 
     - The autotuner is off. With it on, a cold pass sometimes ran on one of two cores, with
       fixed `num_parallel_calls` too; with it off, none did (BENCHMARKS.md 5a). Decode maps take

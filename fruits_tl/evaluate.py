@@ -28,11 +28,13 @@ from fruits_tl import (
     image_checks,
     listing,
     model,
-    pipeline,
+    pixels,
     plots,
     progress,
     servable,
     sources,
+    store,
+    train_input,
 )
 from fruits_tl.config import TFDS_SPLIT_NAMES, EvaluateConfig
 
@@ -292,85 +294,92 @@ def predict_batches(
     return np.concatenate(outputs)[:count]
 
 
-def predict_folder(
-    classifier: servable.Servable,
-    folder: data.ImageFolder,
-    *,
-    strategy: tf.distribute.Strategy,
-    batch_size: int,
+def predict_stored(
+    classifier: servable.Servable, examples, *, count: int, batch_size: int
 ) -> np.ndarray:
-    """Probabilities for a split in file order: the input pipeline (no cache, the last batch
-    padded) into `predict_batches`."""
-    batches = pipeline.make_batches(
-        folder,
-        batch_size=batch_size,
-        training=False,
-        cache="none",
-        output="uint8",
-        pad_last_batch=True,
+    """Probabilities for `count` stored images (a split's rows of the pixel store) in order:
+    the one input pipeline in file order (the last batch padded) into `predict_batches`."""
+    batches = train_input.file_order_batches(
+        examples, np.zeros(count, np.int32), batch_size=batch_size
     )
-    return predict_batches(classifier, batches, count=len(folder))
+    return predict_batches(classifier, batches, count=count)
 
 
 def predict_sharded(
     classifier: servable.Servable,
-    folder: data.ImageFolder,
+    examples: store.StoredRows,
     *,
+    count: int,
     strategy: tf.distribute.Strategy,
     batch_size: int,
     timeout: float | None = None,
 ) -> np.ndarray:
-    """Probabilities for a split in file order, each worker of a cluster predicting its shard.
+    """Probabilities for a split's stored images in order, each worker of a cluster predicting
+    its share.
 
-    Worker i of n takes every n-th image from image i (the listing is sharded before decoding,
-    as extraction shards it), predicts it on its own devices with its share of the global
-    batch, and the shards' probabilities are exchanged through one all-reduce
-    (`distribute.gather_rows`), so every worker ends with the whole split and no file is
-    shared. With one worker this is `predict_folder`.
+    The work is split by the package's one rule (`store.owns_chunk`: chunk k of the split's
+    rows to worker k mod n, in chunks of `EVALUATION_CHUNK` rows); each worker predicts its
+    rows on its own devices with its share of the global batch, and the shares are exchanged
+    through one all-reduce (`distribute.gather_rows`), so every worker ends with the whole
+    split and no file is shared. With one worker this is `predict_stored`.
     """
     role = distribute.worker_role(strategy)
     if role.count <= 1:
-        return predict_folder(classifier, folder, strategy=strategy, batch_size=batch_size)
-    positions = np.arange(len(folder))
-    mine = data.select(folder, positions % role.count == role.index, name=folder.name)
-    local = tf.distribute.get_strategy()  # Outside any scope: this worker's own device.
+        return predict_stored(classifier, examples, count=count, batch_size=batch_size)
+    owner = np.arange(count) // EVALUATION_CHUNK % role.count
+    mine = np.flatnonzero(owner == role.index)
+    share = store.StoredRows(examples.array, examples.rows[mine])
     logging.info(
-        "Worker %d of %d predicts %d of %d images", role.index, role.count, len(mine), len(folder)
+        "Worker %d of %d predicts %d of %d images", role.index, role.count, len(mine), count
     )
-    part = predict_folder(
-        classifier, mine, strategy=local, batch_size=max(1, batch_size // role.count)
+    part = predict_stored(
+        classifier, share, count=len(mine), batch_size=max(1, batch_size // role.count)
     )
     faults.point("evaluate:predicted")
     parts = distribute.gather_rows(strategy, part.astype(np.float32), timeout=timeout)
-    probabilities = np.zeros((len(folder), len(classifier.class_names)), np.float32)
+    probabilities = np.zeros((count, len(classifier.class_names)), np.float32)
     for index, rows in enumerate(parts):
-        probabilities[index :: role.count] = rows
+        probabilities[owner == index] = rows
     return probabilities
+
+
+# A split's split (for evaluation under several workers): chunks of this many rows, chunk k
+# to worker k mod n (`store.owns_chunk`). Small, so a test split is shared among the workers.
+EVALUATION_CHUNK = 256
+
+# A split to evaluate, made from the model's label map and input size: (folder, its stored
+# pixels).
+SplitFor = Callable[[tuple[str, ...], int], tuple[data.ImageFolder, store.StoredRows]]
 
 
 def evaluate_split(
     model_path: str,
-    folder_for: Callable[[tuple[str, ...], int], data.ImageFolder],
+    split_for: SplitFor,
     *,
     strategy: tf.distribute.Strategy,
     batch_size: int = 32,
     num_mistakes: int = 20,
     collective_timeout: float | None = None,
 ) -> Report:
-    """Evaluates a saved model on a split made by `folder_for(class_names, image_size)`.
+    """Evaluates a saved model on a split made by `split_for(class_names, image_size)`.
 
-    The split comes from the model's own label map and input size; this is how the TFDS source
-    is evaluated (and evaluate_folder, for folders). The model may be in any format
-    `servable.load_servable` takes; the report is the same for each. Under several workers
-    each predicts its shard (`predict_sharded`) and every worker computes the whole report.
+    The split comes from the model's own label map and input size, decoded into the pixel
+    store by its decode check. The model may be in any format `servable.load_servable`
+    takes; the report is the same for each. Under several workers each predicts its share
+    (`predict_sharded`) and every worker computes the whole report.
     """
     # Under several workers each runs the model on its own device: outside the cluster's scope.
     several = distribute.worker_role(strategy).count > 1
     with contextlib.nullcontext() if several else strategy.scope():
         classifier = servable.load_servable(model_path)
-    folder = folder_for(classifier.class_names, classifier.image_size)
+    folder, examples = split_for(classifier.class_names, classifier.image_size)
     probabilities = predict_sharded(
-        classifier, folder, strategy=strategy, batch_size=batch_size, timeout=collective_timeout
+        classifier,
+        examples,
+        count=len(folder),
+        strategy=strategy,
+        batch_size=batch_size,
+        timeout=collective_timeout,
     )
     return compute_report(
         folder.labels,
@@ -394,6 +403,9 @@ def evaluate_folder(
 ) -> Report:
     """Evaluates a saved model on a labelled folder (`<class>/<images>`) in file order.
 
+    The decode check's one pass decodes the folder into a pixel store of this process
+    (removed when it exits), which the prediction reads.
+
     Args:
       model_path: A model_dir, .keras file, SavedModel folder or .tflite file (labels.txt
         beside it; see servable.load_servable).
@@ -409,7 +421,8 @@ def evaluate_folder(
       The Report.
     """
 
-    def folder_for(class_names, image_size):
+    def split_for(class_names, image_size):
+        stores = pixels.SourceStores(pixels.temporary_directory(), image_size)
         folder, _ = data.load_labeled_folder(
             directory,
             class_names=class_names,
@@ -417,12 +430,13 @@ def evaluate_folder(
             name="evaluation",
             skip_bad_images=skip_bad_images,
             exclude_files=exclude_files,
+            check=stores.check,
         )
-        return folder
+        return folder, stores.rows(folder)
 
     return evaluate_split(
         model_path,
-        folder_for,
+        split_for,
         strategy=strategy,
         batch_size=batch_size,
         num_mistakes=num_mistakes,
@@ -446,7 +460,7 @@ def _evaluate(config: EvaluateConfig, *, strategy: tf.distribute.Strategy) -> Re
     if data_config.data_source == "tfds":
         split = TFDS_SPLIT_NAMES[config.split.lower()]
 
-        def folder_for(class_names, image_size):
+        def split_for(class_names, image_size):
             splits = sources.load_splits(dataclasses.replace(data_config, image_size=image_size))
             listing.check_same_classes(
                 splits.class_names,
@@ -455,11 +469,13 @@ def _evaluate(config: EvaluateConfig, *, strategy: tf.distribute.Strategy) -> Re
                 expected_as="the model's labels.txt",
                 noun="model class",
             )
-            return getattr(splits, split)
+            folder = getattr(splits, split)
+            stores = pixels.SourceStores(pixels.temporary_directory(), image_size)
+            return folder, stores.rows_or_stored(folder)
 
         report = evaluate_split(
             config.model,
-            folder_for,
+            split_for,
             strategy=strategy,
             batch_size=config.batch_size,
             num_mistakes=config.num_mistakes,
@@ -510,20 +526,25 @@ def predict_paths(
     listed = {os.path.abspath(p) for p in exclude_files}
     paths = [p for p in listing.collect_image_paths(inputs) if os.path.abspath(p) not in listed]
     missing = {p: "no such file" for p in paths if not os.path.isfile(p)}
-    bad = {
-        b.path: b.reason
-        for b in image_checks.find_bad_images([p for p in paths if p not in missing])
-    }
-    errors = {**missing, **bad}
-    good = [p for p in paths if p not in errors]
+    candidates = sorted({p for p in paths if p not in missing})
     if classifier.predict_encoded is not None:
         # A SavedModel decodes inside (serve_jpeg): the files' bytes go straight in.
+        bad = {b.path: b.reason for b in image_checks.find_bad_images(candidates)}
+        errors = {**missing, **bad}
+        good = [p for p in paths if p not in errors]
         return _predict_encoded(classifier, paths, good, errors, top_k=top_k, batch_size=batch_size)
+    # The decode check's one pass decodes each file into a pixel store of this process; the
+    # one input pipeline reads it in file order (the last batch padded).
+    stores = pixels.SourceStores(pixels.temporary_directory(), classifier.image_size)
+    bad = {b.path: b.reason for b in stores.check("predict", candidates)}
+    errors = {**missing, **bad}
+    good = [p for p in candidates if p not in errors]
     probabilities = np.zeros((0, len(class_names)))
     if good:
-        # The one input pipeline: (path) listing -> decode -> batch (the last one padded).
         folder = data.folder_of_files(good, image_size=classifier.image_size, name="predict")
-        probabilities = predict_folder(classifier, folder, strategy=strategy, batch_size=batch_size)
+        probabilities = predict_stored(
+            classifier, stores.rows(folder), count=len(good), batch_size=batch_size
+        )
     by_path = dict(zip(good, probabilities, strict=True))
     k = min(top_k, len(class_names))
     results = []

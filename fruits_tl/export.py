@@ -34,7 +34,18 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from fruits_tl import data, decode, files, loop, model, pipeline, servable, sources
+from fruits_tl import (
+    data,
+    decode,
+    files,
+    loop,
+    model,
+    pixels,
+    servable,
+    sources,
+    store,
+    train_input,
+)
 from fruits_tl.config import ExportConfig
 from fruits_tl.errors import UserInputError
 
@@ -166,13 +177,13 @@ def write_saved_model(
         files.write_lines(os.path.join(temporary, servable.LABELS_FILE), list(class_names))
 
 
-def representative_batches(folder: data.ImageFolder, *, count: int, seed: int) -> tf.data.Dataset:
-    """A seeded choice of `count` images of a split, one per batch, through the input pipeline."""
-    count = min(count, len(folder))
-    chosen = np.zeros(len(folder), dtype=bool)
-    chosen[np.random.default_rng(seed).choice(len(folder), size=count, replace=False)] = True
-    subset = data.select(folder, chosen, name=f"{folder.name}-representative")
-    return pipeline.make_batches(subset, batch_size=1, training=False, cache="none", output="uint8")
+def representative_batches(examples, *, count: int, seed: int) -> tf.data.Dataset:
+    """A seeded choice of `count` stored images of a split (`store.StoredRows`), one per
+    batch, through the input pipeline."""
+    count = min(count, len(examples))
+    chosen = np.sort(np.random.default_rng(seed).choice(len(examples), size=count, replace=False))
+    subset = store.StoredRows(examples.array, examples.rows[chosen])
+    return train_input.file_order_batches(subset, np.zeros(count, np.int32), batch_size=1)
 
 
 def convert_tflite(
@@ -217,7 +228,7 @@ def convert_tflite(
 
 def int8_features(
     classifier: keras.Model,
-    folder: data.ImageFolder,
+    examples: store.StoredRows,
     *,
     image_size: int,
     representative: tf.data.Dataset,
@@ -225,7 +236,8 @@ def int8_features(
     """The pooled features of a split as the full-integer int8 backbone computes them.
 
     The backbone and pooling are converted exactly as the int8 model converts them (same
-    calibration images), and the split goes through the input pipeline in file order.
+    calibration images), and the split's stored images go through the input pipeline in file
+    order.
     """
     flatbuffer = convert_tflite(
         classifier,
@@ -238,16 +250,16 @@ def int8_features(
         path = os.path.join(directory, "features.tflite")
         files.write_bytes(path, flatbuffer)
         runner = servable.TFLiteRunner(path)
-        batches = pipeline.make_batches(
-            folder, batch_size=64, training=False, cache="none", output="uint8"
-        )
+        count = len(examples)
+        batches = train_input.file_order_batches(examples, np.zeros(count, np.int32), batch_size=64)
         parts = [runner(images) for images, _ in batches.as_numpy_iterator()]
-    return np.concatenate(parts)
+    return np.concatenate(parts)[:count]
 
 
 def refit_head_for_int8(
     classifier: keras.Model,
     folder: data.ImageFolder,
+    examples: store.StoredRows,
     *,
     image_size: int,
     representative: tf.data.Dataset,
@@ -268,7 +280,7 @@ def refit_head_for_int8(
     classifier itself is not changed; the copy is only converted to int8.
     """
     features = int8_features(
-        classifier, folder, image_size=image_size, representative=representative
+        classifier, examples, image_size=image_size, representative=representative
     )
     strategy = tf.distribute.get_strategy()
     head = model.build_head(features.shape[1], len(folder.class_names), seed=seed)
@@ -304,6 +316,7 @@ class _Measuring:
     latency_images: np.ndarray | None = None
     representative: tf.data.Dataset | None = None
     train_split: data.ImageFolder | None = None
+    train_images: store.StoredRows | None = None
 
 
 def _measure(
@@ -320,7 +333,8 @@ def _measure(
     predicted = None
     if measuring.test_batches is not None:
         outputs = [predict(images) for images, _ in measuring.test_batches.as_numpy_iterator()]
-        predicted = np.concatenate(outputs).argmax(axis=1)
+        # The last batch is padded: its padding rows' outputs are dropped.
+        predicted = np.concatenate(outputs)[: len(measuring.test_labels)].argmax(axis=1)
         accuracy = float(np.mean(predicted == measuring.test_labels))
         if reference is not None:
             agreement = float(np.mean(predicted == reference))
@@ -350,16 +364,20 @@ def _load_measuring(
     """The test batches, latency images and calibration images of --data_dir."""
     if config.data is None:
         return _Measuring()
-    splits = sources.load_splits(dataclasses.replace(config.data, image_size=image_size))
+    # The decode check's one pass decodes the images into a pixel store of this process.
+    stores = pixels.SourceStores(pixels.temporary_directory(), image_size)
+    splits = sources.load_splits(
+        dataclasses.replace(config.data, image_size=image_size),
+        check=stores.check if config.data.data_source == "folder" else None,
+    )
     if splits.class_names != tuple(class_names):
         raise UserInputError(
             "The training classes of the data (--data_dir) differ from the labels.txt of "
             f"'{config.model}': export measures and calibrates on the data the model was "
             "trained for."
         )
-    test_batches = pipeline.make_batches(
-        splits.test, batch_size=32, training=False, cache="memory", output="uint8"
-    )
+    train, test = (stores.rows_or_stored(folder) for folder in (splits.train, splits.test))
+    test_batches = train_input.file_order_batches(test, splits.test.labels, batch_size=32)
     latency_count = min(config.latency_images, len(splits.test))
     images = np.concatenate([images for images, _ in test_batches.as_numpy_iterator()])
     return _Measuring(
@@ -367,9 +385,10 @@ def _load_measuring(
         test_labels=splits.test.labels,
         latency_images=images[:latency_count],
         representative=representative_batches(
-            splits.train, count=config.representative_images, seed=config.data.seed
+            train, count=config.representative_images, seed=config.data.seed
         ),
         train_split=splits.train,
+        train_images=train,
     )
 
 
@@ -414,6 +433,7 @@ def _export_tflite(
         converted = refit_head_for_int8(
             classifier,
             measuring.train_split,
+            measuring.train_images,
             image_size=image_size,
             representative=measuring.representative,
             epochs=config.int8_head_epochs,

@@ -19,7 +19,11 @@ checkpoints).
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
+import functools
+import shutil
+import tempfile
 from collections.abc import Callable
 
 import numpy as np
@@ -32,6 +36,15 @@ from fruits_tl.stopping import GracefulStop
 
 # Images per batch of the decode pass that fills a chunk.
 DECODE_BATCH = 256
+
+
+@functools.cache
+def temporary_directory() -> str:
+    """This process's temporary pixel store folder, removed when the process exits (jobs that
+    keep nothing: evaluation, export, the embedding API's "memory")."""
+    path = tempfile.mkdtemp(prefix="fruits-tl-store-")
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
+    return path
 
 
 def decode_rows(
@@ -86,12 +99,14 @@ def store_pixels(
     worker_count: int = 1,
     wait_for_workers=lambda: None,
     stop: GracefulStop | None = None,
+    name: str = "",
 ) -> store.Stored:
     """The split's decoded uint8 images, memory-mapped from the store (decoded first if needed).
 
     Args:
       folder: The split.
       directory: The store's folder.
+      name: The stored array is `<name>.pixels` (default: the split's name).
       chunk_images: Images per chunk.
       data_service_address: Decode on the tf.data service there ("" decodes here).
       data_service_timeout: Seconds without an element before the service counts as lost.
@@ -106,7 +121,7 @@ def store_pixels(
     size = folder.image_size
     stored = store.fill(
         directory,
-        f"{folder.name}.pixels",
+        f"{name or folder.name}.pixels",
         fingerprint=folder.fingerprint,
         count=len(folder),
         row_shape=(size, size, 3),
@@ -230,10 +245,30 @@ class SourceStores:
             bad.append(image_checks.BadImage(paths[i], reason))
         return tuple(bad)
 
+    def _source_of(self, folder: data.ImageFolder):
+        if folder.image_size != self.image_size:
+            return None
+        for array, row_of in self._sources.values():
+            if all(path in row_of for path in folder.file_paths):
+                return array, row_of
+        return None
+
+    def holds(self, folder: data.ImageFolder) -> bool:
+        """Whether one source's store holds every file of the split, at its size."""
+        return self._source_of(folder) is not None
+
+    def rows_or_stored(self, folder: data.ImageFolder) -> store.StoredRows:
+        """A split's images: rows of its source's store, or (a split this decode check did not
+        see: TFDS records) the split decoded into its own store in the same folder."""
+        if self.holds(folder):
+            return self.rows(folder)
+        stored = store_pixels(folder, directory=self.directory, name=f"split-{folder.name}")
+        return store.StoredRows(stored.examples, np.arange(len(folder), dtype=np.int64))
+
     def rows(self, folder: data.ImageFolder) -> store.StoredRows:
         """A split's images as rows of its source folder's store."""
-        for array, row_of in self._sources.values():
-            if all(path in row_of for path in folder.file_paths[:1]):
-                rows = np.asarray([row_of[path] for path in folder.file_paths], np.int64)
-                return store.StoredRows(array, rows)
-        raise KeyError(f"no source store holds the {folder.name} split's files")
+        found = self._source_of(folder)
+        if found is None:
+            raise KeyError(f"no source store holds the {folder.name} split's files")
+        array, row_of = found
+        return store.StoredRows(array, np.asarray([row_of[p] for p in folder.file_paths], np.int64))

@@ -133,11 +133,6 @@ class StoredRows:
     def dtype(self) -> np.dtype:
         return self.array.dtype
 
-    def gather(self) -> Callable[[tf.Tensor], tf.Tensor]:
-        """indices (>= 0, into these rows) -> the rows, by TensorFlow ops on the view."""
-        view, table = self.array.tensor(), tf.constant(np.asarray(self.rows, np.int64))
-        return lambda indices: tf.gather(view, tf.gather(table, indices))
-
 
 @dataclasses.dataclass(frozen=True)
 class Stored:

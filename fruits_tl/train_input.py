@@ -201,6 +201,37 @@ def fixed_rows(index_batches: np.ndarray, *, repeat: bool = False) -> IndexRows:
     return rows
 
 
+def iteration_rows(
+    batching: Batching,
+    *,
+    seed: int,
+    shuffle: bool,
+    shuffle_buffer_size: int = 0,
+    drop_remainder: bool = False,
+) -> IndexRows:
+    """One pass per iteration of the dataset, for callers that iterate it once per epoch
+    (`model.fit`) and may hand it to a tf.data service: the indices shuffled by tf.data's
+    seeded shuffle, reshuffled each iteration (pass k of every run with one seed has one
+    order), then cut into global batches as training cuts them. Its source is a range, so a
+    service's `distributed_epoch` splits it among its workers. `drop_remainder` leaves out a
+    last partial batch; `shuffle_buffer_size` 0 shuffles the whole split."""
+    width = batching.width
+
+    @tf.autograph.experimental.do_not_convert
+    def padded(batch):
+        row = tf.pad(batch, [[0, width - tf.shape(batch)[0]]], constant_values=PADDING_LABEL)
+        return tf.constant(0, tf.int64), tf.ensure_shape(row, [width])
+
+    def rows() -> tf.data.Dataset:
+        indices = tf.data.Dataset.range(batching.count)
+        if shuffle:
+            buffer = shuffle_buffer_size or max(batching.count, 1)
+            indices = indices.shuffle(buffer, seed=seed, reshuffle_each_iteration=True)
+        return indices.batch(batching.batch_size, drop_remainder=drop_remainder).map(padded)
+
+    return rows
+
+
 # What the pipeline reads rows from: a stored array (read through a view of its file), some
 # rows of one (a split of its source folder's store), or an array in memory (small: features
 # being trained on, tests).
@@ -215,10 +246,17 @@ def example_spec(examples: Examples) -> tuple[tuple[int, ...], np.dtype]:
     return tuple(examples.shape[1:]), examples.dtype
 
 
-def _gather_rows(examples: Examples) -> Callable[[tf.Tensor], tf.Tensor]:
-    """indices (>= 0) -> their rows, by TensorFlow ops on a view of the examples."""
+def _gather_rows(examples: Examples, *, by_path: bool) -> Callable[[tf.Tensor], tf.Tensor]:
+    """indices (>= 0) -> their rows, by TensorFlow ops on a view of the examples, or (`by_path`,
+    for a dataset graph that is serialised) by the store file's path."""
     if isinstance(examples, store.StoredRows):
-        return examples.gather()
+        table = tf.constant(np.asarray(examples.rows, np.int64))
+        if by_path:
+            return lambda indices: examples.array.gather_by_path(tf.gather(table, indices))
+        view = examples.array.tensor()
+        return lambda indices: tf.gather(view, tf.gather(table, indices))
+    if isinstance(examples, store.StoredArray) and by_path:
+        return examples.gather_by_path
     source = examples.tensor() if isinstance(examples, store.StoredArray) else tf.constant(examples)
     return lambda indices: tf.gather(source, indices)
 
@@ -242,6 +280,8 @@ def make_replica_dataset(
     input_context: tf.distribute.InputContext,
     augmentation: Augmentation = NO_AUGMENTATION,
     seed: int = 0,
+    by_path: bool = False,
+    output: Callable | None = None,
 ) -> tf.data.Dataset:
     """One input pipeline's dataset: its replicas' slices of the global batches, in turn.
 
@@ -250,6 +290,10 @@ def make_replica_dataset(
     the global batch)`, gathered on the host by TensorFlow ops, and transformed by
     `augmentation` (uint8 images only) with draws keyed by (`seed`, epoch, example index).
     Padding rows are zeros.
+
+    `by_path` reads the rows by the store file's path (a graph that is serialised carries the
+    path, not a view); `output`, given, maps a slice to the element instead, as
+    `output(rows, labels, valid)` (`valid`: the rows that are not padding).
     """
     replicas, per_replica = batching.replicas, batching.per_replica
     pipelines = input_context.num_input_pipelines
@@ -260,7 +304,7 @@ def make_replica_dataset(
     row_shape, dtype = example_spec(examples)
     if augmentation and (dtype != np.uint8 or len(row_shape) != 3):
         raise ValueError(f"augmentation needs uint8 images, not {dtype} rows of {row_shape}")
-    gather = _gather_rows(examples)
+    gather = _gather_rows(examples, by_path=by_path)
     label_table = tf.constant(np.asarray(labels, np.int32))
 
     @tf.autograph.experimental.do_not_convert
@@ -268,6 +312,10 @@ def make_replica_dataset(
         real = tf.reduce_sum(tf.cast(row >= 0, tf.int32))
         mine = tf.reshape(row, [replicas, per_replica])[first : first + local]
         return mine, tf.fill([local], real), tf.fill([local], epoch)
+
+    @tf.autograph.experimental.do_not_convert
+    def first_slice(mine, count, epoch):
+        return mine[0], count[0], epoch[0]
 
     @tf.autograph.experimental.do_not_convert
     def read_slice(indices, count, epoch):
@@ -281,13 +329,32 @@ def make_replica_dataset(
         row_labels = tf.where(valid, tf.gather(label_table, safe), PADDING_LABEL)
         if augmentation:
             rows = augment.apply(rows, augment.draws(seed, epoch, indices), augmentation)
+        if output is not None:
+            return output(rows, row_labels, valid)
         return rows, row_labels, count
 
-    dataset = index_rows().map(own_slices).unbatch()
+    dataset = index_rows().map(own_slices)
+    # One replica per pipeline: its slice is the element (and the dataset keeps its length).
+    dataset = dataset.map(first_slice) if local == 1 else dataset.unbatch()
     dataset = dataset.map(
         read_slice, num_parallel_calls=decode.available_cores(), deterministic=True
     )
     return dataset.prefetch(HOST_PREFETCH).with_options(read_options())
+
+
+def file_order_batches(examples: Examples, labels: np.ndarray, *, batch_size: int):
+    """The examples in file order, `(rows, labels)` batches of `batch_size` on the host, the
+    last one padded (labels `PADDING_LABEL`): inference's input (evaluation, prediction,
+    export), the same pipeline as training's with one pipeline and one replica."""
+    batching = Batching(count=len(labels), batch_size=batch_size, replicas=1)
+    return make_replica_dataset(
+        examples,
+        labels,
+        fixed_rows(epoch_index_batches(batching, seed=0, epoch=0, shuffle=False)),
+        batching=batching,
+        input_context=tf.distribute.InputContext(),
+        output=lambda rows, row_labels, valid: (rows, row_labels),
+    )
 
 
 def distribute(

@@ -105,7 +105,7 @@ def test_exclude_list_leaves_files_out_of_training(data_dir, tmp_path, capsys):
     assert (
         len(splits.train) == 17 and fine not in splits.train.file_paths and splits.bad_images == ()
     )
-    labels = [label for _, label in splits.train.dataset.as_numpy_iterator()]
+    labels = [label for _, label in splits.train.make_elements().as_numpy_iterator()]
     np.testing.assert_array_equal(labels, splits.train.labels)
     code = run_main(
         train_main,

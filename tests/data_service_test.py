@@ -65,7 +65,7 @@ def service():
 def test_every_image_is_decoded_once_with_the_routes_pixels(service, tiny_dataset):
     splits = data.load_dataset(tiny_dataset, image_size=32)
     images = data_service.decode_through_service(splits.train, service)
-    expected = np.stack([image for image, _ in splits.train.dataset.as_numpy_iterator()])
+    expected = np.stack([image for image, _ in splits.train.make_elements().as_numpy_iterator()])
     np.testing.assert_array_equal(images, expected)
 
 
@@ -73,7 +73,7 @@ def test_the_public_datasets_go_through_a_tf_data_service_by_path(service, tiny_
     # The datasets' graphs carry the store's path, not its rows: the service's workers (other
     # processes) read the file themselves, and every batch comes back as it is read here.
     datasets = pipeline.make_datasets(
-        tiny_dataset, batch_size=4, image_size=32, cache=str(tmp_path / "store"), output="uint8"
+        tiny_dataset, batch_size=4, image_size=96, cache=str(tmp_path / "store"), output="uint8"
     )
     graph = tf.data.experimental.to_variant(datasets.test)  # Serialisable as it is sent.
     assert graph.dtype == tf.variant

@@ -24,7 +24,7 @@ def test_load_dataset_gives_uint8_splits_with_aligned_paths(data_dir):
     assert (len(splits.train), len(splits.test)) == (18, 9)
     assert splits.validation is splits.test and splits.validation_source == "test folder"
     images, labels = [], []
-    for image, label in splits.train.dataset.as_numpy_iterator():
+    for image, label in splits.train.make_elements().as_numpy_iterator():
         images.append(image)
         labels.append(label)
     assert images[0].dtype == np.uint8 and images[0].shape == (32, 32, 3)
@@ -63,7 +63,7 @@ def test_no_test_folder_needs_validation_split(data_dir):
     # Class-mixed: every class is in the validation split, and no file is in both.
     assert set(splits.validation.labels.tolist()) == {0, 1, 2}
     assert not set(splits.train.file_paths) & set(splits.validation.file_paths)
-    labels = [label for _, label in splits.validation.dataset.as_numpy_iterator()]
+    labels = [label for _, label in splits.validation.make_elements().as_numpy_iterator()]
     np.testing.assert_array_equal(labels, splits.validation.labels)
     again = data.load_dataset(data_dir, validation_split=0.34, image_size=32, seed=3)
     assert again.validation.file_paths == splits.validation.file_paths
@@ -92,7 +92,7 @@ def test_training_class_absent_from_test_is_a_warning_and_labels_still_align(dat
     shutil.rmtree(os.path.join(data_dir, "Test", "Banana"))
     splits = data.load_dataset(data_dir, image_size=32)
     assert len(splits.warnings) == 1 and "Banana" in splits.warnings[0]
-    labels = [label for _, label in splits.test.dataset.as_numpy_iterator()]
+    labels = [label for _, label in splits.test.make_elements().as_numpy_iterator()]
     # Blueberry keeps its training index 2 although the test folder has only 2 classes.
     assert sorted(set(labels)) == [0, 2]
     for path, label in zip(splits.test.file_paths, labels, strict=True):
@@ -139,7 +139,7 @@ def test_skip_bad_images_leaves_them_out_and_keeps_alignment(data_dir):
     assert sorted(b.path for b in splits.bad_images) == sorted(bad)
     assert (len(splits.train), len(splits.test)) == (18, 9)
     assert not set(bad) & set(splits.train.file_paths + splits.test.file_paths)
-    labels = [label for _, label in splits.train.dataset.as_numpy_iterator()]
+    labels = [label for _, label in splits.train.make_elements().as_numpy_iterator()]
     np.testing.assert_array_equal(labels, splits.train.labels)
 
 
@@ -152,7 +152,7 @@ def test_unusual_but_valid_images_load_as_rgb(data_dir):
     )
     splits = data.load_dataset(data_dir, image_size=32)
     assert len(splits.train) == 18 + added
-    shapes = {image.shape for image, _ in splits.train.dataset.as_numpy_iterator()}
+    shapes = {image.shape for image, _ in splits.train.make_elements().as_numpy_iterator()}
     assert shapes == {(32, 32, 3)}
 
 

@@ -10,7 +10,7 @@ import pytest
 import tensorflow as tf
 from conftest import write_unusual_images
 
-from fruits_tl import data, decode, listing, pipeline
+from fruits_tl import data, decode, listing, pixels
 
 
 @pytest.mark.parametrize("image_size", [32, 128])
@@ -33,7 +33,7 @@ def test_route_pixels_equal_keras_loader_rounded(data_dir, image_size):
     splits = data.load_dataset(data_dir, image_size=image_size)
     assert len(splits.train) == 18 + added
     for path, (image, _) in zip(
-        splits.train.file_paths, splits.train.dataset.as_numpy_iterator(), strict=True
+        splits.train.file_paths, splits.train.make_elements().as_numpy_iterator(), strict=True
     ):
         np.testing.assert_array_equal(image, expected[path], err_msg=path)
 
@@ -57,8 +57,9 @@ def test_decode_is_the_same_eagerly_in_a_map_and_in_a_function(tiny_dataset):
     np.testing.assert_array_equal(traced, eager)
 
 
-def test_each_shard_decodes_only_its_own_files(data_dir):
-    """A corrupt file at an odd index breaks shard 1 only: shard 0 never reads it."""
+def test_a_chunk_decodes_only_its_own_files(data_dir):
+    """A corrupt file in rows [0, 9) breaks that range's pass only: a pass over rows [9, 18)
+    (another chunk, another worker's under the store's rule) never reads it."""
     train_dir = os.path.join(data_dir, "Training")
     classes = listing.list_classes(train_dir)
     first = data.load_split(train_dir, class_names=classes, image_size=32, name="train")
@@ -68,16 +69,11 @@ def test_each_shard_decodes_only_its_own_files(data_dir):
     # The listing is taken again without any check, so nothing knows the file is corrupt.
     folder = data.load_split(train_dir, class_names=classes, image_size=32, name="train")
     assert folder.file_paths[3] == corrupt
-    shard0 = list(folder.make_elements(num_shards=2, shard_index=0).as_numpy_iterator())
-    assert len(shard0) == 9
-    np.testing.assert_array_equal([label for _, label in shard0], folder.labels[0::2])
-    with pytest.raises(tf.errors.InvalidArgumentError):
-        list(folder.make_elements(num_shards=2, shard_index=1).as_numpy_iterator())
-    # The same holds through the whole input pipeline (cache, batch, prefetch) of an input pipeline.
-    batches = pipeline.make_batches(
-        folder, batch_size=4, training=True, num_shards=2, shard_index=0
-    )
-    assert sum(len(labels) for _, labels in batches) == 9
+    later = list(pixels.decode_pass(folder, 9, 18).as_numpy_iterator())
+    np.testing.assert_array_equal(np.concatenate([p for p, _ in later]), np.arange(9, 18))
+    # The pass over the range that holds it leaves the corrupt file out (a missing row).
+    earlier = list(pixels.decode_pass(folder, 0, 9).as_numpy_iterator())
+    np.testing.assert_array_equal(np.concatenate([p for p, _ in earlier]), [0, 1, 2, 4, 5, 6, 7, 8])
 
 
 def test_excluded_files_are_never_decoded(data_dir):
@@ -91,4 +87,4 @@ def test_excluded_files_are_never_decoded(data_dir):
     folder = data.load_split(
         train_dir, class_names=classes, image_size=32, name="train", exclude={path}
     )
-    assert len(list(folder.dataset)) == 17
+    assert len(list(folder.make_elements())) == 17

@@ -11,7 +11,7 @@ import pytest
 import tensorflow as tf
 from conftest import feature_files, run_main, store_listing
 
-from fruits_tl import data, evaluate, model, plots, servable
+from fruits_tl import evaluate, model, plots, servable
 from fruits_tl.cli import evaluate_main, extract_main, predict_main, train_main
 
 CLASSES = ("A", "B", "C")
@@ -224,25 +224,12 @@ def test_predict_one_image_on_two_replicas(trained, tiny_dataset, capsys):
     )
 
 
-def test_a_folder_with_no_image_predicts_nothing(trained, tiny_dataset):
+def test_a_worker_with_no_image_predicts_nothing(trained):
     """A cluster's worker with no image of a split (more workers than images) predicts an
-    empty shard instead of handing Keras's `predict` an empty dataset."""
+    empty share instead of handing Keras's `predict` an empty dataset."""
     classifier = servable.load_servable(str(trained))
-    test = data.load_split(
-        os.path.join(tiny_dataset, "Test"),
-        class_names=classifier.class_names,
-        image_size=classifier.image_size,
-        name="test",
-    )
-    none = data.select(test, np.zeros(len(test), bool), name="test-none")
-    probabilities = evaluate.predict_folder(
-        classifier, none, strategy=tf.distribute.get_strategy(), batch_size=4
+    probabilities = evaluate.predict_stored(
+        classifier, np.zeros((0, 32, 32, 3), np.uint8), count=0, batch_size=4
     )
     assert probabilities.shape == (0, len(classifier.class_names))
     assert probabilities.dtype == np.float32
-
-
-def test_cache_is_refused_where_it_cannot_apply(trained, tiny_dataset, tmp_path, capsys):
-    args = [f"--model={trained}", f"--data_dir={tiny_dataset}", f"--cache={tmp_path / 'c'}"]
-    assert run_main(evaluate_main, args) == 2
-    assert "fruits-tl-evaluate does not use --cache" in capsys.readouterr().err

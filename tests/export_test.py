@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from conftest import NO_TOP_WEIGHTS, REPO, feature_files, needs_weights, run_main, store_listing
 
-from fruits_tl import data, export, model, servable
+from fruits_tl import data, export, model, pixels, servable
 from fruits_tl.cli import evaluate_main, export_main, extract_main, predict_main, train_main
 
 LEGACY_MODEL = os.path.join(REPO, "tests", "fixtures", "legacy_model_v0_1_0")
@@ -64,7 +64,7 @@ def trained(tiny_dataset, informative_weights, tmp_path_factory):
     classifier = model.load_model(str(model_dir))
     extractor = keras.Model(classifier.inputs, classifier.get_layer(model.HEAD_POOL).output)
     splits = data.load_dataset(tiny_dataset, image_size=32)
-    images = np.stack([image for image, _ in splits.train.dataset.as_numpy_iterator()])
+    images = np.stack([image for image, _ in splits.train.make_elements().as_numpy_iterator()])
     features = extractor.predict(images, verbose=0)
     mean, scale = features.mean(axis=0), features.std(axis=0) + 1e-12
     standard = (features - mean) / scale
@@ -352,12 +352,14 @@ def test_the_int8_head_is_refit_on_the_int8_backbone_features(tiny_dataset):
     """refit_head_for_int8 trains a copy's head on what the int8 backbone computes."""
     keras.utils.set_random_seed(3)
     classifier = model.build_classifier(3, image_size=128, alpha=0.25, weights=NO_TOP_WEIGHTS)
-    splits = data.load_dataset(tiny_dataset, image_size=128)
-    representative = export.representative_batches(splits.train, count=18, seed=1)
+    stores = pixels.SourceStores(pixels.temporary_directory(), 128)
+    splits = data.load_dataset(tiny_dataset, image_size=128, check=stores.check)
+    train = stores.rows(splits.train)
+    representative = export.representative_batches(train, count=18, seed=1)
     features = export.int8_features(
-        classifier, splits.train, image_size=128, representative=representative
+        classifier, train, image_size=128, representative=representative
     )
-    images = np.stack([image for image, _ in splits.train.dataset.as_numpy_iterator()])
+    images = np.stack([image for image, _ in splits.train.make_elements().as_numpy_iterator()])
     floats = keras.Model(classifier.inputs, classifier.get_layer(model.HEAD_POOL).output).predict(
         images, verbose=0
     )
@@ -368,6 +370,7 @@ def test_the_int8_head_is_refit_on_the_int8_backbone_features(tiny_dataset):
     refit = export.refit_head_for_int8(
         classifier,
         splits.train,
+        train,
         image_size=128,
         representative=representative,
         epochs=10,

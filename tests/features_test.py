@@ -85,7 +85,7 @@ def test_features_mode_is_the_same_computation_as_images_mode(
     head = model.build_head(256, 3)
     head.get_layer(model.HEAD_DENSE).set_weights([kernel_features, bias_features])
     splits = data.load_dataset(data_dir, image_size=32)
-    images = np.stack([image for image, _ in splits.test.dataset.as_numpy_iterator()])
+    images = np.stack([image for image, _ in splits.test.make_elements().as_numpy_iterator()])
     np.testing.assert_allclose(
         by_features.model.predict(images, verbose=0),
         head.predict(test_set.features, verbose=0),
@@ -209,7 +209,7 @@ def test_a_split_with_fewer_images_than_replicas_extracts(data_dir, tmp_path):
     features = backbone_features.extract_stored(images, extractor, strategy=strategy, batch_size=4)
     assert strategy.num_replicas_in_sync == 2
     assert features.shape == (1, 256)
-    decoded = np.stack([image for image, _ in one.dataset.as_numpy_iterator()])
+    decoded = np.stack([image for image, _ in one.make_elements().as_numpy_iterator()])
     np.testing.assert_allclose(
         features, extractor(decoded, training=False).numpy(), rtol=1e-5, atol=1e-6
     )
@@ -280,7 +280,7 @@ def test_features_from_the_pixel_store_equal_the_extractor_on_decoded_images(
         ours = stored.feature_sets[split]
         np.testing.assert_array_equal(ours.labels, folder.labels)
         assert ours.file_paths == folder.file_paths
-        decoded = np.stack([image for image, _ in folder.dataset.as_numpy_iterator()])
+        decoded = np.stack([image for image, _ in folder.make_elements().as_numpy_iterator()])
         np.testing.assert_allclose(
             ours.features, extractor(decoded, training=False).numpy(), rtol=1e-4, atol=1e-5
         )

@@ -64,11 +64,11 @@ def test_tfds_source_trains_with_the_folder_class_order(tmp_path, caplog, capsys
     by_name = {
         os.path.relpath(p, os.path.join(source, "Training")): (image, label)
         for p, (image, label) in zip(
-            folder.train.file_paths, folder.train.dataset.as_numpy_iterator(), strict=True
+            folder.train.file_paths, folder.train.make_elements().as_numpy_iterator(), strict=True
         )
     }
     for path, (image, label) in zip(
-        splits.train.file_paths, splits.train.dataset.as_numpy_iterator(), strict=True
+        splits.train.file_paths, splits.train.make_elements().as_numpy_iterator(), strict=True
     ):
         expected_image, expected_label = by_name[path.split("/train/", 1)[1]]
         assert label == expected_label

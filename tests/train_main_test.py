@@ -281,16 +281,6 @@ def test_a_second_images_mode_run_decodes_nothing(data_dir, tmp_path, capsys, ca
 
 
 @pytest.mark.slow
-def test_cache_is_not_a_training_setting(data_dir, tmp_path, capsys):
-    code = run_main(
-        train_main,
-        [f"--data_dir={data_dir}", f"--model_dir={tmp_path / 'run'}", "--cache=none", *TINY],
-    )
-    assert code == 2
-    assert "fruits-tl-train does not use --cache" in capsys.readouterr().err
-
-
-@pytest.mark.slow
 def test_fine_tuning_trains_the_last_block_and_reports_both_phases(data_dir, tmp_path, capsys):
     model_dir = tmp_path / "run"
     code = run_main(

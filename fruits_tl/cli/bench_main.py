@@ -53,7 +53,7 @@ def _compare_modes():
 
     common.require(["output_dir"])
     config = TrainConfig(
-        data=common.data_config(cache="memory"),
+        data=common.data_config(),
         model=ModelConfig(alpha=FLAGS.alpha, weights=FLAGS.weights),
         model_dir=FLAGS.output_dir,
         batch_size=FLAGS.batch_size,
@@ -90,7 +90,7 @@ def _main(argv):
     from fruits_tl.config import BenchConfig, ModelConfig
 
     config = BenchConfig(
-        data=common.data_config(cache="none"),
+        data=common.data_config(),
         model=ModelConfig(alpha=FLAGS.alpha, weights=common.value_or("weights", "none")),
         variants=tuple(FLAGS.variants),
         epochs=common.value_or("epochs", 5),
@@ -112,7 +112,8 @@ def _main(argv):
         ratio = result.ratios_to_legacy.get(benchmark.DEFAULT_TRAINING_FORM)
         if ratio is None:
             raise common.UserInputError(
-                "--assert_min_speedup needs the legacy and pipeline-memory-uint8 variants."
+                "--assert_min_speedup needs the legacy and "
+                f"{benchmark.DEFAULT_TRAINING_FORM} variants."
             )
         if ratio.steady < FLAGS.assert_min_speedup:
             print(

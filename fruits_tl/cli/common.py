@@ -69,12 +69,6 @@ flags.DEFINE_float(
     "multi_worker_mirrored: seconds a worker waits for the others before failing (a dead worker "
     "then stops the rest with an error instead of a hang).",
 )
-flags.DEFINE_string(
-    "cache",
-    "memory",
-    "Cache of decoded uint8 images: 'memory', 'none', or a file path prefix (files "
-    "<prefix>-<split>-<fingerprint>.*; an interrupted cache is detected and rebuilt).",
-)
 flags.DEFINE_integer(
     "seed", 42, "Seed for the validation split, the shuffle and the head initialisation."
 )
@@ -85,7 +79,7 @@ flags.DEFINE_string(
     "backbone features and labels (<split>.features.json, <split>.labels.json and their .rows "
     "files, <split>.files.txt, labels.txt), reused while their fingerprints match. Train "
     "defaults to <model_dir>/features and keeps there the record of the decode check too; "
-    "training reads the store through a memory map (fruits-tl-train takes no --cache).",
+    "jobs read the store through a memory map.",
 )
 flags.DEFINE_enum(
     "feature_dtype",
@@ -187,7 +181,7 @@ def fail(program: str, message: str) -> None:
     sys.exit(2)
 
 
-# The flags `data_config` reads (besides --cache, which only binaries that honour it take).
+# The flags `data_config` reads.
 DATA_FLAGS = (
     "data_dir",
     "train_subdir",
@@ -281,7 +275,6 @@ def data_config(**overrides):
         test_subdir=FLAGS.test_subdir,
         validation_split=FLAGS.validation_split,
         image_size=FLAGS.image_size,
-        cache=FLAGS.cache,
         seed=FLAGS.seed,
         skip_bad_images=FLAGS.skip_bad_images,
         exclude_list=FLAGS.exclude_list,

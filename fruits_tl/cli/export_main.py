@@ -63,7 +63,7 @@ def _main(argv):
         latency_images=FLAGS.latency_images,
         int8_head_epochs=FLAGS.int8_head_epochs,
         int8_head_learning_rate=FLAGS.int8_head_learning_rate,
-        data=common.data_config(cache="none") if has_data else None,
+        data=common.data_config() if has_data else None,
     )
     result = export.export_model(config)
     print(export.format_table(result))
