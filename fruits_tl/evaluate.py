@@ -318,7 +318,8 @@ def predict_sharded(
     its share.
 
     The work is split by the package's one rule (`store.owns_chunk`: chunk k of the split's
-    rows to worker k mod n, in chunks of `EVALUATION_CHUNK` rows); each worker predicts its
+    rows to worker k mod n, in chunks of at most `EVALUATION_CHUNK` rows, at least four per
+    worker where there are enough rows); each worker predicts its
     rows on its own devices with its share of the global batch, and the shares are exchanged
     through one all-reduce (`distribute.gather_rows`), so every worker ends with the whole
     split and no file is shared. With one worker this is `predict_stored`.
@@ -326,8 +327,9 @@ def predict_sharded(
     role = distribute.worker_role(strategy)
     if role.count <= 1:
         return predict_stored(classifier, examples, count=count, batch_size=batch_size)
-    owner = np.arange(count) // EVALUATION_CHUNK % role.count
-    mine = np.flatnonzero(owner == role.index)
+    chunk = max(1, min(EVALUATION_CHUNK, -(-count // (4 * role.count))))
+    chunks = np.arange(count) // chunk
+    mine = np.flatnonzero(store.owns_chunk(chunks, role.index, role.count))
     share = store.StoredRows(examples.array, examples.rows[mine])
     logging.info(
         "Worker %d of %d predicts %d of %d images", role.index, role.count, len(mine), count
@@ -339,12 +341,12 @@ def predict_sharded(
     parts = distribute.gather_rows(strategy, part.astype(np.float32), timeout=timeout)
     probabilities = np.zeros((count, len(classifier.class_names)), np.float32)
     for index, rows in enumerate(parts):
-        probabilities[owner == index] = rows
+        probabilities[store.owns_chunk(chunks, index, role.count)] = rows
     return probabilities
 
 
-# A split's split (for evaluation under several workers): chunks of this many rows, chunk k
-# to worker k mod n (`store.owns_chunk`). Small, so a test split is shared among the workers.
+# Evaluation under several workers: chunks of at most this many rows, chunk k to worker
+# k mod n (`store.owns_chunk`). Small, so a test split is shared among the workers.
 EVALUATION_CHUNK = 256
 
 # A split to evaluate, made from the model's label map and input size: (folder, its stored
