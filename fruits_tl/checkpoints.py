@@ -18,7 +18,7 @@ import shutil
 import tensorflow as tf
 from absl import logging
 
-from fruits_tl import files
+from fruits_tl import files, model
 from fruits_tl.errors import UserInputError
 
 FORMAT_VERSION = 1
@@ -102,6 +102,12 @@ class Checkpoints:
         """Writes a new checkpoint with the objects' current values and `state`; prunes old ones."""
         numbers = self._numbers()
         path = self._path((numbers[-1] + 1) if numbers else 0)
+        # The new checkpoint is written beside the old ones, then they are pruned.
+        files.check_free_space(
+            self.directory,
+            model.variable_bytes(*self.objects.values()) + (1 << 20),
+            f"a checkpoint ({os.path.basename(path)})",
+        )
         with files.atomic_directory(path) as temporary:
             tf.train.Checkpoint(**self.objects).write(os.path.join(temporary, VARIABLES))
             files.write_json(

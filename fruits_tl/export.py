@@ -450,6 +450,21 @@ def _export_tflite(
     return path, head
 
 
+# Bytes per float32 weight byte of each TFLite quantization, and a format's own overhead.
+_TFLITE_SHARE = {"none": 1.0, "dynamic": 0.25, "float16": 0.5, "int8": 0.25}
+_FORMAT_OVERHEAD = 4 << 20
+
+
+def _export_bytes(classifier: keras.Model, config: ExportConfig) -> int:
+    """About what the export writes: the weights once per format (SavedModel, and each TFLite
+    file at its quantization's width), plus each format's graph."""
+    weights = model.variable_bytes(classifier)
+    shares = [1.0] if "saved_model" in config.formats else []
+    if "tflite" in config.formats:
+        shares += [_TFLITE_SHARE[q] for q in config.quantize]
+    return int(weights * sum(shares)) + _FORMAT_OVERHEAD * len(shares)
+
+
 def export_model(config: ExportConfig) -> ExportResult:
     """Exports a trained classifier to the configured formats and measures each.
 
@@ -458,6 +473,7 @@ def export_model(config: ExportConfig) -> ExportResult:
         partial is left in output_dir. A failing conversion is a bug and keeps its traceback.
     """
     classifier, class_names, image_size = model.load_trained(config.model)
+    files.check_free_space(config.output_dir, _export_bytes(classifier, config), "the export")
     measuring = _load_measuring(config, tuple(class_names), image_size)
     os.makedirs(config.output_dir, exist_ok=True)
     files.write_lines(os.path.join(config.output_dir, servable.LABELS_FILE), list(class_names))

@@ -22,13 +22,52 @@ import tempfile
 from collections.abc import Iterator
 from typing import Any
 
+from fruits_tl.errors import UserInputError
+
+# What a full disk (or a full quota) says, as an errno or in a library's message.
+_NO_ROOM_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+_NO_ROOM_WORDS = ("No space left on device", "Disk quota exceeded")
+
+
+def is_no_room(error: BaseException) -> bool:
+    """Whether a write failed because the disk or the user's quota is full (an OSError, or a
+    TensorFlow or HDF5 error that carries the system's words)."""
+    if isinstance(error, OSError) and error.errno in _NO_ROOM_ERRNOS:
+        return True
+    return any(words in str(error) for words in _NO_ROOM_WORDS)
+
+
+def no_room(directory: str, what: str, *, needed: int = 0) -> UserInputError:
+    """The one paragraph for a disk without room: the folder, what was being written, the
+    bytes needed (when known) and free, and what to do."""
+    free = shutil.disk_usage(directory).free if os.path.isdir(directory) else 0
+    need = (
+        f"it needs {needed / 1e6:,.1f} MB and {free / 1e6:,.1f} MB are free"
+        if needed
+        else f"the disk filled while it was written ({free / 1e6:,.1f} MB free now)"
+    )
+    return UserInputError(
+        f"The disk of '{directory}' has no room for {what}: {need}. Nothing of it was left "
+        "behind. Free some space or write it elsewhere, then rerun the same command: what was "
+        "finished before is kept."
+    )
+
+
+def check_free_space(directory: str, needed: int, what: str) -> None:
+    """Refuses (`no_room`) to start writing `needed` bytes into `directory` when its disk has
+    fewer free."""
+    os.makedirs(directory, exist_ok=True)
+    if needed > shutil.disk_usage(directory).free:
+        raise no_room(directory, what, needed=needed)
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[str]:
     """Yields a temporary path beside `path`; renames it onto `path` if the block succeeds.
 
     The temporary name keeps the final suffix (Keras chooses the format by suffix: `.keras`,
-    `.h5`). If the block raises, the temporary file is removed and `path` is left untouched.
+    `.h5`). If the block raises, the temporary file is removed and `path` is left untouched; a
+    full disk is then one paragraph (`no_room`), not a traceback.
 
     Args:
       path: The final file path.
@@ -52,9 +91,11 @@ def atomic_path(path: str | os.PathLike) -> Iterator[str]:
         sync_tree(temporary)  # Whoever wrote it (Keras, NumPy), its bytes are on disk first.
         os.replace(temporary, path)
         sync_directory(directory)
-    except BaseException:
+    except BaseException as error:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temporary)
+        if is_no_room(error):
+            raise no_room(directory, f"'{base}'") from None
         raise
 
 
@@ -135,7 +176,7 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[str]:
     cannot exchange, the old folder is renamed aside and the new one renamed in: between the
     two renames `path` is missing for an instant (a reader then finds no folder, never a
     partial one). If the block raises, the temporary folder is removed and `path` is left
-    untouched.
+    untouched (a full disk: one paragraph, `no_room`).
     """
     path = os.path.abspath(os.fspath(path))
     parent = os.path.dirname(path)
@@ -160,8 +201,10 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[str]:
         sync_directory(parent)
         if previous is not None:
             shutil.rmtree(previous, ignore_errors=True)
-    except BaseException:
+    except BaseException as error:
         shutil.rmtree(temporary, ignore_errors=True)
+        if is_no_room(error):
+            raise no_room(parent, f"'{os.path.basename(path)}'") from None
         raise
 
 

@@ -15,6 +15,7 @@ import re
 import zipfile
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from fruits_tl import preprocess
@@ -398,3 +399,14 @@ def count_parameters(model: keras.Model) -> dict[str, int]:
     trainable = sum(int(tf.size(w)) for w in model.trainable_weights)
     frozen = sum(int(tf.size(w)) for w in model.non_trainable_weights)
     return {"trainable": trainable, "frozen": frozen}
+
+
+def variable_bytes(*objects) -> int:
+    """Bytes of the variables of models and optimizers (what a checkpoint or a saved model
+    of them writes, before the format's own overhead)."""
+    total = 0
+    for owner in objects:
+        for variable in getattr(owner, "variables", ()):
+            dtype = np.dtype(getattr(variable.dtype, "name", variable.dtype))
+            total += int(np.prod(variable.shape, dtype=np.int64)) * dtype.itemsize
+    return total

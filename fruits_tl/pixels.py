@@ -100,13 +100,15 @@ def store_pixels(
     wait_for_workers=lambda: None,
     stop: GracefulStop | None = None,
     name: str = "",
+    missing_ok: bool = False,
 ) -> store.Stored:
     """The split's decoded uint8 images, memory-mapped from the store (decoded first if needed).
 
     Args:
       folder: The split.
       directory: The store's folder.
-      name: The stored array is `<name>.pixels` (default: the split's name).
+      name: The stored array is `<name>.pixels` (default: `split-<the split's name>`, apart
+        from the source folders' stores, which the decode check names "train" and "test").
       chunk_images: Images per chunk.
       data_service_address: Decode on the tf.data service there ("" decodes here).
       data_service_timeout: Seconds without an element before the service counts as lost.
@@ -114,6 +116,8 @@ def store_pixels(
         k mod worker_count, and worker 0 writes the manifest.
       wait_for_workers: A barrier among the workers (called once by every worker).
       stop: A stop request is answered after the current chunk.
+      missing_ok: Undecodable files are the store's missing rows (the decode check); else
+        they are an error (the check passed them before).
 
     Returns:
       The Stored images, element for element with `folder.labels`.
@@ -121,7 +125,7 @@ def store_pixels(
     size = folder.image_size
     stored = store.fill(
         directory,
-        f"{name or folder.name}.pixels",
+        f"{name or 'split-' + folder.name}.pixels",
         fingerprint=folder.fingerprint,
         count=len(folder),
         row_shape=(size, size, 3),
@@ -140,7 +144,7 @@ def store_pixels(
         stop=stop,
         label=f"{folder.name} pixels",
     )
-    if stored.missing:
+    if stored.missing and not missing_ok:
         # The decode check passed these files: they changed, or cannot be read now.
         bad = [folder.file_paths[i] for i in stored.missing]
         raise UserInputError(
@@ -203,26 +207,8 @@ class SourceStores:
     def check(self, source: str, paths: list[str]) -> tuple[image_checks.BadImage, ...]:
         """Decodes the source's files into its store (or reuses it); returns the bad ones."""
         folder = data.folder_of_files(paths, image_size=self.image_size, name=source)
-        stored = store.fill(
-            self.directory,
-            f"{source}.pixels",
-            fingerprint=folder.fingerprint,
-            count=len(folder),
-            row_shape=(self.image_size, self.image_size, 3),
-            dtype=np.uint8,
-            produce=lambda first, last: decode_rows(
-                folder,
-                first,
-                last,
-                service=self.data_service_address,
-                service_timeout=self.data_service_timeout,
-            ),
-            chunk_rows=self.chunk_images,
-            worker_index=self.worker_index,
-            worker_count=self.worker_count,
-            barrier=self.wait_for_workers,
-            stop=self.stop,
-            label=f"{source} pixels",
+        stored = store_pixels(
+            folder, directory=self.directory, name=source, missing_ok=True, **self._job()
         )
         self._sources[source] = (stored.examples, {path: i for i, path in enumerate(paths)})
         if stored.written_rows or stored.missing and not stored.reused:
@@ -257,12 +243,24 @@ class SourceStores:
         """Whether one source's store holds every file of the split, at its size."""
         return self._source_of(folder) is not None
 
+    def _job(self) -> dict:
+        """`store_pixels`' settings of this job's worker."""
+        return dict(
+            chunk_images=self.chunk_images,
+            data_service_address=self.data_service_address,
+            data_service_timeout=self.data_service_timeout,
+            worker_index=self.worker_index,
+            worker_count=self.worker_count,
+            wait_for_workers=self.wait_for_workers,
+            stop=self.stop,
+        )
+
     def rows_or_stored(self, folder: data.ImageFolder) -> store.StoredRows:
         """A split's images: rows of its source's store, or (a split this decode check did not
         see: TFDS records) the split decoded into its own store in the same folder."""
         if self.holds(folder):
             return self.rows(folder)
-        stored = store_pixels(folder, directory=self.directory, name=f"split-{folder.name}")
+        stored = store_pixels(folder, directory=self.directory, **self._job())
         return store.StoredRows(stored.examples, np.arange(len(folder), dtype=np.int64))
 
     def rows(self, folder: data.ImageFolder) -> store.StoredRows:

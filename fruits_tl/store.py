@@ -245,6 +245,12 @@ def fill(
     if count == 0:
         return Stored(layout.array(), reused=True, written_rows=0)
     published = _read_json(layout.manifest_path)
+    if published is None and os.path.exists(layout.manifest_path):
+        logging.warning(
+            "The manifest '%s' cannot be read (damaged?): the stored %s is written again.",
+            layout.manifest_path,
+            label,
+        )
     complete = _matches(published, layout)
     if not complete:
         os.makedirs(directory, exist_ok=True)

@@ -179,7 +179,11 @@ def save_model_files(
 
     metrics.json is written last, so its presence says the rest is complete.
     """
-    os.makedirs(model_dir, exist_ok=True)
+    files.check_free_space(
+        model_dir,
+        model.variable_bytes(trained) * (2 if save_h5 else 1) + (1 << 20),
+        "the trained model's files",
+    )
     for name, text in (extra_text_files or {}).items():
         files.write_text(os.path.join(model_dir, name), text)
     files.write_lines(os.path.join(model_dir, LABELS_FILE), list(class_names))
@@ -279,24 +283,21 @@ def _build_classifier(config, splits, strategy, weights_cache_dir):
 
 def _load_splits(
     config: TrainConfig, strategy: tf.distribute.Strategy, *, stop=None
-) -> tuple[data.Splits, pixels.SourceStores | None]:
+) -> tuple[data.Splits, pixels.SourceStores]:
     """The checked splits (and, for an image folder, the pixel store its decode check filled),
     with their warnings and the data and strategy lines logged."""
-    stores = None
-    if config.data.data_source == "folder":
-        # The decode check's one pass decodes into the pixel store, shared among the workers
-        # by the store's rule: a cold run decodes each file once, a warm one none.
-        stores = pixels.SourceStores.for_job(
-            config.data,
-            directory=os.path.join(config.resolved_features_dir(), backbone_features.PIXELS_DIR),
-            chunk_images=config.extract_chunk_images,
-            role=distribute.worker_role(strategy),
-            wait_for_workers=lambda: distribute.barrier(
-                strategy, timeout=config.collective_timeout
-            ),
-            stop=stop,
-        )
-    splits = sources.load_splits(config.data, check=stores.check if stores else None)
+    # The decode check's one pass decodes into the pixel store, shared among the workers by
+    # the store's rule: a cold run decodes each file once, a warm one none.
+    stores = pixels.SourceStores.for_job(
+        config.data,
+        directory=os.path.join(config.resolved_features_dir(), backbone_features.PIXELS_DIR),
+        chunk_images=config.extract_chunk_images,
+        role=distribute.worker_role(strategy),
+        wait_for_workers=lambda: distribute.barrier(strategy, timeout=config.collective_timeout),
+        stop=stop,
+    )
+    folder = config.data.data_source == "folder"
+    splits = sources.load_splits(config.data, check=stores.check if folder else None)
     for warning in splits.warnings:
         logging.warning("%s", warning)
     if splits.bad_images:
@@ -713,39 +714,13 @@ def _fit_loop(
     )
 
 
-def _stored_pixels(
-    config: TrainConfig,
-    splits: data.Splits,
-    *,
-    strategy: tf.distribute.Strategy,
-    stop: stopping.GracefulStop,
-    stores: pixels.SourceStores | None,
-) -> dict:
+def _stored_pixels(splits: data.Splits, stores: pixels.SourceStores) -> dict:
     """Every split's decoded pixels: rows of its source folder's store, which the decode check
     filled; for TFDS records, each split decoded into the store here."""
-    if stores is not None:
-        return {
-            name: (stores.rows(folder), folder.labels) for name, folder in splits.named().items()
-        }
-    role = distribute.worker_role(strategy)
-    directory = os.path.join(config.resolved_features_dir(), backbone_features.PIXELS_DIR)
-    arrays = {}
-    for name, folder in splits.named().items():
-        stored = pixels.store_pixels(
-            folder,
-            directory=directory,
-            chunk_images=config.extract_chunk_images,
-            data_service_address=config.data.data_service_address,
-            data_service_timeout=config.data.data_service_timeout,
-            worker_index=role.index,
-            worker_count=role.count,
-            wait_for_workers=lambda: distribute.barrier(
-                strategy, timeout=config.collective_timeout
-            ),
-            stop=stop,
-        )
-        arrays[name] = (stored.examples, folder.labels)
-    return arrays
+    return {
+        name: (stores.rows_or_stored(folder), folder.labels)
+        for name, folder in splits.named().items()
+    }
 
 
 def _head_phase(config: TrainConfig, mode: str) -> _Phase:
@@ -766,14 +741,15 @@ def _train_phases(
     mode: str,
     strategy: tf.distribute.Strategy,
     stop: stopping.GracefulStop,
-    stores: pixels.SourceStores | None = None,
+    stores: pixels.SourceStores,
 ) -> _Trained:
     """The head (features or images mode), the underfit guard, then fine-tuning if asked."""
     start = time.perf_counter()
     pixel_arrays = None
-    if mode == "images" or config.fine_tune_layers or stores is not None:
-        # Decoded once into the store: the extraction of features mode reads it too.
-        pixel_arrays = _stored_pixels(config, splits, strategy=strategy, stop=stop, stores=stores)
+    if mode == "images" or config.fine_tune_layers or config.data.data_source == "folder":
+        # Decoded once into the store (for a folder, by the decode check): the extraction of
+        # features mode reads it too.
+        pixel_arrays = _stored_pixels(splits, stores)
     # Images mode's head time includes filling the store, as before fine-tuning existed; the
     # features head's does not (the store is there for phase 2).
     head_start = start if mode == "images" else time.perf_counter()

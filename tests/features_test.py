@@ -135,12 +135,13 @@ def test_fingerprint_reuse_and_invalidation(data_dir, tmp_path, informative_weig
     assert not _extract(changed, other, tmp_path / "f").reused
     half = _extract(changed, backbone, tmp_path / "f", feature_dtype="float16")
     assert not half.reused and half.feature_sets["train"].features.dtype == np.float16
-    # One pixel store per split: the file of the changed split replaced, not kept beside.
+    # One pixel store per split (stored on its own: `split-<name>`): the file of the changed
+    # split replaced, not kept beside.
     assert store_listing(tmp_path / "f" / "pixels") == [
-        "test.pixels.json",
-        "test.pixels.rows",
-        "train.pixels.json",
-        "train.pixels.rows",
+        "split-test.pixels.json",
+        "split-test.pixels.rows",
+        "split-train.pixels.json",
+        "split-train.pixels.rows",
     ]
 
 

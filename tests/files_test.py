@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import stat
 
 import pytest
 
 from fruits_tl import files
+from fruits_tl.errors import UserInputError
 
 
 def test_write_json_replaces_whole_file(tmp_path):
@@ -125,3 +127,58 @@ def test_a_damaged_checkpoint_state_is_one_clear_paragraph(tmp_path, damage):
         store.restore_latest()
     message = str(error.value)
     assert state in message and "--restart" in message and "Traceback" not in message
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full (Linux)")
+def test_a_disk_that_fills_mid_write_is_one_paragraph_and_loses_nothing(tmp_path):
+    """A writer that hits a full disk (a real ENOSPC: /dev/full) leaves the old file and no
+    temporary, and the error names the folder and what was being written."""
+    target = tmp_path / "metrics.json"
+    files.write_json(target, {"old": 1})
+    with pytest.raises(UserInputError) as raised:
+        with files.atomic_path(target) as temporary:
+            with open(temporary, "wb") as stream:
+                stream.write(b"partial")
+            with open("/dev/full", "wb") as full:
+                full.write(b"x" * 4096)
+                full.flush()
+    message = str(raised.value)
+    assert f"The disk of '{tmp_path}' has no room for 'metrics.json'" in message
+    assert "rerun the same command" in message and "Traceback" not in message
+    assert json.loads(target.read_text()) == {"old": 1}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.json"]
+    # A folder (a checkpoint) the same way.
+    folder = tmp_path / "ckpt-000001"
+    with pytest.raises(UserInputError, match="has no room for 'ckpt-000001'"):
+        with files.atomic_directory(folder):
+            with open("/dev/full", "wb") as full:
+                full.write(b"x" * 4096)
+                full.flush()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.json"]
+
+
+def test_a_write_larger_than_the_free_space_is_refused_before_it_starts(tmp_path):
+    free = shutil.disk_usage(tmp_path).free
+    with pytest.raises(UserInputError) as raised:
+        files.check_free_space(str(tmp_path), free + 10**12, "a checkpoint (ckpt-000003)")
+    message = str(raised.value)
+    assert f"The disk of '{tmp_path}' has no room for a checkpoint (ckpt-000003)" in message
+    needed_mb = f"{(free + 10**12) / 1e6:,.1f} MB"
+    assert f"it needs {needed_mb} and" in message
+    files.check_free_space(str(tmp_path), 1, "a small file")  # Room: nothing is said.
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_bytes_a_model_and_its_optimizer_write_are_their_variables():
+    import keras
+    import numpy as np
+
+    from fruits_tl import model
+
+    dense = keras.Sequential([keras.Input((3,)), keras.layers.Dense(4)])
+    assert model.variable_bytes(dense) == (3 * 4 + 4) * 4
+    optimizer = keras.optimizers.RMSprop()
+    optimizer.build(dense.trainable_variables)
+    counted = model.variable_bytes(dense, optimizer)
+    expected = sum(np.asarray(v).nbytes for v in [*dense.variables, *optimizer.variables])
+    assert counted == expected > (3 * 4 + 4) * 4 * 2

@@ -106,6 +106,19 @@ def test_changed_bytes_are_found_by_their_checksum_and_only_their_chunk_is_rewri
     assert unchecked.reused and unchecked.examples.numpy()[0, 1] == 0xFF
 
 
+def test_a_damaged_manifest_is_named_and_the_array_written_again(tmp_path, caplog):
+    stored = _fill(tmp_path, Producer())
+    manifest = tmp_path / "x.json"
+    manifest.write_text('{"format_version": 2, "fingerp')  # Cut short.
+    produce = Producer()
+    with caplog.at_level("WARNING"):
+        again = _fill(tmp_path, produce)
+    assert f"The manifest '{manifest}' cannot be read (damaged?)" in caplog.text
+    assert produce.asked == [(0, 10)] and not again.reused
+    np.testing.assert_array_equal(again.examples.numpy(), ROWS)
+    assert again.examples.path == stored.examples.path
+
+
 def test_rows_the_producer_cannot_make_are_zeros_and_named(tmp_path):
     stored = _fill(tmp_path, Producer(leave_out={2, 9}))
     assert stored.missing == (2, 9)
