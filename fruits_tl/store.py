@@ -330,18 +330,7 @@ class _ChunkWriter:
 
     def crc(self, k: int) -> int:
         """CRC-32 of chunk k's bytes as they are in the file."""
-        first, last = self.layout.bounds[k]
-        row_bytes, value = self.array.row_bytes, 0
-        with open(self.layout.path, "rb") as stream:
-            stream.seek(first * row_bytes)
-            remaining = (last - first) * row_bytes
-            while remaining:
-                piece = stream.read(min(_CRC_PIECE, remaining))
-                if not piece:
-                    return -1
-                value = zlib.crc32(piece, value)
-                remaining -= len(piece)
-        return value
+        return _chunk_crc(self.layout.path, self.array.row_bytes, *self.layout.bounds[k])
 
     def intact(self, k: int, entry: dict) -> bool:
         return self.crc(k) == entry.get("crc32")
@@ -472,6 +461,86 @@ class _OpenChunk:
             self.value = zlib.crc32(self.zero_row, self.value)
             self.missing.append(self.next)
             self.next += 1
+
+
+def _chunk_crc(path: str, row_bytes: int, first: int, last: int) -> int:
+    """CRC-32 of rows [first, last) of the file as they are on disk (-1 if it is short)."""
+    value = 0
+    with open(path, "rb") as stream:
+        stream.seek(first * row_bytes)
+        remaining = (last - first) * row_bytes
+        while remaining:
+            piece = stream.read(min(_CRC_PIECE, remaining))
+            if not piece:
+                return -1
+            value = zlib.crc32(piece, value)
+            remaining -= len(piece)
+    return value
+
+
+@dataclasses.dataclass(frozen=True)
+class Verified:
+    """One stored array checked against its manifest's checksums.
+
+    Attributes:
+      manifest: The manifest's path.
+      rows, chunks, nbytes: Its size.
+      damaged: Chunks (numbered from 1) whose bytes do not match their CRC.
+      problem: Why the array could not be checked at all ("" when it was).
+    """
+
+    manifest: str
+    rows: int = 0
+    chunks: int = 0
+    nbytes: int = 0
+    damaged: tuple[int, ...] = ()
+    problem: str = ""
+
+
+def verify(directory: str) -> list[Verified]:
+    """Checks every stored array under `directory` (its folder and the folders below) against
+    the CRC of each chunk in its manifest, reading every byte once; nothing is written (a job
+    that reuses the store rewrites what is damaged)."""
+    results = []
+    for root, _, names in sorted(os.walk(directory)):
+        for name in sorted(n for n in names if n.endswith(".json")):
+            manifest_path = os.path.join(root, name)
+            manifest = _read_json(manifest_path)
+            stem = glob.escape(os.path.join(root, name[: -len(".json")]))
+            if manifest is None and glob.glob(f"{stem}.*.rows"):
+                results.append(Verified(manifest_path, problem="cannot be read (damaged?)"))
+                continue
+            if manifest is None or "row_shape" not in manifest:
+                continue  # Another JSON file (a chunk marker, a report, a checkpoint's state).
+            try:
+                layout = _layout(
+                    root,
+                    name[: -len(".json")],
+                    manifest["fingerprint"],
+                    int(manifest["count"]),
+                    tuple(manifest["row_shape"]),
+                    np.dtype(manifest["dtype"]),
+                    int(manifest["chunk_rows"]),
+                )
+            except (KeyError, TypeError, ValueError):
+                results.append(Verified(manifest_path, problem="is not a store manifest"))
+                continue
+            array = layout.array()
+            if not _matches(manifest, layout):
+                results.append(
+                    Verified(manifest_path, problem=f"names a missing or short {layout.path}")
+                )
+                continue
+            damaged = tuple(
+                k + 1
+                for k, (first, last) in enumerate(layout.bounds)
+                if _chunk_crc(layout.path, array.row_bytes, first, last)
+                != manifest["chunks"][k].get("crc32")
+            )
+            results.append(
+                Verified(manifest_path, array.count, len(layout.bounds), array.nbytes, damaged)
+            )
+    return results
 
 
 def _runs(chunks: list[int]) -> list[list[int]]:

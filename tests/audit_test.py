@@ -11,7 +11,7 @@ import pytest
 from conftest import FRUITS_SAMPLE, needs_fruits_sample, run_main
 from PIL import Image
 
-from fruits_tl import data
+from fruits_tl import data, pixels
 from fruits_tl.cli import audit_main, train_main
 
 
@@ -156,3 +156,42 @@ def test_audit_counts_the_real_sample(tmp_path, capsys):
         and report["splits"]["Test"]["num_images"] == 1900
     )
     assert report["undecodable"] == []
+
+
+def test_the_store_is_checked_against_its_checksums(data_dir, tmp_path, capsys):
+    store_dir = tmp_path / "store"
+    # A store as the jobs fill it: each source folder's decoded pixels (the decode check).
+    stores = pixels.SourceStores(str(store_dir), 32, chunk_images=8)
+    data.load_dataset(data_dir, image_size=32, check=stores.check)
+    (store_dir / "report.json").write_text("{}")  # Other JSON files are not arrays.
+    assert run_main(audit_main, [f"--store_dir={store_dir}"]) == 0
+    out = capsys.readouterr().out
+    assert "train.pixels.json: ok, 3 chunk(s), 18 rows" in out
+    assert "test.pixels.json: ok, 2 chunk(s), 9 rows" in out
+    assert "2 stored array(s)" in out and "0 with problems" in out
+    # One byte changed in the 10th training image (chunk 2 of 3): named, exit 1.
+    (rows,) = store_dir.glob("train.pixels.*.rows")
+    with open(rows, "r+b") as stream:
+        stream.seek(9 * 32 * 32 * 3 + 5)
+        value = stream.read(1)
+        stream.seek(9 * 32 * 32 * 3 + 5)
+        stream.write(bytes([value[0] ^ 0xFF]))
+    report = tmp_path / "store.json"
+    assert run_main(audit_main, [f"--store_dir={store_dir}", f"--output_json={report}"]) == 1
+    out = capsys.readouterr().out
+    assert "train.pixels.json: DAMAGED chunk(s) 2 of 3 (18 rows)" in out
+    arrays = {os.path.basename(a["manifest"]): a for a in json.loads(report.read_text())["arrays"]}
+    assert (
+        arrays["train.pixels.json"]["damaged"] == [2]
+        and arrays["test.pixels.json"]["damaged"] == []
+    )
+    # A manifest cut short is named too.
+    (store_dir / "test.pixels.json").write_text('{"count": 9, "ro')
+    assert run_main(audit_main, [f"--store_dir={store_dir}"]) == 1
+    assert "test.pixels.json: cannot be read (damaged?)" in capsys.readouterr().out
+
+
+def test_a_store_folder_without_arrays_is_one_clear_error(tmp_path, capsys):
+    assert run_main(audit_main, [f"--store_dir={tmp_path}"]) == 2
+    err = " ".join(capsys.readouterr().err.split())  # The paragraph is wrapped.
+    assert f"'{tmp_path}' holds no stored array (--store_dir)" in err
