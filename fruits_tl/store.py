@@ -244,13 +244,7 @@ def fill(
     layout = _layout(directory, name, fingerprint, count, row_shape, dtype, chunk_rows)
     if count == 0:
         return Stored(layout.array(), reused=True, written_rows=0)
-    published = _read_json(layout.manifest_path)
-    if published is None and os.path.exists(layout.manifest_path):
-        logging.warning(
-            "The manifest '%s' cannot be read (damaged?): the stored %s is written again.",
-            layout.manifest_path,
-            label,
-        )
+    published = _read_manifest(layout, label)
     complete = _matches(published, layout)
     if not complete:
         os.makedirs(directory, exist_ok=True)
@@ -281,6 +275,18 @@ def fill(
         missing=missing,
         rewritten_chunks=tuple(rewritten),
     )
+
+
+def _read_manifest(layout: _Layout, label: str) -> dict | None:
+    """The published manifest, or None (one that does not parse is named in the log)."""
+    manifest = _read_json(layout.manifest_path)
+    if manifest is None and os.path.exists(layout.manifest_path):
+        logging.warning(
+            "The manifest '%s' cannot be read (damaged?): the stored %s is written again.",
+            layout.manifest_path,
+            label,
+        )
+    return manifest
 
 
 def _matches(manifest: dict | None, layout: _Layout) -> bool:

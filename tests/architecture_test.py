@@ -238,6 +238,28 @@ def test_only_cli_defines_absl_flags():
     assert offenders == []
 
 
+# Ops that run Python inside a tf.data pipeline (under the interpreter's lock, one call at a
+# time): none belongs in the package's per-batch paths, which read the store by TensorFlow ops.
+PYTHON_IN_THE_GRAPH = {"numpy_function", "py_function", "from_generator"}
+
+
+def _python_in_the_graph(tree: ast.AST) -> list[int]:
+    return [
+        node.lineno
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Attribute) and node.attr in PYTHON_IN_THE_GRAPH
+    ]
+
+
+def test_no_python_call_runs_inside_a_pipeline():
+    offenders = [
+        f"{path}:{line}" for path, tree in _modules() for line in _python_in_the_graph(tree)
+    ]
+    assert offenders == []
+    # The check sees one where there is one.
+    assert _python_in_the_graph(ast.parse("tf.numpy_function(f, [x], tf.uint8)")) == [1]
+
+
 def test_nothing_outside_cli_imports_cli():
     offenders = []
     for path, tree in _modules():
