@@ -6,10 +6,16 @@ gives an `input_fn` for `strategy.distribute_datasets_from_function`. Both read 
 through the one input pipeline the package's jobs take (`train_input.make_replica_dataset`):
 batches of example indices (`train_input.iteration_rows`: shuffled by tf.data's seeded shuffle,
 anew for each pass) -> each input pipeline's share -> the rows gathered from the store by
-TensorFlow ops -> (MobileNet preprocessing) -> prefetch. No Python runs per batch. The rows
-are read by the store file's path, so the datasets' graphs carry a path, not the store: they
-can be saved or sent to a tf.data service whose workers reach the file, and nothing of the
-store is copied into memory.
+TensorFlow ops -> (MobileNet preprocessing) -> prefetch. No Python runs per batch.
+
+The rows are read from a zero-copy view of the store's memory map: nothing of the store is
+copied into the process (the page cache holds it). A dataset to be serialised (sent to a
+tf.data service, saved) would carry that view, the whole store, in its graph; with
+`read_by_path=True` it reads the rows by the store file's path instead (ImmutableConst), so the
+graph carries a path and the service's workers read the file themselves. TensorFlow 2.21 then
+copies the whole store into the memory of each process that runs the graph (it folds the
+ImmutableConst into a constant when it instantiates the map function; BENCHMARKS.md 16), so
+keep it for that case.
 """
 
 from __future__ import annotations
@@ -62,6 +68,7 @@ def make_split_dataset(
     shuffle_buffer_size: int = 0,
     input_context: tf.distribute.InputContext | None = None,
     drop_remainder: bool = False,
+    read_by_path: bool = False,
 ) -> tf.data.Dataset:
     """Batches of stored examples for `model.fit`, by the one input pipeline.
 
@@ -78,6 +85,8 @@ def make_split_dataset(
       input_context: The strategy's InputContext: this input pipeline reads only its
         replicas' shares of each global batch.
       drop_remainder: Leave out a last partial batch (every batch full).
+      read_by_path: Read stored rows by the file's path, for a dataset that is serialised
+        (see the module's docstring); else from a zero-copy view.
 
     Returns:
       A dataset of `(rows, int32 labels)` batches; the last one is short unless dropped.
@@ -118,7 +127,7 @@ def make_split_dataset(
         index_rows,
         batching=batching,
         input_context=context,
-        by_path=isinstance(examples, train_input.STORED),
+        by_path=read_by_path and isinstance(examples, train_input.STORED),
         output=finish,
     )
 
@@ -176,6 +185,7 @@ def make_datasets(
     seed: int = 42,
     output: str = "float32",
     skip_bad_images: bool = False,
+    read_by_path: bool = False,
 ) -> Datasets:
     """Checks a `Training/<class>/*`, `Test/<class>/*` folder and returns batched datasets.
 
@@ -199,6 +209,8 @@ def make_datasets(
       seed: Seed for the split and the shuffle.
       output: "float32" (preprocessed) or "uint8" (raw pixels).
       skip_bad_images: Leave out undecodable files instead of raising.
+      read_by_path: Read the rows by the store file's path, for datasets you send to a
+        tf.data service or save (see the module's docstring).
 
     Returns:
       Datasets with train, validation and test batches and the class names.
@@ -229,6 +241,7 @@ def make_datasets(
             seed=seed,
             output=output,
             shuffle_buffer_size=shuffle_buffer_size,
+            read_by_path=read_by_path,
         )
 
     train = batches(splits.train, True)
@@ -248,6 +261,7 @@ def make_input_fn(
     shuffle_buffer_size: int = 0,
     seed: int = 42,
     output: str = "float32",
+    read_by_path: bool = False,
 ) -> Callable[[tf.distribute.InputContext], tf.data.Dataset]:
     """Returns an `input_fn` for `strategy.distribute_datasets_from_function`.
 
@@ -264,6 +278,7 @@ def make_input_fn(
       shuffle_buffer_size: 0 for a full shuffle.
       seed: Shuffle seed.
       output: "float32" (preprocessed) or "uint8" (raw pixels).
+      read_by_path: Read the rows by the store file's path (see the module's docstring).
 
     Returns:
       A function from `tf.distribute.InputContext` to a batched dataset.
@@ -282,6 +297,7 @@ def make_input_fn(
             shuffle_buffer_size=shuffle_buffer_size,
             input_context=input_context,
             drop_remainder=training,
+            read_by_path=read_by_path,
         )
 
     return input_fn

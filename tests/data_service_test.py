@@ -73,7 +73,12 @@ def test_the_public_datasets_go_through_a_tf_data_service_by_path(service, tiny_
     # The datasets' graphs carry the store's path, not its rows: the service's workers (other
     # processes) read the file themselves, and every batch comes back as it is read here.
     datasets = pipeline.make_datasets(
-        tiny_dataset, batch_size=4, image_size=96, cache=str(tmp_path / "store"), output="uint8"
+        tiny_dataset,
+        batch_size=4,
+        image_size=96,
+        cache=str(tmp_path / "store"),
+        output="uint8",
+        read_by_path=True,
     )
     graph = tf.data.experimental.to_variant(datasets.test)  # Serialisable as it is sent.
     assert graph.dtype == tf.variant

@@ -183,3 +183,37 @@ def test_the_public_datasets_read_the_store_feed_fit_and_reshuffle_every_epoch(
     with caplog.at_level("WARNING"):
         pipeline.make_datasets(data_dir, batch_size=4, image_size=32, cache=str(store_dir))
     assert caplog.text.count("Reusing the stored") == 2
+
+
+def _anonymous_bytes() -> int:
+    with open("/proc/self/status", encoding="ascii") as stream:
+        for line in stream:
+            if line.startswith("RssAnon:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError("no RssAnon in /proc/self/status")
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="needs Linux's /proc")
+def test_the_public_datasets_never_copy_the_store_into_the_process(tmp_path):
+    """Two passes over 60 MB of stored images grow the process's own memory by far less than
+    the store; the same datasets read by path (for a tf.data service) copy it (TF folds the
+    ImmutableConst into a constant), which is why that is not the default."""
+    from fruits_tl import synthetic
+
+    data_dir = tmp_path / "data"
+    synthetic.write_synthetic_dataset(str(data_dir), train_per_class=150, test_per_class=1)
+    kwargs = dict(batch_size=64, image_size=128, cache=str(tmp_path / "store"), output="uint8")
+
+    def growth(**extra) -> tuple[int, int]:
+        train = pipeline.make_datasets(str(data_dir), **kwargs, **extra).train
+        before = _anonymous_bytes()
+        seen = sum(int(labels.shape[0]) for _ in range(2) for _, labels in train)
+        return _anonymous_bytes() - before, seen
+
+    grown, seen = growth()
+    stored = os.path.getsize(next((tmp_path / "store").glob("train.pixels.*.rows")))
+    assert seen == 2 * stored // (128 * 128 * 3)
+    grown, _ = growth()  # The first pipeline of a process sets up TensorFlow's runtime.
+    assert grown < stored // 4, (grown, stored)
+    by_path, _ = growth(read_by_path=True)
+    assert by_path > stored // 2, (by_path, stored)

@@ -96,7 +96,9 @@ flags.DEFINE_bool(
     "deterministic",
     False,
     "Seeded, op-deterministic training: the same weights, metrics and batch_digests.csv on every "
-    "run on the same machine and thread counts.",
+    "run on the same machine and thread counts. Costs memory: under op determinism TensorFlow "
+    "2.21 copies the stored pixels (images mode, fine-tuning) or features into the process "
+    "instead of reading them through the page cache (BENCHMARKS.md 16).",
 )
 flags.DEFINE_string("checkpoint_dir", "", "Where checkpoints go (default <model_dir>/checkpoints).")
 
