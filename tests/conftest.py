@@ -179,3 +179,12 @@ def stored_features(folder, split: str):
     from fruits_tl import backbone_features
 
     return backbone_features.load_split(str(folder), split)
+
+
+def anonymous_bytes() -> int:
+    """This process's own resident memory (RssAnon): what a copy of the store would grow."""
+    with open("/proc/self/status", encoding="ascii") as stream:
+        for line in stream:
+            if line.startswith("RssAnon:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("no RssAnon in /proc/self/status")

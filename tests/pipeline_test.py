@@ -10,6 +10,7 @@ import sys
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import anonymous_bytes
 
 from fruits_tl import data, distribute, image_checks, pipeline, pixels, train_input
 
@@ -185,14 +186,6 @@ def test_the_public_datasets_read_the_store_feed_fit_and_reshuffle_every_epoch(
     assert caplog.text.count("Reusing the stored") == 2
 
 
-def _anonymous_bytes() -> int:
-    with open("/proc/self/status", encoding="ascii") as stream:
-        for line in stream:
-            if line.startswith("RssAnon:"):
-                return int(line.split()[1]) * 1024
-    raise AssertionError("no RssAnon in /proc/self/status")
-
-
 @pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="needs Linux's /proc")
 def test_the_public_datasets_never_copy_the_store_into_the_process(tmp_path):
     """Two passes over 60 MB of stored images grow the process's own memory by far less than
@@ -206,9 +199,9 @@ def test_the_public_datasets_never_copy_the_store_into_the_process(tmp_path):
 
     def growth(**extra) -> tuple[int, int]:
         train = pipeline.make_datasets(str(data_dir), **kwargs, **extra).train
-        before = _anonymous_bytes()
+        before = anonymous_bytes()
         seen = sum(int(labels.shape[0]) for _ in range(2) for _, labels in train)
-        return _anonymous_bytes() - before, seen
+        return anonymous_bytes() - before, seen
 
     grown, seen = growth()
     stored = os.path.getsize(next((tmp_path / "store").glob("train.pixels.*.rows")))

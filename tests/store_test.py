@@ -8,6 +8,7 @@ import threading
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import anonymous_bytes
 
 from fruits_tl import store, train_input
 
@@ -154,14 +155,6 @@ def test_workers_write_their_own_chunks_of_one_file_and_the_chief_publishes(tmp_
     assert [store.owns_chunk(k, 1, 3) for k in range(6)] == [False, True, False] * 2
 
 
-def _anonymous_bytes() -> int:
-    with open("/proc/self/status", encoding="ascii") as stream:
-        for line in stream:
-            if line.startswith("RssAnon:"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError("no RssAnon in /proc/self/status")
-
-
 @pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="needs Linux's /proc")
 def test_reading_the_store_never_copies_it_into_the_process(tmp_path):
     count, size = 1536, 128  # 75 MB of images.
@@ -193,12 +186,12 @@ def test_reading_the_store_never_copies_it_into_the_process(tmp_path):
         )
         if options is not None:
             dataset = dataset.with_options(options)
-        before = _anonymous_bytes()
+        before = anonymous_bytes()
         seen = 0
         for rows, _, _ in dataset:
             seen += int(rows.shape[0])
         assert seen == 2 * count
-        return _anonymous_bytes() - before
+        return anonymous_bytes() - before
 
     growth(None)  # The first pipeline of a process sets up TensorFlow's runtime (~20 MB).
     assert growth(None) < stored.examples.nbytes // 4
