@@ -294,6 +294,15 @@ def predict_batches(
     return np.concatenate(outputs)[:count]
 
 
+# Evaluation under several workers: chunks of at most this many rows, chunk k to worker
+# k mod n (`store.owns_chunk`). Small, so a test split is shared among the workers.
+EVALUATION_CHUNK = 256
+
+# A split to evaluate, made from the model's label map and input size: (folder, its stored
+# pixels).
+SplitFor = Callable[[tuple[str, ...], int], tuple[data.ImageFolder, store.StoredRows]]
+
+
 def predict_stored(
     classifier: servable.Servable, examples, *, count: int, batch_size: int
 ) -> np.ndarray:
@@ -343,15 +352,6 @@ def predict_sharded(
     for index, rows in enumerate(parts):
         probabilities[store.owns_chunk(chunks, index, role.count)] = rows
     return probabilities
-
-
-# Evaluation under several workers: chunks of at most this many rows, chunk k to worker
-# k mod n (`store.owns_chunk`). Small, so a test split is shared among the workers.
-EVALUATION_CHUNK = 256
-
-# A split to evaluate, made from the model's label map and input size: (folder, its stored
-# pixels).
-SplitFor = Callable[[tuple[str, ...], int], tuple[data.ImageFolder, store.StoredRows]]
 
 
 def evaluate_split(

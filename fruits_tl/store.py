@@ -20,7 +20,10 @@ Reading: `StoredArray.tensor()` is a zero-copy view of the file (a copy-on-write
 exported through DLPack): the operating system's page cache holds what fits in memory, the
 process holds only the rows it gathers, and processes reading one store share the pages.
 `StoredArray.gather_by_path` reads rows in the graph by the file's path (ImmutableConst), for
-datasets that are serialised (the tf.data service): nothing of the store enters the graph.
+datasets that are serialised (the tf.data service): nothing of the store enters the graph, but
+TensorFlow 2.21 folds the ImmutableConst into a constant when it instantiates the function,
+so each process that runs the graph holds a copy of the store (BENCHMARKS.md 16c). Under op
+determinism (`--deterministic`) TensorFlow copies the view too.
 """
 
 from __future__ import annotations
@@ -102,8 +105,9 @@ class StoredArray:
         return tf.experimental.dlpack.from_dlpack(self.numpy().__dlpack__())
 
     def gather_by_path(self, indices: tf.Tensor) -> tf.Tensor:
-        """Rows `indices` (>= 0), read in the graph by the file's path: the op maps the file
-        (ImmutableConst) each time it runs, so a serialised dataset carries only the path."""
+        """Rows `indices` (>= 0), read in the graph by the file's path (ImmutableConst), so a
+        serialised dataset carries only the path; the process that runs it holds a copy of
+        the file (TensorFlow folds the op into a constant)."""
         if self.count == 0:
             return tf.zeros([0, *self.row_shape], tf.as_dtype(self.dtype))
         whole = tf.raw_ops.ImmutableConst(

@@ -248,7 +248,8 @@ def example_spec(examples: Examples) -> tuple[tuple[int, ...], np.dtype]:
 
 def _gather_rows(examples: Examples, *, by_path: bool) -> Callable[[tf.Tensor], tf.Tensor]:
     """indices (>= 0) -> their rows, by TensorFlow ops on a view of the examples, or (`by_path`,
-    for a dataset graph that is serialised) by the store file's path."""
+    for a dataset graph that is serialised) by the store file's path, which costs a copy of
+    the store in the process that runs the graph (`store.StoredArray.gather_by_path`)."""
     if isinstance(examples, store.StoredRows):
         table = tf.constant(np.asarray(examples.rows, np.int64))
         if by_path:
