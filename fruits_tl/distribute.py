@@ -120,7 +120,7 @@ def exposure_warning(server: str, port: int) -> str:
     return (
         f"{server} listens on port {port} of every network interface, without authentication "
         "or encryption: anyone who can reach that port can run code as this user. Keep it on a "
-        'private network or behind a firewall (README.md, "Security").'
+        'private network or behind a firewall (docs/many-machines.md, "Security").'
     )
 
 
@@ -261,7 +261,7 @@ def get_strategy(
             raise UserInputError(
                 "--strategy=multi_worker_mirrored needs the TF_CONFIG environment variable: the "
                 'cluster ({"cluster": {"worker": ["host1:port", "host2:port"]}, "task": {"type": '
-                '"worker", "index": 0}}) on every worker (README, "Many machines").'
+                '"worker", "index": 0}}) on every worker (docs/many-machines.md).'
             )
         # No timeout on every collective (see Watchdog): barriers take one of their own and the
         # training loop is watched.

@@ -195,7 +195,7 @@ def test_servers_log_their_address_and_stop_cleanly_on_sigterm_and_sigint():
         f"This tf.data service dispatcher listens on port {address.rsplit(':', 1)[1]} of every "
         "network interface"
         in text
-        and 'README.md, "Security"' in text
+        and 'docs/many-machines.md, "Security"' in text
     )
     assert "cannot bind one" in _help("data_service_main")
 

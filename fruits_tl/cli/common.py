@@ -61,7 +61,7 @@ flags.DEFINE_enum(
     "tf.distribute strategy; auto: multi_worker_mirrored when TF_CONFIG names several workers, "
     "mirrored on several GPUs, one_device on one, default on CPU. multi_worker_mirrored starts "
     "a TensorFlow server on this worker's TF_CONFIG port that listens on every network "
-    'interface without authentication or encryption (README.md, "Security").',
+    'interface without authentication or encryption (docs/many-machines.md, "Security").',
 )
 flags.DEFINE_float(
     "collective_timeout",

@@ -12,7 +12,7 @@ Security: the server listens on every network interface of this machine, without
 authentication or encryption, and runs the dataset graphs its clients send (a graph can read
 and write files): anyone who can reach the port can run code as this user. TensorFlow 2.21
 cannot bind one interface. Run it on a private network, with a firewall that admits only the
-cluster's hosts, or reach it through an SSH tunnel (README.md, "Security").
+cluster's hosts, or reach it through an SSH tunnel (docs/many-machines.md, "Security").
 """
 
 from __future__ import annotations

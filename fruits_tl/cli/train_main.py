@@ -32,7 +32,7 @@ flags.DEFINE_float(
     "fine_tune_learning_rate",
     1e-5,
     "Learning rate of fine-tuning: low, so that the ImageNet features are adjusted, not erased "
-    "(README, Better accuracy).",
+    "(docs/training.md, Better accuracy).",
 )
 flags.DEFINE_enum(
     "fine_tune_optimizer", "adam", ["rmsprop", "adam", "sgd"], "Optimizer of fine-tuning."
