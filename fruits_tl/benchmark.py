@@ -516,6 +516,7 @@ def environment(strategy: tf.distribute.Strategy, config: BenchConfig) -> dict:
         "python": platform.python_version(),
         "machine": platform.machine(),
         "cpu_count": os.cpu_count(),
+        "cores_available": decode.available_cores(),
         "devices": [d.name for d in tf.config.list_logical_devices()],
         "strategy": distribute.describe(strategy),
         "replicas": strategy.num_replicas_in_sync,

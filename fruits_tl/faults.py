@@ -4,9 +4,10 @@ Long jobs call `point(name)` at the places where being killed matters (after a c
 store is written, after a training step). When the environment variable FRUITS_TL_KILL_AT
 names that point, the process sends itself SIGKILL (or the signal FRUITS_TL_KILL_SIGNAL
 names, e.g. SIGTERM) right there: no sleeps, no polling races. With FRUITS_TL_KILL_PID set,
-the signal goes to that process instead (a test kills a tf.data service worker at the moment
-the job starts waiting on it). Unset, a point costs one
-dictionary lookup.
+the signal goes to that process instead, which must be a sibling (a process started by the
+same parent: a test kills a tf.data service worker at the moment the job starts waiting on
+it). The environment is read once per process; unset, a point costs one call and one
+comparison.
 
 Points:
 - `train:calling:<epoch>:<step>`: the call that runs training step `step` (from 1) of epoch
@@ -29,6 +30,7 @@ Points:
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 
@@ -37,8 +39,38 @@ KILL_SIGNAL = "FRUITS_TL_KILL_SIGNAL"
 KILL_PID = "FRUITS_TL_KILL_PID"
 
 
+@functools.cache
+def _armed() -> tuple[str, int, signal.Signals] | None:
+    """(point, target pid, signal) from the environment, read once per process; None unset."""
+    name = os.environ.get(KILL_AT)
+    if not name:
+        return None
+    target = int(os.environ.get(KILL_PID) or os.getpid())
+    return name, target, getattr(signal, os.environ.get(KILL_SIGNAL, "SIGKILL"))
+
+
+def _parent_of(pid: int) -> int:
+    """The parent of process `pid` (Linux's /proc; -1 where it cannot be read)."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as stream:
+            return int(stream.read().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return -1
+
+
 def point(name: str) -> None:
-    """Kills this process with the configured signal if FRUITS_TL_KILL_AT equals `name`."""
-    if os.environ.get(KILL_AT) == name:
-        target = int(os.environ.get(KILL_PID) or os.getpid())
-        os.kill(target, getattr(signal, os.environ.get(KILL_SIGNAL, "SIGKILL")))
+    """Signals this process (or its sibling FRUITS_TL_KILL_PID) if FRUITS_TL_KILL_AT is `name`.
+
+    The hook reaches only this process or a process started by the same parent (a test's
+    other worker or server): a binary never signals an arbitrary process id it is given.
+    """
+    armed = _armed()
+    if armed is None or armed[0] != name:
+        return
+    _, target, kill_signal = armed
+    if target != os.getpid() and _parent_of(target) != os.getppid():
+        raise RuntimeError(
+            f"{KILL_PID}={target} names a process that is not a sibling of this one: the fault "
+            "hook signals only itself or a process started by the same parent."
+        )
+    os.kill(target, kill_signal)

@@ -22,7 +22,7 @@ import numpy as np
 import tensorflow as tf
 from google.protobuf import message
 
-from fruits_tl import model
+from fruits_tl import decode, model
 from fruits_tl.errors import UserInputError
 
 LABELS_FILE = "labels.txt"
@@ -154,7 +154,7 @@ class TFLiteRunner:
                 # interpreter and needs no further dependency (BUILD_NOTES, "TFLite interpreter").
                 warnings.simplefilter("ignore", UserWarning)
                 self.interpreter = tf.lite.Interpreter(
-                    model_path=path, num_threads=os.cpu_count() or 1
+                    model_path=path, num_threads=decode.available_cores()
                 )
         except (ValueError, RuntimeError) as error:
             raise UserInputError(

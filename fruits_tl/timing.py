@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import statistics
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -172,14 +173,16 @@ def median_ratio(numerator: Throughput, denominator: Throughput) -> float:
 
 
 def resident_bytes() -> int:
-    """Current resident set size of this process."""
+    """Current resident set size of this process; where there is no /proc (macOS), the peak so
+    far (getrusage's ru_maxrss: bytes on macOS, KiB elsewhere)."""
     try:
         with open("/proc/self/statm", encoding="ascii") as stream:
             return int(stream.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
     except (OSError, ValueError):
         import resource
 
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return peak if sys.platform == "darwin" else peak * 1024
 
 
 class PeakMemory:

@@ -23,6 +23,7 @@ from fruits_tl import (
     backbone_features,
     callbacks,
     data,
+    decode,
     distribute,
     files,
     loop,
@@ -335,7 +336,7 @@ def _seed(config: TrainConfig) -> None:
             "Deterministic: seed %d; %d cores, inter-op threads %d, intra-op threads %d (0: "
             "TF's default)",
             config.data.seed,
-            os.cpu_count() or 0,
+            decode.available_cores(),
             tf.config.threading.get_inter_op_parallelism_threads(),
             tf.config.threading.get_intra_op_parallelism_threads(),
         )

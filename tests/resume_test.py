@@ -332,3 +332,28 @@ def test_killed_or_stopped_in_fine_tuning_then_rerun_is_bit_for_bit_the_uninterr
     assert "(the head): 2 of 2 epochs done, step 0 of the next" in text
     assert f"(fine-tuning): {resumed_at}" in text
     _same_run(fine_tuned, model_dir)
+
+
+def test_the_fault_hook_signals_only_itself_or_a_sibling(tmp_path):
+    """A binary given FRUITS_TL_KILL_PID of a process that is not its sibling (here its own
+    parent) refuses instead of signalling it; a sibling is signalled."""
+    code = (
+        "import os, sys\n"
+        "from fruits_tl import faults\n"
+        "try:\n"
+        "    faults.point('p')\n"
+        "except RuntimeError as error:\n"
+        "    print('refused:', error)\n"
+    )
+    env = dict(os.environ, FRUITS_TL_KILL_AT="p", FRUITS_TL_KILL_SIGNAL="SIGTERM")
+    env["FRUITS_TL_KILL_PID"] = str(os.getpid())  # The pytest process: the child's parent.
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert result.returncode == 0 and "refused: FRUITS_TL_KILL_PID=" in result.stdout
+    sibling = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        env["FRUITS_TL_KILL_PID"] = str(sibling.pid)
+        result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True)
+        assert result.returncode == 0, result.stderr
+        assert sibling.wait(timeout=60) == -signal.SIGTERM
+    finally:
+        sibling.kill()
