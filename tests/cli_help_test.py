@@ -33,6 +33,7 @@ def _flag_names(module_name: str) -> set[str]:
     return set(common.binary_flag_names(module.__name__, module.USES))
 
 
+@pytest.mark.slow  # A process per binary.
 @pytest.mark.parametrize("program", sorted(BINARIES))
 def test_help_lists_the_binarys_flags_and_no_other(program):
     script = os.path.join(os.path.dirname(sys.executable), program)

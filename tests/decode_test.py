@@ -7,10 +7,9 @@ import os
 import keras
 import numpy as np
 import pytest
-import tensorflow as tf
 from conftest import write_unusual_images
 
-from fruits_tl import data, decode, listing, pixels
+from fruits_tl import data, listing, pixels
 
 
 @pytest.mark.parametrize("image_size", [32, 128])
@@ -36,25 +35,6 @@ def test_route_pixels_equal_keras_loader_rounded(data_dir, image_size):
         splits.train.file_paths, splits.train.make_elements().as_numpy_iterator(), strict=True
     ):
         np.testing.assert_array_equal(image, expected[path], err_msg=path)
-
-
-def test_decode_is_the_same_eagerly_in_a_map_and_in_a_function(tiny_dataset):
-    path = os.path.join(
-        tiny_dataset,
-        "Test",
-        "Banana",
-        sorted(os.listdir(os.path.join(tiny_dataset, "Test", "Banana")))[0],
-    )
-    eager = decode.load_image(tf.constant(path), 40).numpy()
-    mapped = next(
-        iter(tf.data.Dataset.from_tensors(path).map(lambda p: decode.load_image(p, 40)))
-    ).numpy()
-    traced = tf.function(lambda p: decode.decode_image(tf.io.read_file(p), 40))(
-        tf.constant(path)
-    ).numpy()
-    assert eager.dtype == np.uint8 and eager.shape == (40, 40, 3)
-    np.testing.assert_array_equal(mapped, eager)
-    np.testing.assert_array_equal(traced, eager)
 
 
 def test_a_chunk_decodes_only_its_own_files(data_dir):

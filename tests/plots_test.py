@@ -69,6 +69,7 @@ def test_the_confusion_matrix_names_the_most_confused_pairs(tmp_path):
     assert _png(path).shape == (9 * plots.DPI, 14 * plots.DPI, 3)
 
 
+@pytest.mark.slow  # A process.
 def test_without_matplotlib_nothing_is_drawn_and_one_line_says_why(tmp_path):
     # A real ImportError: the interpreter is told matplotlib does not exist.
     code = (

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 
 import numpy as np
@@ -106,4 +107,6 @@ def test_synthetic_binary_writes_a_dataset_that_trains(tmp_path, capsys):
         "--verbose=0",
     ]
     assert run_main(train_main, train_args) == 0
-    assert (model_dir / "metrics.json").exists()
+    metrics = json.loads((model_dir / "metrics.json").read_text())
+    counts = (metrics["num_classes"], metrics["num_train_images"], metrics["num_test_images"])
+    assert counts == (3, 12, 6)  # 3 classes of 4 training and 2 test images.
