@@ -10,6 +10,7 @@ import sys
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import run_json_script
 
 from fruits_tl import data, distribute, image_checks, pipeline, pixels, train_input
 
@@ -213,16 +214,7 @@ def test_the_public_datasets_never_copy_the_store_into_the_process(tmp_path):
     synthetic.write_synthetic_dataset(str(data_dir), train_per_class=150, test_per_class=1)
 
     def growth(read: str) -> tuple[int, int]:
-        result = subprocess.run(
-            [sys.executable, "-c", COPY_SCRIPT, str(data_dir), str(tmp_path / "store"), read],
-            capture_output=True,
-            text=True,
-            timeout=300,
-            cwd=os.path.dirname(__file__),
-            env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"),
-        )
-        assert result.returncode == 0, result.stderr[-3000:]
-        grown, seen = json.loads(result.stdout.strip().splitlines()[-1])
+        grown, seen = run_json_script(COPY_SCRIPT, str(data_dir), str(tmp_path / "store"), read)
         return grown, seen
 
     grown, seen = growth("view")

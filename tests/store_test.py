@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import sys
 import threading
 
 import numpy as np
 import pytest
+from conftest import run_json_script
 
 from fruits_tl import store
 
@@ -210,16 +208,7 @@ def test_reading_the_store_never_copies_it_into_the_process(tmp_path):
     )
 
     def growth(options: str) -> int:
-        result = subprocess.run(
-            [sys.executable, "-c", READ_SCRIPT, str(tmp_path), options],
-            capture_output=True,
-            text=True,
-            timeout=300,
-            cwd=os.path.dirname(__file__),
-            env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"),
-        )
-        assert result.returncode == 0, result.stderr[-3000:]
-        grown, seen = json.loads(result.stdout.strip().splitlines()[-1])
+        grown, seen = run_json_script(READ_SCRIPT, str(tmp_path), options)
         assert seen == 2 * count
         return grown
 
