@@ -349,7 +349,7 @@ def test_the_fault_hook_signals_only_itself_or_a_sibling(tmp_path):
     env["FRUITS_TL_KILL_PID"] = str(os.getpid())  # The pytest process: the child's parent.
     result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert result.returncode == 0 and "refused: FRUITS_TL_KILL_PID=" in result.stdout
-    sibling = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    sibling = subprocess.Popen([sys.executable, "-c", "import signal; signal.pause()"])
     try:
         env["FRUITS_TL_KILL_PID"] = str(sibling.pid)
         result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True)
