@@ -37,28 +37,29 @@ def is_no_room(error: BaseException) -> bool:
     return any(words in str(error) for words in _NO_ROOM_WORDS)
 
 
-def no_room(directory: str, what: str, *, needed: int = 0) -> UserInputError:
+def no_room(directory: str, what: str, *, needed: int = 0, advice: str = "") -> UserInputError:
     """The one paragraph for a disk without room: the folder, what was being written, the
-    bytes needed (when known) and free, and what to do."""
+    bytes needed (when known) and free, and what to do (`advice`, or: nothing half-written is
+    left, free space or write elsewhere, rerun)."""
     free = shutil.disk_usage(directory).free if os.path.isdir(directory) else 0
     need = (
         f"it needs {needed / 1e6:,.1f} MB and {free / 1e6:,.1f} MB are free"
         if needed
         else f"the disk filled while it was written ({free / 1e6:,.1f} MB free now)"
     )
-    return UserInputError(
-        f"The disk of '{directory}' has no room for {what}: {need}. Nothing of it was left "
-        "behind. Free some space or write it elsewhere, then rerun the same command: what was "
-        "finished before is kept."
+    advice = advice or (
+        "Nothing of it was left behind. Free some space or write it elsewhere, then rerun the "
+        "same command: what was finished before is kept."
     )
+    return UserInputError(f"The disk of '{directory}' has no room for {what}: {need}. {advice}")
 
 
-def check_free_space(directory: str, needed: int, what: str) -> None:
+def check_free_space(directory: str, needed: int, what: str, *, advice: str = "") -> None:
     """Refuses (`no_room`) to start writing `needed` bytes into `directory` when its disk has
     fewer free."""
     os.makedirs(directory, exist_ok=True)
     if needed > shutil.disk_usage(directory).free:
-        raise no_room(directory, what, needed=needed)
+        raise no_room(directory, what, needed=needed, advice=advice)
 
 
 @contextlib.contextmanager

@@ -36,7 +36,6 @@ import glob
 import hashlib
 import json
 import os
-import shutil
 import zlib
 from collections.abc import Callable, Iterable, Sequence
 
@@ -45,7 +44,6 @@ import tensorflow as tf
 from absl import logging
 
 from fruits_tl import faults, files
-from fruits_tl.errors import UserInputError
 from fruits_tl.stopping import GracefulStop
 
 FORMAT_VERSION = 2
@@ -332,7 +330,9 @@ class _ChunkWriter:
         if self.fd < 0:
             path, size = self.layout.path, self.array.nbytes
             current = os.path.getsize(path) if os.path.exists(path) else 0
-            _check_free_space(self.layout.directory, size - current, self.label)
+            files.check_free_space(
+                self.layout.directory, size - current, f"the stored {self.label}", advice=_ADVICE
+            )
             self.fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
             if os.fstat(self.fd).st_size != size:
                 os.ftruncate(self.fd, size)
@@ -522,17 +522,8 @@ def verify(directory: str) -> list[Verified]:
                 continue
             if manifest is None or "row_shape" not in manifest:
                 continue  # Another JSON file (a chunk marker, a report, a checkpoint's state).
-            try:
-                layout = _layout(
-                    root,
-                    name[: -len(".json")],
-                    manifest["fingerprint"],
-                    int(manifest["count"]),
-                    tuple(manifest["row_shape"]),
-                    np.dtype(manifest["dtype"]),
-                    int(manifest["chunk_rows"]),
-                )
-            except (KeyError, TypeError, ValueError):
+            layout = _layout_of(root, name[: -len(".json")], manifest)
+            if layout is None:
                 results.append(Verified(manifest_path, problem="is not a store manifest"))
                 continue
             array = layout.array()
@@ -581,23 +572,15 @@ def _pwrite(fd, data, offset: int, directory: str, label: str, rows=None) -> Non
             data, offset = data[done:], offset + done
     except OSError as error:
         if error.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise _no_room(directory, len(data), label) from None
+            raise files.no_room(directory, f"the stored {label}", advice=_ADVICE) from None
         raise
 
 
-def _check_free_space(directory: str, needed: int, label: str) -> None:
-    if needed > 0 and shutil.disk_usage(directory).free < needed:
-        raise _no_room(directory, needed, label)
-
-
-def _no_room(directory: str, needed: int, label: str) -> UserInputError:
-    free = shutil.disk_usage(directory).free if directory else 0
-    return UserInputError(
-        f"The disk of '{directory}' has no room for the stored {label}: it needs "
-        f"{needed / 1e6:,.1f} MB more and {free / 1e6:,.1f} MB are free. Free some space or "
-        "point the store elsewhere (--features_dir), then rerun: the chunks already written "
-        "are kept and reused."
-    )
+# What to do when the store's disk is full (`files.no_room`).
+_ADVICE = (
+    "Free some space or point the store elsewhere (--features_dir), then rerun: the chunks "
+    "already written are kept and reused."
+)
 
 
 def _has_markers(layout: _Layout) -> bool:
@@ -643,12 +626,17 @@ def open_complete(
     manifest = _read_json(os.path.join(directory, f"{name}.json"))
     if not manifest or fingerprint not in (None, manifest.get("fingerprint")):
         return None
-    fingerprint = manifest.get("fingerprint")
+    layout = _layout_of(directory, name, manifest)
+    return layout.array() if layout is not None and _matches(manifest, layout) else None
+
+
+def _layout_of(directory: str, name: str, manifest: dict) -> _Layout | None:
+    """The layout a published manifest describes; None if it is not a store manifest."""
     try:
-        layout = _layout(
+        return _layout(
             directory,
             name,
-            fingerprint,
+            manifest["fingerprint"],
             int(manifest["count"]),
             tuple(manifest["row_shape"]),
             np.dtype(manifest["dtype"]),
@@ -656,7 +644,6 @@ def open_complete(
         )
     except (KeyError, TypeError, ValueError):
         return None
-    return layout.array() if _matches(manifest, layout) else None
 
 
 def _read_json(path: str) -> dict | None:

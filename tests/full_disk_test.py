@@ -128,6 +128,6 @@ def test_a_store_larger_than_the_free_space_is_refused_before_anything_is_writte
     paragraph = " ".join(result.stderr.split())
     assert result.returncode == 2, result.stderr[-3000:]
     needed = f"{18 * 32 * 32 * 3 / 1e6:,.1f} MB"
-    assert f"has no room for the stored train pixels: it needs {needed} more and" in paragraph
+    assert f"has no room for the stored train pixels: it needs {needed} and" in paragraph
     assert "Traceback" not in result.stderr
     assert sorted(os.listdir(small_disk / "pixels")) == []
