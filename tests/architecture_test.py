@@ -1,8 +1,9 @@
 """Layering rules, checked from the imports themselves.
 
-The layer table (BUILD_NOTES.md, Architecture): imports point downward only, a job never
-imports another job, nothing imports the binaries, only the binaries define flags, and
-importing the package touches no device. A new module must be placed in the table.
+The folders of `fruits_tl/` are the layers (core, data, models, training, jobs, cli): imports
+point downward only, a job never imports another job, nothing imports the binaries, only the
+binaries define flags, and importing the package touches no device. A new module goes in the
+folder of its layer.
 
 One rule about tf.data functions is checked from the source too: every function the package
 hands to a dataset's `map` or `filter` is marked `tf.autograph.experimental.do_not_convert`
@@ -30,64 +31,29 @@ def _modules():
                 yield os.path.relpath(path, REPO), ast.parse(open(path, encoding="utf-8").read())
 
 
-# Lowest first. A module may import modules of its own layer or of a lower one; a job may not
-# import another job.
-LAYERS = {
-    "base": {
-        "errors",
-        "config",
-        "files",
-        "faults",
-        "progress",
-        "timing",
-        "listing",
-        "decode",
-        "preprocess",
-        "image_checks",
-        "data",
-        "download",
-        "stopping",
-        "store",
-        "plots",
-    },
-    "input_and_models": {
-        "pipeline",
-        "model",
-        "distribute",
-        "backbone_features",
-        "loop",
-        "checkpoints",
-        "callbacks",
-        "servable",
-        "sources",
-        "tfds_fruits360",
-        "data_service",
-        "train_input",
-        "pixels",
-        "augment",
-        "lr_finder",
-    },
-    "jobs": {
-        "train",
-        "extract",
-        "evaluate",
-        "export",
-        "benchmark",
-        "audit",
-        "compare",
-        "synthetic",
-    },
-    "cli": {"cli"},
-}
-ORDER = list(LAYERS)
+# The folders are the layers, lowest first. A module may import modules of its own folder or of
+# a lower one; a job may not import another job; nothing imports the binaries (`cli`).
+ORDER = ["core", "data", "models", "training", "jobs", "cli"]
 
 
 def _layer_of(module: str) -> str:
-    top = module.split(".")[0]
-    for layer, members in LAYERS.items():
-        if top in members:
-            return layer
-    raise AssertionError(f"fruits_tl.{module} is in no layer of tests/architecture_test.py")
+    folder = module.split(".")[0]
+    if folder not in ORDER:
+        raise AssertionError(
+            f"fruits_tl.{module} is in no layer: put it in one of the folders {ORDER}"
+        )
+    return folder
+
+
+def test_the_top_level_holds_only_the_folders():
+    top = sorted(name for name in os.listdir(PACKAGE) if not name.startswith((".", "__pycache__")))
+    assert top == sorted(ORDER + ["__init__.py"])
+    for folder in ORDER:
+        with open(os.path.join(PACKAGE, folder, "__init__.py"), encoding="utf-8") as f:
+            init = ast.parse(f.read())
+        # Each folder's __init__ says what the folder owns, and holds nothing else.
+        assert ast.get_docstring(init), folder
+        assert len(init.body) == 1, f"fruits_tl/{folder}/__init__.py holds more than its docstring"
 
 
 def _package_imports(path: str, tree: ast.AST) -> list[tuple[int, str]]:
@@ -97,6 +63,9 @@ def _package_imports(path: str, tree: ast.AST) -> list[tuple[int, str]]:
         if isinstance(node, ast.ImportFrom) and node.module:
             if node.module == "fruits_tl":
                 found += [(node.lineno, alias.name) for alias in node.names]
+            elif node.module.count(".") == 1 and node.module.startswith("fruits_tl."):
+                folder = node.module[len("fruits_tl.") :]  # from fruits_tl.<folder> import <module>
+                found += [(node.lineno, f"{folder}.{alias.name}") for alias in node.names]
             elif node.module.startswith("fruits_tl."):
                 found.append((node.lineno, node.module[len("fruits_tl.") :]))
         elif isinstance(node, ast.Import):
@@ -118,34 +87,37 @@ def _offenders(name: str, path: str, tree: ast.AST) -> list[str]:
         theirs = _layer_of(imported)
         if ORDER.index(theirs) > ORDER.index(own):
             offenders.append(f"{path}:{line} ({own}) imports {imported} ({theirs}): points up")
-        elif own == theirs == "jobs" and imported.split(".")[0] != name.split(".")[0]:
+        elif own == theirs == "jobs" and imported.split(".")[:2] != name.split(".")[:2]:
             offenders.append(f"{path}:{line}: job {name} imports job {imported}")
     return offenders
 
 
-def test_imports_point_down_the_layer_table_and_jobs_import_no_job():
+def test_imports_point_down_the_folders_and_jobs_import_no_job():
     offenders = []
     for path, tree in _modules():
         name = os.path.splitext(os.path.relpath(path, "fruits_tl"))[0].replace(os.sep, ".")
-        if name != "__init__":
+        if not name.endswith("__init__"):
             offenders += _offenders(name, path, tree)
     assert offenders == []
 
 
 def test_the_layer_check_catches_an_upward_and_a_job_to_job_import():
-    upward = ast.parse("def f():\n    from fruits_tl import train\n")
-    assert _offenders("pipeline", "pipeline.py", upward) == [
-        "pipeline.py:2 (input_and_models) imports train (jobs): points up"
+    upward = ast.parse("def f():\n    from fruits_tl.jobs import train\n")
+    assert _offenders("data.pipeline", "pipeline.py", upward) == [
+        "pipeline.py:2 (data) imports jobs.train (jobs): points up"
     ]
-    sideways = ast.parse("from fruits_tl import evaluate, pipeline\nimport fruits_tl.cli.common\n")
-    assert _offenders("export", "export.py", sideways) == [
-        "export.py:1: job export imports job evaluate",
-        "export.py:2 (jobs) imports cli.common (cli): points up",
+    sideways = ast.parse(
+        "from fruits_tl.jobs import evaluate\nfrom fruits_tl.data import pipeline\n"
+        "import fruits_tl.cli.common\n"
+    )
+    assert _offenders("jobs.export", "export.py", sideways) == [
+        "export.py:1: job jobs.export imports job jobs.evaluate",
+        "export.py:3 (jobs) imports cli.common (cli): points up",
     ]
 
 
 # Maps that stay converted on purpose: the bench's `idfd` variant is the tutorials' code.
-CONVERTED_ON_PURPOSE = {("fruits_tl/benchmark.py", "_idfd_epochs")}
+CONVERTED_ON_PURPOSE = {("fruits_tl/jobs/benchmark.py", "_idfd_epochs")}
 
 
 def _is_do_not_convert(node: ast.AST) -> bool:

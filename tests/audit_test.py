@@ -11,8 +11,8 @@ import pytest
 from conftest import FRUITS_SAMPLE, needs_fruits_sample, run_main
 from PIL import Image
 
-from fruits_tl import data, pixels
 from fruits_tl.cli import audit_main, train_main
+from fruits_tl.data import loading, pixels
 
 
 def _seed_problems(data_dir):
@@ -99,8 +99,8 @@ def test_exclude_list_leaves_files_out_of_training(data_dir, tmp_path, capsys):
     fine = os.path.join(banana, sorted(os.listdir(banana))[0])
     exclude = tmp_path / "exclude.txt"
     exclude.write_text(f"{broken}\n{fine}\n")
-    splits = data.load_dataset(
-        data_dir, image_size=32, exclude_files=data.load_exclude_list(str(exclude))
+    splits = loading.load_dataset(
+        data_dir, image_size=32, exclude_files=loading.load_exclude_list(str(exclude))
     )
     assert (
         len(splits.train) == 17 and fine not in splits.train.file_paths and splits.bad_images == ()
@@ -162,7 +162,7 @@ def test_the_store_is_checked_against_its_checksums(data_dir, tmp_path, capsys):
     store_dir = tmp_path / "store"
     # A store as the jobs fill it: each source folder's decoded pixels (the decode check).
     stores = pixels.SourceStores(str(store_dir), 32, chunk_images=8)
-    data.load_dataset(data_dir, image_size=32, check=stores.check)
+    loading.load_dataset(data_dir, image_size=32, check=stores.check)
     (store_dir / "report.json").write_text("{}")  # Other JSON files are not arrays.
     assert run_main(audit_main, [f"--store_dir={store_dir}"]) == 0
     out = capsys.readouterr().out

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from fruits_tl import augment, train_input
-from fruits_tl.config import Augmentation
+from fruits_tl.core.config import Augmentation
+from fruits_tl.data import augment, train_input
 
 
 def _images(count: int, size: int = 8) -> np.ndarray:

@@ -7,8 +7,9 @@ import json
 import pytest
 from conftest import run_main
 
-from fruits_tl import benchmark, config, timing
 from fruits_tl.cli import bench_main
+from fruits_tl.core import config, timing
+from fruits_tl.jobs import benchmark
 
 
 def test_verdict_names_the_bound():

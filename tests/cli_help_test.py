@@ -80,8 +80,9 @@ def test_train_flags_are_the_train_config_fields_and_round_trip():
     from absl import flags
     from absl.testing import flagsaver
 
-    from fruits_tl import compare, config
     from fruits_tl.cli import train_main
+    from fruits_tl.core import config
+    from fruits_tl.jobs import compare
 
     table = config.train_flag_fields()
     accepted = _flag_names("train_main")

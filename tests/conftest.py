@@ -63,7 +63,7 @@ needs_weights = pytest.mark.skipif(
 @pytest.fixture(scope="session")
 def tiny_dataset(tmp_path_factory) -> str:
     """3 classes, 6 training and 3 test real JPEGs each (100x100)."""
-    from fruits_tl import synthetic
+    from fruits_tl.jobs import synthetic
 
     path = str(tmp_path_factory.mktemp("tiny") / "fruits")
     return synthetic.write_synthetic_dataset(
@@ -137,7 +137,7 @@ def informative_weights(tmp_path_factory) -> str:
     import keras
     import numpy as np
 
-    from fruits_tl import model
+    from fruits_tl.models import model
 
     backbone = model.build_backbone(image_size=32, alpha=0.25, weights="none")
     rng = np.random.default_rng(0)
@@ -176,7 +176,7 @@ def feature_files(*splits: str, pixels: bool = True) -> list[str]:
 
 def stored_features(folder, split: str):
     """A split's stored features and labels (`backbone_features.load_split`)."""
-    from fruits_tl import backbone_features
+    from fruits_tl.models import backbone_features
 
     return backbone_features.load_split(str(folder), split)
 

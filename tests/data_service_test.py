@@ -17,8 +17,8 @@ import pytest
 import tensorflow as tf
 from conftest import REPO, run_main, stored_features
 
-from fruits_tl import data, data_service, pipeline
 from fruits_tl.cli import train_main
+from fruits_tl.data import data_service, loading, pipeline
 
 # Starts processes or servers, or trains on the real sample: the slow tier.
 pytestmark = pytest.mark.slow
@@ -63,7 +63,7 @@ def service():
 
 
 def test_every_image_is_decoded_once_with_the_routes_pixels(service, tiny_dataset):
-    splits = data.load_dataset(tiny_dataset, image_size=32)
+    splits = loading.load_dataset(tiny_dataset, image_size=32)
     images = data_service.decode_through_service(splits.train, service)
     expected = np.stack([image for image, _ in splits.train.make_elements().as_numpy_iterator()])
     np.testing.assert_array_equal(images, expected)
@@ -296,7 +296,7 @@ def test_a_killed_service_worker_ends_the_job_with_a_message_naming_the_service(
 
 
 def test_a_dispatcher_restarted_with_its_work_dir_lets_the_job_finish_as_if_undisturbed(tmp_path):
-    from fruits_tl import synthetic
+    from fruits_tl.jobs import synthetic
 
     # 180 training images: three batches of 64 from the service, so the dispatcher dies with
     # the split partly delivered.
@@ -369,7 +369,7 @@ def _help(module: str) -> str:
 def test_a_dispatcher_without_work_dir_that_dies_ends_the_job_and_a_rerun_reuses_its_work(
     tmp_path,
 ):
-    from fruits_tl import synthetic
+    from fruits_tl.jobs import synthetic
 
     data_dir = synthetic.write_synthetic_dataset(
         str(tmp_path / "data"), num_classes=3, train_per_class=60, test_per_class=30, seed=5

@@ -9,8 +9,8 @@ import pytest
 from conftest import write_unusual_images
 from PIL import Image
 
-from fruits_tl import data, image_checks
-from fruits_tl.errors import UserInputError
+from fruits_tl.core.errors import UserInputError
+from fruits_tl.data import image_checks, loading
 
 
 def _first_jpeg(data_dir, split="Training", class_name="Banana"):
@@ -19,7 +19,7 @@ def _first_jpeg(data_dir, split="Training", class_name="Banana"):
 
 
 def test_load_dataset_gives_uint8_splits_with_aligned_paths(data_dir):
-    splits = data.load_dataset(data_dir, image_size=32)
+    splits = loading.load_dataset(data_dir, image_size=32)
     assert splits.class_names == ("Apple Red", "Banana", "Blueberry")
     assert (len(splits.train), len(splits.test)) == (18, 9)
     assert splits.validation is splits.test and splits.validation_source == "test folder"
@@ -35,20 +35,20 @@ def test_load_dataset_gives_uint8_splits_with_aligned_paths(data_dir):
 
 def test_missing_data_dir_is_named(tmp_path):
     with pytest.raises(UserInputError, match=r"data directory '.*nowhere' does not exist"):
-        data.load_dataset(str(tmp_path / "nowhere"))
+        loading.load_dataset(str(tmp_path / "nowhere"))
 
 
 def test_data_dir_without_training_folder_lists_what_it_found(tmp_path):
     (tmp_path / "Apple").mkdir()
     with pytest.raises(UserInputError, match=r"training folder .*Training' does not exist.*Apple"):
-        data.load_dataset(str(tmp_path))
+        loading.load_dataset(str(tmp_path))
 
 
 def test_empty_training_folder(tmp_path):
     (tmp_path / "Training").mkdir()
     (tmp_path / "Test").mkdir()
     with pytest.raises(UserInputError, match="has no class folders"):
-        data.load_dataset(str(tmp_path))
+        loading.load_dataset(str(tmp_path))
 
 
 def test_no_test_folder_needs_validation_split(data_dir):
@@ -56,8 +56,8 @@ def test_no_test_folder_needs_validation_split(data_dir):
 
     shutil.rmtree(os.path.join(data_dir, "Test"))
     with pytest.raises(UserInputError, match="--validation_split"):
-        data.load_dataset(data_dir)
-    splits = data.load_dataset(data_dir, validation_split=0.34, image_size=32, seed=3)
+        loading.load_dataset(data_dir)
+    splits = loading.load_dataset(data_dir, validation_split=0.34, image_size=32, seed=3)
     assert splits.validation_source == "validation_split"
     assert len(splits.train) + len(splits.validation) == 18
     # Class-mixed: every class is in the validation split, and no file is in both.
@@ -65,7 +65,7 @@ def test_no_test_folder_needs_validation_split(data_dir):
     assert not set(splits.train.file_paths) & set(splits.validation.file_paths)
     labels = [label for _, label in splits.validation.make_elements().as_numpy_iterator()]
     np.testing.assert_array_equal(labels, splits.validation.labels)
-    again = data.load_dataset(data_dir, validation_split=0.34, image_size=32, seed=3)
+    again = loading.load_dataset(data_dir, validation_split=0.34, image_size=32, seed=3)
     assert again.validation.file_paths == splits.validation.file_paths
 
 
@@ -77,20 +77,20 @@ def test_empty_class_folders_are_all_named(data_dir):
     with pytest.raises(
         UserInputError, match=r"2 class folder\(s\) hold no images.*Training/Durian.*Test/Durian"
     ):
-        data.load_dataset(data_dir)
+        loading.load_dataset(data_dir)
 
 
 def test_test_class_missing_from_training_names_closest(data_dir):
     os.rename(os.path.join(data_dir, "Test", "Banana"), os.path.join(data_dir, "Test", "banana"))
     with pytest.raises(UserInputError, match=r"'banana' \(closest training class: 'Banana'\)"):
-        data.load_dataset(data_dir)
+        loading.load_dataset(data_dir)
 
 
 def test_training_class_absent_from_test_is_a_warning_and_labels_still_align(data_dir):
     import shutil
 
     shutil.rmtree(os.path.join(data_dir, "Test", "Banana"))
-    splits = data.load_dataset(data_dir, image_size=32)
+    splits = loading.load_dataset(data_dir, image_size=32)
     assert len(splits.warnings) == 1 and "Banana" in splits.warnings[0]
     labels = [label for _, label in splits.test.make_elements().as_numpy_iterator()]
     # Blueberry keeps its training index 2 although the test folder has only 2 classes.
@@ -103,7 +103,7 @@ def test_hidden_folders_are_not_classes(data_dir):
     hidden = os.path.join(data_dir, "Training", ".ipynb_checkpoints")
     os.makedirs(hidden)
     Image.new("RGB", (10, 10)).save(os.path.join(hidden, "x.jpg"))
-    splits = data.load_dataset(data_dir, image_size=32)
+    splits = loading.load_dataset(data_dir, image_size=32)
     assert ".ipynb_checkpoints" not in splits.class_names and len(splits.class_names) == 3
 
 
@@ -124,7 +124,7 @@ def _write_bad_files(data_dir):
 def test_every_undecodable_file_is_listed(data_dir):
     bad = _write_bad_files(data_dir)
     with pytest.raises(UserInputError) as raised:
-        data.load_dataset(data_dir)
+        loading.load_dataset(data_dir)
     message = str(raised.value)
     assert "3 file(s) cannot be decoded" in message and "--skip_bad_images" in message
     for path in bad:
@@ -135,7 +135,7 @@ def test_every_undecodable_file_is_listed(data_dir):
 
 def test_skip_bad_images_leaves_them_out_and_keeps_alignment(data_dir):
     bad = _write_bad_files(data_dir)
-    splits = data.load_dataset(data_dir, image_size=32, skip_bad_images=True)
+    splits = loading.load_dataset(data_dir, image_size=32, skip_bad_images=True)
     assert sorted(b.path for b in splits.bad_images) == sorted(bad)
     assert (len(splits.train), len(splits.test)) == (18, 9)
     assert not set(bad) & set(splits.train.file_paths + splits.test.file_paths)
@@ -150,17 +150,17 @@ def test_unusual_but_valid_images_load_as_rgb(data_dir):
         image_checks.find_bad_images(sorted(os.path.join(banana, f) for f in os.listdir(banana)))
         == ()
     )
-    splits = data.load_dataset(data_dir, image_size=32)
+    splits = loading.load_dataset(data_dir, image_size=32)
     assert len(splits.train) == 18 + added
     shapes = {image.shape for image, _ in splits.train.make_elements().as_numpy_iterator()}
     assert shapes == {(32, 32, 3)}
 
 
 def test_fingerprint_changes_with_content(data_dir):
-    first = data.load_dataset(data_dir, image_size=32).train.fingerprint
-    assert data.load_dataset(data_dir, image_size=32).train.fingerprint == first
-    assert data.load_dataset(data_dir, image_size=48).train.fingerprint != first
+    first = loading.load_dataset(data_dir, image_size=32).train.fingerprint
+    assert loading.load_dataset(data_dir, image_size=32).train.fingerprint == first
+    assert loading.load_dataset(data_dir, image_size=48).train.fingerprint != first
     path = _first_jpeg(data_dir)
     with open(path, "ab") as stream:
         stream.write(b"\0")
-    assert data.load_dataset(data_dir, image_size=32).train.fingerprint != first
+    assert loading.load_dataset(data_dir, image_size=32).train.fingerprint != first

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from conftest import write_unusual_images
 
-from fruits_tl import data, listing, pixels
+from fruits_tl.data import listing, loading, pixels
 
 
 @pytest.mark.parametrize("image_size", [32, 128])
@@ -29,7 +29,7 @@ def test_route_pixels_equal_keras_loader_rounded(data_dir, image_size):
             reference.file_paths, reference.as_numpy_iterator(), strict=True
         )
     }
-    splits = data.load_dataset(data_dir, image_size=image_size)
+    splits = loading.load_dataset(data_dir, image_size=image_size)
     assert len(splits.train) == 18 + added
     for path, (image, _) in zip(
         splits.train.file_paths, splits.train.make_elements().as_numpy_iterator(), strict=True
@@ -42,12 +42,12 @@ def test_a_chunk_decodes_only_its_own_files(data_dir):
     (another chunk, another worker's under the store's rule) never reads it."""
     train_dir = os.path.join(data_dir, "Training")
     classes = listing.list_classes(train_dir)
-    first = data.load_split(train_dir, class_names=classes, image_size=32, name="train")
+    first = loading.load_split(train_dir, class_names=classes, image_size=32, name="train")
     corrupt = first.file_paths[3]
     with open(corrupt, "wb") as stream:
         stream.write(b"not an image at all")
     # The listing is taken again without any check, so nothing knows the file is corrupt.
-    folder = data.load_split(train_dir, class_names=classes, image_size=32, name="train")
+    folder = loading.load_split(train_dir, class_names=classes, image_size=32, name="train")
     assert folder.file_paths[3] == corrupt
     later = list(pixels.decode_pass(folder, 9, 18).as_numpy_iterator())
     np.testing.assert_array_equal(np.concatenate([p for p, _ in later]), np.arange(9, 18))
@@ -59,12 +59,12 @@ def test_a_chunk_decodes_only_its_own_files(data_dir):
 def test_excluded_files_are_never_decoded(data_dir):
     train_dir = os.path.join(data_dir, "Training")
     classes = listing.list_classes(train_dir)
-    path = data.load_split(train_dir, class_names=classes, image_size=32, name="train").file_paths[
-        0
-    ]
+    path = loading.load_split(
+        train_dir, class_names=classes, image_size=32, name="train"
+    ).file_paths[0]
     with open(path, "wb") as stream:
         stream.write(b"corrupt")
-    folder = data.load_split(
+    folder = loading.load_split(
         train_dir, class_names=classes, image_size=32, name="train", exclude={path}
     )
     assert len(list(folder.make_elements())) == 17

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import tensorflow as tf
 
-from fruits_tl import distribute
-from fruits_tl.errors import UserInputError
+from fruits_tl.core import distribute
+from fruits_tl.core.errors import UserInputError
 
 
 def test_auto_on_cpu_is_the_default_strategy():

@@ -14,9 +14,9 @@ import zipfile
 import pytest
 from conftest import run_main
 
-from fruits_tl import download
 from fruits_tl.cli import download_main
-from fruits_tl.errors import UserInputError
+from fruits_tl.core.errors import UserInputError
+from fruits_tl.data import download
 
 
 class RangeHandler(http.server.BaseHTTPRequestHandler):

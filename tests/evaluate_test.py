@@ -11,8 +11,10 @@ import pytest
 import tensorflow as tf
 from conftest import feature_files, run_main, store_listing
 
-from fruits_tl import evaluate, model, plots, servable
 from fruits_tl.cli import evaluate_main, extract_main, predict_main, train_main
+from fruits_tl.jobs import evaluate
+from fruits_tl.models import model, servable
+from fruits_tl.training import plots
 
 CLASSES = ("A", "B", "C")
 

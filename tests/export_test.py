@@ -14,8 +14,10 @@ import numpy as np
 import pytest
 from conftest import NO_TOP_WEIGHTS, REPO, feature_files, needs_weights, run_main, store_listing
 
-from fruits_tl import data, export, model, pixels, servable
 from fruits_tl.cli import evaluate_main, export_main, extract_main, predict_main, train_main
+from fruits_tl.data import loading, pixels
+from fruits_tl.jobs import export
+from fruits_tl.models import model, servable
 
 LEGACY_MODEL = os.path.join(REPO, "tests", "fixtures", "legacy_model_v0_1_0")
 QUANTIZATIONS = ("none", "dynamic", "float16", "int8")
@@ -63,7 +65,7 @@ def trained(tiny_dataset, informative_weights, tmp_path_factory):
     # instead, so that the exported formats are compared on a model with real margins.
     classifier = model.load_model(str(model_dir))
     extractor = keras.Model(classifier.inputs, classifier.get_layer(model.HEAD_POOL).output)
-    splits = data.load_dataset(tiny_dataset, image_size=32)
+    splits = loading.load_dataset(tiny_dataset, image_size=32)
     images = np.stack([image for image, _ in splits.train.make_elements().as_numpy_iterator()])
     features = extractor.predict(images, verbose=0)
     mean, scale = features.mean(axis=0), features.std(axis=0) + 1e-12
@@ -353,7 +355,7 @@ def test_the_int8_head_is_refit_on_the_int8_backbone_features(tiny_dataset):
     keras.utils.set_random_seed(3)
     classifier = model.build_classifier(3, image_size=128, alpha=0.25, weights=NO_TOP_WEIGHTS)
     stores = pixels.SourceStores(pixels.temporary_directory(), 128)
-    splits = data.load_dataset(tiny_dataset, image_size=128, check=stores.check)
+    splits = loading.load_dataset(tiny_dataset, image_size=128, check=stores.check)
     train = stores.rows(splits.train)
     representative = export.representative_batches(train, count=18, seed=1)
     features = export.int8_features(

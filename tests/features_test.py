@@ -14,7 +14,10 @@ import pytest
 import tensorflow as tf
 from conftest import REPO, feature_files, store_listing
 
-from fruits_tl import backbone_features, config, data, distribute, model, pixels, train
+from fruits_tl.core import config, distribute
+from fruits_tl.data import loading, pixels
+from fruits_tl.jobs import train
+from fruits_tl.models import backbone_features, model
 
 
 def _config(data_dir, model_dir, weights, **overrides):
@@ -84,7 +87,7 @@ def test_features_mode_is_the_same_computation_as_images_mode(
     test_set = backbone_features.load_split(str(tmp_path / "features" / "features"), "test")
     head = model.build_head(256, 3)
     head.get_layer(model.HEAD_DENSE).set_weights([kernel_features, bias_features])
-    splits = data.load_dataset(data_dir, image_size=32)
+    splits = loading.load_dataset(data_dir, image_size=32)
     images = np.stack([image for image, _ in splits.test.make_elements().as_numpy_iterator()])
     np.testing.assert_allclose(
         by_features.model.predict(images, verbose=0),
@@ -116,7 +119,7 @@ def _extract(splits, backbone, features_dir, **kwargs):
 @pytest.mark.slow
 def test_fingerprint_reuse_and_invalidation(data_dir, tmp_path, informative_weights):
     backbone = model.build_backbone(image_size=32, alpha=0.25, weights=informative_weights)
-    splits = data.load_dataset(data_dir, image_size=32)
+    splits = loading.load_dataset(data_dir, image_size=32)
     first = _extract(splits, backbone, tmp_path / "f")
     assert not first.reused and first.feature_sets["train"].features.shape == (18, 256)
     np.testing.assert_array_equal(first.feature_sets["train"].labels, splits.train.labels)
@@ -129,7 +132,7 @@ def test_fingerprint_reuse_and_invalidation(data_dir, tmp_path, informative_weig
     # A changed file changes the listing digest: recompute.
     path = splits.train.file_paths[0]
     os.utime(path, ns=(time.time_ns(), time.time_ns() + 10**9))
-    changed = data.load_dataset(data_dir, image_size=32)
+    changed = loading.load_dataset(data_dir, image_size=32)
     assert not _extract(changed, backbone, tmp_path / "f").reused
     # Other backbone weights: recompute. float16 halves the bytes.
     other = model.build_backbone(image_size=32, alpha=0.25, weights="none")
@@ -148,7 +151,7 @@ def test_fingerprint_reuse_and_invalidation(data_dir, tmp_path, informative_weig
 
 @pytest.mark.slow
 def test_killed_extraction_leaves_nothing_that_looks_complete(tmp_path):
-    from fruits_tl import synthetic
+    from fruits_tl.jobs import synthetic
 
     data_dir = synthetic.write_synthetic_dataset(
         str(tmp_path / "data"), num_classes=3, train_per_class=150, test_per_class=100, seed=3
@@ -166,7 +169,7 @@ def test_killed_extraction_leaves_nothing_that_looks_complete(tmp_path):
         "--batch_size=2",
         "--extract_verbose=0",
     ]
-    # The documented hook (fruits_tl.faults) kills the process when the train labels' only
+    # The documented hook (fruits_tl.core.faults) kills the process when the train labels' only
     # chunk is written: the train features are complete, their labels not yet.
     environment = dict(os.environ, FRUITS_TL_KILL_AT="store:chunk:train.labels:1")
     result = subprocess.run(command, cwd=REPO, env=environment, capture_output=True, timeout=300)
@@ -176,7 +179,7 @@ def test_killed_extraction_leaves_nothing_that_looks_complete(tmp_path):
     assert "train.labels.json" not in names and "labels.txt" not in names
     with pytest.raises(ValueError, match="no complete features of the train split"):
         backbone_features.load_split(str(features_dir), "train")
-    splits = data.load_dataset(data_dir, image_size=64)
+    splits = loading.load_dataset(data_dir, image_size=64)
     backbone = model.build_backbone(image_size=64, alpha=0.25, weights="none")
     rerun = backbone_features.extract_or_reuse(
         {"train": splits.train, "test": splits.test},
@@ -200,8 +203,8 @@ def test_a_split_with_fewer_images_than_replicas_extracts(data_dir, tmp_path):
     # One image on two replicas: one replica's batch is empty, and oneDNN's convolution fails
     # on empty batches on some CPUs; the padded last batch feeds both (PADDING_LABEL).
     strategy = distribute.get_strategy("mirrored")
-    splits = data.load_dataset(data_dir, image_size=32)
-    one = data.select(splits.test, np.arange(len(splits.test)) == 0, name="one")
+    splits = loading.load_dataset(data_dir, image_size=32)
+    one = loading.select(splits.test, np.arange(len(splits.test)) == 0, name="one")
     with strategy.scope():
         backbone = model.build_classifier(3, image_size=32, alpha=0.25, weights="none").get_layer(
             model.BACKBONE_NAME
@@ -228,7 +231,7 @@ def test_a_folder_without_features_is_one_clear_error(tmp_path):
 def test_a_corrupt_feature_file_under_a_matching_fingerprint_is_recomputed(
     tiny_dataset, tmp_path, caplog, damage
 ):
-    splits = data.load_dataset(tiny_dataset, image_size=32)
+    splits = loading.load_dataset(tiny_dataset, image_size=32)
     backbone = model.build_backbone(image_size=32, alpha=0.25, weights="none")
     first = _extract(splits, backbone, tmp_path / "f", chunk_images=8)
     expected = np.array(first.feature_sets["train"].features)
@@ -253,7 +256,7 @@ def test_a_corrupt_feature_file_under_a_matching_fingerprint_is_recomputed(
 def test_features_from_the_pixel_store_equal_the_extractor_on_decoded_images(
     data_dir, tmp_path, informative_weights, caplog
 ):
-    splits = data.load_dataset(data_dir, image_size=32)
+    splits = loading.load_dataset(data_dir, image_size=32)
     # The training split's pixels stored already (as images mode leaves them), in chunks of 5
     # (not a multiple of the batch of 4); the test split's are not, so they are decoded now.
     pixels.store_pixels(splits.train, directory=str(tmp_path / "f" / "pixels"), chunk_images=5)

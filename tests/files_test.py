@@ -9,8 +9,8 @@ import stat
 
 import pytest
 
-from fruits_tl import files
-from fruits_tl.errors import UserInputError
+from fruits_tl.core import files
+from fruits_tl.core.errors import UserInputError
 
 
 def test_write_json_replaces_whole_file(tmp_path):
@@ -113,7 +113,7 @@ def test_a_folder_replaced_in_one_exchange_is_never_missing(tmp_path):
 def test_a_damaged_checkpoint_state_is_one_clear_paragraph(tmp_path, damage):
     import tensorflow as tf
 
-    from fruits_tl import checkpoints
+    from fruits_tl.training import checkpoints
 
     store = checkpoints.Checkpoints(
         str(tmp_path), objects={"v": tf.Variable(1.0)}, run_fingerprint={"seed": 7}
@@ -173,7 +173,7 @@ def test_the_bytes_a_model_and_its_optimizer_write_are_their_variables():
     import keras
     import numpy as np
 
-    from fruits_tl import model
+    from fruits_tl.models import model
 
     dense = keras.Sequential([keras.Input((3,)), keras.layers.Dense(4)])
     assert model.variable_bytes(dense) == (3 * 4 + 4) * 4

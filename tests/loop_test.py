@@ -6,7 +6,10 @@ import keras
 import numpy as np
 import pytest
 
-from fruits_tl import distribute, loop, model, train_input
+from fruits_tl.core import distribute
+from fruits_tl.data import train_input
+from fruits_tl.models import model
+from fruits_tl.training import loop
 
 NUM_CLASSES = 6
 FEATURE_DIM = 8

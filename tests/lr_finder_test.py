@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from fruits_tl import lr_finder, model
+from fruits_tl.models import model
+from fruits_tl.training import lr_finder
 
 
 def test_valley_picks_two_thirds_along_the_longest_fall():

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 from conftest import NO_TOP_WEIGHTS, TOP_WEIGHTS, needs_weights
 
-from fruits_tl import model, preprocess
-from fruits_tl.errors import UserInputError
+from fruits_tl.core.errors import UserInputError
+from fruits_tl.data import preprocess
+from fruits_tl.models import model
 
 
 def test_classifier_takes_uint8_and_freezes_backbone():

@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 from conftest import REPO, feature_files, store_listing, stored_features
 
-from fruits_tl import config, distribute, train
+from fruits_tl.core import config, distribute
+from fruits_tl.jobs import train
 
 # Starts processes or servers, or trains on the real sample: the slow tier.
 pytestmark = pytest.mark.slow

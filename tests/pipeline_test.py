@@ -12,12 +12,13 @@ import pytest
 import tensorflow as tf
 from conftest import run_json_script
 
-from fruits_tl import data, distribute, image_checks, pipeline, pixels, train_input
+from fruits_tl.core import distribute
+from fruits_tl.data import image_checks, loading, pipeline, pixels, train_input
 
 
 @pytest.fixture
 def splits(data_dir):
-    return data.load_dataset(data_dir, image_size=32)
+    return loading.load_dataset(data_dir, image_size=32)
 
 
 def _labels_of_epoch(dataset):
@@ -81,7 +82,7 @@ def test_inference_batches_are_full_the_last_padded_with_zero_images_labelled_mi
 
 ORDER_SCRIPT = """
 import hashlib, json, sys
-from fruits_tl import pipeline
+from fruits_tl.data import pipeline
 seed = int(sys.argv[2])
 batches = pipeline.make_datasets(sys.argv[1], batch_size=4, image_size=16, seed=seed).train
 print(json.dumps([
@@ -189,7 +190,7 @@ def test_the_public_datasets_read_the_store_feed_fit_and_reshuffle_every_epoch(
 COPY_SCRIPT = """
 import json, sys
 from conftest import anonymous_bytes
-from fruits_tl import pipeline
+from fruits_tl.data import pipeline
 data_dir, store, by_path = sys.argv[1], sys.argv[2], sys.argv[3] == "path"
 kwargs = dict(batch_size=64, image_size=128, cache=store, output="uint8")
 def growth(**extra):
@@ -208,7 +209,7 @@ def test_the_public_datasets_never_copy_the_store_into_the_process(tmp_path):
     """Two passes over 60 MB of stored images grow the process's own memory by far less than
     the store; the same datasets read by path (for a tf.data service) copy it (TF folds the
     ImmutableConst into a constant), which is why that is not the default."""
-    from fruits_tl import synthetic
+    from fruits_tl.jobs import synthetic
 
     data_dir = tmp_path / "data"
     synthetic.write_synthetic_dataset(str(data_dir), train_per_class=150, test_per_class=1)

@@ -10,7 +10,7 @@ import pytest
 import tensorflow as tf
 from conftest import REPO
 
-from fruits_tl import plots
+from fruits_tl.training import plots
 
 
 def _png(path) -> np.ndarray:

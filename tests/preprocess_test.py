@@ -6,7 +6,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from fruits_tl import preprocess
+from fruits_tl.data import preprocess
 
 PIXELS = np.array([[[0, 127, 255], [1, 128, 254]]], dtype=np.uint8)
 

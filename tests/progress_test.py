@@ -6,7 +6,7 @@ import io
 
 from conftest import FakeClock
 
-from fruits_tl import progress
+from fruits_tl.core import progress
 
 
 def test_a_log_gets_one_line_per_tenth_with_rate_and_time_left():

@@ -1,6 +1,6 @@
 """Kill, stop and resume with real processes and real signals, at points the test controls.
 
-The kill points are the documented hook (fruits_tl.faults): FRUITS_TL_KILL_AT names the point,
+The kill points are the documented hook (fruits_tl.core.faults): FRUITS_TL_KILL_AT names the point,
 FRUITS_TL_KILL_SIGNAL the signal (SIGKILL unless set). No sleeps, no polling.
 """
 
@@ -240,7 +240,7 @@ def test_sigterm_during_extraction_and_sigint_during_a_benchmark(tiny_dataset, t
 def test_a_second_signal_stops_at_once():
     code = (
         "import os, signal\n"
-        "from fruits_tl.stopping import GracefulStop\n"
+        "from fruits_tl.core.stopping import GracefulStop\n"
         "with GracefulStop() as stop:\n"
         "    os.kill(os.getpid(), signal.SIGINT)\n"
         "    assert stop.requested == signal.SIGINT\n"
@@ -293,7 +293,7 @@ def test_two_deterministic_fine_tuning_runs_with_augmentation_are_identical(
     assert result.returncode == 0, result.stderr[-3000:]
     _same_run(fine_tuned, model_dir)
     # Phase 2 trained the last block: it moved away from the starting backbone's.
-    from fruits_tl import model
+    from fruits_tl.models import model
 
     start = model.build_backbone(image_size=32, alpha=0.25, weights=informative_weights)
     tuned = keras.saving.load_model(model_dir / "model.keras", compile=False)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from conftest import run_json_script
 
-from fruits_tl import store
+from fruits_tl.data import store
 
 ROWS = np.arange(10 * 3, dtype=np.uint8).reshape(10, 3)
 
@@ -159,7 +159,7 @@ import json, sys
 import numpy as np
 import tensorflow as tf
 from conftest import anonymous_bytes
-from fruits_tl import store, train_input
+from fruits_tl.data import store, train_input
 examples = store.open_complete(sys.argv[1], "pixels")
 labels = np.zeros(len(examples), np.int32)
 batching = train_input.Batching(count=len(examples), batch_size=64, replicas=1)

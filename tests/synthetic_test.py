@@ -8,8 +8,9 @@ import os
 import numpy as np
 import pytest
 
-from fruits_tl import image_checks, listing, synthetic
-from fruits_tl.errors import UserInputError
+from fruits_tl.core.errors import UserInputError
+from fruits_tl.data import image_checks, listing
+from fruits_tl.jobs import synthetic
 
 
 def test_layout_and_reuse(tmp_path):

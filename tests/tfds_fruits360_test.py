@@ -13,8 +13,9 @@ import pytest
 import tensorflow_datasets as tfds
 from conftest import run_main
 
-from fruits_tl import data, synthetic, tfds_fruits360
 from fruits_tl.cli import evaluate_main, train_main
+from fruits_tl.data import loading, tfds_fruits360
+from fruits_tl.jobs import synthetic
 
 
 def _write_fake_fruits(directory: str) -> str:
@@ -57,7 +58,7 @@ def test_tfds_source_trains_with_the_folder_class_order(tmp_path, caplog, capsys
             tfds_data_dir=str(records), manual_dir=str(manual), image_size=32
         )
     assert "Preparing the fruits360 TFDS dataset" in caplog.text
-    folder = data.load_dataset(source, image_size=32)
+    folder = loading.load_dataset(source, image_size=32)
     assert splits.class_names == folder.class_names
     assert (len(splits.train), len(splits.test)) == (12, 6)
     # Same images and labels as the folder pipeline, file for file.
@@ -190,7 +191,7 @@ def test_tfds_build_command_prepares_the_records(tmp_path):
 def test_offline_without_manual_data_is_one_clear_error(tmp_path, monkeypatch):
     import pytest
 
-    from fruits_tl.errors import UserInputError
+    from fruits_tl.core.errors import UserInputError
 
     for name in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY"):
         monkeypatch.setenv(name, "http://127.0.0.1:9")

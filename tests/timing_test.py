@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from conftest import FakeClock
 
-from fruits_tl import timing
+from fruits_tl.core import timing
 
 
 def test_time_epochs_counts_every_batch_and_times_whole_epochs():

@@ -5,7 +5,9 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from fruits_tl import loop, model, train_input
+from fruits_tl.data import train_input
+from fruits_tl.models import model
+from fruits_tl.training import loop
 
 # Two replicas on the two logical CPUs of conftest, named explicitly: the same on a GPU host.
 REPLICA_DEVICES = ["/cpu:0", "/cpu:1"]

@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 from conftest import feature_files, run_main, store_listing, stored_features
 
-from fruits_tl import model, train
 from fruits_tl.cli import evaluate_main, train_main
+from fruits_tl.jobs import train
+from fruits_tl.models import model
 
 TINY = [
     "--alpha=0.25",

@@ -28,7 +28,7 @@ if [ -z "$weights" ]; then
   if python - <<'PY' 2>/dev/null
 import socket
 socket.setdefaulttimeout(20)
-from fruits_tl import model
+from fruits_tl.models import model
 model.fetch_imagenet_weights(alpha=1.0, image_size=128)
 PY
   then

@@ -23,7 +23,9 @@ import time
 import numpy as np
 import tensorflow as tf
 
-from fruits_tl import backbone_features, data, distribute, model, pixels
+from fruits_tl.core import distribute
+from fruits_tl.data import loading, pixels
+from fruits_tl.models import backbone_features, model
 
 
 def _rss_anon_mb() -> int:
@@ -43,7 +45,7 @@ def main() -> None:
     parser.add_argument("--memory_batch", type=int, default=0)
     args = parser.parse_args()
     batches = [int(b) for b in args.batches.split(",")]
-    folder = data.load_dataset(args.data_dir, image_size=128).train
+    folder = loading.load_dataset(args.data_dir, image_size=128).train
     strategy = distribute.get_strategy("default")
     backbone = model.build_backbone(image_size=128, alpha=0.25, weights=args.weights)
     extractor = model.build_feature_extractor(backbone, image_size=128)

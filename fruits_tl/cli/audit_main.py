@@ -39,7 +39,8 @@ PROGRAM = "fruits-tl-audit"
 
 
 def _verify_store(directory: str) -> int:
-    from fruits_tl import files, store
+    from fruits_tl.core import files
+    from fruits_tl.data import store
 
     if not os.path.isdir(directory):
         raise common.UserInputError(f"The store folder '{directory}' does not exist (--store_dir).")
@@ -76,7 +77,8 @@ def _main(argv):
     if FLAGS.store_dir:
         return _verify_store(FLAGS.store_dir)
     common.require(["data_dir"])
-    from fruits_tl import audit, files
+    from fruits_tl.core import files
+    from fruits_tl.jobs import audit
 
     report = audit.audit_folder(
         FLAGS.data_dir,

@@ -14,12 +14,12 @@ import os
 from absl import flags
 
 from fruits_tl.cli import common
-from fruits_tl.config import BENCH_VARIANTS
+from fruits_tl.core.config import BENCH_VARIANTS
 
 flags.DEFINE_list(
     "variants",
     ",".join(BENCH_VARIANTS),
-    "Comma-separated variants to measure (see fruits_tl.benchmark); add tfds-memory-uint8 "
+    "Comma-separated variants to measure (see fruits_tl.jobs.benchmark); add tfds-memory-uint8 "
     "(and tfds-memory-float32, tfds-file-*) to compare the TFDS record pipeline, with "
     "--tfds_data_dir; service-1 and service-2 measure the decode pass through a tf.data "
     "service with 1 or 2 local workers.",
@@ -48,8 +48,9 @@ PROGRAM = "fruits-tl-bench"
 
 
 def _compare_modes():
-    from fruits_tl import compare, files
-    from fruits_tl.config import ModelConfig, TrainConfig
+    from fruits_tl.core import files
+    from fruits_tl.core.config import ModelConfig, TrainConfig
+    from fruits_tl.jobs import compare
 
     common.require(["output_dir"])
     config = TrainConfig(
@@ -86,8 +87,9 @@ def _main(argv):
     common.require(["data_dir"])
     if FLAGS.compare_modes:
         return _compare_modes()
-    from fruits_tl import benchmark, files
-    from fruits_tl.config import BenchConfig, ModelConfig
+    from fruits_tl.core import files
+    from fruits_tl.core.config import BenchConfig, ModelConfig
+    from fruits_tl.jobs import benchmark
 
     config = BenchConfig(
         data=common.data_config(),
@@ -99,7 +101,7 @@ def _main(argv):
         model_steps=FLAGS.model_steps,
         cache_dir=FLAGS.output_dir and os.path.join(FLAGS.output_dir, "cache"),
     )
-    from fruits_tl import stopping
+    from fruits_tl.core import stopping
 
     with stopping.GracefulStop() as stop:
         result = benchmark.run_benchmark(

@@ -22,7 +22,7 @@ from absl import app, flags
 from absl import logging as absl_logging  # noqa: E402
 
 from fruits_tl.cli import native_log  # noqa: E402
-from fruits_tl.errors import UserInputError, WorkerLost  # noqa: E402
+from fruits_tl.core.errors import UserInputError, WorkerLost  # noqa: E402
 
 FLAGS = flags.FLAGS
 
@@ -239,7 +239,7 @@ def guarded(program: str, main, *, module_name: str, uses: tuple[str, ...] = ())
     """
 
     def wrapped(argv):
-        from fruits_tl import stopping
+        from fruits_tl.core import stopping
 
         try:
             _reject_foreign_flags(program, binary_flag_names(module_name, uses))
@@ -260,14 +260,14 @@ def guarded(program: str, main, *, module_name: str, uses: tuple[str, ...] = ())
 
 def learning_rate() -> float | str:
     """--learning_rate: a number, or "auto"."""
-    from fruits_tl.config import parse_learning_rate
+    from fruits_tl.core.config import parse_learning_rate
 
     return parse_learning_rate(FLAGS.learning_rate)
 
 
 def data_config(**overrides):
     """The DataConfig of the shared data flags (validated), with per-binary overrides."""
-    from fruits_tl.config import DataConfig
+    from fruits_tl.core.config import DataConfig
 
     values = dict(
         data_dir=FLAGS.data_dir or "",
@@ -295,7 +295,7 @@ def strategy(*, multi_worker: bool = True):
       multi_worker: The binary runs on several workers (train, extract, evaluate); the others
         run on one machine: `auto` then ignores TF_CONFIG and multi_worker_mirrored is refused.
     """
-    from fruits_tl import distribute
+    from fruits_tl.core import distribute
 
     if not multi_worker:
         if FLAGS.strategy == "multi_worker_mirrored":

@@ -56,7 +56,8 @@ def _main(argv):
     common.reject_arguments(argv)
     if not 0 <= FLAGS.port <= 65535:
         raise common.UserInputError(f"--port must be in [0, 65535], got {FLAGS.port}.")
-    from fruits_tl import data_service, distribute
+    from fruits_tl.core import distribute
+    from fruits_tl.data import data_service
 
     stopping = threading.Event()
     received = []

@@ -15,7 +15,7 @@ from absl import flags
 from fruits_tl.cli import common
 
 flags.DEFINE_string(
-    "url", None, "Archive URL; default: the Fruits-360 public release (fruits_tl.download)."
+    "url", None, "Archive URL; default: the Fruits-360 public release (fruits_tl.data.download)."
 )
 flags.DEFINE_string(
     "sha256", None, "Expected sha256 of the archive; a mismatch deletes it and fails."
@@ -30,7 +30,7 @@ PROGRAM = "fruits-tl-download"
 def _main(argv):
     common.reject_arguments(argv)
     common.require(["dest"])
-    from fruits_tl import download
+    from fruits_tl.data import download
 
     archive = FLAGS.archive
     if archive is None:

@@ -35,8 +35,9 @@ PROGRAM = "fruits-tl-evaluate"
 def _main(argv):
     common.reject_arguments(argv)
     common.require_data(["model"])
-    from fruits_tl import distribute, evaluate
-    from fruits_tl.config import EvaluateConfig
+    from fruits_tl.core import distribute
+    from fruits_tl.core.config import EvaluateConfig
+    from fruits_tl.jobs import evaluate
 
     config = EvaluateConfig(
         model=FLAGS.model,

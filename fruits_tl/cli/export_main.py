@@ -49,8 +49,8 @@ PROGRAM = "fruits-tl-export"
 def _main(argv):
     common.reject_arguments(argv)
     common.require(["model", "output_dir"])
-    from fruits_tl import export
-    from fruits_tl.config import ExportConfig
+    from fruits_tl.core.config import ExportConfig
+    from fruits_tl.jobs import export
 
     has_data = bool(FLAGS.data_dir) or FLAGS.data_source == "tfds"
     config = ExportConfig(

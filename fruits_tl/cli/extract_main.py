@@ -24,8 +24,8 @@ PROGRAM = "fruits-tl-extract"
 def _main(argv):
     common.reject_arguments(argv)
     common.require_data(["features_dir"])
-    from fruits_tl import extract
-    from fruits_tl.config import ExtractConfig, ModelConfig
+    from fruits_tl.core.config import ExtractConfig, ModelConfig
+    from fruits_tl.jobs import extract
 
     config = ExtractConfig(
         data=common.data_config(),

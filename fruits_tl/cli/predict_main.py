@@ -46,7 +46,8 @@ def _main(argv):
         raise common.UserInputError("give one or more image files or folders after the flags.")
     if FLAGS.top_k < 1:
         raise common.UserInputError(f"top_k must be >= 1, got {FLAGS.top_k}.")
-    from fruits_tl import data, evaluate
+    from fruits_tl.data import loading
+    from fruits_tl.jobs import evaluate
 
     strategy = common.strategy(multi_worker=False)
     predictions = evaluate.predict_paths(
@@ -55,7 +56,7 @@ def _main(argv):
         strategy=strategy,
         top_k=FLAGS.top_k,
         batch_size=FLAGS.batch_size,
-        exclude_files=data.load_exclude_list(FLAGS.exclude_list),
+        exclude_files=loading.load_exclude_list(FLAGS.exclude_list),
     )
     if not predictions:
         raise common.UserInputError(f"no image files found in: {', '.join(inputs)}.")

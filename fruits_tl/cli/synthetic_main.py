@@ -21,7 +21,7 @@ PROGRAM = "fruits-tl-synthetic"
 def _main(argv):
     common.reject_arguments(argv)
     common.require(["dest"])
-    from fruits_tl import synthetic
+    from fruits_tl.jobs import synthetic
 
     path = synthetic.write_synthetic_dataset(
         FLAGS.dest,

@@ -23,7 +23,7 @@ PROGRAM = "fruits-tl-tfds-build"
 
 def _main(argv):
     common.reject_arguments(argv)
-    from fruits_tl import tfds_fruits360
+    from fruits_tl.data import tfds_fruits360
 
     builder = tfds_fruits360.prepare(tfds_data_dir=FLAGS.tfds_data_dir, manual_dir=FLAGS.manual_dir)
     splits = {name: split.num_examples for name, split in builder.info.splits.items()}

@@ -108,7 +108,7 @@ PROGRAM = "fruits-tl-train"
 
 def build_config():
     """Builds the TrainConfig from the flags (validation happens in the dataclasses)."""
-    from fruits_tl import config
+    from fruits_tl.core import config
 
     common.require_data(["model_dir"])
     return config.train_config_from_flags(
@@ -119,7 +119,7 @@ def build_config():
 def _main(argv):
     common.reject_arguments(argv)
     config = build_config()
-    from fruits_tl import train
+    from fruits_tl.jobs import train
 
     strategy = common.strategy()
     flags_text = common.resolved_flags_text([common.__name__, __name__])

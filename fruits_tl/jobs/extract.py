@@ -1,0 +1,100 @@
+"""The extraction job (fruits-tl-extract): a backbone's features of every split, stored once.
+
+The backbone is built from a ModelConfig or taken from a trained model (whose input size and
+label map then apply); `backbone_features.extract_or_reuse` does the work (each split decoded
+once into the pixel store, its features into the store beside it) and reuses features whose
+fingerprint matches.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import keras
+import tensorflow as tf
+
+from fruits_tl.core import distribute, stopping
+from fruits_tl.core.config import ExtractConfig
+from fruits_tl.data import listing, loading, pixels
+from fruits_tl.models import backbone_features, model
+
+
+def extract(
+    config: ExtractConfig, *, strategy: tf.distribute.Strategy
+) -> backbone_features.Extraction:
+    """Extracts (or reuses) the features of every split of `config.data`.
+
+    Raises:
+      UserInputError: Bad data, weights or model; the training classes differ from a trained
+        model's labels.txt.
+    """
+    if config.batch_size:
+        distribute.per_replica_batch_size(strategy, config.batch_size)
+    data_config = config.data
+    if config.trained_model:
+        with strategy.scope():
+            classifier, class_names, image_size = model.load_trained(config.trained_model)
+        backbone = classifier.get_layer(model.BACKBONE_NAME)
+        alpha = model.backbone_alpha(backbone)
+        data_config = dataclasses.replace(data_config, image_size=image_size)
+        training = os.path.join(data_config.data_dir, data_config.train_subdir)
+        if data_config.data_source == "folder" and os.path.isdir(training):
+            # Refused before anything is decoded: the classes come from the listing alone.
+            _check_classes(listing.list_classes(training, role="training"), class_names, config)
+    else:
+        class_names, alpha = None, config.model.alpha
+        # Seeded as training seeds it: with --weights=none the backbone is the same in every run,
+        # so a rerun's fingerprint matches and stored chunks are reused.
+        keras.utils.set_random_seed(data_config.seed)
+        with strategy.scope():
+            backbone = model.build_backbone(
+                image_size=data_config.image_size, alpha=alpha, weights=config.model.weights
+            )
+    hint = "Start every worker again: chunks already written are reused."
+    with stopping.GracefulStop() as stop, distribute.clear_worker_errors(strategy, hint=hint):
+        stores = None
+        if data_config.data_source == "folder":
+            # The decode check's one pass fills the pixel store the extraction reads.
+            stores = pixels.SourceStores.for_job(
+                data_config,
+                directory=os.path.join(config.features_dir, backbone_features.PIXELS_DIR),
+                chunk_images=config.chunk_images,
+                role=distribute.worker_role(strategy),
+                wait_for_workers=lambda: distribute.barrier(
+                    strategy, timeout=config.collective_timeout
+                ),
+                stop=stop,
+            )
+        splits = loading.load_splits(data_config, check=stores.check if stores else None)
+        if class_names is not None:
+            _check_classes(splits.class_names, class_names, config)
+        return backbone_features.extract_or_reuse(
+            splits.named(),
+            images={n: stores.rows(f) for n, f in splits.named().items()} if stores else {},
+            backbone=backbone,
+            alpha=alpha,
+            image_size=data_config.image_size,
+            strategy=strategy,
+            settings=backbone_features.ExtractionSettings(
+                features_dir=config.features_dir,
+                batch_size=config.batch_size,
+                feature_dtype=config.feature_dtype,
+                verbose=config.verbose,
+                chunk_images=config.chunk_images,
+                barrier_timeout=config.collective_timeout,
+                data_service_address=data_config.data_service_address,
+                data_service_timeout=data_config.data_service_timeout,
+            ),
+            stop=stop,
+        )
+
+
+def _check_classes(found, class_names, config: ExtractConfig) -> None:
+    listing.check_same_classes(
+        list(found),
+        class_names,
+        where="the training folder (--data_dir)",
+        expected_as=f"the labels.txt of '{config.trained_model}'",
+        noun="model class",
+    )
