@@ -13,8 +13,8 @@ import pytest
 from conftest import feature_files, run_main, store_listing, stored_features
 
 from fruits_tl.cli import evaluate_main, train_main
-from fruits_tl.jobs import train
 from fruits_tl.models import model
+from fruits_tl.training import reporting
 
 TINY = [
     "--alpha=0.25",
@@ -65,7 +65,7 @@ def test_trains_and_writes_everything(data_dir, tmp_path, capsys, strategy, repl
     assert "underfit" in metrics_text(model_dir)
     assert store_listing(model_dir / "features") == feature_files("test", "train")
     metrics = json.loads((model_dir / "metrics.json").read_text())
-    assert set(metrics) == {field.name for field in dataclasses.fields(train.TrainMetrics)}
+    assert set(metrics) == {field.name for field in dataclasses.fields(reporting.TrainMetrics)}
     assert metrics["strategy"] == strategy and metrics["num_replicas"] == replicas
     assert metrics["mode"] == "features" and metrics["mode_reason"].startswith(
         "auto: the head trains on a frozen backbone"

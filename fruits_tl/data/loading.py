@@ -23,6 +23,7 @@ from collections.abc import Callable
 import keras
 import numpy as np
 import tensorflow as tf
+from absl import logging
 
 from fruits_tl.core import files
 from fruits_tl.core.config import DataConfig
@@ -125,6 +126,25 @@ class Splits:
         if not self.validation_is_test:
             named["validation"] = self.validation
         return named
+
+    def log(self) -> None:
+        """Logs the warnings, the files left out, and one line of counts."""
+        for warning in self.warnings:
+            logging.warning("%s", warning)
+        if self.bad_images:
+            logging.warning(
+                "Leaving out %d undecodable file(s): %s",
+                len(self.bad_images),
+                ", ".join(b.path for b in self.bad_images),
+            )
+        logging.info(
+            "Data: %d classes, %d training, %d validation (%s), %d test images",
+            len(self.class_names),
+            len(self.train),
+            len(self.validation),
+            self.validation_source,
+            len(self.test),
+        )
 
 
 def listing_fingerprint(file_paths, *, image_size: int, extra: str = "") -> str:

@@ -24,7 +24,7 @@ from fruits_tl.core import distribute, faults, files, progress
 from fruits_tl.core.config import TFDS_SPLIT_NAMES, EvaluateConfig
 from fruits_tl.data import image_checks, listing, loading, pixels, store, train_input
 from fruits_tl.models import model, servable
-from fruits_tl.training import plots
+from fruits_tl.training import reporting
 
 # Keras's SparseCategoricalCrossentropy clips probabilities to [epsilon, 1 - epsilon].
 EPSILON = 1e-7
@@ -194,13 +194,13 @@ def save_report(output_dir: str, report: Report) -> None:
 def save_pictures(output_dir: str, report: Report) -> None:
     """confusion_matrix.png and mistakes.png (one tile per row of mistakes.csv), or one line
     saying how to get them where matplotlib is missing."""
-    if not plots.available():
-        logging.info("%s", plots.MISSING)
+    if not reporting.available():
+        logging.info("%s", reporting.MISSING)
         return
-    plots.confusion_matrix(
+    reporting.confusion_matrix(
         report.confusion, report.class_names, os.path.join(output_dir, "confusion_matrix.png")
     )
-    plots.mistakes(
+    reporting.mistakes(
         [_picture(m.file_path) for m in report.mistakes],
         [m.true_class for m in report.mistakes],
         [m.predicted_class for m in report.mistakes],

@@ -18,7 +18,7 @@ import shutil
 import tensorflow as tf
 from absl import logging
 
-from fruits_tl.core import files
+from fruits_tl.core import distribute, files
 from fruits_tl.core.errors import UserInputError
 from fruits_tl.models import model
 
@@ -36,6 +36,40 @@ def describe_changes(saved: dict, current: dict) -> list[str]:
             label = key if key.startswith("data ") else f"--{key}"
             changes.append(f"{label} ({saved.get(key, 'unset')}, now {current.get(key, 'unset')})")
     return changes
+
+
+def run_fingerprint(
+    config,
+    splits,
+    *,
+    phase,
+    strategy: tf.distribute.Strategy,
+    start_digest: str,
+) -> dict:
+    """What a training phase's checkpoint must have been made with to be resumed: flags (by
+    flag name), the weights it started from, and the data. `phase`: a `phase.Phase`, `splits`:
+    the job's `loading.Splits`, `config`: its TrainConfig."""
+    fingerprint = {
+        "mode": phase.name,
+        "image_size": config.data.image_size,
+        "alpha": config.model.alpha,
+        "weights": f"{config.model.weights} (start digest {start_digest})",
+        "dropout": config.model.dropout,
+        "batch_size": config.batch_size,
+        "epochs": phase.epochs,
+        "learning_rate": phase.given_rate,
+        "optimizer": phase.optimizer,
+        "augment": phase.augmentation.spec(),
+        "fine_tune_layers": config.fine_tune_layers if phase.name == "fine_tune" else 0,
+        "seed": config.data.seed,
+        "shuffle_buffer": config.data.shuffle_buffer_size,
+        "feature_dtype": config.feature_dtype if phase.name == "features" else "",
+        "deterministic": config.deterministic,
+        "strategy": f"{distribute.describe(strategy)}, {strategy.num_replicas_in_sync} replica(s)",
+    }
+    for name, folder in splits.named().items():
+        fingerprint[f"data {name}"] = folder.fingerprint
+    return fingerprint
 
 
 class Checkpoints:

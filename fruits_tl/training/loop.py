@@ -37,7 +37,7 @@ from absl import logging
 from fruits_tl.core import faults
 from fruits_tl.core.config import NO_AUGMENTATION, Augmentation
 from fruits_tl.core.stopping import GracefulStop
-from fruits_tl.data import train_input
+from fruits_tl.data import decode, train_input
 from fruits_tl.models import model as model_lib
 
 _METRICS = ("loss", "accuracy", "top5_accuracy")
@@ -177,6 +177,25 @@ class Evaluation:
         totals = self.steps.evaluate_steps(self._iterator, tf.constant(self.batching.num_batches))
         loss, accuracy, top_k = totals.numpy() / self.count
         return {"loss": float(loss), "accuracy": float(accuracy), "top5_accuracy": float(top_k)}
+
+
+def seed_everything(seed: int, *, deterministic: bool) -> None:
+    """Seeds Python, NumPy, TensorFlow and Keras from `seed`; with `deterministic`, makes every
+    op deterministic too (and logs the thread counts results can still depend on)."""
+    keras.utils.set_random_seed(seed)
+    if deterministic:
+        # Seeds Python, NumPy and TensorFlow (tf.random.set_seed alone does not seed Keras 3:
+        # keras-team/keras#22620) and makes every op deterministic. Results can still depend on
+        # the thread counts, so they are logged.
+        tf.config.experimental.enable_op_determinism()
+        logging.info(
+            "Deterministic: seed %d; %d cores, inter-op threads %d, intra-op threads %d (0: "
+            "TF's default)",
+            seed,
+            decode.available_cores(),
+            tf.config.threading.get_inter_op_parallelism_threads(),
+            tf.config.threading.get_intra_op_parallelism_threads(),
+        )
 
 
 def as_examples(examples) -> train_input.Examples:

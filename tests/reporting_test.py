@@ -10,7 +10,7 @@ import pytest
 import tensorflow as tf
 from conftest import REPO
 
-from fruits_tl.training import plots
+from fruits_tl.training import reporting
 
 
 def _png(path) -> np.ndarray:
@@ -29,11 +29,11 @@ def test_the_mistakes_grid_has_one_tile_per_mistake(tmp_path, count):
     red = np.zeros((20, 20, 3), np.uint8)
     red[..., 0] = 255
     path = tmp_path / "mistakes.png"
-    assert plots.mistakes(
+    assert reporting.mistakes(
         [red] * count, ["Apple"] * count, ["Pear"] * count, [0.9] * count, str(path)
     )
     picture = _png(path).astype(int)
-    assert (picture.shape[1], picture.shape[0]) == plots.mistakes_grid_size(count)
+    assert (picture.shape[1], picture.shape[0]) == reporting.mistakes_grid_size(count)
     is_red = (picture[..., 0] > 200) & (picture[..., 1] < 60) & (picture[..., 2] < 60)
     tiles = 0
     rows = is_red.any(axis=1)
@@ -53,11 +53,11 @@ def test_training_curves_and_lr_find_pictures(tmp_path):
         "val_accuracy": [0.4, 0.7, 0.8, 0.85],
         "phase": [1, 1, 2, 2],
     }
-    assert plots.training_curves(history, str(tmp_path / "curves.png"))
-    assert _png(tmp_path / "curves.png").shape == (4 * plots.DPI, 10 * plots.DPI, 3)
+    assert reporting.training_curves(history, str(tmp_path / "curves.png"))
+    assert _png(tmp_path / "curves.png").shape == (4 * reporting.DPI, 10 * reporting.DPI, 3)
     rates = list(np.geomspace(1e-7, 1, 50))
-    assert plots.lr_find(rates, list(np.linspace(2, 1, 50)), 20, str(tmp_path / "lr.png"))
-    assert _png(tmp_path / "lr.png").shape == (4 * plots.DPI, 6 * plots.DPI, 3)
+    assert reporting.lr_find(rates, list(np.linspace(2, 1, 50)), 20, str(tmp_path / "lr.png"))
+    assert _png(tmp_path / "lr.png").shape == (4 * reporting.DPI, 6 * reporting.DPI, 3)
 
 
 def test_the_confusion_matrix_names_the_most_confused_pairs(tmp_path):
@@ -65,8 +65,8 @@ def test_the_confusion_matrix_names_the_most_confused_pairs(tmp_path):
     matrix = np.diag(np.full(100, 20))
     matrix[3, 7] = 5
     path = tmp_path / "confusion.png"
-    assert plots.confusion_matrix(matrix, names, str(path))
-    assert _png(path).shape == (9 * plots.DPI, 14 * plots.DPI, 3)
+    assert reporting.confusion_matrix(matrix, names, str(path))
+    assert _png(path).shape == (9 * reporting.DPI, 14 * reporting.DPI, 3)
 
 
 @pytest.mark.slow  # A process.
@@ -74,9 +74,10 @@ def test_without_matplotlib_nothing_is_drawn_and_one_line_says_why(tmp_path):
     # A real ImportError: the interpreter is told matplotlib does not exist.
     code = (
         "import sys; sys.modules['matplotlib'] = None\n"
-        "from fruits_tl import plots\n"
-        f"print(plots.available(), plots.training_curves({{'loss': [1.0]}}, '{tmp_path}/c.png'))\n"
-        "print(plots.MISSING)"
+        "from fruits_tl.training import reporting\n"
+        "print(reporting.available(),\n"
+        f"      reporting.training_curves({{'loss': [1.0]}}, '{tmp_path}/c.png'))\n"
+        "print(reporting.MISSING)"
     )
     result = subprocess.run(
         [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True
