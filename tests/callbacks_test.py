@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from conftest import FakeClock
 
-from fruits_tl.training.callbacks import ThroughputCallback
+from fruits_tl.training.loop import ThroughputCallback
 
 
 def test_images_per_second_excludes_validation():

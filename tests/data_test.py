@@ -10,7 +10,7 @@ from conftest import write_unusual_images
 from PIL import Image
 
 from fruits_tl.core.errors import UserInputError
-from fruits_tl.data import image_checks, loading
+from fruits_tl.data import decode, loading
 
 
 def _first_jpeg(data_dir, split="Training", class_name="Banana"):
@@ -146,10 +146,7 @@ def test_skip_bad_images_leaves_them_out_and_keeps_alignment(data_dir):
 def test_unusual_but_valid_images_load_as_rgb(data_dir):
     banana = os.path.join(data_dir, "Training", "Banana")
     added = write_unusual_images(banana)
-    assert (
-        image_checks.find_bad_images(sorted(os.path.join(banana, f) for f in os.listdir(banana)))
-        == ()
-    )
+    assert decode.find_bad_images(sorted(os.path.join(banana, f) for f in os.listdir(banana))) == ()
     splits = loading.load_dataset(data_dir, image_size=32)
     assert len(splits.train) == 18 + added
     shapes = {image.shape for image, _ in splits.train.make_elements().as_numpy_iterator()}

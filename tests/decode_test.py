@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from conftest import write_unusual_images
 
-from fruits_tl.data import listing, loading, pixels
+from fruits_tl.data import loading, pixels
 
 
 @pytest.mark.parametrize("image_size", [32, 128])
@@ -41,7 +41,7 @@ def test_a_chunk_decodes_only_its_own_files(data_dir):
     """A corrupt file in rows [0, 9) breaks that range's pass only: a pass over rows [9, 18)
     (another chunk, another worker's under the store's rule) never reads it."""
     train_dir = os.path.join(data_dir, "Training")
-    classes = listing.list_classes(train_dir)
+    classes = loading.list_classes(train_dir)
     first = loading.load_split(train_dir, class_names=classes, image_size=32, name="train")
     corrupt = first.file_paths[3]
     with open(corrupt, "wb") as stream:
@@ -58,7 +58,7 @@ def test_a_chunk_decodes_only_its_own_files(data_dir):
 
 def test_excluded_files_are_never_decoded(data_dir):
     train_dir = os.path.join(data_dir, "Training")
-    classes = listing.list_classes(train_dir)
+    classes = loading.list_classes(train_dir)
     path = loading.load_split(
         train_dir, class_names=classes, image_size=32, name="train"
     ).file_paths[0]

@@ -169,7 +169,7 @@ def test_killed_extraction_leaves_nothing_that_looks_complete(tmp_path):
         "--batch_size=2",
         "--extract_verbose=0",
     ]
-    # The documented hook (fruits_tl.core.faults) kills the process when the train labels' only
+    # The documented hook (fruits_tl.core.stopping) kills the process when the train labels' only
     # chunk is written: the train features are complete, their labels not yet.
     environment = dict(os.environ, FRUITS_TL_KILL_AT="store:chunk:train.labels:1")
     result = subprocess.run(command, cwd=REPO, env=environment, capture_output=True, timeout=300)

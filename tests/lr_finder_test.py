@@ -9,7 +9,7 @@ import pytest
 import tensorflow as tf
 
 from fruits_tl.models import model
-from fruits_tl.training import lr_finder
+from fruits_tl.training import lr_finder, phase
 
 
 def test_valley_picks_two_thirds_along_the_longest_fall():
@@ -90,7 +90,7 @@ def test_the_finders_rate_trains_a_head_the_tutorials_rate_leaves_at_chance():
 def test_the_underfit_guard_uses_twice_chance_and_nine_tenths_of_ln_classes(accuracy, loss, warns):
     # 4 classes: chance 0.25, 2x chance 0.5; 0.9 ln 4 = 1.2477.
     history = {"accuracy": [0.9], "loss": [0.1], "val_accuracy": [accuracy], "val_loss": [loss]}
-    warning = lr_finder.underfit_warning(history, num_classes=4, learning_rate=1e-4, suggested=3e-3)
+    warning = phase.underfit_warning(history, num_classes=4, learning_rate=1e-4, suggested=3e-3)
     assert bool(warning) == warns
     if warns:
         assert f"validation accuracy is {accuracy:.4f}" in warning

@@ -10,7 +10,7 @@ import pytest
 from conftest import NO_TOP_WEIGHTS, TOP_WEIGHTS, needs_weights
 
 from fruits_tl.core.errors import UserInputError
-from fruits_tl.data import preprocess
+from fruits_tl.data import decode
 from fruits_tl.models import model
 
 
@@ -33,7 +33,7 @@ def test_first_layer_is_a_built_in_rescaling_equal_to_the_package_preprocessing(
     assert type(layer) is keras.layers.Rescaling  # Built in: loads anywhere without fruits_tl.
     every_value = np.arange(256, dtype=np.uint8).reshape(1, 16, 16, 1).repeat(3, axis=-1)
     np.testing.assert_array_equal(
-        layer(every_value).numpy(), preprocess.mobilenet_inputs(every_value).numpy()
+        layer(every_value).numpy(), decode.mobilenet_inputs(every_value).numpy()
     )
     extractor = model.build_feature_extractor(
         classifier.get_layer(model.BACKBONE_NAME), image_size=32

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from fruits_tl.cli import native_log
+from fruits_tl.cli import common
 
 ONEDNN = (
     "I0000 00:00:1795961381.708766   10823 port.cc:153] oneDNN custom operations are on. "
@@ -24,11 +24,11 @@ LATER = "W1129 13:44:09.960997 139911330737024 train.py:412] Resuming from the c
 
 
 def test_levels_follow_tensorflows_meaning():
-    assert [native_log.hidden(line, 0) for line in (ONEDNN, CUINIT, LATER)] == [False] * 3
-    assert [native_log.hidden(line, 2) for line in (ONEDNN, CUINIT, LATER)] == [True, False, False]
-    assert [native_log.hidden(line, 3) for line in (ONEDNN, CUINIT, LATER)] == [True, True, False]
-    assert native_log.hidden(native_log.PREAMBLE + "\n", 2)
-    assert not native_log.hidden("fruits-tl-predict: error: There is no model\n", 3)
+    assert [common.hidden(line, 0) for line in (ONEDNN, CUINIT, LATER)] == [False] * 3
+    assert [common.hidden(line, 2) for line in (ONEDNN, CUINIT, LATER)] == [True, False, False]
+    assert [common.hidden(line, 3) for line in (ONEDNN, CUINIT, LATER)] == [True, True, False]
+    assert common.hidden(common.PREAMBLE + "\n", 2)
+    assert not common.hidden("fruits-tl-predict: error: There is no model\n", 3)
 
 
 @pytest.mark.slow
@@ -52,7 +52,7 @@ def test_a_binary_shows_its_error_and_hides_tensorflows_start_up_lines(tmp_path)
     )
     assert loud.returncode == 2 and "There is no model at" in loud.stderr
     # TensorFlow 2.21 on a CPU-only machine logs its CUDA probing at import: shown at level 0.
-    assert any(native_log.NATIVE_LINE.match(line) for line in loud.stderr.splitlines()), loud.stderr
+    assert any(common.NATIVE_LINE.match(line) for line in loud.stderr.splitlines()), loud.stderr
 
 
 @pytest.mark.slow

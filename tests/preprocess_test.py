@@ -6,13 +6,13 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from fruits_tl.data import preprocess
+from fruits_tl.data import decode
 
 PIXELS = np.array([[[0, 127, 255], [1, 128, 254]]], dtype=np.uint8)
 
 
 def test_mobilenet_inputs_maps_0_255_to_minus1_1_eagerly():
-    out = preprocess.mobilenet_inputs(tf.constant(PIXELS)).numpy()
+    out = decode.mobilenet_inputs(tf.constant(PIXELS)).numpy()
     assert out.dtype == np.float32
     np.testing.assert_allclose(out, PIXELS.astype(np.float32) / 127.5 - 1, atol=1e-6)
     assert out.min() == -1.0 and out.max() == 1.0
@@ -21,16 +21,14 @@ def test_mobilenet_inputs_maps_0_255_to_minus1_1_eagerly():
 def test_mobilenet_inputs_matches_keras_preprocess_input():
     pixels = np.random.default_rng(0).integers(0, 256, size=(2, 8, 8, 3)).astype(np.float32)
     expected = keras.applications.mobilenet.preprocess_input(pixels.copy())
-    np.testing.assert_allclose(preprocess.mobilenet_inputs(pixels).numpy(), expected, atol=1e-6)
+    np.testing.assert_allclose(decode.mobilenet_inputs(pixels).numpy(), expected, atol=1e-6)
 
 
 def test_mobilenet_inputs_same_inside_tf_data_map_and_for_float_input():
     dataset = tf.data.Dataset.from_tensors(PIXELS).map(
-        preprocess.mobilenet_inputs, num_parallel_calls=2
+        decode.mobilenet_inputs, num_parallel_calls=2
     )
     in_map = next(iter(dataset)).numpy()
-    eager = preprocess.mobilenet_inputs(tf.constant(PIXELS)).numpy()
+    eager = decode.mobilenet_inputs(tf.constant(PIXELS)).numpy()
     np.testing.assert_array_equal(in_map, eager)
-    np.testing.assert_array_equal(
-        preprocess.mobilenet_inputs(PIXELS.astype(np.float32)).numpy(), eager
-    )
+    np.testing.assert_array_equal(decode.mobilenet_inputs(PIXELS.astype(np.float32)).numpy(), eager)

@@ -10,6 +10,7 @@ import pytest
 import tensorflow as tf
 from conftest import REPO
 
+from fruits_tl.jobs import evaluate
 from fruits_tl.training import reporting
 
 
@@ -29,11 +30,11 @@ def test_the_mistakes_grid_has_one_tile_per_mistake(tmp_path, count):
     red = np.zeros((20, 20, 3), np.uint8)
     red[..., 0] = 255
     path = tmp_path / "mistakes.png"
-    assert reporting.mistakes(
+    assert evaluate.mistakes(
         [red] * count, ["Apple"] * count, ["Pear"] * count, [0.9] * count, str(path)
     )
     picture = _png(path).astype(int)
-    assert (picture.shape[1], picture.shape[0]) == reporting.mistakes_grid_size(count)
+    assert (picture.shape[1], picture.shape[0]) == evaluate.mistakes_grid_size(count)
     is_red = (picture[..., 0] > 200) & (picture[..., 1] < 60) & (picture[..., 2] < 60)
     tiles = 0
     rows = is_red.any(axis=1)
@@ -65,7 +66,7 @@ def test_the_confusion_matrix_names_the_most_confused_pairs(tmp_path):
     matrix = np.diag(np.full(100, 20))
     matrix[3, 7] = 5
     path = tmp_path / "confusion.png"
-    assert reporting.confusion_matrix(matrix, names, str(path))
+    assert evaluate.confusion_matrix(matrix, names, str(path))
     assert _png(path).shape == (9 * reporting.DPI, 14 * reporting.DPI, 3)
 
 

@@ -1,7 +1,7 @@
 """Kill, stop and resume with real processes and real signals, at points the test controls.
 
-The kill points are the documented hook (fruits_tl.core.faults): FRUITS_TL_KILL_AT names the point,
-FRUITS_TL_KILL_SIGNAL the signal (SIGKILL unless set). No sleeps, no polling.
+The kill points are the documented hook (fruits_tl.core.stopping): FRUITS_TL_KILL_AT names the
+point, FRUITS_TL_KILL_SIGNAL the signal (SIGKILL unless set). No sleeps, no polling.
 """
 
 from __future__ import annotations
@@ -341,7 +341,7 @@ def test_the_fault_hook_signals_only_itself_or_a_sibling(tmp_path):
         "import os, sys\n"
         "from fruits_tl.core import faults\n"
         "try:\n"
-        "    faults.point('p')\n"
+        "    stopping.point('p')\n"
         "except RuntimeError as error:\n"
         "    print('refused:', error)\n"
     )

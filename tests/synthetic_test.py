@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from fruits_tl.core.errors import UserInputError
-from fruits_tl.data import image_checks, listing
+from fruits_tl.data import decode, loading
 from fruits_tl.jobs import synthetic
 
 
@@ -22,12 +22,12 @@ def test_layout_and_reuse(tmp_path):
     assert len(os.listdir(os.path.join(path, "Test", "Banana"))) == 2
     listed = sorted(
         p
-        for paths in listing.list_image_files(
+        for paths in loading.list_image_files(
             os.path.join(path, "Training"), synthetic.FRUIT_NAMES[:4]
         ).values()
         for p in paths
     )
-    assert len(listed) == 12 and image_checks.find_bad_images(listed) == ()
+    assert len(listed) == 12 and decode.find_bad_images(listed) == ()
     before = os.path.getmtime(listed[0])
     synthetic.write_synthetic_dataset(
         path, num_classes=4, train_per_class=3, test_per_class=2, seed=5

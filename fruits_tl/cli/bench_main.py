@@ -88,10 +88,10 @@ def _main(argv):
     if FLAGS.compare_modes:
         return _compare_modes()
     from fruits_tl.core import files
-    from fruits_tl.core.config import BenchConfig, ModelConfig
+    from fruits_tl.core.config import ModelConfig
     from fruits_tl.jobs import benchmark
 
-    config = BenchConfig(
+    config = benchmark.BenchConfig(
         data=common.data_config(),
         model=ModelConfig(alpha=FLAGS.alpha, weights=common.value_or("weights", "none")),
         variants=tuple(FLAGS.variants),

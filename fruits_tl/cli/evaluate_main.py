@@ -36,10 +36,9 @@ def _main(argv):
     common.reject_arguments(argv)
     common.require_data(["model"])
     from fruits_tl.core import distribute
-    from fruits_tl.core.config import EvaluateConfig
     from fruits_tl.jobs import evaluate
 
-    config = EvaluateConfig(
+    config = evaluate.EvaluateConfig(
         model=FLAGS.model,
         data=common.data_config(),
         split=FLAGS.split,

@@ -49,11 +49,10 @@ PROGRAM = "fruits-tl-export"
 def _main(argv):
     common.reject_arguments(argv)
     common.require(["model", "output_dir"])
-    from fruits_tl.core.config import ExportConfig
     from fruits_tl.jobs import export
 
     has_data = bool(FLAGS.data_dir) or FLAGS.data_source == "tfds"
-    config = ExportConfig(
+    config = export.ExportConfig(
         model=FLAGS.model,
         output_dir=FLAGS.output_dir,
         formats=tuple(FLAGS.formats),

@@ -24,10 +24,10 @@ PROGRAM = "fruits-tl-extract"
 def _main(argv):
     common.reject_arguments(argv)
     common.require_data(["features_dir"])
-    from fruits_tl.core.config import ExtractConfig, ModelConfig
+    from fruits_tl.core.config import ModelConfig
     from fruits_tl.jobs import extract
 
-    config = ExtractConfig(
+    config = extract.ExtractConfig(
         data=common.data_config(),
         model=ModelConfig(alpha=FLAGS.alpha, weights=FLAGS.weights),
         features_dir=FLAGS.features_dir,

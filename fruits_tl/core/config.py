@@ -41,9 +41,13 @@ AUGMENT_MEANINGS = {
 }
 
 
-def _require(condition: bool, message: str) -> None:
+def require(condition: bool, message: str) -> None:
     if not condition:
         raise UserInputError(message)
+
+
+# Seconds without an element from the tf.data service before it counts as lost.
+DATA_SERVICE_TIMEOUT = 120.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,36 +90,36 @@ class DataConfig:
     tfds_data_dir: str = ""
     manual_dir: str = ""
     data_service_address: str = ""
-    data_service_timeout: float = 120.0
+    data_service_timeout: float = DATA_SERVICE_TIMEOUT
 
     def __post_init__(self) -> None:
-        _require(
+        require(
             not self.data_service_address or self.data_service_address.startswith("grpc://"),
             "data_service_address must look like grpc://host:port, got "
             f"{self.data_service_address!r}.",
         )
-        _require(
+        require(
             self.data_service_timeout > 0,
             f"data_service_timeout must be > 0 seconds, got {self.data_service_timeout}.",
         )
-        _require(
+        require(
             self.data_source in DATA_SOURCES,
             f"data_source must be one of {', '.join(DATA_SOURCES)}, got {self.data_source!r}.",
         )
-        _require(
+        require(
             bool(self.data_dir) or self.data_source == "tfds",
             "data_dir is required: the folder holding Training/ and Test/.",
         )
-        _require(bool(self.train_subdir), "train_subdir must not be empty.")
-        _require(
+        require(bool(self.train_subdir), "train_subdir must not be empty.")
+        require(
             0.0 <= self.validation_split < 1.0 and not math.isnan(self.validation_split),
             f"validation_split must be in [0, 1), got {self.validation_split}.",
         )
-        _require(
+        require(
             isinstance(self.image_size, int) and 8 <= self.image_size <= 1024,
             f"image_size must be an integer from 8 to 1024, got {self.image_size}.",
         )
-        _require(
+        require(
             self.shuffle_buffer_size >= 0,
             f"shuffle_buffer must be >= 0 (0 = whole split), got {self.shuffle_buffer_size}.",
         )
@@ -137,9 +141,9 @@ class ModelConfig:
     dropout: float = 0.0
 
     def __post_init__(self) -> None:
-        _require(0.0 < self.alpha <= 4.0, f"alpha must be in (0, 4], got {self.alpha}.")
-        _require(0.0 <= self.dropout < 1.0, f"dropout must be in [0, 1), got {self.dropout}.")
-        _require(bool(self.weights), "weights must be 'imagenet', 'none' or a file path.")
+        require(0.0 < self.alpha <= 4.0, f"alpha must be in (0, 4], got {self.alpha}.")
+        require(0.0 <= self.dropout < 1.0, f"dropout must be in [0, 1), got {self.dropout}.")
+        require(bool(self.weights), "weights must be 'imagenet', 'none' or a file path.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -156,18 +160,18 @@ class Augmentation:
     def __post_init__(self) -> None:
         names = [name for name, _ in self.transforms]
         for name, strength in self.transforms:
-            _require(
+            require(
                 name in AUGMENT_DEFAULTS,
                 f"augment: unknown transform {name!r}; the transforms are "
                 f"{', '.join(AUGMENT_DEFAULTS)}.",
             )
             meaning, low, high = AUGMENT_MEANINGS[name]
-            _require(
+            require(
                 low < strength <= high and not math.isnan(strength),
                 f"augment: {name}={strength} is out of range: its strength is {meaning}, in "
                 f"({low}, {high}].",
             )
-            _require(names.count(name) == 1, f"augment: {name} is named more than once.")
+            require(names.count(name) == 1, f"augment: {name} is named more than once.")
 
     @classmethod
     def parse(cls, spec: str) -> Augmentation:
@@ -280,64 +284,64 @@ class TrainConfig:
         return self.learning_rate == "auto"
 
     def __post_init__(self) -> None:
-        _require(bool(self.model_dir), "model_dir is required: where the model is written.")
-        _require(
+        require(bool(self.model_dir), "model_dir is required: where the model is written.")
+        require(
             self.collective_timeout > 0,
             f"collective_timeout must be > 0, got {self.collective_timeout}.",
         )
-        _require(
+        require(
             self.checkpoint_every_steps >= 0,
             "checkpoint_every_steps must be >= 0 (0: once per epoch), got "
             f"{self.checkpoint_every_steps}.",
         )
-        _require(
+        require(
             self.keep_checkpoints >= 1,
             f"keep_checkpoints must be >= 1, got {self.keep_checkpoints}.",
         )
-        _require(
+        require(
             self.extract_chunk_images >= 1,
             f"extract_chunk_images must be >= 1, got {self.extract_chunk_images}.",
         )
-        _require(
+        require(
             1 <= self.batch_size <= 65536,
             f"batch_size must be in [1, 65536], got {self.batch_size}.",
         )
-        _require(1 <= self.epochs <= 100000, f"epochs must be >= 1, got {self.epochs}.")
-        _require(
+        require(1 <= self.epochs <= 100000, f"epochs must be >= 1, got {self.epochs}.")
+        require(
             self.learning_rate == "auto"
             or (not isinstance(self.learning_rate, str) and 0.0 < self.learning_rate <= 10.0),
             f"learning_rate must be 'auto' or a number in (0, 10], got {self.learning_rate!r}.",
         )
-        _require(
+        require(
             0 <= self.fine_tune_layers <= 1000,
             f"fine_tune_layers must be from 0 (no fine-tuning) to 1000, got "
             f"{self.fine_tune_layers}.",
         )
-        _require(
+        require(
             1 <= self.fine_tune_epochs <= 100000,
             f"fine_tune_epochs must be >= 1, got {self.fine_tune_epochs}.",
         )
-        _require(
+        require(
             0.0 < self.fine_tune_learning_rate <= 1.0,
             f"fine_tune_learning_rate must be in (0, 1], got {self.fine_tune_learning_rate}.",
         )
-        _require(
+        require(
             self.fine_tune_optimizer in OPTIMIZERS,
             f"fine_tune_optimizer must be one of {', '.join(OPTIMIZERS)}, got "
             f"{self.fine_tune_optimizer!r}.",
         )
-        _require(
+        require(
             not (self.augment and self.mode == "features" and not self.fine_tune_layers),
             f"augment ({self.augment.spec()}) changes the images every epoch, but --mode=features "
             "trains the head on features computed once. Use --mode=images (or auto), or "
             "fine-tune (--fine_tune_layers=N), whose phase on the images is augmented.",
         )
-        _require(
+        require(
             self.optimizer in OPTIMIZERS,
             f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}.",
         )
-        _require(self.mode in MODES, f"mode must be one of {', '.join(MODES)}, got {self.mode!r}.")
-        _require(
+        require(self.mode in MODES, f"mode must be one of {', '.join(MODES)}, got {self.mode!r}.")
+        require(
             self.feature_dtype in FEATURE_DTYPES,
             f"feature_dtype must be one of {', '.join(FEATURE_DTYPES)}, "
             f"got {self.feature_dtype!r}.",
@@ -435,85 +439,6 @@ def train_config_flags(config: TrainConfig) -> list[str]:
     return flags
 
 
-EXPORT_FORMATS = ("saved_model", "tflite")
-QUANTIZATIONS = ("none", "dynamic", "float16", "int8")
-
-
-@dataclasses.dataclass(frozen=True)
-class ExportConfig:
-    """One export of a trained classifier (see fruits-tl-export).
-
-    Attributes:
-      model: The trained model: a model_dir or a .keras file (labels.txt beside it).
-      output_dir: Where the artifacts, labels.txt and export_report.json are written.
-      formats: Subset of EXPORT_FORMATS.
-      quantize: TFLite variants to write, a subset of QUANTIZATIONS ("none" is float32).
-      top_k: Classes the SavedModel's serve_jpeg signature returns per image.
-      representative_images: Training images (seeded choice) that calibrate int8.
-      data: The data whose test split the report is measured on, and whose training split
-        calibrates int8; None for no report and no int8.
-      latency_images: Test images timed one at a time for the report's latency.
-      int8_head_epochs: Epochs of fine-tuning the head on the int8 backbone's features of the
-        training split before the int8 conversion; 0 keeps the trained head (plain
-        post-training quantization).
-      int8_head_learning_rate: RMSprop learning rate of that fine-tuning.
-    """
-
-    model: str
-    output_dir: str
-    formats: tuple[str, ...] = EXPORT_FORMATS
-    quantize: tuple[str, ...] = QUANTIZATIONS
-    top_k: int = 5
-    representative_images: int = 300
-    data: DataConfig | None = None
-    latency_images: int = 100
-    int8_head_epochs: int = 25
-    int8_head_learning_rate: float = 1e-3
-
-    def __post_init__(self) -> None:
-        _require(
-            bool(self.model), "model is required: the trained model_dir or .keras file to export."
-        )
-        _require(bool(self.output_dir), "output_dir is required: where the exported files go.")
-        unknown = [f for f in self.formats if f not in EXPORT_FORMATS]
-        _require(
-            not unknown and bool(self.formats),
-            f"formats must be a non-empty subset of {', '.join(EXPORT_FORMATS)}, got "
-            f"{', '.join(self.formats) or '(none)'}.",
-        )
-        unknown = [q for q in self.quantize if q not in QUANTIZATIONS]
-        _require(
-            not unknown,
-            f"quantize takes {', '.join(QUANTIZATIONS)}; unknown: {', '.join(unknown)}.",
-        )
-        _require(
-            "tflite" not in self.formats or bool(self.quantize),
-            "quantize must name at least one of none, dynamic, float16, int8 when formats has "
-            "tflite.",
-        )
-        _require(self.top_k >= 1, f"top_k must be >= 1, got {self.top_k}.")
-        _require(
-            self.int8_head_epochs >= 0,
-            f"int8_head_epochs must be >= 0, got {self.int8_head_epochs}.",
-        )
-        _require(
-            self.int8_head_learning_rate > 0,
-            f"int8_head_learning_rate must be > 0, got {self.int8_head_learning_rate}.",
-        )
-        _require(
-            self.representative_images >= 1,
-            f"representative_images must be >= 1, got {self.representative_images}.",
-        )
-        _require(
-            self.latency_images >= 1, f"latency_images must be >= 1, got {self.latency_images}."
-        )
-        _require(
-            self.data is not None or not ("tflite" in self.formats and "int8" in self.quantize),
-            "quantize=int8 needs --data_dir: its training images calibrate the integer ranges.",
-        )
-
-
-# fruits-tl-bench's variants (fruits_tl.jobs.benchmark.VARIANTS implements exactly these names).
 BENCH_INPUT_VARIANTS = (
     "legacy",
     "idfd",
@@ -534,142 +459,3 @@ BENCH_TFDS_VARIANTS = (
 )
 # The decode pass through a tf.data service with 1 or 2 local workers; asked for by name.
 BENCH_SERVICE_VARIANTS = ("service-1", "service-2")
-
-
-@dataclasses.dataclass(frozen=True)
-class BenchConfig:
-    """One fruits-tl-bench run.
-
-    Attributes:
-      data: The images (the training folder is measured) and the input pipeline's settings.
-      model: The backbone of the model variants (weights do not change throughput).
-      variants: What to measure, from BENCH_VARIANTS and BENCH_TFDS_VARIANTS.
-      epochs: Epochs per repeat: the first is the cold one.
-      repeats: Repeats of every variant, interleaved.
-      batch_size: Images per batch.
-      model_steps: Batches per "epoch" of the model variants.
-      cache_dir: The folder in which the run's temporary cache folder is made (removed at
-        the end of the run); "" for the system's temporary folder.
-    """
-
-    data: DataConfig
-    model: ModelConfig = dataclasses.field(default_factory=lambda: ModelConfig(weights="none"))
-    variants: tuple[str, ...] = BENCH_VARIANTS
-    epochs: int = 5
-    repeats: int = 3
-    batch_size: int = 32
-    model_steps: int = 20
-    cache_dir: str = ""
-
-    def __post_init__(self) -> None:
-        known = BENCH_VARIANTS + BENCH_TFDS_VARIANTS + BENCH_SERVICE_VARIANTS
-        unknown = [v for v in self.variants if v not in known]
-        _require(
-            not unknown, f"unknown --variants {', '.join(unknown)}; known: {', '.join(known)}."
-        )
-        _require(
-            self.epochs >= 2,
-            f"epochs must be >= 2 (one cold, at least one steady), got {self.epochs}.",
-        )
-        _require(
-            self.repeats >= 1 and self.batch_size >= 1 and self.model_steps >= 1,
-            "repeats, batch_size and model_steps must be >= 1.",
-        )
-
-
-@dataclasses.dataclass(frozen=True)
-class ExtractConfig:
-    """One feature extraction (fruits-tl-extract).
-
-    Attributes:
-      data: The images.
-      model: The backbone to build (ignored with trained_model).
-      features_dir: Where the features go (`backbone_features`: the store's rows, labels.txt,
-        and the decoded pixels under pixels/).
-      trained_model: A trained model_dir or .keras file whose backbone (and input size and
-        label map) to use instead of `model`; "" to build `model`.
-      batch_size: Global batch size of the extraction; 0: 64 per replica (the measured best).
-      feature_dtype: "float32" or "float16".
-      verbose: Show progress.
-      chunk_images: Images per stored chunk (a killed extraction's rerun reuses whole chunks).
-      collective_timeout: Under several workers, seconds a barrier waits for the others.
-    """
-
-    data: DataConfig
-    model: ModelConfig
-    features_dir: str
-    trained_model: str = ""
-    batch_size: int = 0
-    feature_dtype: str = "float32"
-    verbose: bool = True
-    chunk_images: int = 2048
-    collective_timeout: float = 300.0
-
-    def __post_init__(self) -> None:
-        _require(bool(self.features_dir), "features_dir is required: where the features go.")
-        _require(
-            self.chunk_images >= 1, f"extract_chunk_images must be >= 1, got {self.chunk_images}."
-        )
-        _require(
-            0 <= self.batch_size <= 65536,
-            f"batch_size must be in [1, 65536] (or 0: the default), got {self.batch_size}.",
-        )
-        _require(
-            self.feature_dtype in FEATURE_DTYPES,
-            f"feature_dtype must be one of {', '.join(FEATURE_DTYPES)}, "
-            f"got {self.feature_dtype!r}.",
-        )
-
-
-# fruits-tl-evaluate --split names of the TFDS source's splits (case-insensitive).
-TFDS_SPLIT_NAMES = {
-    "test": "test",
-    "training": "train",
-    "train": "train",
-    "validation": "validation",
-}
-
-
-@dataclasses.dataclass(frozen=True)
-class EvaluateConfig:
-    """One evaluation (fruits-tl-evaluate).
-
-    Attributes:
-      model: A model_dir, .keras file, SavedModel folder or .tflite file.
-      data: Where the images are (a folder, or the TFDS source).
-      split: The folder inside data_dir to evaluate, or a TFDS split name (TFDS_SPLIT_NAMES).
-      output_dir: Where the report goes; "" for `<model_dir>/evaluation-<split>`.
-      batch_size: Global batch size.
-      num_mistakes: How many of the most confident mistakes to keep.
-      collective_timeout: Under several workers, seconds to wait for the others' predictions.
-    """
-
-    model: str
-    data: DataConfig
-    split: str = "Test"
-    output_dir: str = ""
-    batch_size: int = 32
-    num_mistakes: int = 20
-    collective_timeout: float = 300.0
-
-    def __post_init__(self) -> None:
-        _require(bool(self.model), "model is required: the trained model to evaluate.")
-        _require(self.num_mistakes >= 0, f"num_mistakes must be >= 0, got {self.num_mistakes}.")
-        _require(
-            1 <= self.batch_size <= 65536,
-            f"batch_size must be in [1, 65536], got {self.batch_size}.",
-        )
-        _require(
-            self.data.data_source != "tfds" or self.split.lower() in TFDS_SPLIT_NAMES,
-            f"--split={self.split} is not a split of the TFDS source (Test, Training, validation).",
-        )
-
-    def resolved_output_dir(self) -> str:
-        if self.output_dir:
-            return self.output_dir
-        model_dir = (
-            self.model
-            if os.path.isdir(self.model)
-            else os.path.dirname(os.path.abspath(self.model))
-        )
-        return os.path.join(model_dir, f"evaluation-{self.split}")

@@ -23,7 +23,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from fruits_tl.core import distribute, faults, stopping
+from fruits_tl.core import config, distribute, stopping
 from fruits_tl.core.errors import UserInputError
 from fruits_tl.data import decode, loading
 
@@ -32,7 +32,7 @@ SERVICE_BATCH = 64
 # Seconds without an element from the service before a job decides a worker or the dispatcher
 # is lost (--data_service_timeout). A worker decodes 64 images per element in well under a
 # second; two minutes leaves room for a dispatcher still starting its workers.
-DEFAULT_TIMEOUT = 120.0
+DEFAULT_TIMEOUT = config.DATA_SERVICE_TIMEOUT
 
 
 def free_port(host: str = "localhost") -> int:
@@ -154,7 +154,7 @@ def decode_rows_through_service(
 
     # The fault hook's point just before the client waits on the service (a test kills a
     # service worker, or signals the job, here).
-    faults.point("data_service:decode")
+    stopping.point("data_service:decode")
     try:
         with distribute.Watchdog(timeout, lost) as watchdog:
             for indices, batch in distributed.as_numpy_iterator():
@@ -162,7 +162,7 @@ def decode_rows_through_service(
                 images[indices] = batch
                 np.add.at(seen, indices, 1)
                 if seen.sum() == len(indices):  # The first batch (a test kills the dispatcher).
-                    faults.point(f"data_service:received:{folder.name}")
+                    stopping.point(f"data_service:received:{folder.name}")
     except tf.errors.OpError as error:
         raise UserInputError(
             f"The tf.data service at {address} failed ({type(error).__name__}: "

@@ -27,7 +27,7 @@ import numpy as np
 import tensorflow as tf
 
 from fruits_tl.core.errors import UserInputError
-from fruits_tl.data import loading, pixels, preprocess, store, train_input
+from fruits_tl.data import decode, loading, pixels, store, train_input
 
 OUTPUTS = ("uint8", "float32")
 # The label of a padding row (the package's one rule: `train_input.PADDING_LABEL`).
@@ -116,7 +116,7 @@ def make_split_dataset(
         )
         rows, row_labels = keep(rows), keep(row_labels)
         if images and output == "float32":
-            rows = preprocess.mobilenet_inputs(rows)
+            rows = decode.mobilenet_inputs(rows)
         elif not images:
             rows = tf.cast(rows, tf.float32)
         return rows, row_labels
@@ -193,7 +193,7 @@ def make_datasets(
     batches are read from it by TensorFlow ops, as `fruits-tl-train` reads it. By default
     batches are float32 MobileNet-preprocessed pixels in [-1, 1]; pass `output="uint8"` for raw
     pixels (4x less memory traffic) when your model applies
-    `fruits_tl.data.preprocess.mobilenet_inputs` itself.
+    `fruits_tl.data.decode.mobilenet_inputs` itself.
 
     Args:
       data_dir: The data folder.

@@ -30,9 +30,10 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
+from fruits_tl.core.config import DATA_SERVICE_TIMEOUT
 from fruits_tl.core.errors import UserInputError
 from fruits_tl.core.stopping import GracefulStop
-from fruits_tl.data import data_service, decode, image_checks, loading, store
+from fruits_tl.data import decode, loading, store
 
 # Images per batch of the decode pass that fills a chunk.
 DECODE_BATCH = 256
@@ -53,12 +54,14 @@ def decode_rows(
     last: int,
     *,
     service: str = "",
-    service_timeout: float = data_service.DEFAULT_TIMEOUT,
+    service_timeout: float = DATA_SERVICE_TIMEOUT,
 ):
     """Images [first, last) of a split, decoded: blocks of (positions, uint8 images) for the
     store to write in place. A file the decoder rejects is in no block (a missing row)."""
     if service:
         subset = _rows(folder, first, last)
+        from fruits_tl.data import data_service  # Only with a service: not on the default path.
+
         images, delivered = data_service.decode_rows_through_service(
             subset, service, timeout=service_timeout
         )
@@ -94,7 +97,7 @@ def store_pixels(
     directory: str,
     chunk_images: int = store.DEFAULT_CHUNK_ROWS,
     data_service_address: str = "",
-    data_service_timeout: float = data_service.DEFAULT_TIMEOUT,
+    data_service_timeout: float = DATA_SERVICE_TIMEOUT,
     worker_index: int = 0,
     worker_count: int = 1,
     wait_for_workers=lambda: None,
@@ -179,7 +182,7 @@ class SourceStores:
     image_size: int
     chunk_images: int = store.DEFAULT_CHUNK_ROWS
     data_service_address: str = ""
-    data_service_timeout: float = data_service.DEFAULT_TIMEOUT
+    data_service_timeout: float = DATA_SERVICE_TIMEOUT
     worker_index: int = 0
     worker_count: int = 1
     wait_for_workers: Callable[[], None] = lambda: None
@@ -204,7 +207,7 @@ class SourceStores:
             stop=stop,
         )
 
-    def check(self, source: str, paths: list[str]) -> tuple[image_checks.BadImage, ...]:
+    def check(self, source: str, paths: list[str]) -> tuple[decode.BadImage, ...]:
         """Decodes the source's files into its store (or reuses it); returns the bad ones."""
         folder = loading.folder_of_files(paths, image_size=self.image_size, name=source)
         stored = store_pixels(
@@ -221,14 +224,14 @@ class SourceStores:
             )
         bad = []
         for i in stored.missing:
-            reason = image_checks.undecodable_reason(paths[i])
+            reason = decode.undecodable_reason(paths[i])
             if reason is None:
                 raise UserInputError(
                     f"'{paths[i]}' decodes here but did not come back from the tf.data service "
                     f"at {self.data_service_address} (a service worker lost?). Restart "
                     "fruits-tl-data-service and rerun the same command."
                 )
-            bad.append(image_checks.BadImage(paths[i], reason))
+            bad.append(decode.BadImage(paths[i], reason))
         return tuple(bad)
 
     def _source_of(self, folder: loading.ImageFolder):

@@ -43,7 +43,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from fruits_tl.core import faults, files
+from fruits_tl.core import files, stopping
 from fruits_tl.core.stopping import GracefulStop
 
 FORMAT_VERSION = 2
@@ -431,7 +431,7 @@ class _ChunkWriter:
         self.wrote_any = True
         self.written_rows += chunk.last - chunk.first - len(chunk.missing)
         chunks = len(self.layout.bounds)
-        faults.point(f"store:chunk:{self.layout.name}:{chunk.k + 1}")
+        stopping.point(f"store:chunk:{self.layout.name}:{chunk.k + 1}")
         if self.stop is not None and not final:
             self.stop.check(
                 f"{chunk.k + 1} of {chunks} chunks of the stored {self.label} are saved in "

@@ -23,7 +23,7 @@ from absl import logging
 from etils import epath
 
 from fruits_tl.core.errors import UserInputError
-from fruits_tl.data import decode, download, listing, loading
+from fruits_tl.data import decode, download, loading
 
 NAME = "fruits360"
 IMAGE_SHAPE = (100, 100, 3)
@@ -40,7 +40,7 @@ def _find_extracted_root(directory: epath.Path, *, depth: int = 3) -> epath.Path
             pending += [
                 (child, level + 1)
                 for child in sorted(current.iterdir())
-                if child.is_dir() and not listing.is_skipped_folder(child.name)
+                if child.is_dir() and not loading.is_skipped_folder(child.name)
             ]
     return None
 
@@ -114,7 +114,7 @@ class Fruits360(tfds.core.GeneratorBasedBuilder):
         names = sorted(
             p.name
             for p in (root / "Training").iterdir()
-            if p.is_dir() and not listing.is_skipped_folder(p.name)
+            if p.is_dir() and not loading.is_skipped_folder(p.name)
         )
         self.info.features["label"].names = names
         splits = {"train": self._generate_examples(root / "Training", names)}
@@ -125,7 +125,7 @@ class Fruits360(tfds.core.GeneratorBasedBuilder):
     def _generate_examples(self, split_dir: epath.Path, names: list[str]):
         known = set(names)
         for class_dir in sorted(
-            p for p in split_dir.iterdir() if p.is_dir() and not listing.is_skipped_folder(p.name)
+            p for p in split_dir.iterdir() if p.is_dir() and not loading.is_skipped_folder(p.name)
         ):
             if class_dir.name not in known:
                 raise UserInputError(
@@ -156,9 +156,9 @@ def _image_files(directory: epath.Path) -> list[epath.Path]:
     found = []
     for child in sorted(directory.iterdir()):
         if child.is_dir():
-            if child.name not in listing.METADATA_FOLDERS:
+            if child.name not in loading.METADATA_FOLDERS:
                 found += _image_files(child)
-        elif child.name.lower().endswith(listing.IMAGE_EXTENSIONS) and not listing.is_metadata(
+        elif child.name.lower().endswith(loading.IMAGE_EXTENSIONS) and not loading.is_metadata(
             child.name
         ):
             found.append(child)

@@ -41,7 +41,7 @@ import numpy as np
 import tensorflow as tf
 
 from fruits_tl.core.config import NO_AUGMENTATION, Augmentation
-from fruits_tl.data import augment, decode, store
+from fruits_tl.data import decode, store
 
 # The label of a padding row. Every batch that reaches a replica's step is full: training pads
 # its last batch of example indices with -1 (`Batching`), inference pads its last
@@ -305,6 +305,8 @@ def make_replica_dataset(
     row_shape, dtype = example_spec(examples)
     if augmentation and (dtype != np.uint8 or len(row_shape) != 3):
         raise ValueError(f"augmentation needs uint8 images, not {dtype} rows of {row_shape}")
+    if augmentation:
+        from fruits_tl.data import augment  # Only with --augment: off the default path.
     gather = _gather_rows(examples, by_path=by_path)
     label_table = tf.constant(np.asarray(labels, np.int32))
 

@@ -14,8 +14,8 @@ import collections
 import os
 
 from fruits_tl.core.errors import UserInputError
-from fruits_tl.data import listing
-from fruits_tl.data.image_checks import EXTENSION_FORMATS, inspect_files
+from fruits_tl.data import loading
+from fruits_tl.data.decode import EXTENSION_FORMATS, inspect_files
 
 
 def audit_folder(
@@ -32,8 +32,8 @@ def audit_folder(
     for split in (train_subdir, test_subdir):
         directory = os.path.join(data_dir, split)
         if os.path.isdir(directory):
-            classes = listing.list_subfolders(directory)
-            splits[split] = (directory, classes, listing.list_image_files(directory, classes))
+            classes = loading.list_subfolders(directory)
+            splits[split] = (directory, classes, loading.list_image_files(directory, classes))
     if train_subdir not in splits:
         raise UserInputError(
             f"There is no training folder '{os.path.join(data_dir, train_subdir)}' "
@@ -66,7 +66,7 @@ def audit_folder(
         for c in test_classes:
             if c not in train_classes:
                 mismatch["test_only"].append(
-                    {"class": c, "closest_training_class": listing.closest_name(c, train_classes)}
+                    {"class": c, "closest_training_class": loading.closest_name(c, train_classes)}
                 )
         mismatch["train_only"] = [c for c in train_classes if c not in test_classes]
     return {

@@ -40,7 +40,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from fruits_tl.core import distribute, faults, stopping
+from fruits_tl.core import distribute, stopping
 from fruits_tl.core.config import (
     BENCH_DECODE_VARIANTS,
     BENCH_INPUT_VARIANTS,
@@ -48,7 +48,9 @@ from fruits_tl.core.config import (
     BENCH_SERVICE_VARIANTS,
     BENCH_TFDS_VARIANTS,
     BENCH_VARIANTS,
-    BenchConfig,
+    DataConfig,
+    ModelConfig,
+    require,
 )
 from fruits_tl.core.errors import UserInputError
 from fruits_tl.core.timing import (
@@ -60,18 +62,49 @@ from fruits_tl.core.timing import (
     summarize,
     time_epochs,
 )
-from fruits_tl.data import (
-    data_service,
-    decode,
-    image_checks,
-    listing,
-    loading,
-    pixels,
-    preprocess,
-    train_input,
-)
+from fruits_tl.data import data_service, decode, loading, pixels, train_input
 from fruits_tl.models import backbone_features, model
 from fruits_tl.training import loop
+
+
+@dataclasses.dataclass(frozen=True)
+class BenchConfig:
+    """One fruits-tl-bench run.
+
+    Attributes:
+      data: The images (the training folder is measured) and the input pipeline's settings.
+      model: The backbone of the model variants (weights do not change throughput).
+      variants: What to measure, from BENCH_VARIANTS and BENCH_TFDS_VARIANTS.
+      epochs: Epochs per repeat: the first is the cold one.
+      repeats: Repeats of every variant, interleaved.
+      batch_size: Images per batch.
+      model_steps: Batches per "epoch" of the model variants.
+      cache_dir: The folder in which the run's temporary cache folder is made (removed at
+        the end of the run); "" for the system's temporary folder.
+    """
+
+    data: DataConfig
+    model: ModelConfig = dataclasses.field(default_factory=lambda: ModelConfig(weights="none"))
+    variants: tuple[str, ...] = BENCH_VARIANTS
+    epochs: int = 5
+    repeats: int = 3
+    batch_size: int = 32
+    model_steps: int = 20
+    cache_dir: str = ""
+
+    def __post_init__(self) -> None:
+        known = BENCH_VARIANTS + BENCH_TFDS_VARIANTS + BENCH_SERVICE_VARIANTS
+        unknown = [v for v in self.variants if v not in known]
+        require(not unknown, f"unknown --variants {', '.join(unknown)}; known: {', '.join(known)}.")
+        require(
+            self.epochs >= 2,
+            f"epochs must be >= 2 (one cold, at least one steady), got {self.epochs}.",
+        )
+        require(
+            self.repeats >= 1 and self.batch_size >= 1 and self.model_steps >= 1,
+            "repeats, batch_size and model_steps must be >= 1.",
+        )
+
 
 # The input training reads (the verdict and --assert_min_speedup measure it).
 DEFAULT_TRAINING_FORM = "train-input"
@@ -153,7 +186,7 @@ def _idfd_epochs(context: Context):
         verbose=False,
     )
     dataset = dataset.map(
-        lambda x, y: (preprocess.mobilenet_inputs(x), y), num_parallel_calls=tf.data.AUTOTUNE
+        lambda x, y: (decode.mobilenet_inputs(x), y), num_parallel_calls=tf.data.AUTOTUNE
     )
     return lambda: dataset
 
@@ -161,7 +194,7 @@ def _idfd_epochs(context: Context):
 def _decode_epochs(paths: list[str]):
     # The decode check's own pass (the input pipeline's options): the ceiling the input pipeline
     # is compared with.
-    dataset = image_checks.decode_pass(paths)
+    dataset = decode.decode_pass(paths)
     return lambda: dataset
 
 
@@ -172,7 +205,7 @@ def _audit_epochs(folder: loading.ImageFolder):
     ]
 
     def epoch():
-        facts, _ = image_checks.inspect_files(entries)
+        facts, _ = decode.inspect_files(entries)
         return [(np.zeros(len(facts)), None)]
 
     return epoch
@@ -199,7 +232,7 @@ def reference_pipeline(
     if output == "float32":
         dataset = dataset.map(
             tf.autograph.experimental.do_not_convert(
-                lambda images, labels: (preprocess.mobilenet_inputs(images), labels)
+                lambda images, labels: (decode.mobilenet_inputs(images), labels)
             ),
             num_parallel_calls=tf.data.AUTOTUNE,
         )
@@ -328,7 +361,7 @@ def _loop_epochs(
 ) -> EpochTimes:
     """The training job's compiled step (`loop.fit`, one step per call as images mode runs it)
     for `epochs` epochs of `model_steps` batches, timed per epoch by ThroughputCallback."""
-    from fruits_tl.training.callbacks import ThroughputCallback
+    from fruits_tl.training.loop import ThroughputCallback
 
     config = context.config
     callback = ThroughputCallback(len(labels))
@@ -537,7 +570,7 @@ def _context(
     # data folder needs no Test folder here (sources.load_splits would ask for one).
     folder, _ = loading.load_labeled_folder(
         train_dir,
-        class_names=listing.list_classes(train_dir, role="training"),
+        class_names=loading.list_classes(train_dir, role="training"),
         image_size=data_config.image_size,
         name="train",
         exclude_files=loading.load_exclude_list(data_config.exclude_list),
@@ -622,7 +655,7 @@ def _run_benchmark(
         for variant in config.variants:
             measurement = VARIANTS[variant](context, repeat)
             measured[variant].append(measurement)
-            faults.point(f"bench:measured:{variant}:{repeat + 1}")
+            stopping.point(f"bench:measured:{variant}:{repeat + 1}")
             if stop is not None:
                 stop.check(
                     f"after {variant} in repeat {repeat + 1} of {config.repeats}; a benchmark "

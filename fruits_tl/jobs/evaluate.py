@@ -12,6 +12,7 @@ import contextlib
 import csv
 import dataclasses
 import io
+import math
 import os
 from collections.abc import Callable
 
@@ -20,11 +21,64 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from fruits_tl.core import distribute, faults, files, progress
-from fruits_tl.core.config import TFDS_SPLIT_NAMES, EvaluateConfig
-from fruits_tl.data import image_checks, listing, loading, pixels, store, train_input
+from fruits_tl.core import distribute, files, progress, stopping
+from fruits_tl.core.config import DataConfig, require
+from fruits_tl.data import decode, loading, pixels, store, train_input
 from fruits_tl.models import model, servable
 from fruits_tl.training import reporting
+
+TFDS_SPLIT_NAMES = {
+    "test": "test",
+    "training": "train",
+    "train": "train",
+    "validation": "validation",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class EvaluateConfig:
+    """One evaluation (fruits-tl-evaluate).
+
+    Attributes:
+      model: A model_dir, .keras file, SavedModel folder or .tflite file.
+      data: Where the images are (a folder, or the TFDS source).
+      split: The folder inside data_dir to evaluate, or a TFDS split name (TFDS_SPLIT_NAMES).
+      output_dir: Where the report goes; "" for `<model_dir>/evaluation-<split>`.
+      batch_size: Global batch size.
+      num_mistakes: How many of the most confident mistakes to keep.
+      collective_timeout: Under several workers, seconds to wait for the others' predictions.
+    """
+
+    model: str
+    data: DataConfig
+    split: str = "Test"
+    output_dir: str = ""
+    batch_size: int = 32
+    num_mistakes: int = 20
+    collective_timeout: float = 300.0
+
+    def __post_init__(self) -> None:
+        require(bool(self.model), "model is required: the trained model to evaluate.")
+        require(self.num_mistakes >= 0, f"num_mistakes must be >= 0, got {self.num_mistakes}.")
+        require(
+            1 <= self.batch_size <= 65536,
+            f"batch_size must be in [1, 65536], got {self.batch_size}.",
+        )
+        require(
+            self.data.data_source != "tfds" or self.split.lower() in TFDS_SPLIT_NAMES,
+            f"--split={self.split} is not a split of the TFDS source (Test, Training, validation).",
+        )
+
+    def resolved_output_dir(self) -> str:
+        if self.output_dir:
+            return self.output_dir
+        model_dir = (
+            self.model
+            if os.path.isdir(self.model)
+            else os.path.dirname(os.path.abspath(self.model))
+        )
+        return os.path.join(model_dir, f"evaluation-{self.split}")
+
 
 # Keras's SparseCategoricalCrossentropy clips probabilities to [epsilon, 1 - epsilon].
 EPSILON = 1e-7
@@ -197,10 +251,10 @@ def save_pictures(output_dir: str, report: Report) -> None:
     if not reporting.available():
         logging.info("%s", reporting.MISSING)
         return
-    reporting.confusion_matrix(
+    confusion_matrix(
         report.confusion, report.class_names, os.path.join(output_dir, "confusion_matrix.png")
     )
-    reporting.mistakes(
+    mistakes(
         [_picture(m.file_path) for m in report.mistakes],
         [m.true_class for m in report.mistakes],
         [m.predicted_class for m in report.mistakes],
@@ -334,7 +388,7 @@ def predict_sharded(
     part = predict_stored(
         classifier, share, count=len(mine), batch_size=max(1, batch_size // role.count)
     )
-    faults.point("evaluate:predicted")
+    stopping.point("evaluate:predicted")
     parts = distribute.gather_rows(strategy, part.astype(np.float32), timeout=timeout)
     probabilities = np.zeros((count, len(classifier.class_names)), np.float32)
     for index, rows in enumerate(parts):
@@ -452,7 +506,7 @@ def _evaluate(config: EvaluateConfig, *, strategy: tf.distribute.Strategy) -> Re
 
         def split_for(class_names, image_size):
             splits = loading.load_splits(dataclasses.replace(data_config, image_size=image_size))
-            listing.check_same_classes(
+            loading.check_same_classes(
                 splits.class_names,
                 class_names,
                 where="the fruits360 TFDS dataset",
@@ -514,12 +568,12 @@ def predict_paths(
         classifier = servable.load_servable(model_path)
     class_names = classifier.class_names
     listed = {os.path.abspath(p) for p in exclude_files}
-    paths = [p for p in listing.collect_image_paths(inputs) if os.path.abspath(p) not in listed]
+    paths = [p for p in loading.collect_image_paths(inputs) if os.path.abspath(p) not in listed]
     missing = {p: "no such file" for p in paths if not os.path.isfile(p)}
     candidates = sorted({p for p in paths if p not in missing})
     if classifier.predict_encoded is not None:
         # A SavedModel decodes inside (serve_jpeg): the files' bytes go straight in.
-        bad = {b.path: b.reason for b in image_checks.find_bad_images(candidates)}
+        bad = {b.path: b.reason for b in decode.find_bad_images(candidates)}
         errors = {**missing, **bad}
         good = [p for p in paths if p not in errors]
         return _predict_encoded(classifier, paths, good, errors, top_k=top_k, batch_size=batch_size)
@@ -577,3 +631,96 @@ def _predict_encoded(
         Prediction(path=p, error=errors[p]) if p in errors else Prediction(path=p, top=top[p])
         for p in paths
     ]
+
+
+# The pictures of an evaluation (matplotlib optional, as for the training curves).
+
+# Mistakes shown at most, and tiles per row of their grid.
+MAX_MISTAKES = 25
+TILE_COLUMNS = 5
+TILE_INCHES = 2.0
+
+
+def confusion_matrix(matrix: np.ndarray, class_names, path: str, *, pairs: int = 10) -> bool:
+    """The confusion matrix (rows: true class, columns: predicted), on a log colour scale so
+    that single mistakes show beside the diagonal; the `pairs` most confused (true, predicted)
+    pairs circled and named in a list beside it, as ~100 class names cannot label the axes."""
+    if not reporting.available():
+        return False
+    plt = reporting.pyplot()
+    from matplotlib.colors import LogNorm
+
+    matrix = np.asarray(matrix)
+    count = len(class_names)
+    off = matrix.copy()
+    np.fill_diagonal(off, 0)
+    order = np.argsort(off, axis=None, kind="stable")[::-1]
+    worst = [divmod(int(k), count) for k in order[:pairs] if off.flat[k] > 0]
+    figure = plt.figure(figsize=(14, 9))
+    axis = figure.add_axes([0.05, 0.08, 0.55, 0.85])
+    image = axis.imshow(
+        np.maximum(matrix, 0.5), norm=LogNorm(vmin=0.5, vmax=max(1, matrix.max())), cmap="viridis"
+    )
+    figure.colorbar(image, ax=axis, fraction=0.04, label="images")
+    axis.set_xlabel("predicted class (index)")
+    axis.set_ylabel("true class (index)")
+    axis.set_title(f"confusion matrix, {count} classes")
+    lines = ["most confused (true -> predicted: images)"]
+    for rank, (true, predicted) in enumerate(worst, 1):
+        axis.plot(predicted, true, "o", markersize=10, markerfacecolor="none", color="red")
+        axis.annotate(
+            str(rank),
+            (predicted, true),
+            color="red",
+            xytext=(4, 4),
+            fontsize=8,
+            textcoords="offset points",
+        )
+        wrong = int(matrix[true, predicted])
+        lines.append(f"{rank}. {class_names[true]} -> {class_names[predicted]}: {wrong}")
+    if not worst:
+        lines.append("none: no mistakes")
+    figure.text(0.64, 0.93, "\n".join(lines), va="top", fontsize=9, family="monospace")
+    reporting.save_picture(figure, path)
+    return True
+
+
+def _grid(tiles: int) -> tuple[int, int]:
+    """(columns, rows) of the mistakes grid for this many tiles (one tile at least)."""
+    columns = max(1, min(TILE_COLUMNS, tiles))
+    return columns, max(1, math.ceil(tiles / columns))
+
+
+def mistakes_grid_size(mistakes: int) -> tuple[int, int]:
+    """(width, height) in pixels of mistakes.png for this many tiles."""
+    columns, rows = _grid(mistakes)
+    size = int(TILE_INCHES * reporting.DPI)
+    return columns * size, rows * size
+
+
+def mistakes(images, true_names, predicted_names, probabilities, path: str) -> bool:
+    """A grid of the most confident mistakes (fastai's plot_top_losses): each tile the image,
+    its true class, the predicted class and the predicted probability. One tile per mistake
+    given (at most MAX_MISTAKES: pass them most confident first)."""
+    if not reporting.available():
+        return False
+    plt = reporting.pyplot()
+    count = len(images)
+    columns, rows = _grid(count)
+    figure, axes = plt.subplots(
+        rows, columns, figsize=(columns * TILE_INCHES, rows * TILE_INCHES), squeeze=False
+    )
+    for k, axis in enumerate(axes.flat):
+        axis.axis("off")
+        if k >= count:
+            continue
+        axis.imshow(np.asarray(images[k], np.uint8))
+        axis.set_title(
+            f"true {true_names[k]}\npred {predicted_names[k]} {probabilities[k]:.2f}",
+            fontsize=7,
+        )
+    if count == 0:
+        axes.flat[0].text(0.5, 0.5, "no mistakes", ha="center", va="center")
+    figure.tight_layout()
+    reporting.save_picture(figure, path)
+    return True

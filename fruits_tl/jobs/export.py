@@ -35,11 +35,91 @@ import tensorflow as tf
 from absl import logging
 
 from fruits_tl.core import files
-from fruits_tl.core.config import ExportConfig
+from fruits_tl.core.config import DataConfig, require
 from fruits_tl.core.errors import UserInputError
 from fruits_tl.data import decode, loading, pixels, store, train_input
 from fruits_tl.models import model, servable
 from fruits_tl.training import loop
+
+EXPORT_FORMATS = ("saved_model", "tflite")
+QUANTIZATIONS = ("none", "dynamic", "float16", "int8")
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportConfig:
+    """One export of a trained classifier (see fruits-tl-export).
+
+    Attributes:
+      model: The trained model: a model_dir or a .keras file (labels.txt beside it).
+      output_dir: Where the artifacts, labels.txt and export_report.json are written.
+      formats: Subset of EXPORT_FORMATS.
+      quantize: TFLite variants to write, a subset of QUANTIZATIONS ("none" is float32).
+      top_k: Classes the SavedModel's serve_jpeg signature returns per image.
+      representative_images: Training images (seeded choice) that calibrate int8.
+      data: The data whose test split the report is measured on, and whose training split
+        calibrates int8; None for no report and no int8.
+      latency_images: Test images timed one at a time for the report's latency.
+      int8_head_epochs: Epochs of fine-tuning the head on the int8 backbone's features of the
+        training split before the int8 conversion; 0 keeps the trained head (plain
+        post-training quantization).
+      int8_head_learning_rate: RMSprop learning rate of that fine-tuning.
+    """
+
+    model: str
+    output_dir: str
+    formats: tuple[str, ...] = EXPORT_FORMATS
+    quantize: tuple[str, ...] = QUANTIZATIONS
+    top_k: int = 5
+    representative_images: int = 300
+    data: DataConfig | None = None
+    latency_images: int = 100
+    int8_head_epochs: int = 25
+    int8_head_learning_rate: float = 1e-3
+
+    def __post_init__(self) -> None:
+        require(
+            bool(self.model), "model is required: the trained model_dir or .keras file to export."
+        )
+        require(bool(self.output_dir), "output_dir is required: where the exported files go.")
+        unknown = [f for f in self.formats if f not in EXPORT_FORMATS]
+        require(
+            not unknown and bool(self.formats),
+            f"formats must be a non-empty subset of {', '.join(EXPORT_FORMATS)}, got "
+            f"{', '.join(self.formats) or '(none)'}.",
+        )
+        unknown = [q for q in self.quantize if q not in QUANTIZATIONS]
+        require(
+            not unknown,
+            f"quantize takes {', '.join(QUANTIZATIONS)}; unknown: {', '.join(unknown)}.",
+        )
+        require(
+            "tflite" not in self.formats or bool(self.quantize),
+            "quantize must name at least one of none, dynamic, float16, int8 when formats has "
+            "tflite.",
+        )
+        require(self.top_k >= 1, f"top_k must be >= 1, got {self.top_k}.")
+        require(
+            self.int8_head_epochs >= 0,
+            f"int8_head_epochs must be >= 0, got {self.int8_head_epochs}.",
+        )
+        require(
+            self.int8_head_learning_rate > 0,
+            f"int8_head_learning_rate must be > 0, got {self.int8_head_learning_rate}.",
+        )
+        require(
+            self.representative_images >= 1,
+            f"representative_images must be >= 1, got {self.representative_images}.",
+        )
+        require(
+            self.latency_images >= 1, f"latency_images must be >= 1, got {self.latency_images}."
+        )
+        require(
+            self.data is not None or not ("tflite" in self.formats and "int8" in self.quantize),
+            "quantize=int8 needs --data_dir: its training images calibrate the integer ranges.",
+        )
+
+
+# fruits-tl-bench's variants (fruits_tl.jobs.benchmark.VARIANTS implements exactly these names).
 
 REPORT_FILE = "export_report.json"
 SAVED_MODEL_DIR = "saved_model"

@@ -15,9 +15,56 @@ import keras
 import tensorflow as tf
 
 from fruits_tl.core import distribute, stopping
-from fruits_tl.core.config import ExtractConfig
-from fruits_tl.data import listing, loading, pixels
+from fruits_tl.core.config import FEATURE_DTYPES, DataConfig, ModelConfig, require
+from fruits_tl.data import loading, pixels
 from fruits_tl.models import backbone_features, model
+
+
+@dataclasses.dataclass(frozen=True)
+class ExtractConfig:
+    """One feature extraction (fruits-tl-extract).
+
+    Attributes:
+      data: The images.
+      model: The backbone to build (ignored with trained_model).
+      features_dir: Where the features go (`backbone_features`: the store's rows, labels.txt,
+        and the decoded pixels under pixels/).
+      trained_model: A trained model_dir or .keras file whose backbone (and input size and
+        label map) to use instead of `model`; "" to build `model`.
+      batch_size: Global batch size of the extraction; 0: 64 per replica (the measured best).
+      feature_dtype: "float32" or "float16".
+      verbose: Show progress.
+      chunk_images: Images per stored chunk (a killed extraction's rerun reuses whole chunks).
+      collective_timeout: Under several workers, seconds a barrier waits for the others.
+    """
+
+    data: DataConfig
+    model: ModelConfig
+    features_dir: str
+    trained_model: str = ""
+    batch_size: int = 0
+    feature_dtype: str = "float32"
+    verbose: bool = True
+    chunk_images: int = 2048
+    collective_timeout: float = 300.0
+
+    def __post_init__(self) -> None:
+        require(bool(self.features_dir), "features_dir is required: where the features go.")
+        require(
+            self.chunk_images >= 1, f"extract_chunk_images must be >= 1, got {self.chunk_images}."
+        )
+        require(
+            0 <= self.batch_size <= 65536,
+            f"batch_size must be in [1, 65536] (or 0: the default), got {self.batch_size}.",
+        )
+        require(
+            self.feature_dtype in FEATURE_DTYPES,
+            f"feature_dtype must be one of {', '.join(FEATURE_DTYPES)}, "
+            f"got {self.feature_dtype!r}.",
+        )
+
+
+# fruits-tl-evaluate --split names of the TFDS source's splits (case-insensitive).
 
 
 def extract(
@@ -41,7 +88,7 @@ def extract(
         training = os.path.join(data_config.data_dir, data_config.train_subdir)
         if data_config.data_source == "folder" and os.path.isdir(training):
             # Refused before anything is decoded: the classes come from the listing alone.
-            _check_classes(listing.list_classes(training, role="training"), class_names, config)
+            _check_classes(loading.list_classes(training, role="training"), class_names, config)
     else:
         class_names, alpha = None, config.model.alpha
         # Seeded as training seeds it: with --weights=none the backbone is the same in every run,
@@ -91,7 +138,7 @@ def extract(
 
 
 def _check_classes(found, class_names, config: ExtractConfig) -> None:
-    listing.check_same_classes(
+    loading.check_same_classes(
         list(found),
         class_names,
         where="the training folder (--data_dir)",

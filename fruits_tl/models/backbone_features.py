@@ -33,10 +33,10 @@ import tensorflow as tf
 from absl import logging
 
 from fruits_tl.core import distribute, files, progress
-from fruits_tl.core.config import FEATURE_DTYPES
+from fruits_tl.core.config import DATA_SERVICE_TIMEOUT, FEATURE_DTYPES
 from fruits_tl.core.errors import UserInputError
 from fruits_tl.core.stopping import GracefulStop
-from fruits_tl.data import data_service, decode, loading, pixels, preprocess, store, train_input
+from fruits_tl.data import decode, loading, pixels, store, train_input
 from fruits_tl.models import model
 
 # Images per stored chunk of an extraction: a killed run loses at most this much work.
@@ -121,7 +121,7 @@ def make_fingerprint(
         "backbone_weights_digest": weights_digest(backbone),
         "alpha": float(alpha),
         "image_size": int(image_size),
-        "preprocessing_version": preprocess.PREPROCESSING_VERSION,
+        "preprocessing_version": decode.PREPROCESSING_VERSION,
         "decode_version": decode.DECODE_VERSION,
         "feature_dtype": feature_dtype,
         "splits": {name: folder.fingerprint for name, folder in sorted(splits.items())},
@@ -229,7 +229,7 @@ class ExtractionSettings:
     chunk_images: int = DEFAULT_CHUNK_IMAGES
     barrier_timeout: float | None = None
     data_service_address: str = ""
-    data_service_timeout: float = data_service.DEFAULT_TIMEOUT
+    data_service_timeout: float = DATA_SERVICE_TIMEOUT
     pixels_dir: str = ""
 
     def resolved_pixels_dir(self) -> str:

@@ -3,7 +3,7 @@
 Every model here takes raw pixels (uint8, or float in [0, 255]) and applies MobileNet's
 preprocessing in its first layer, so a saved model cannot be served with the wrong
 preprocessing. That layer is Keras's own `Rescaling(1/127.5, offset=-1)` (the same float32
-arithmetic as `preprocess.mobilenet_inputs`, x * (1/127.5) - 1), so a saved `model.keras`
+arithmetic as `decode.mobilenet_inputs`, x * (1/127.5) - 1), so a saved `model.keras`
 loads with plain `keras.models.load_model`, without this package. Build models inside
 `strategy.scope()`.
 """
@@ -20,7 +20,7 @@ import tensorflow as tf
 
 from fruits_tl.core.config import IMAGENET_ALPHAS, IMAGENET_IMAGE_SIZES, OPTIMIZERS
 from fruits_tl.core.errors import UserInputError
-from fruits_tl.data import preprocess
+from fruits_tl.data import decode
 
 # Where Keras publishes MobileNet v1 weights (keras.applications.mobilenet.BASE_WEIGHT_PATH).
 IMAGENET_WEIGHTS_URL = "https://storage.googleapis.com/tensorflow/keras-applications/mobilenet/"
@@ -42,7 +42,7 @@ BACKBONE_NAME = "backbone"
 
 @keras.saving.register_keras_serializable(package="fruits_tl")
 class MobileNetPreprocessing(keras.layers.Layer):
-    """Applies `fruits_tl.data.preprocess.mobilenet_inputs`: raw pixels to float32 in [-1, 1].
+    """Applies `fruits_tl.data.decode.mobilenet_inputs`: raw pixels to float32 in [-1, 1].
 
     Only for loading models saved by fruits_tl 0.1.0, whose first layer this was (it stays
     registered so that `load_model` finds it). New models use `build_preprocessing()`, a
@@ -54,7 +54,7 @@ class MobileNetPreprocessing(keras.layers.Layer):
         super().__init__(**kwargs)
 
     def call(self, inputs):
-        return preprocess.mobilenet_inputs(inputs)
+        return decode.mobilenet_inputs(inputs)
 
     def compute_output_shape(self, input_shape):
         return input_shape

@@ -152,32 +152,3 @@ def find(
         model.optimizer.learning_rate.assign(initial_rate)
     index = valley(smoothed)
     return Finding(tuple(rates), tuple(smoothed), suggested=rates[index], suggested_step=index)
-
-
-def underfit_warning(
-    history: dict, *, num_classes: int, learning_rate: float, suggested: float | None
-) -> str:
-    """The guard: a warning when the head's last epoch is below 2x chance accuracy, or its loss
-    above 0.9 x ln(classes) (near a uniform guess); "" when it learnt.
-
-    Uses the validation figures where there are any, else the training figures.
-    """
-    prefix = "val_" if history.get("val_accuracy") else ""
-    accuracy = history[f"{prefix}accuracy"][-1]
-    loss = history[f"{prefix}loss"][-1]
-    chance = 1.0 / num_classes
-    uniform = math.log(num_classes)
-    if accuracy >= 2 * chance and loss <= 0.9 * uniform:
-        return ""
-    which = "validation" if prefix else "training"
-    advice = (
-        f"the learning-rate finder suggests {suggested:.3g} (--learning_rate=auto uses it)"
-        if suggested is not None
-        else "try --learning_rate=auto"
-    )
-    return (
-        f"The head looks underfit: after {len(history[f'{prefix}accuracy'])} epochs its "
-        f"{which} accuracy is {accuracy:.4f} (chance {chance:.4f}, 2x chance {2 * chance:.4f}) "
-        f"and its {which} loss {loss:.4f} (a uniform guess: ln {num_classes} = {uniform:.4f}) "
-        f"at learning rate {learning_rate:.3g}: {advice}."
-    )

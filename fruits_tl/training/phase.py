@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 import os
 import time
+from typing import TYPE_CHECKING
 
 import keras
 import tensorflow as tf
@@ -20,7 +22,10 @@ from fruits_tl.core import distribute, stopping
 from fruits_tl.core.config import NO_AUGMENTATION, Augmentation, TrainConfig
 from fruits_tl.data import loading, train_input
 from fruits_tl.models import model
-from fruits_tl.training import callbacks, checkpoints, loop, lr_finder
+from fruits_tl.training import checkpoints, loop
+
+if TYPE_CHECKING:
+    from fruits_tl.training import lr_finder
 
 # What a worker that lost the others says to do next.
 RESTART_HINT = "Start every worker again: the job resumes from the chief's last checkpoint."
@@ -126,6 +131,8 @@ class PhaseResult:
 
 def find_rate(config, trainable, *, arrays, strategy) -> lr_finder.Finding:
     """The range test on the training examples, from `trainable`'s current weights."""
+    from fruits_tl.training import lr_finder  # Only where the finder runs.
+
     start = time.perf_counter()
     finding = lr_finder.find(
         trainable,
@@ -174,7 +181,7 @@ def fit(
     # Under several workers only the chief writes checkpoints (in model_dir's folder, which
     # they all must reach); every worker resumes from the chief's latest.
     chief = distribute.worker_role(strategy).is_chief
-    throughput = callbacks.ThroughputCallback(
+    throughput = loop.ThroughputCallback(
         len(splits.train),
         tensorboard_dir=config.tensorboard_dir if chief else "",
         epoch_offset=phase.epoch_offset,
@@ -201,6 +208,8 @@ def _compile(config, splits, trainable, *, phase: Phase, arrays: dict, strategy)
     finding = None
     rate = phase.given_rate
     if rate == "auto":
+        from fruits_tl.training import lr_finder
+
         with strategy.scope():  # The finder's own optimizer; it sets the rate of every step.
             model.compile_classifier(
                 trainable,
@@ -320,13 +329,13 @@ def underfit_guard(config, splits, trainable, head: PhaseResult, *, arrays, stra
     history = head.training.history
     num_classes = len(splits.class_names)
     finding = head.finding
-    if not lr_finder.underfit_warning(
+    if not underfit_warning(
         history, num_classes=num_classes, learning_rate=head.learning_rate, suggested=None
     ):
         return finding, ""
     if finding is None:
         finding = find_rate(config, trainable, arrays=arrays, strategy=strategy)
-    warning = lr_finder.underfit_warning(
+    warning = underfit_warning(
         history,
         num_classes=num_classes,
         learning_rate=head.learning_rate,
@@ -372,3 +381,32 @@ def fine_tune_phase(config: TrainConfig, classifier: keras.Model) -> tuple[Phase
         epoch_offset=config.epochs,
     )
     return phase, layers
+
+
+def underfit_warning(
+    history: dict, *, num_classes: int, learning_rate: float, suggested: float | None
+) -> str:
+    """The guard: a warning when the head's last epoch is below 2x chance accuracy, or its loss
+    above 0.9 x ln(classes) (near a uniform guess); "" when it learnt.
+
+    Uses the validation figures where there are any, else the training figures.
+    """
+    prefix = "val_" if history.get("val_accuracy") else ""
+    accuracy = history[f"{prefix}accuracy"][-1]
+    loss = history[f"{prefix}loss"][-1]
+    chance = 1.0 / num_classes
+    uniform = math.log(num_classes)
+    if accuracy >= 2 * chance and loss <= 0.9 * uniform:
+        return ""
+    which = "validation" if prefix else "training"
+    advice = (
+        f"the learning-rate finder suggests {suggested:.3g} (--learning_rate=auto uses it)"
+        if suggested is not None
+        else "try --learning_rate=auto"
+    )
+    return (
+        f"The head looks underfit: after {len(history[f'{prefix}accuracy'])} epochs its "
+        f"{which} accuracy is {accuracy:.4f} (chance {chance:.4f}, 2x chance {2 * chance:.4f}) "
+        f"and its {which} loss {loss:.4f} (a uniform guess: ln {num_classes} = {uniform:.4f}) "
+        f"at learning rate {learning_rate:.3g}: {advice}."
+    )

@@ -16,7 +16,6 @@ import contextlib
 import csv
 import dataclasses
 import io
-import math
 import os
 import shutil
 import tempfile
@@ -295,10 +294,6 @@ MISSING = (
     "matplotlib is not installed, so no pictures (.png) were written; the CSVs hold the same "
     "figures. pip install 'fruits_tl[plots]' to get them."
 )
-# Mistakes shown at most, and tiles per row of their grid.
-MAX_MISTAKES = 25
-TILE_COLUMNS = 5
-TILE_INCHES = 2.0
 DPI = 80
 
 
@@ -311,7 +306,7 @@ def available() -> bool:
     return True
 
 
-def _pyplot():
+def pyplot():
     import matplotlib
 
     matplotlib.use("Agg")  # Files only: no display, no GUI toolkit.
@@ -320,8 +315,8 @@ def _pyplot():
     return plt
 
 
-def _save(figure, path: str) -> None:
-    plt = _pyplot()
+def save_picture(figure, path: str) -> None:
+    plt = pyplot()
     with files.atomic_path(path) as temporary:
         figure.savefig(temporary, format="png", dpi=DPI)
     plt.close(figure)
@@ -332,7 +327,7 @@ def training_curves(history: dict, path: str) -> bool:
     (history["phase"]) begins."""
     if not available():
         return False
-    plt = _pyplot()
+    plt = pyplot()
     figure, axes = plt.subplots(1, 2, figsize=(10, 4))
     epochs = np.arange(1, len(history["loss"]) + 1)
     for axis, metric in zip(axes, ("loss", "accuracy"), strict=True):
@@ -347,7 +342,7 @@ def training_curves(history: dict, path: str) -> bool:
         axis.set_title(metric)
         axis.legend()
     figure.tight_layout()
-    _save(figure, path)
+    save_picture(figure, path)
     return True
 
 
@@ -356,7 +351,7 @@ def lr_find(learning_rates, losses, suggested_step: int, path: str) -> bool:
     marked."""
     if not available():
         return False
-    plt = _pyplot()
+    plt = pyplot()
     figure, axis = plt.subplots(figsize=(6, 4))
     axis.plot(learning_rates, losses)
     axis.plot(
@@ -370,90 +365,5 @@ def lr_find(learning_rates, losses, suggested_step: int, path: str) -> bool:
     axis.set_ylabel("smoothed training loss")
     axis.legend()
     figure.tight_layout()
-    _save(figure, path)
-    return True
-
-
-def confusion_matrix(matrix: np.ndarray, class_names, path: str, *, pairs: int = 10) -> bool:
-    """The confusion matrix (rows: true class, columns: predicted), on a log colour scale so
-    that single mistakes show beside the diagonal; the `pairs` most confused (true, predicted)
-    pairs circled and named in a list beside it, as ~100 class names cannot label the axes."""
-    if not available():
-        return False
-    plt = _pyplot()
-    from matplotlib.colors import LogNorm
-
-    matrix = np.asarray(matrix)
-    count = len(class_names)
-    off = matrix.copy()
-    np.fill_diagonal(off, 0)
-    order = np.argsort(off, axis=None, kind="stable")[::-1]
-    worst = [divmod(int(k), count) for k in order[:pairs] if off.flat[k] > 0]
-    figure = plt.figure(figsize=(14, 9))
-    axis = figure.add_axes([0.05, 0.08, 0.55, 0.85])
-    image = axis.imshow(
-        np.maximum(matrix, 0.5), norm=LogNorm(vmin=0.5, vmax=max(1, matrix.max())), cmap="viridis"
-    )
-    figure.colorbar(image, ax=axis, fraction=0.04, label="images")
-    axis.set_xlabel("predicted class (index)")
-    axis.set_ylabel("true class (index)")
-    axis.set_title(f"confusion matrix, {count} classes")
-    lines = ["most confused (true -> predicted: images)"]
-    for rank, (true, predicted) in enumerate(worst, 1):
-        axis.plot(predicted, true, "o", markersize=10, markerfacecolor="none", color="red")
-        axis.annotate(
-            str(rank),
-            (predicted, true),
-            color="red",
-            xytext=(4, 4),
-            fontsize=8,
-            textcoords="offset points",
-        )
-        wrong = int(matrix[true, predicted])
-        lines.append(f"{rank}. {class_names[true]} -> {class_names[predicted]}: {wrong}")
-    if not worst:
-        lines.append("none: no mistakes")
-    figure.text(0.64, 0.93, "\n".join(lines), va="top", fontsize=9, family="monospace")
-    _save(figure, path)
-    return True
-
-
-def _grid(tiles: int) -> tuple[int, int]:
-    """(columns, rows) of the mistakes grid for this many tiles (one tile at least)."""
-    columns = max(1, min(TILE_COLUMNS, tiles))
-    return columns, max(1, math.ceil(tiles / columns))
-
-
-def mistakes_grid_size(mistakes: int) -> tuple[int, int]:
-    """(width, height) in pixels of mistakes.png for this many tiles."""
-    columns, rows = _grid(mistakes)
-    size = int(TILE_INCHES * DPI)
-    return columns * size, rows * size
-
-
-def mistakes(images, true_names, predicted_names, probabilities, path: str) -> bool:
-    """A grid of the most confident mistakes (fastai's plot_top_losses): each tile the image,
-    its true class, the predicted class and the predicted probability. One tile per mistake
-    given (at most MAX_MISTAKES: pass them most confident first)."""
-    if not available():
-        return False
-    plt = _pyplot()
-    count = len(images)
-    columns, rows = _grid(count)
-    figure, axes = plt.subplots(
-        rows, columns, figsize=(columns * TILE_INCHES, rows * TILE_INCHES), squeeze=False
-    )
-    for k, axis in enumerate(axes.flat):
-        axis.axis("off")
-        if k >= count:
-            continue
-        axis.imshow(np.asarray(images[k], np.uint8))
-        axis.set_title(
-            f"true {true_names[k]}\npred {predicted_names[k]} {probabilities[k]:.2f}",
-            fontsize=7,
-        )
-    if count == 0:
-        axes.flat[0].text(0.5, 0.5, "no mistakes", ha="center", va="center")
-    figure.tight_layout()
-    _save(figure, path)
+    save_picture(figure, path)
     return True
