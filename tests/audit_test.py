@@ -12,7 +12,7 @@ from conftest import FRUITS_SAMPLE, needs_fruits_sample, run_main
 from PIL import Image
 
 from fruits_tl.cli import audit_main, train_main
-from fruits_tl.data import loading, pixels
+from fruits_tl.data import loading, store
 
 
 def _seed_problems(data_dir):
@@ -161,7 +161,7 @@ def test_audit_counts_the_real_sample(tmp_path, capsys):
 def test_the_store_is_checked_against_its_checksums(data_dir, tmp_path, capsys):
     store_dir = tmp_path / "store"
     # A store as the jobs fill it: each source folder's decoded pixels (the decode check).
-    stores = pixels.SourceStores(str(store_dir), 32, chunk_images=8)
+    stores = store.SourceStores(str(store_dir), 32, chunk_images=8)
     loading.load_dataset(data_dir, image_size=32, check=stores.check)
     (store_dir / "report.json").write_text("{}")  # Other JSON files are not arrays.
     assert run_main(audit_main, [f"--store_dir={store_dir}"]) == 0

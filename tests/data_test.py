@@ -9,7 +9,7 @@ import pytest
 from conftest import write_unusual_images
 from PIL import Image
 
-from fruits_tl.core.errors import UserInputError
+from fruits_tl.core.config import UserInputError
 from fruits_tl.data import decode, loading
 
 

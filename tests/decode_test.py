@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from conftest import write_unusual_images
 
-from fruits_tl.data import loading, pixels
+from fruits_tl.data import loading, store
 
 
 @pytest.mark.parametrize("image_size", [32, 128])
@@ -49,10 +49,10 @@ def test_a_chunk_decodes_only_its_own_files(data_dir):
     # The listing is taken again without any check, so nothing knows the file is corrupt.
     folder = loading.load_split(train_dir, class_names=classes, image_size=32, name="train")
     assert folder.file_paths[3] == corrupt
-    later = list(pixels.decode_pass(folder, 9, 18).as_numpy_iterator())
+    later = list(store.fill_pass(folder, 9, 18).as_numpy_iterator())
     np.testing.assert_array_equal(np.concatenate([p for p, _ in later]), np.arange(9, 18))
     # The pass over the range that holds it leaves the corrupt file out (a missing row).
-    earlier = list(pixels.decode_pass(folder, 0, 9).as_numpy_iterator())
+    earlier = list(store.fill_pass(folder, 0, 9).as_numpy_iterator())
     np.testing.assert_array_equal(np.concatenate([p for p, _ in earlier]), [0, 1, 2, 4, 5, 6, 7, 8])
 
 

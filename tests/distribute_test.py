@@ -6,7 +6,7 @@ import pytest
 import tensorflow as tf
 
 from fruits_tl.core import distribute
-from fruits_tl.core.errors import UserInputError
+from fruits_tl.core.config import UserInputError
 
 
 def test_auto_on_cpu_is_the_default_strategy():

@@ -15,7 +15,7 @@ import pytest
 from conftest import run_main
 
 from fruits_tl.cli import download_main
-from fruits_tl.core.errors import UserInputError
+from fruits_tl.core.config import UserInputError
 from fruits_tl.data import download
 
 

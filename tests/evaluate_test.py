@@ -68,7 +68,7 @@ def trained(tiny_dataset, tmp_path_factory):
         "--verbose=0",
     ]
     assert run_main(train_main, args) == 0
-    classifier = model.load_model(str(model_dir))
+    classifier = servable.load_model(str(model_dir))
     kernel, bias = classifier.get_layer(model.HEAD_DENSE).get_weights()
     classifier.get_layer(model.HEAD_DENSE).set_weights(
         [np.zeros_like(kernel), np.array([0.0, 3.0, 0.0], np.float32)]

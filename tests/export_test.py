@@ -15,7 +15,7 @@ import pytest
 from conftest import NO_TOP_WEIGHTS, REPO, feature_files, needs_weights, run_main, store_listing
 
 from fruits_tl.cli import evaluate_main, export_main, extract_main, predict_main, train_main
-from fruits_tl.data import loading, pixels
+from fruits_tl.data import loading, store
 from fruits_tl.jobs import export
 from fruits_tl.models import model, servable
 
@@ -63,7 +63,7 @@ def trained(tiny_dataset, informative_weights, tmp_path_factory):
     # Random backbone features are tiny (std ~1e-3), so the head barely learns from them in a
     # few epochs. Set it to a nearest-class-mean classifier on standardised training features
     # instead, so that the exported formats are compared on a model with real margins.
-    classifier = model.load_model(str(model_dir))
+    classifier = servable.load_model(str(model_dir))
     extractor = keras.Model(classifier.inputs, classifier.get_layer(model.HEAD_POOL).output)
     splits = loading.load_dataset(tiny_dataset, image_size=32)
     images = np.stack([image for image, _ in splits.train.make_elements().as_numpy_iterator()])
@@ -354,7 +354,7 @@ def test_the_int8_head_is_refit_on_the_int8_backbone_features(tiny_dataset):
     """refit_head_for_int8 trains a copy's head on what the int8 backbone computes."""
     keras.utils.set_random_seed(3)
     classifier = model.build_classifier(3, image_size=128, alpha=0.25, weights=NO_TOP_WEIGHTS)
-    stores = pixels.SourceStores(pixels.temporary_directory(), 128)
+    stores = store.SourceStores(store.temporary_directory(), 128)
     splits = loading.load_dataset(tiny_dataset, image_size=128, check=stores.check)
     train = stores.rows(splits.train)
     representative = export.representative_batches(train, count=18, seed=1)

@@ -15,7 +15,7 @@ import tensorflow as tf
 from conftest import REPO, feature_files, store_listing
 
 from fruits_tl.core import config, distribute
-from fruits_tl.data import loading, pixels
+from fruits_tl.data import loading, store
 from fruits_tl.jobs import train
 from fruits_tl.models import backbone_features, model
 
@@ -210,7 +210,7 @@ def test_a_split_with_fewer_images_than_replicas_extracts(data_dir, tmp_path):
             model.BACKBONE_NAME
         )
         extractor = model.build_feature_extractor(backbone, image_size=32)
-    images = pixels.store_pixels(one, directory=str(tmp_path)).examples
+    images = store.store_pixels(one, directory=str(tmp_path)).examples
     features = backbone_features.extract_stored(images, extractor, strategy=strategy, batch_size=4)
     assert strategy.num_replicas_in_sync == 2
     assert features.shape == (1, 256)
@@ -259,7 +259,7 @@ def test_features_from_the_pixel_store_equal_the_extractor_on_decoded_images(
     splits = loading.load_dataset(data_dir, image_size=32)
     # The training split's pixels stored already (as images mode leaves them), in chunks of 5
     # (not a multiple of the batch of 4); the test split's are not, so they are decoded now.
-    pixels.store_pixels(splits.train, directory=str(tmp_path / "f" / "pixels"), chunk_images=5)
+    store.store_pixels(splits.train, directory=str(tmp_path / "f" / "pixels"), chunk_images=5)
     mirrored = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
     with mirrored.scope():
         replicated = model.build_backbone(image_size=32, alpha=0.25, weights=informative_weights)

@@ -10,7 +10,7 @@ import stat
 import pytest
 
 from fruits_tl.core import files
-from fruits_tl.core.errors import UserInputError
+from fruits_tl.core.config import UserInputError
 
 
 def test_write_json_replaces_whole_file(tmp_path):
@@ -113,13 +113,13 @@ def test_a_folder_replaced_in_one_exchange_is_never_missing(tmp_path):
 def test_a_damaged_checkpoint_state_is_one_clear_paragraph(tmp_path, damage):
     import tensorflow as tf
 
-    from fruits_tl.training import checkpoints
+    from fruits_tl.training import phase
 
-    store = checkpoints.Checkpoints(
+    store = phase.Checkpoints(
         str(tmp_path), objects={"v": tf.Variable(1.0)}, run_fingerprint={"seed": 7}
     )
     path = store.save({"epoch": 1, "step": 0})
-    state = os.path.join(path, checkpoints.STATE_FILE)
+    state = os.path.join(path, phase.STATE_FILE)
     text = open(state).read()
     damaged = {"garbage": "\x00" * 10, "truncated": text[: len(text) // 2], "not_a_state": "[1]"}
     open(state, "w").write(damaged[damage])

@@ -9,13 +9,13 @@ import pytest
 import tensorflow as tf
 
 from fruits_tl.models import model
-from fruits_tl.training import lr_finder, phase
+from fruits_tl.training import phase
 
 
 def test_valley_picks_two_thirds_along_the_longest_fall():
     # Flat, then a steady fall over steps 20..79, then divergence.
     losses = [2.0] * 20 + [2.0 - 0.02 * k for k in range(1, 61)] + [1.0 + k for k in range(20)]
-    index = lr_finder.valley(losses)
+    index = phase.valley(losses)
     # The longest decreasing run is steps 18..79 (from the flat part's end): fastai's rule takes
     # the point half way along it (a third plus a sixth), step 48.
     assert index == 48
@@ -23,8 +23,8 @@ def test_valley_picks_two_thirds_along_the_longest_fall():
 
 
 def test_valley_of_a_short_curve_stays_inside_it():
-    assert 0 <= lr_finder.valley([1.0, 0.9, 0.8]) < 3
-    assert lr_finder.valley([1.0]) == 0
+    assert 0 <= phase.valley([1.0, 0.9, 0.8]) < 3
+    assert phase.valley([1.0]) == 0
 
 
 def _separable_features(count: int = 64, classes: int = 4, dim: int = 8):
@@ -45,18 +45,18 @@ def test_the_range_test_restores_the_weights_and_stops_when_the_loss_diverges():
     model.compile_classifier(head, optimizer="rmsprop", learning_rate=1e-3, num_classes=4)
     before = [w.copy() for w in head.get_weights()]
     # A schedule to 1e3: far past where any rate can fit, so the loss surely diverges early.
-    finding = lr_finder.find(
+    finding = phase.find(
         head, examples=features, labels=labels, strategy=strategy, batch_size=16, seed=0, end=1e3
     )
     for old, new in zip(before, head.get_weights(), strict=True):
         np.testing.assert_array_equal(old, new)
     assert float(head.optimizer.learning_rate.numpy()) == pytest.approx(1e-3)
     rates = np.array(finding.learning_rates)
-    assert rates[0] == pytest.approx(lr_finder.START)
+    assert rates[0] == pytest.approx(phase.START)
     assert np.all(np.diff(rates) > 0)
     # It stopped when the loss diverged, before the schedule's end.
-    assert len(rates) < lr_finder.STEPS
-    assert finding.losses[-1] > lr_finder.DIVERGED * min(finding.losses) * 0.99
+    assert len(rates) < phase.STEPS
+    assert finding.losses[-1] > phase.DIVERGED * min(finding.losses) * 0.99
     assert finding.suggested == finding.learning_rates[finding.suggested_step]
     rows = finding.to_csv().splitlines()
     assert rows[0] == "step,learning_rate,smoothed_loss,suggested"
@@ -73,7 +73,7 @@ def test_the_finders_rate_trains_a_head_the_tutorials_rate_leaves_at_chance():
         model.compile_classifier(head, optimizer="rmsprop", learning_rate=1e-7, num_classes=4)
         rate = 1e-7
         if name == "finder":
-            rate = lr_finder.find(
+            rate = phase.find(
                 head, examples=features, labels=labels, strategy=strategy, batch_size=16, seed=0
             ).suggested
         model.compile_classifier(head, optimizer="rmsprop", learning_rate=rate, num_classes=4)

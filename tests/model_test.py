@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from conftest import NO_TOP_WEIGHTS, TOP_WEIGHTS, needs_weights
 
-from fruits_tl.core.errors import UserInputError
+from fruits_tl.core.config import UserInputError
 from fruits_tl.data import decode
-from fruits_tl.models import model
+from fruits_tl.models import model, servable
 
 
 def test_classifier_takes_uint8_and_freezes_backbone():
@@ -52,7 +52,7 @@ def test_saved_model_round_trip_keeps_predictions(tmp_path):
     pixels = np.random.default_rng(1).integers(0, 256, size=(2, 32, 32, 3)).astype(np.uint8)
     path = str(tmp_path / "m.keras")
     classifier.save(path)
-    loaded = model.load_model(path)
+    loaded = servable.load_model(path)
     np.testing.assert_allclose(
         loaded.predict(pixels, verbose=0), classifier.predict(pixels, verbose=0), rtol=1e-5
     )

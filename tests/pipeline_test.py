@@ -13,7 +13,7 @@ import tensorflow as tf
 from conftest import run_json_script
 
 from fruits_tl.core import distribute
-from fruits_tl.data import decode, loading, pipeline, pixels, train_input
+from fruits_tl.data import decode, loading, pipeline, store, train_input
 
 
 @pytest.fixture
@@ -118,7 +118,7 @@ def test_the_same_seed_gives_the_same_order_in_another_process(tiny_dataset):
 def test_decode_passes_are_not_autotuned_and_store_reads_not_rewritten(splits, data_dir):
     # Every pass that decodes files: the pass that fills the store and the decode check's
     # (the bench's decode ceiling is the check's pass).
-    passes = (pixels.decode_pass(splits.train, 0, 4), decode.decode_pass(["x.jpg"]))
+    passes = (store.fill_pass(splits.train, 0, 4), decode.decode_pass(["x.jpg"]))
     for dataset in passes:
         assert dataset.options().autotune.enabled is False  # BENCHMARKS.md 5a.
         # BENCHMARKS.md 5c: the default static rewrites cost every new iterator (every epoch).

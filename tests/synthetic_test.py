@@ -8,7 +8,7 @@ import os
 import numpy as np
 import pytest
 
-from fruits_tl.core.errors import UserInputError
+from fruits_tl.core.config import UserInputError
 from fruits_tl.data import decode, loading
 from fruits_tl.jobs import synthetic
 

@@ -191,7 +191,7 @@ def test_tfds_build_command_prepares_the_records(tmp_path):
 def test_offline_without_manual_data_is_one_clear_error(tmp_path, monkeypatch):
     import pytest
 
-    from fruits_tl.core.errors import UserInputError
+    from fruits_tl.core.config import UserInputError
 
     for name in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY"):
         monkeypatch.setenv(name, "http://127.0.0.1:9")

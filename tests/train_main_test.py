@@ -13,7 +13,7 @@ import pytest
 from conftest import feature_files, run_main, store_listing, stored_features
 
 from fruits_tl.cli import evaluate_main, train_main
-from fruits_tl.models import model
+from fruits_tl.models import servable
 from fruits_tl.training import reporting
 
 TINY = [
@@ -98,7 +98,7 @@ def test_trains_and_writes_everything(data_dir, tmp_path, capsys, strategy, repl
     assert (
         history[0].startswith("epoch,") and "images_per_second" in history[0] and len(history) == 2
     )
-    loaded = model.load_model(str(model_dir))
+    loaded = servable.load_model(str(model_dir))
     probabilities = loaded.predict(np.zeros((1, 32, 32, 3), np.uint8), verbose=0)
     assert probabilities.shape == (1, 3)
     assert "test_accuracy=" in capsys.readouterr().out

@@ -25,7 +25,7 @@ import threading
 from absl import app, flags
 from absl import logging as absl_logging  # noqa: E402
 
-from fruits_tl.core.errors import UserInputError, WorkerLost  # noqa: E402
+from fruits_tl.core.config import UserInputError, WorkerLost  # noqa: E402
 
 FLAGS = flags.FLAGS
 

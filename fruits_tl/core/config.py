@@ -10,8 +10,6 @@ import dataclasses
 import math
 import os
 
-from fruits_tl.core.errors import UserInputError
-
 OPTIMIZERS = ("rmsprop", "adam", "sgd")
 MODES = ("auto", "features", "images")
 DATA_SOURCES = ("folder", "tfds")
@@ -221,7 +219,7 @@ class TrainConfig:
       batch_size: The global batch size (split across replicas).
       epochs: Passes over the training split.
       learning_rate: The head's learning rate, or "auto": a learning-rate range test on the
-        training data picks it (`fruits_tl.training.lr_finder`).
+        training data picks it (`fruits_tl.training.phase`).
       optimizer: One of OPTIMIZERS.
       save_h5: Also write the legacy Keras `.h5` file.
       verbose: 0 silent, 1 progress of the extraction, 2 one line per epoch.
@@ -459,3 +457,24 @@ BENCH_TFDS_VARIANTS = (
 )
 # The decode pass through a tf.data service with 1 or 2 local workers; asked for by name.
 BENCH_SERVICE_VARIANTS = ("service-1", "service-2")
+
+
+# errors: The exception types that the binaries turn into one clear message instead of a traceback.
+
+
+class UserInputError(ValueError):
+    """Bad input from the user: a missing folder, a bad image, a flag out of range.
+
+    The message is one paragraph that names the file, folder, flag or class at fault and, where
+    there is one, the way out. Binaries print it without a traceback and exit non-zero.
+    """
+
+
+class WorkerLost(UserInputError):
+    """Under several workers, a peer died or stopped answering inside a collective.
+
+    Binaries print the message and end the process at once (`stopping.exit_now`), without the
+    interpreter's normal teardown: TensorFlow's runtime would wait there on the lost peer (up
+    to 14 s measured on loopback with a frozen peer). Every output file is written atomically,
+    so nothing is left half-written.
+    """

@@ -18,7 +18,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from fruits_tl.core.errors import UserInputError, WorkerLost
+from fruits_tl.core.config import UserInputError, WorkerLost
 
 STRATEGY_NAMES = ("auto", "default", "one_device", "mirrored", "multi_worker_mirrored")
 
@@ -109,21 +109,6 @@ def barrier(strategy: tf.distribute.Strategy, *, timeout: float | None = None) -
         _sum_over_workers(strategy, role, np.ones(1, np.float32), timeout)
 
 
-def exposure_warning(server: str, port: int) -> str:
-    """The one line a process prints when a TensorFlow server of its starts listening.
-
-    TensorFlow's gRPC servers (the tf.data service's, and the one MultiWorkerMirroredStrategy
-    starts from TF_CONFIG) listen on every network interface, with no authentication and no
-    encryption, and run the graphs they are sent: TensorFlow 2.21 has no option to bind one
-    interface (BUILD_NOTES.md, "Who can reach the servers").
-    """
-    return (
-        f"{server} listens on port {port} of every network interface, without authentication "
-        "or encryption: anyone who can reach that port can run code as this user. Keep it on a "
-        'private network or behind a firewall (docs/many-machines.md, "Security").'
-    )
-
-
 def lost_worker_message(role: WorkerRole, what: str, *, hint: str) -> str:
     """The one paragraph a worker prints when the cluster lost one of its workers."""
     return (
@@ -155,34 +140,6 @@ def clear_worker_errors(strategy: tf.distribute.Strategy, *, hint: str):
         raise WorkerLost(
             lost_worker_message(role, f"{type(error).__name__} in a collective", hint=hint)
         ) from None
-
-
-def gather_rows(
-    strategy: tf.distribute.Strategy, rows: np.ndarray, *, timeout: float | None = None
-) -> list[np.ndarray]:
-    """Every worker's `rows`, on every worker, exactly: [worker 0's rows, worker 1's, ...].
-
-    Workers may hold different numbers of rows (the same trailing shape and dtype). Each
-    worker puts its rows in its own slot of a zero tensor [workers, most rows, ...] and one
-    all-reduce sums the slots: adding zeros changes no value, so the rows arrive bit for bit.
-    Only the first replica of each worker contributes (a worker may have several devices).
-
-    Args:
-      strategy: MultiWorkerMirroredStrategy; any other strategy returns `[rows]`.
-      rows: [n, ...] this worker's rows, float32 or float64.
-      timeout: Seconds to wait for the others before failing (a worker that died).
-    """
-    role = worker_role(strategy)
-    if role.count <= 1:
-        return [rows]
-    rows = np.asarray(rows)
-    counts = np.zeros(role.count, np.float64)
-    counts[role.index] = len(rows)
-    counts = _sum_over_workers(strategy, role, counts, timeout).astype(np.int64)
-    slots = np.zeros((role.count, int(counts.max()), *rows.shape[1:]), rows.dtype)
-    slots[role.index, : len(rows)] = rows
-    slots = _sum_over_workers(strategy, role, slots, timeout)
-    return [slots[index, : counts[index]] for index in range(role.count)]
 
 
 class Watchdog:
@@ -323,3 +280,46 @@ def per_replica_batch_size(strategy: tf.distribute.Strategy, global_batch_size: 
             f"{replicas} replicas of the {describe(strategy)} strategy."
         )
     return global_batch_size // replicas
+
+
+def exposure_warning(server: str, port: int) -> str:
+    """The one line a process prints when a TensorFlow server of its starts listening.
+
+    TensorFlow's gRPC servers (the tf.data service's, and the one MultiWorkerMirroredStrategy
+    starts from TF_CONFIG) listen on every network interface, with no authentication and no
+    encryption, and run the graphs they are sent: TensorFlow 2.21 has no option to bind one
+    interface (BUILD_NOTES.md, "Who can reach the servers").
+    """
+    return (
+        f"{server} listens on port {port} of every network interface, without authentication "
+        "or encryption: anyone who can reach that port can run code as this user. Keep it on a "
+        'private network or behind a firewall (docs/many-machines.md, "Security").'
+    )
+
+
+def gather_rows(
+    strategy: tf.distribute.Strategy, rows: np.ndarray, *, timeout: float | None = None
+) -> list[np.ndarray]:
+    """Every worker's `rows`, on every worker, exactly: [worker 0's rows, worker 1's, ...].
+
+    Workers may hold different numbers of rows (the same trailing shape and dtype). Each
+    worker puts its rows in its own slot of a zero tensor [workers, most rows, ...] and one
+    all-reduce sums the slots: adding zeros changes no value, so the rows arrive bit for bit.
+    Only the first replica of each worker contributes (a worker may have several devices).
+
+    Args:
+      strategy: MultiWorkerMirroredStrategy; any other strategy returns `[rows]`.
+      rows: [n, ...] this worker's rows, float32 or float64.
+      timeout: Seconds to wait for the others before failing (a worker that died).
+    """
+    role = worker_role(strategy)
+    if role.count <= 1:
+        return [rows]
+    rows = np.asarray(rows)
+    counts = np.zeros(role.count, np.float64)
+    counts[role.index] = len(rows)
+    counts = _sum_over_workers(strategy, role, counts, timeout).astype(np.int64)
+    slots = np.zeros((role.count, int(counts.max()), *rows.shape[1:]), rows.dtype)
+    slots[role.index, : len(rows)] = rows
+    slots = _sum_over_workers(strategy, role, slots, timeout)
+    return [slots[index, : counts[index]] for index in range(role.count)]

@@ -22,7 +22,7 @@ import tempfile
 from collections.abc import Iterator
 from typing import Any
 
-from fruits_tl.core.errors import UserInputError
+from fruits_tl.core.config import UserInputError
 
 # What a full disk (or a full quota) says, as an errno or in a library's message.
 _NO_ROOM_ERRNOS = (errno.ENOSPC, errno.EDQUOT)

@@ -20,7 +20,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 
-from fruits_tl.core.errors import UserInputError
+from fruits_tl.core.config import UserInputError
 
 
 @dataclasses.dataclass(frozen=True)

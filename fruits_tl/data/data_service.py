@@ -24,7 +24,7 @@ import tensorflow as tf
 from absl import logging
 
 from fruits_tl.core import config, distribute, stopping
-from fruits_tl.core.errors import UserInputError
+from fruits_tl.core.config import UserInputError
 from fruits_tl.data import decode, loading
 
 # Images per element sent by a worker: one RPC carries this many decoded images.

@@ -19,7 +19,7 @@ import urllib.request
 import zipfile
 from collections.abc import Callable
 
-from fruits_tl.core.errors import UserInputError
+from fruits_tl.core.config import UserInputError
 
 # The public release of Fruits-360 (100x100 images, Training/ and Test/ folders), by Horea
 # Muresan and Mihai Oltean, MIT licence. The one place this address is written.

@@ -27,8 +27,7 @@ import tensorflow as tf
 from absl import logging
 
 from fruits_tl.core import files
-from fruits_tl.core.config import DataConfig
-from fruits_tl.core.errors import UserInputError
+from fruits_tl.core.config import DataConfig, UserInputError
 from fruits_tl.data import decode
 from fruits_tl.data.decode import (
     DECODE_VERSION,
@@ -73,7 +72,7 @@ class ImageFolder:
     def make_elements(self) -> tf.data.Dataset:
         """The decoded elements, in file order: uint8 [S, S, 3] images and int32 labels.
         Decoding is `decode.decode_image`, in parallel, keeping element order; this is the
-        decode pass that fills the pixel store (`pixels.decode_pass`)."""
+        decode pass that fills the pixel store (`store.fill_pass`)."""
         if self.records is None:
             sources = tf.data.Dataset.from_tensor_slices(
                 (tf.constant(list(self.file_paths), tf.string), tf.constant(self.labels, tf.int32))
@@ -817,11 +816,3 @@ def check_same_classes(found, expected, *, where: str, expected_as: str, noun: s
     if missing:
         parts.append(f"{noun}es with no counterpart here: {', '.join(repr(c) for c in missing)}")
     raise UserInputError(f"The classes of {where} do not match {expected_as}: {'; '.join(parts)}.")
-
-
-def collect_image_paths(inputs: list[str]) -> list[str]:
-    """Expands folders (recursively, image extensions only) and keeps files as given."""
-    paths = []
-    for item in inputs:
-        paths += walk_images(item) if os.path.isdir(item) else [item]
-    return paths

@@ -1,10 +1,10 @@
 """The public API for embedding the package's input pipeline in other TensorFlow projects.
 
 `make_datasets` checks a data folder and decodes each of its files once, in the decode
-check's one parallel pass, into the pixel store (`pixels.SourceStores`); `make_input_fn`
+check's one parallel pass, into the pixel store (`store.SourceStores`); `make_input_fn`
 gives an `input_fn` for `strategy.distribute_datasets_from_function`. Both read the store
 through the one input pipeline the package's jobs take (`train_input.make_replica_dataset`):
-batches of example indices (`train_input.iteration_rows`: shuffled by tf.data's seeded shuffle,
+batches of example indices (`iteration_rows`: shuffled by tf.data's seeded shuffle,
 anew for each pass) -> each input pipeline's share -> the rows gathered from the store by
 TensorFlow ops -> (MobileNet preprocessing) -> prefetch. No Python runs per batch.
 
@@ -26,8 +26,8 @@ from collections.abc import Callable
 import numpy as np
 import tensorflow as tf
 
-from fruits_tl.core.errors import UserInputError
-from fruits_tl.data import decode, loading, pixels, store, train_input
+from fruits_tl.core.config import UserInputError
+from fruits_tl.data import decode, loading, store, train_input
 
 OUTPUTS = ("uint8", "float32")
 # The label of a padding row (the package's one rule: `train_input.PADDING_LABEL`).
@@ -41,11 +41,11 @@ def get_store_directory(cache: str) -> str:
     operating system's page cache holds the pixels, not the process). Anything else is a
     folder that keeps the store across runs: a later call on unchanged files decodes nothing.
     """
-    return pixels.temporary_directory() if cache in ("memory", "none") else cache
+    return store.temporary_directory() if cache in ("memory", "none") else cache
 
 
 # The source stores this process filled, by folder: a split of one is read as its rows.
-_FILLED: dict[tuple[str, int], pixels.SourceStores] = {}
+_FILLED: dict[tuple[str, int], store.SourceStores] = {}
 
 
 def store_split(folder: loading.ImageFolder, *, cache: str = "memory") -> store.StoredRows:
@@ -53,7 +53,7 @@ def store_split(folder: loading.ImageFolder, *, cache: str = "memory") -> store.
     its folder in this process, or the split decoded into its own store once."""
     directory = get_store_directory(cache)
     stores = _FILLED.get((directory, folder.image_size))
-    stores = stores or pixels.SourceStores(directory, folder.image_size)
+    stores = stores or store.SourceStores(directory, folder.image_size)
     return stores.rows_or_stored(folder)
 
 
@@ -101,7 +101,7 @@ def make_split_dataset(
         count=len(labels), batch_size=batch_size * replicas, replicas=replicas
     )
     seed = int(np.random.default_rng().integers(2**31)) if seed is None else seed
-    index_rows = train_input.iteration_rows(
+    index_rows = iteration_rows(
         batching,
         seed=seed,
         shuffle=training,
@@ -219,7 +219,7 @@ def make_datasets(
       UserInputError: The folder or its files are not usable; the message says why.
     """
     # The decode check's one pass decodes every file into the store (a warm call decodes none).
-    stores = pixels.SourceStores(directory=get_store_directory(cache), image_size=image_size)
+    stores = store.SourceStores(directory=get_store_directory(cache), image_size=image_size)
     splits = loading.load_dataset(
         data_dir,
         train_subdir=train_subdir,
@@ -301,3 +301,34 @@ def make_input_fn(
         )
 
     return input_fn
+
+
+def iteration_rows(
+    batching: train_input.Batching,
+    *,
+    seed: int,
+    shuffle: bool,
+    shuffle_buffer_size: int = 0,
+    drop_remainder: bool = False,
+) -> train_input.IndexRows:
+    """One pass per iteration of the dataset, for callers that iterate it once per epoch
+    (`model.fit`) and may hand it to a tf.data service: the indices shuffled by tf.data's
+    seeded shuffle, reshuffled each iteration (pass k of every run with one seed has one
+    order), then cut into global batches as training cuts them. Its source is a range, so a
+    service's `distributed_epoch` splits it among its workers. `drop_remainder` leaves out a
+    last partial batch; `shuffle_buffer_size` 0 shuffles the whole split."""
+    width = batching.width
+
+    @tf.autograph.experimental.do_not_convert
+    def padded(batch):
+        row = tf.pad(batch, [[0, width - tf.shape(batch)[0]]], constant_values=PADDING_LABEL)
+        return tf.constant(0, tf.int64), tf.ensure_shape(row, [width])
+
+    def rows() -> tf.data.Dataset:
+        indices = tf.data.Dataset.range(batching.count)
+        if shuffle:
+            buffer = shuffle_buffer_size or max(batching.count, 1)
+            indices = indices.shuffle(buffer, seed=seed, reshuffle_each_iteration=True)
+        return indices.batch(batching.batch_size, drop_remainder=drop_remainder).map(padded)
+
+    return rows

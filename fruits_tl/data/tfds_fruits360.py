@@ -22,7 +22,7 @@ import tensorflow_datasets as tfds
 from absl import logging
 from etils import epath
 
-from fruits_tl.core.errors import UserInputError
+from fruits_tl.core.config import UserInputError
 from fruits_tl.data import decode, download, loading
 
 NAME = "fruits360"

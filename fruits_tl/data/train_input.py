@@ -201,37 +201,6 @@ def fixed_rows(index_batches: np.ndarray, *, repeat: bool = False) -> IndexRows:
     return rows
 
 
-def iteration_rows(
-    batching: Batching,
-    *,
-    seed: int,
-    shuffle: bool,
-    shuffle_buffer_size: int = 0,
-    drop_remainder: bool = False,
-) -> IndexRows:
-    """One pass per iteration of the dataset, for callers that iterate it once per epoch
-    (`model.fit`) and may hand it to a tf.data service: the indices shuffled by tf.data's
-    seeded shuffle, reshuffled each iteration (pass k of every run with one seed has one
-    order), then cut into global batches as training cuts them. Its source is a range, so a
-    service's `distributed_epoch` splits it among its workers. `drop_remainder` leaves out a
-    last partial batch; `shuffle_buffer_size` 0 shuffles the whole split."""
-    width = batching.width
-
-    @tf.autograph.experimental.do_not_convert
-    def padded(batch):
-        row = tf.pad(batch, [[0, width - tf.shape(batch)[0]]], constant_values=PADDING_LABEL)
-        return tf.constant(0, tf.int64), tf.ensure_shape(row, [width])
-
-    def rows() -> tf.data.Dataset:
-        indices = tf.data.Dataset.range(batching.count)
-        if shuffle:
-            buffer = shuffle_buffer_size or max(batching.count, 1)
-            indices = indices.shuffle(buffer, seed=seed, reshuffle_each_iteration=True)
-        return indices.batch(batching.batch_size, drop_remainder=drop_remainder).map(padded)
-
-    return rows
-
-
 # What the pipeline reads rows from: a stored array (read through a view of its file), some
 # rows of one (a split of its source folder's store), or an array in memory (small: features
 # being trained on, tests).

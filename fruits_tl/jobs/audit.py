@@ -13,7 +13,7 @@ from __future__ import annotations
 import collections
 import os
 
-from fruits_tl.core.errors import UserInputError
+from fruits_tl.core.config import UserInputError
 from fruits_tl.data import loading
 from fruits_tl.data.decode import EXTENSION_FORMATS, inspect_files
 

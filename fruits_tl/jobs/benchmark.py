@@ -50,9 +50,9 @@ from fruits_tl.core.config import (
     BENCH_VARIANTS,
     DataConfig,
     ModelConfig,
+    UserInputError,
     require,
 )
-from fruits_tl.core.errors import UserInputError
 from fruits_tl.core.timing import (
     EpochTimes,
     PeakMemory,
@@ -62,7 +62,7 @@ from fruits_tl.core.timing import (
     summarize,
     time_epochs,
 )
-from fruits_tl.data import data_service, decode, loading, pixels, train_input
+from fruits_tl.data import data_service, decode, loading, store, train_input
 from fruits_tl.models import backbone_features, model
 from fruits_tl.training import loop
 
@@ -300,7 +300,7 @@ def _train_input_variant(context: Context, repeat: int) -> Measurement:
         if "iterator" not in holder:
             # The cold epoch fills the store and builds the one pipeline of the whole run, as
             # `loop.fit` builds it: every epoch's order, computed when the pipeline gets there.
-            examples = pixels.store_pixels(folder, directory=directory).examples
+            examples = store.store_pixels(folder, directory=directory).examples
             distributed = train_input.distribute(
                 strategy,
                 examples,
@@ -353,7 +353,7 @@ def stored_images(
     subset = loading.select(
         folder, np.arange(len(folder)) < count, name=f"{folder.name}-first{count}"
     )
-    return pixels.store_pixels(subset, directory=directory).examples.numpy(), subset.labels
+    return store.store_pixels(subset, directory=directory).examples.numpy(), subset.labels
 
 
 def _loop_epochs(
@@ -434,7 +434,7 @@ def _extract(context: Context, repeat: int, *, stored: bool) -> Measurement:
 
     def fill():
         directory = os.path.join(context.cache_root, f"extract-r{repeat}-{next(filled)}")
-        return pixels.store_pixels(subset, directory=directory).examples
+        return store.store_pixels(subset, directory=directory).examples
 
     with PeakMemory() as memory:
         images = fill() if stored else None

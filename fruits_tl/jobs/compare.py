@@ -20,8 +20,7 @@ import subprocess
 import sys
 from collections.abc import Callable
 
-from fruits_tl.core.config import TrainConfig, train_config_flags
-from fruits_tl.core.errors import UserInputError
+from fruits_tl.core.config import TrainConfig, UserInputError, train_config_flags
 
 
 @dataclasses.dataclass(frozen=True)

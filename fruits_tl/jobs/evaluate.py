@@ -23,7 +23,7 @@ from absl import logging
 
 from fruits_tl.core import distribute, files, progress, stopping
 from fruits_tl.core.config import DataConfig, require
-from fruits_tl.data import decode, loading, pixels, store, train_input
+from fruits_tl.data import decode, loading, store, train_input
 from fruits_tl.models import model, servable
 from fruits_tl.training import reporting
 
@@ -466,7 +466,7 @@ def evaluate_folder(
     """
 
     def split_for(class_names, image_size):
-        stores = pixels.SourceStores(pixels.temporary_directory(), image_size)
+        stores = store.SourceStores(store.temporary_directory(), image_size)
         folder, _ = loading.load_labeled_folder(
             directory,
             class_names=class_names,
@@ -514,7 +514,7 @@ def _evaluate(config: EvaluateConfig, *, strategy: tf.distribute.Strategy) -> Re
                 noun="model class",
             )
             folder = getattr(splits, split)
-            stores = pixels.SourceStores(pixels.temporary_directory(), image_size)
+            stores = store.SourceStores(store.temporary_directory(), image_size)
             return folder, stores.rows_or_stored(folder)
 
         report = evaluate_split(
@@ -568,7 +568,7 @@ def predict_paths(
         classifier = servable.load_servable(model_path)
     class_names = classifier.class_names
     listed = {os.path.abspath(p) for p in exclude_files}
-    paths = [p for p in loading.collect_image_paths(inputs) if os.path.abspath(p) not in listed]
+    paths = [p for p in collect_image_paths(inputs) if os.path.abspath(p) not in listed]
     missing = {p: "no such file" for p in paths if not os.path.isfile(p)}
     candidates = sorted({p for p in paths if p not in missing})
     if classifier.predict_encoded is not None:
@@ -579,7 +579,7 @@ def predict_paths(
         return _predict_encoded(classifier, paths, good, errors, top_k=top_k, batch_size=batch_size)
     # The decode check's one pass decodes each file into a pixel store of this process; the
     # one input pipeline reads it in file order (the last batch padded).
-    stores = pixels.SourceStores(pixels.temporary_directory(), classifier.image_size)
+    stores = store.SourceStores(store.temporary_directory(), classifier.image_size)
     bad = {b.path: b.reason for b in stores.check("predict", candidates)}
     errors = {**missing, **bad}
     good = [p for p in candidates if p not in errors]
@@ -724,3 +724,11 @@ def mistakes(images, true_names, predicted_names, probabilities, path: str) -> b
     figure.tight_layout()
     reporting.save_picture(figure, path)
     return True
+
+
+def collect_image_paths(inputs: list[str]) -> list[str]:
+    """Expands folders (recursively, image extensions only) and keeps files as given."""
+    paths = []
+    for item in inputs:
+        paths += loading.walk_images(item) if os.path.isdir(item) else [item]
+    return paths

@@ -35,9 +35,8 @@ import tensorflow as tf
 from absl import logging
 
 from fruits_tl.core import files
-from fruits_tl.core.config import DataConfig, require
-from fruits_tl.core.errors import UserInputError
-from fruits_tl.data import decode, loading, pixels, store, train_input
+from fruits_tl.core.config import DataConfig, UserInputError, require
+from fruits_tl.data import decode, loading, store, train_input
 from fruits_tl.models import model, servable
 from fruits_tl.training import loop
 
@@ -437,7 +436,7 @@ def _load_measuring(
     if config.data is None:
         return _Measuring()
     # The decode check's one pass decodes the images into a pixel store of this process.
-    stores = pixels.SourceStores(pixels.temporary_directory(), image_size)
+    stores = store.SourceStores(store.temporary_directory(), image_size)
     splits = loading.load_splits(
         dataclasses.replace(config.data, image_size=image_size),
         check=stores.check if config.data.data_source == "folder" else None,
@@ -544,7 +543,7 @@ def export_model(config: ExportConfig) -> ExportResult:
       UserInputError: The model or data cannot be used, or a file cannot be written; nothing
         partial is left in output_dir. A failing conversion is a bug and keeps its traceback.
     """
-    classifier, class_names, image_size = model.load_trained(config.model)
+    classifier, class_names, image_size = servable.load_trained(config.model)
     files.check_free_space(config.output_dir, _export_bytes(classifier, config), "the export")
     measuring = _load_measuring(config, tuple(class_names), image_size)
     os.makedirs(config.output_dir, exist_ok=True)

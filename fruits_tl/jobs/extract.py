@@ -16,8 +16,8 @@ import tensorflow as tf
 
 from fruits_tl.core import distribute, stopping
 from fruits_tl.core.config import FEATURE_DTYPES, DataConfig, ModelConfig, require
-from fruits_tl.data import loading, pixels
-from fruits_tl.models import backbone_features, model
+from fruits_tl.data import loading, store
+from fruits_tl.models import backbone_features, model, servable
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,9 +81,9 @@ def extract(
     data_config = config.data
     if config.trained_model:
         with strategy.scope():
-            classifier, class_names, image_size = model.load_trained(config.trained_model)
+            classifier, class_names, image_size = servable.load_trained(config.trained_model)
         backbone = classifier.get_layer(model.BACKBONE_NAME)
-        alpha = model.backbone_alpha(backbone)
+        alpha = servable.backbone_alpha(backbone)
         data_config = dataclasses.replace(data_config, image_size=image_size)
         training = os.path.join(data_config.data_dir, data_config.train_subdir)
         if data_config.data_source == "folder" and os.path.isdir(training):
@@ -103,7 +103,7 @@ def extract(
         stores = None
         if data_config.data_source == "folder":
             # The decode check's one pass fills the pixel store the extraction reads.
-            stores = pixels.SourceStores.for_job(
+            stores = store.SourceStores.for_job(
                 data_config,
                 directory=os.path.join(config.features_dir, backbone_features.PIXELS_DIR),
                 chunk_images=config.chunk_images,

@@ -18,7 +18,7 @@ import numpy as np
 import tensorflow as tf
 
 from fruits_tl.core import files
-from fruits_tl.core.errors import UserInputError
+from fruits_tl.core.config import UserInputError
 
 FRUIT_NAMES = (
     "Apple Red",

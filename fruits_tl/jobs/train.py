@@ -19,7 +19,7 @@ from absl import logging
 
 from fruits_tl.core import distribute, stopping
 from fruits_tl.core.config import TrainConfig
-from fruits_tl.data import loading, pixels
+from fruits_tl.data import loading, store
 from fruits_tl.models import backbone_features, model
 from fruits_tl.training import loop, phase, reporting
 
@@ -107,12 +107,12 @@ def train(
 
 def _load_splits(
     config: TrainConfig, strategy: tf.distribute.Strategy, *, stop=None
-) -> tuple[loading.Splits, pixels.SourceStores]:
+) -> tuple[loading.Splits, store.SourceStores]:
     """The checked splits (and, for an image folder, the pixel store its decode check filled),
     with their warnings and the data and strategy lines logged."""
     # The decode check's one pass decodes into the pixel store, shared among the workers by
     # the store's rule: a cold run decodes each file once, a warm one none.
-    stores = pixels.SourceStores.for_job(
+    stores = store.SourceStores.for_job(
         config.data,
         directory=os.path.join(config.resolved_features_dir(), backbone_features.PIXELS_DIR),
         chunk_images=config.extract_chunk_images,
@@ -164,7 +164,7 @@ def _train_phases(
     mode: str,
     strategy: tf.distribute.Strategy,
     stop: stopping.GracefulStop,
-    stores: pixels.SourceStores,
+    stores: store.SourceStores,
 ) -> phase.Trained:
     """The head (features or images mode), the underfit guard, then fine-tuning if asked."""
     start = time.perf_counter()
@@ -265,7 +265,7 @@ def _train_on_features(
     return trained, extract_seconds, extracted.reused, head, arrays
 
 
-def _stored_pixels(splits: loading.Splits, stores: pixels.SourceStores) -> dict:
+def _stored_pixels(splits: loading.Splits, stores: store.SourceStores) -> dict:
     """Every split's decoded pixels: rows of its source folder's store, which the decode check
     filled; for TFDS records, each split decoded into the store here."""
     return {

@@ -2,7 +2,7 @@
 
 The backbone is frozen, so its output for an image never changes during training; computing
 it every epoch (as the tutorial does) repeats the same work once per epoch. Extraction reads
-the split's decoded pixels from the pixel store (`pixels.store_pixels`: each image decoded
+the split's decoded pixels from the pixel store (`store.store_pixels`: each image decoded
 once, whatever later reads it) through the training input pipeline, runs
 `model.build_feature_extractor` (preprocessing -> backbone -> global average pool) over many
 batches per compiled call, and writes the features into the store (`store.fill`), the same
@@ -33,10 +33,9 @@ import tensorflow as tf
 from absl import logging
 
 from fruits_tl.core import distribute, files, progress
-from fruits_tl.core.config import DATA_SERVICE_TIMEOUT, FEATURE_DTYPES
-from fruits_tl.core.errors import UserInputError
+from fruits_tl.core.config import DATA_SERVICE_TIMEOUT, FEATURE_DTYPES, UserInputError
 from fruits_tl.core.stopping import GracefulStop
-from fruits_tl.data import decode, loading, pixels, store, train_input
+from fruits_tl.data import decode, loading, store, train_input
 from fruits_tl.models import model
 
 # Images per stored chunk of an extraction: a killed run loses at most this much work.
@@ -168,7 +167,7 @@ def feature_rows(
     blocks of (row positions, [n, D] features), `STORED_STEPS_PER_CALL` batches per block.
 
     Args:
-      images: A split's stored uint8 images (`pixels.store_pixels`).
+      images: A split's stored uint8 images (`store.store_pixels`).
       extractor: uint8 pixels -> [batch, D] features, built in `strategy.scope()`.
       strategy: The distribution strategy; `batch_size` is the global batch.
       batch_size: Global batch size.
@@ -252,7 +251,7 @@ def extract_or_reuse(
 
     Args:
       splits: Split name -> ImageFolder (one label map).
-      images: Split name -> its stored pixels (`pixels.SourceStores.rows`, filled by the
+      images: Split name -> its stored pixels (`store.SourceStores.rows`, filled by the
         decode check); a split without them is decoded into the pixel store first.
       backbone: The frozen backbone (built in the strategy's scope).
       alpha: Its width multiplier (recorded in the fingerprint).
@@ -336,7 +335,7 @@ class _Run:
         """The split's stored pixels, filled where needed (by every worker together when
         `shared`, else by this one alone: a damaged features chunk found late)."""
         settings = self.settings
-        return pixels.store_pixels(
+        return store.store_pixels(
             folder,
             directory=settings.resolved_pixels_dir(),
             chunk_images=self.chunk_rows,

@@ -12,14 +12,12 @@ from __future__ import annotations
 
 import os
 import re
-import zipfile
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from fruits_tl.core.config import IMAGENET_ALPHAS, IMAGENET_IMAGE_SIZES, OPTIMIZERS
-from fruits_tl.core.errors import UserInputError
+from fruits_tl.core.config import IMAGENET_ALPHAS, IMAGENET_IMAGE_SIZES, OPTIMIZERS, UserInputError
 from fruits_tl.data import decode
 
 # Where Keras publishes MobileNet v1 weights (keras.applications.mobilenet.BASE_WEIGHT_PATH).
@@ -342,56 +340,6 @@ def compile_classifier(
             keras.metrics.SparseTopKCategoricalAccuracy(k=top_k(num_classes), name="top5_accuracy"),
         ],
     )
-
-
-def load_model(path: str) -> keras.Model:
-    """Loads a `.keras` model saved by this package, with a clear error if it cannot."""
-    if os.path.isdir(path):
-        path = os.path.join(path, "model.keras")
-    if not os.path.isfile(path):
-        raise UserInputError(
-            f"There is no model file at '{path}' (--model takes a model_dir or a .keras file)."
-        )
-    try:
-        return keras.saving.load_model(path, compile=False)
-    except (OSError, ValueError, TypeError, KeyError, zipfile.BadZipFile) as error:
-        # Not a .keras zip, a damaged one, or one whose config names unknown layers.
-        raise UserInputError(
-            f"The model file '{path}' cannot be loaded: {str(error).splitlines()[0][:300]}"
-        ) from None
-
-
-def load_trained(path: str) -> tuple[keras.Model, tuple[str, ...], int]:
-    """Loads a trained classifier and its label map.
-
-    Args:
-      path: A model_dir written by fruits-tl-train, or a .keras file with labels.txt beside it.
-
-    Returns:
-      (model, class_names, image_size).
-    """
-    model_file = os.path.join(path, "model.keras") if os.path.isdir(path) else path
-    labels_file = os.path.join(os.path.dirname(os.path.abspath(model_file)), "labels.txt")
-    classifier = load_model(model_file)
-    if not os.path.isfile(labels_file):
-        raise UserInputError(
-            f"There is no labels.txt beside the model '{model_file}'; it holds the class names."
-        )
-    with open(labels_file, encoding="utf-8") as stream:
-        class_names = tuple(line.rstrip("\n") for line in stream if line.strip())
-    outputs = int(classifier.outputs[0].shape[-1])
-    if len(class_names) != outputs:
-        raise UserInputError(
-            f"'{labels_file}' names {len(class_names)} classes but the model '{model_file}' "
-            f"has {outputs} outputs."
-        )
-    return classifier, class_names, int(classifier.inputs[0].shape[1])
-
-
-def backbone_alpha(backbone: keras.Model) -> float:
-    """The width multiplier of a MobileNet v1 backbone (its first conv has 32 * alpha filters)."""
-    first = next(layer for layer in backbone.layers if isinstance(layer, keras.layers.Conv2D))
-    return first.filters / 32.0
 
 
 def count_parameters(model: keras.Model) -> dict[str, int]:

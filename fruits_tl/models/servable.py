@@ -16,15 +16,17 @@ from __future__ import annotations
 import dataclasses
 import os
 import warnings
+import zipfile
 from collections.abc import Callable
 
+import keras
 import numpy as np
 import tensorflow as tf
 from google.protobuf import message
 
-from fruits_tl.core.errors import UserInputError
+from fruits_tl.core.config import UserInputError
 from fruits_tl.data import decode
-from fruits_tl.models import model
+from fruits_tl.models import model  # noqa: F401  Registers MobileNetPreprocessing for load_model.
 
 LABELS_FILE = "labels.txt"
 SAVED_MODEL_FILE = "saved_model.pb"
@@ -89,7 +91,7 @@ def _check_outputs(class_names: tuple[str, ...], outputs: int, path: str) -> Non
 
 
 def _load_keras(path: str) -> Servable:
-    classifier, class_names, image_size = model.load_trained(path)
+    classifier, class_names, image_size = load_trained(path)
 
     def predict_pixels(images: np.ndarray) -> np.ndarray:
         return np.asarray(classifier.predict_on_batch(images))
@@ -241,3 +243,53 @@ def load_servable(path: str) -> Servable:
     """
     loaders = {"keras": _load_keras, "saved_model": _load_saved_model, "tflite": _load_tflite}
     return loaders[detect_format(path)](path)
+
+
+def load_model(path: str) -> keras.Model:
+    """Loads a `.keras` model saved by this package, with a clear error if it cannot."""
+    if os.path.isdir(path):
+        path = os.path.join(path, "model.keras")
+    if not os.path.isfile(path):
+        raise UserInputError(
+            f"There is no model file at '{path}' (--model takes a model_dir or a .keras file)."
+        )
+    try:
+        return keras.saving.load_model(path, compile=False)
+    except (OSError, ValueError, TypeError, KeyError, zipfile.BadZipFile) as error:
+        # Not a .keras zip, a damaged one, or one whose config names unknown layers.
+        raise UserInputError(
+            f"The model file '{path}' cannot be loaded: {str(error).splitlines()[0][:300]}"
+        ) from None
+
+
+def load_trained(path: str) -> tuple[keras.Model, tuple[str, ...], int]:
+    """Loads a trained classifier and its label map.
+
+    Args:
+      path: A model_dir written by fruits-tl-train, or a .keras file with labels.txt beside it.
+
+    Returns:
+      (model, class_names, image_size).
+    """
+    model_file = os.path.join(path, "model.keras") if os.path.isdir(path) else path
+    labels_file = os.path.join(os.path.dirname(os.path.abspath(model_file)), "labels.txt")
+    classifier = load_model(model_file)
+    if not os.path.isfile(labels_file):
+        raise UserInputError(
+            f"There is no labels.txt beside the model '{model_file}'; it holds the class names."
+        )
+    with open(labels_file, encoding="utf-8") as stream:
+        class_names = tuple(line.rstrip("\n") for line in stream if line.strip())
+    outputs = int(classifier.outputs[0].shape[-1])
+    if len(class_names) != outputs:
+        raise UserInputError(
+            f"'{labels_file}' names {len(class_names)} classes but the model '{model_file}' "
+            f"has {outputs} outputs."
+        )
+    return classifier, class_names, int(classifier.inputs[0].shape[1])
+
+
+def backbone_alpha(backbone: keras.Model) -> float:
+    """The width multiplier of a MobileNet v1 backbone (its first conv has 32 * alpha filters)."""
+    first = next(layer for layer in backbone.layers if isinstance(layer, keras.layers.Conv2D))
+    return first.filters / 32.0
