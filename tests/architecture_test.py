@@ -271,13 +271,13 @@ def test_importing_the_package_touches_no_device():
     assert "untouched" in result.stdout
 
 
-def test_no_function_is_longer_than_80_lines():
-    """A function a reader can hold in their head: 80 lines at most, docstring included."""
+def test_no_function_is_longer_than_60_lines():
+    """A function a reader can hold in their head: 60 lines at most, docstring included."""
     long = [
         f"{path}:{node.lineno} {node.name} ({node.end_lineno - node.lineno + 1} lines)"
         for path, tree in _modules()
         for node in ast.walk(tree)
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
-        and node.end_lineno - node.lineno + 1 > 80
+        and node.end_lineno - node.lineno + 1 > 60
     ]
     assert not long, long

@@ -45,7 +45,7 @@ def test_the_range_test_restores_the_weights_and_stops_when_the_loss_diverges():
     model.compile_classifier(head, optimizer="rmsprop", learning_rate=1e-3, num_classes=4)
     before = [w.copy() for w in head.get_weights()]
     # A schedule to 1e3: far past where any rate can fit, so the loss surely diverges early.
-    finding = phase.find(
+    finding = phase.range_test(
         head, examples=features, labels=labels, strategy=strategy, batch_size=16, seed=0, end=1e3
     )
     for old, new in zip(before, head.get_weights(), strict=True):
@@ -73,7 +73,7 @@ def test_the_finders_rate_trains_a_head_the_tutorials_rate_leaves_at_chance():
         model.compile_classifier(head, optimizer="rmsprop", learning_rate=1e-7, num_classes=4)
         rate = 1e-7
         if name == "finder":
-            rate = phase.find(
+            rate = phase.range_test(
                 head, examples=features, labels=labels, strategy=strategy, batch_size=16, seed=0
             ).suggested
         model.compile_classifier(head, optimizer="rmsprop", learning_rate=rate, num_classes=4)

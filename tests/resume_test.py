@@ -339,7 +339,7 @@ def test_the_fault_hook_signals_only_itself_or_a_sibling(tmp_path):
     parent) refuses instead of signalling it; a sibling is signalled."""
     code = (
         "import os, sys\n"
-        "from fruits_tl.core import faults\n"
+        "from fruits_tl.core import stopping\n"
         "try:\n"
         "    stopping.point('p')\n"
         "except RuntimeError as error:\n"

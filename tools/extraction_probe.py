@@ -24,7 +24,7 @@ import numpy as np
 import tensorflow as tf
 
 from fruits_tl.core import distribute
-from fruits_tl.data import loading, pixels
+from fruits_tl.data import loading, store
 from fruits_tl.models import backbone_features, model
 
 
@@ -49,7 +49,7 @@ def main() -> None:
     strategy = distribute.get_strategy("default")
     backbone = model.build_backbone(image_size=128, alpha=0.25, weights=args.weights)
     extractor = model.build_feature_extractor(backbone, image_size=128)
-    images = pixels.store_pixels(folder, directory=tempfile.mkdtemp()).examples
+    images = store.store_pixels(folder, directory=tempfile.mkdtemp()).examples
     if args.memory_batch:
         before = _rss_anon_mb()
         backbone_features.extract_stored(

@@ -1,4 +1,5 @@
-"""Flags shared by several binaries, defined once, and the error handling every binary uses.
+"""Flags shared by several binaries, defined once; the error handling every binary uses; and
+the filter of TensorFlow's early C++ log lines (below).
 
 absl flags live in one global registry, so a flag used by two binaries is defined here, once;
 each binary module defines only its own. `run_main` turns UserInputError into one clear

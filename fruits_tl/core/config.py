@@ -1,4 +1,5 @@
-"""Frozen, validated configuration dataclasses: what the binaries build from their flags.
+"""Frozen, validated configuration dataclasses: what the binaries build from their flags; and
+the error types a bad setting or bad input raises (`UserInputError`, below).
 
 Validation happens in `__post_init__`, so a config that exists is a config that is usable;
 every message names the field, which is also the name of the binary's flag.
@@ -311,6 +312,20 @@ class TrainConfig:
             f"learning_rate must be 'auto' or a number in (0, 10], got {self.learning_rate!r}.",
         )
         require(
+            self.optimizer in OPTIMIZERS,
+            f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}.",
+        )
+        require(self.mode in MODES, f"mode must be one of {', '.join(MODES)}, got {self.mode!r}.")
+        require(
+            self.feature_dtype in FEATURE_DTYPES,
+            f"feature_dtype must be one of {', '.join(FEATURE_DTYPES)}, "
+            f"got {self.feature_dtype!r}.",
+        )
+        self._check_fine_tuning()
+
+    def _check_fine_tuning(self) -> None:
+        """The fine-tuning flags, and augmentation's need for a phase on images."""
+        require(
             0 <= self.fine_tune_layers <= 1000,
             f"fine_tune_layers must be from 0 (no fine-tuning) to 1000, got "
             f"{self.fine_tune_layers}.",
@@ -333,16 +348,6 @@ class TrainConfig:
             f"augment ({self.augment.spec()}) changes the images every epoch, but --mode=features "
             "trains the head on features computed once. Use --mode=images (or auto), or "
             "fine-tune (--fine_tune_layers=N), whose phase on the images is augmented.",
-        )
-        require(
-            self.optimizer in OPTIMIZERS,
-            f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}.",
-        )
-        require(self.mode in MODES, f"mode must be one of {', '.join(MODES)}, got {self.mode!r}.")
-        require(
-            self.feature_dtype in FEATURE_DTYPES,
-            f"feature_dtype must be one of {', '.join(FEATURE_DTYPES)}, "
-            f"got {self.feature_dtype!r}.",
         )
 
     def resolved_mode(self) -> tuple[str, str]:
@@ -459,7 +464,7 @@ BENCH_TFDS_VARIANTS = (
 BENCH_SERVICE_VARIANTS = ("service-1", "service-2")
 
 
-# errors: The exception types that the binaries turn into one clear message instead of a traceback.
+# The exception types that the binaries turn into one clear message instead of a traceback.
 
 
 class UserInputError(ValueError):

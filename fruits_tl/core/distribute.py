@@ -179,6 +179,21 @@ class Watchdog:
         self._thread.join()
 
 
+def _multi_worker_strategy(workers: int) -> tf.distribute.Strategy:
+    """MultiWorkerMirroredStrategy over the `workers` TF_CONFIG names (0: none, refused)."""
+    if not workers:
+        raise UserInputError(
+            "--strategy=multi_worker_mirrored needs the TF_CONFIG environment variable: the "
+            'cluster ({"cluster": {"worker": ["host1:port", "host2:port"]}, "task": {"type": '
+            '"worker", "index": 0}}) on every worker (docs/many-machines.md).'
+        )
+    # No timeout on every collective (see Watchdog): barriers take one of their own and the
+    # training loop is watched.
+    strategy = tf.distribute.MultiWorkerMirroredStrategy()
+    logging.warning("%s", exposure_warning("This worker's TensorFlow server", _own_port()))
+    return strategy
+
+
 def get_strategy(
     name: str = "auto",
     *,
@@ -214,19 +229,7 @@ def get_strategy(
     if name == "auto" and workers > 1:
         name = "multi_worker_mirrored"
     if name == "multi_worker_mirrored":
-        if not workers:
-            raise UserInputError(
-                "--strategy=multi_worker_mirrored needs the TF_CONFIG environment variable: the "
-                'cluster ({"cluster": {"worker": ["host1:port", "host2:port"]}, "task": {"type": '
-                '"worker", "index": 0}}) on every worker (docs/many-machines.md).'
-            )
-        # No timeout on every collective (see Watchdog): barriers take one of their own and the
-        # training loop is watched.
-        strategy = tf.distribute.MultiWorkerMirroredStrategy()
-        port = _own_port()
-        logging.warning("%s", exposure_warning("This worker's TensorFlow server", port))
-        return strategy
-
+        return _multi_worker_strategy(workers)
     gpus = [device.name for device in tf.config.list_logical_devices("GPU")]
     if name == "auto":
         name = "mirrored" if len(gpus) > 1 else "one_device" if gpus else "default"

@@ -1,4 +1,5 @@
-"""Graceful stop of long jobs on SIGINT and SIGTERM, even while TensorFlow blocks.
+"""How a long job stops: gracefully on SIGINT and SIGTERM, even while TensorFlow blocks; at
+once (`exit_now`); or, in the kill tests, at a fault point the test names (`point`, below).
 
 Inside `GracefulStop()`, the first SIGINT or SIGTERM only sets a flag: the job finishes the
 step it is in, writes a checkpoint, and raises `StopRequested`, which the binaries turn into
@@ -170,7 +171,7 @@ class GracefulStop:
             raise StopRequested(f"stopped on {name}: {resume_hint}", signal_number=self.requested)
 
 
-# faults: A documented fault-injection hook, so that kill tests happen at a point the test controls.
+# A documented fault-injection hook, so that kill tests happen at a point the test controls.
 #
 # Long jobs call `point(name)` at the places where being killed matters (after a chunk of a
 # store is written, after a training step). When the environment variable FRUITS_TL_KILL_AT

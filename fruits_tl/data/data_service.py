@@ -112,6 +112,39 @@ def _service_dataset(folder: loading.ImageFolder, address: str) -> tf.data.Datas
     )
 
 
+def _receive(folder: loading.ImageFolder, address: str, timeout: float, images: np.ndarray):
+    """Fills `images` from the service's batches; returns how often each row came."""
+    distributed = _service_dataset(folder, address)
+    seen = np.zeros(len(folder), np.int64)
+
+    def lost():
+        stopping.exit_now(
+            2,
+            f"The tf.data service at {address} delivered no image of {folder.name} for "
+            f"{timeout:.0f} s (--data_service_timeout): a service worker or the dispatcher is "
+            "lost. Restart fruits-tl-data-service (the dispatcher, then its workers) and rerun "
+            "the same command: what this job stored is kept.",
+        )
+
+    # The fault hook's point just before the client waits on the service (a test kills a
+    # service worker, or signals the job, here).
+    stopping.point("data_service:decode")
+    try:
+        with distribute.Watchdog(timeout, lost) as watchdog:
+            for indices, batch in distributed.as_numpy_iterator():
+                watchdog.beat()
+                images[indices] = batch
+                np.add.at(seen, indices, 1)
+                if seen.sum() == len(indices):  # The first batch (a test kills the dispatcher).
+                    stopping.point(f"data_service:received:{folder.name}")
+    except tf.errors.OpError as error:
+        raise UserInputError(
+            f"The tf.data service at {address} failed ({type(error).__name__}: "
+            f"{str(error).strip().splitlines()[0][:200]}); is the dispatcher running, with workers?"
+        ) from None
+    return seen
+
+
 def decode_rows_through_service(
     folder: loading.ImageFolder, address: str, *, timeout: float = DEFAULT_TIMEOUT
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -140,34 +173,7 @@ def decode_rows_through_service(
     images = np.zeros((count, size, size, 3), np.uint8)
     if count == 0:
         return images, np.ones(0, bool)
-    distributed = _service_dataset(folder, address)
-    seen = np.zeros(count, np.int64)
-
-    def lost():
-        stopping.exit_now(
-            2,
-            f"The tf.data service at {address} delivered no image of {folder.name} for "
-            f"{timeout:.0f} s (--data_service_timeout): a service worker or the dispatcher is "
-            "lost. Restart fruits-tl-data-service (the dispatcher, then its workers) and rerun "
-            "the same command: what this job stored is kept.",
-        )
-
-    # The fault hook's point just before the client waits on the service (a test kills a
-    # service worker, or signals the job, here).
-    stopping.point("data_service:decode")
-    try:
-        with distribute.Watchdog(timeout, lost) as watchdog:
-            for indices, batch in distributed.as_numpy_iterator():
-                watchdog.beat()
-                images[indices] = batch
-                np.add.at(seen, indices, 1)
-                if seen.sum() == len(indices):  # The first batch (a test kills the dispatcher).
-                    stopping.point(f"data_service:received:{folder.name}")
-    except tf.errors.OpError as error:
-        raise UserInputError(
-            f"The tf.data service at {address} failed ({type(error).__name__}: "
-            f"{str(error).strip().splitlines()[0][:200]}); is the dispatcher running, with workers?"
-        ) from None
+    seen = _receive(folder, address, timeout, images)
     if (seen > 1).any():
         raise UserInputError(
             f"The tf.data service at {address} delivered {int((seen > 1).sum())} image(s) of "

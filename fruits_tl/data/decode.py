@@ -1,4 +1,5 @@
-"""The one decode function: encoded image bytes to the input pipeline's uint8 pixels.
+"""The one decode function: encoded image bytes to the input pipeline's uint8 pixels; the
+decode check (which files the decoder reads, below); and the one MobileNet preprocessing.
 
 Every path that turns a file into pixels calls `decode_image`: the folder pipeline (after
 `tf.io.read_file`), the TFDS pipeline (on the records' undecoded bytes), prediction, and the
@@ -14,10 +15,8 @@ Pure tensor functions: they work eagerly, inside `tf.data` maps and inside `tf.f
 from __future__ import annotations
 
 import dataclasses
-import functools
 import os
 import re
-import time
 
 import numpy as np
 import tensorflow as tf
@@ -106,7 +105,7 @@ def with_pass_options(dataset: tf.data.Dataset) -> tf.data.Dataset:
     return dataset.with_options(options)
 
 
-# preprocess: Pure tensor functions: the one MobileNet preprocessing used on every path.
+# Pure tensor functions: the one MobileNet preprocessing used on every path.
 #
 # The models apply it as their first layer, Keras's built-in `Rescaling(1/127.5, offset=-1)`,
 # which is bit for bit `mobilenet_inputs` in float32 (fruits_tl.models.model); embedding users
@@ -132,7 +131,7 @@ def mobilenet_inputs(images: tf.Tensor) -> tf.Tensor:
     return images * (1.0 / 127.5) - 1.0
 
 
-# image_checks: Image checks: which files TensorFlow's decoder reads, and what each file really is.
+# Image checks: which files TensorFlow's decoder reads, and what each file really is.
 #
 # `find_bad_images` decodes every file once with the call Keras's loader makes, in parallel,
 # before any job starts, so that bad files are named up front rather than failing mid-epoch.
@@ -244,130 +243,3 @@ def find_bad_images(file_paths: list[str] | tuple[str, ...]) -> tuple[BadImage, 
 
 def describe_bad_images(bad: tuple[BadImage, ...]) -> str:
     return "; ".join(str(item) for item in bad)
-
-
-MAGIC = {b"\xff\xd8\xff": "jpeg", b"\x89PNG": "png", b"GIF8": "gif", b"BM": "bmp", b"RIFF": "webp"}
-EXTENSION_FORMATS = {".jpg": "jpeg", ".jpeg": "jpeg", ".png": "png", ".gif": "gif", ".bmp": "bmp"}
-
-
-def _format_of(head: bytes) -> str:
-    for magic, name in MAGIC.items():
-        if head.startswith(magic):
-            return name
-    return "unknown"
-
-
-@dataclasses.dataclass(frozen=True)
-class FileFacts:
-    """What the decode pass learnt about one file."""
-
-    path: str
-    split: str
-    class_name: str
-    decodable: bool
-    reason: str = ""
-    real_format: str = ""
-    channels: int = 0
-    jpeg_components: int = 0
-    height: int = 0
-    width: int = 0
-    fingerprint: int = 0
-
-
-@functools.cache
-def _stand_in_jpeg() -> bytes:
-    """A 1x1 JPEG made by TensorFlow's encoder: the header parsed in place of a non-JPEG file."""
-    return tf.io.encode_jpeg(tf.zeros([1, 1, 3], tf.uint8)).numpy()
-
-
-def _probe(index, path, stand_in):
-    """Per file, in parallel: read, decode, and the JPEG header's component count.
-
-    One decode op for every format and no tf.cond, so the per-file work is the decode plus a
-    header parse (BENCHMARKS.md section 3 has its cost). The component count (4 for CMYK or
-    YCCK, which decode to 3 channels) comes from the file's own JPEG header, or a stand-in
-    header for other formats, discarded below.
-    """
-    contents = tf.io.read_file(path)
-    image = tf.io.decode_image(contents, channels=0, expand_animations=False)
-    is_jpeg = tf.io.is_jpeg(contents)
-    components = tf.io.extract_jpeg_shape(tf.where(is_jpeg, contents, stand_in))[2]
-    return index, tf.shape(image), tf.where(is_jpeg, components, 0), contents
-
-
-def _digest_batch(indices, shapes, components, contents):
-    """Per batch, vectorised: the first 4 bytes (the real format) and a 64-bit content digest."""
-    return indices, shapes, components, tf.strings.substr(contents, 0, 4), tf.fingerprint(contents)
-
-
-def inspect_files(entries: list[tuple[str, str, str]]) -> tuple[list[FileFacts], float]:
-    """Reads and decodes every file in parallel; returns facts per file and the images/s.
-
-    The decoder is Keras's loader's, `tf.io.decode_image(expand_animations=False)`, here with
-    `channels=0` (the loader asks for 3) so that grayscale or alpha shows as 1, 2 or 4
-    channels; a file that decodes here loads in training.
-
-    Args:
-      entries: (path, split, class name) per file.
-    """
-    paths = [e[0] for e in entries]
-    if not paths:
-        return [], 0.0
-    stand_in = tf.constant(_stand_in_jpeg())
-    dataset = tf.data.Dataset.from_tensor_slices((tf.range(len(paths), dtype=tf.int64), paths))
-    dataset = dataset.map(
-        tf.autograph.experimental.do_not_convert(lambda index, path: _probe(index, path, stand_in)),
-        num_parallel_calls=decode_parallelism(),
-        deterministic=False,
-    )
-    dataset = (
-        dataset.ignore_errors()
-        .batch(PROGRESS_BATCH)
-        .map(
-            tf.autograph.experimental.do_not_convert(_digest_batch),
-            num_parallel_calls=tf.data.AUTOTUNE,
-        )
-    )
-    dataset = with_pass_options(dataset)
-    decoded = np.zeros(len(paths), dtype=bool)
-    all_shapes = np.zeros((len(paths), 3), dtype=np.int64)
-    all_components = np.zeros(len(paths), dtype=np.int64)
-    all_fingerprints = np.zeros(len(paths), dtype=np.uint64)
-    heads: list = [b""] * len(paths)
-    start = time.perf_counter()
-    counter = progress.Progress(len(paths), label="audit")
-    for indices, shapes, components, batch_heads, fingerprints in dataset.as_numpy_iterator():
-        counter.add(len(indices))
-        decoded[indices] = True
-        all_shapes[indices] = shapes
-        all_components[indices] = components
-        all_fingerprints[indices] = np.ascontiguousarray(fingerprints).view("<u8")[:, 0]
-        for i, head in zip(indices.tolist(), batch_heads.tolist(), strict=True):
-            heads[i] = head
-    counter.finish()
-    seconds = time.perf_counter() - start
-    facts = []
-    for index, (path, split, class_name) in enumerate(entries):
-        if not decoded[index]:
-            facts.append(
-                FileFacts(
-                    path, split, class_name, decodable=False, reason=decode_error_reason(path)
-                )
-            )
-            continue
-        height, width, channels = (int(v) for v in all_shapes[index])
-        facts.append(
-            FileFacts(
-                path,
-                split,
-                class_name,
-                decodable=True,
-                real_format=_format_of(heads[index]),
-                channels=channels,
-                jpeg_components=int(all_components[index]),
-                height=height,
-                width=width,
-                fingerprint=int(all_fingerprints[index]),
-            )
-        )
-    return facts, len(paths) / max(seconds, 1e-9)

@@ -1,16 +1,16 @@
-"""Image folders: listing, checking and loading `<split>/<class>/<image>` trees.
+"""Image folders: listing, checking and loading `<split>/<class>/<image>` trees, and a job's
+splits from a folder or from the fruits360 TFDS records (`load_splits`).
 
 This module owns the first step of the one input pipeline. File listing is kept apart from
-decoding (as in tensorflow_datasets' image-folder reader): `list_image_files` and the label-map
-checks touch only the file system; `find_bad_images` decodes every file once with TensorFlow's
-own decoder, in parallel, before any training starts; `load_split` takes the listing (file
-order, class order) from `keras.utils.image_dataset_from_directory(batch_size=None)`, without
-ever iterating Keras's dataset, and hands back an `ImageFolder`: the (path, label) listing,
-from which `ImageFolder.make_elements` builds the decoded elements of any shard. Sharding and
-leaving files out happen on the listing, before anything is decoded.
-
-Listing rules are Keras's own and live in `fruits_tl.data.listing`; the decode check in
-`fruits_tl.data.decode`.
+decoding (as in tensorflow_datasets' image-folder reader): the listing rules (Keras's own:
+`list_image_files`, `list_classes`, `is_metadata`, at the end of this module) and the
+label-map checks touch only the file system; the decode check (`decode.find_bad_images`, or
+the store's fill: `store.SourceStores.check`) decodes every file once, in parallel, before any
+training starts; `load_split` takes the listing (file order, class order) from
+`keras.utils.image_dataset_from_directory(batch_size=None)`, without ever iterating Keras's
+dataset, and hands back an `ImageFolder`: the (path, label) listing, from which
+`ImageFolder.make_elements` builds the decoded elements. Leaving files out happens on the
+listing, before anything is decoded.
 """
 
 from __future__ import annotations
@@ -186,6 +186,25 @@ def validation_mask(labels: np.ndarray, validation_split: float, seed: int) -> n
     return mask
 
 
+def _keras_listing(directory: str, present: list[str], image_size: int) -> list[str]:
+    """The files Keras's `image_dataset_from_directory` lists under `directory` for the class
+    folders `present`, in its order, operating-system metadata left out."""
+    keras_listing = keras.utils.image_dataset_from_directory(
+        directory,
+        labels="inferred",
+        label_mode="int",
+        class_names=present,
+        color_mode="rgb",
+        batch_size=None,
+        image_size=(image_size, image_size),
+        shuffle=False,
+        interpolation="bilinear",
+        verbose=False,
+    )
+    # Keras lists AppleDouble `._*` files and __MACOSX/ contents too; they are not data.
+    return [p for p in keras_listing.file_paths if not is_metadata(os.path.relpath(p, directory))]
+
+
 def load_split(
     directory: str,
     *,
@@ -217,26 +236,11 @@ def load_split(
       The split as an ImageFolder.
     """
     present = [c for c in class_names if os.path.isdir(os.path.join(directory, c))]
-    keras_listing = keras.utils.image_dataset_from_directory(
-        directory,
-        labels="inferred",
-        label_mode="int",
-        class_names=present,
-        color_mode="rgb",
-        batch_size=None,
-        image_size=(image_size, image_size),
-        shuffle=False,
-        interpolation="bilinear",
-        verbose=False,
-    )
-    # Keras lists AppleDouble `._*` files and __MACOSX/ contents too; they are not data.
-    file_paths = [
-        p for p in keras_listing.file_paths if not is_metadata(os.path.relpath(p, directory))
-    ]
+    file_paths = _keras_listing(directory, present, image_size)
     if expected_files is not None and sorted(file_paths) != sorted(expected_files):
         raise RuntimeError(
             f"Keras listed different files in '{directory}' than fruits_tl checked; the listing "
-            "rules in fruits_tl.data.listing no longer match this Keras version."
+            "rules in fruits_tl.data.loading no longer match this Keras version."
         )
     label_of = {c: list(class_names).index(c) for c in present}
     left_out = set(exclude) | set(undecodable)
@@ -310,7 +314,7 @@ def load_labeled_folder(
 ) -> tuple[ImageFolder, tuple[BadImage, ...]]:
     """Checks and loads one `<class>/<images>` folder against a fixed label map (a model's).
 
-    `check`: the decode check, called as `check(name, files)` (`pixels.SourceStores.check`
+    `check`: the decode check, called as `check(name, files)` (`store.SourceStores.check`
     decodes into the pixel store); without it, `find_bad_images` decodes into nothing.
 
     Raises:
@@ -385,28 +389,20 @@ def load_dataset(
 
     Every check runs before any decoding for training: missing folders, class folders that do
     not match, empty class folders, and (by decoding every file once, in parallel)
-    undecodable files.
+    undecodable files; a UserInputError names the folder, class or files at fault.
 
     Args:
-      data_dir: Folder holding `train_subdir` and usually `test_subdir`.
-      train_subdir: The training folder; its class folders define the label map.
-      test_subdir: The test folder. Absent, `validation_split` must be > 0.
-      validation_split: Fraction of training images per class held out for validation.
-      image_size: Images are resized to image_size x image_size.
-      seed: Seed for the validation split.
-      skip_bad_images: Leave out undecodable files (reported in Splits.bad_images).
+      data_dir, train_subdir, test_subdir: The folders; the training folder's class folders
+        are the label map. Without a test folder `validation_split` must be > 0.
+      validation_split, seed: The fraction of training images per class held out for
+        validation, and the seed of that split.
+      image_size, skip_bad_images: Images are resized to image_size x image_size; leave out
+        undecodable files (reported in Splits.bad_images).
       exclude_files: Files to leave out (e.g. fruits-tl-audit's exclude list); undecodable
         files listed here are not an error.
-      check: The decode check itself, per source folder ("train", "test") and its files
-        (user-excluded ones left out): returns the files that failed. A job that stores the
-        pixels passes `pixels.SourceStores.check`, so the check's one pass is the store's
-        fill; without it, `image_checks.find_bad_images` decodes into nothing.
-
-    Returns:
-      The Splits.
-
-    Raises:
-      UserInputError: With a message naming the folder, class or files at fault.
+      check: The decode check itself, per source folder ("train", "test") and its files:
+        returns the files that failed. Jobs pass `store.SourceStores.check`, whose one pass is
+        the store's fill; without it, `decode.find_bad_images` decodes into nothing.
     """
     listed = _list_data_dir(data_dir, train_subdir, test_subdir, validation_split)
     user_excluded, undecodable, bad = _check_listed_files(
@@ -421,14 +417,12 @@ def load_dataset(
         exclude=user_excluded,
         undecodable=undecodable,
     )
-    train = load_split(
-        listed.train_dir, name="train", expected_files=listed.all_files("train"), **common
+    train, test = (
+        load_split(directory, name=name, expected_files=listed.all_files(name), **common)
+        if directory
+        else None
+        for name, directory in (("train", listed.train_dir), ("test", listed.test_dir))
     )
-    test = None
-    if listed.test_dir:
-        test = load_split(
-            listed.test_dir, name="test", expected_files=listed.all_files("test"), **common
-        )
     return assemble_splits(
         train,
         test,
@@ -498,7 +492,7 @@ class _Listed:
 def _list_data_dir(
     data_dir: str, train_subdir: str, test_subdir: str, validation_split: float
 ) -> _Listed:
-    """Lists a data folder (Keras's listing, `fruits_tl.data.listing`) and checks its shape: the
+    """Lists a data folder (Keras's listing rules, below) and checks its shape: the
     folders exist, the label maps agree, no class folder is empty."""
     if not os.path.exists(data_dir):
         raise UserInputError(f"The data directory '{data_dir}' does not exist (--data_dir).")
@@ -551,7 +545,7 @@ def _list_data_dir(
 def _check_listed_files(
     listed: _Listed, exclude_files, *, skip_bad_images: bool, check
 ) -> tuple[set[str], set[str], tuple[BadImage, ...]]:
-    """Decodes every listed file once (`check`, else `image_checks.find_bad_images`) and
+    """Decodes every listed file once (`check`, else `decode.find_bad_images`) and
     applies the exclude list: (files the user excluded, undecodable files, bad files not
     excluded). User-excluded files are not decoded."""
     all_files = listed.all_files("train") + listed.all_files("test")
@@ -593,9 +587,9 @@ def _check_listed_files(
 
 
 def load_splits(config: DataConfig, *, check: Check | None = None) -> Splits:
-    """Loads the splits a DataConfig describes, checking them first (see data.load_dataset).
+    """Loads the splits a DataConfig describes, checking them first (see loading.load_dataset).
 
-    `check`: the decode check itself (`pixels.SourceStores.check`: the check's pass fills the
+    `check`: the decode check itself (`store.SourceStores.check`: the check's pass fills the
     pixel store, so a later job on the same, unchanged files decodes nothing); image folders
     only (TFDS records are checked when they are prepared).
     """
@@ -624,7 +618,7 @@ def load_splits(config: DataConfig, *, check: Check | None = None) -> Splits:
     )
 
 
-# listing: File listing without TensorFlow: class folders, image files, and class-name checks.
+# File listing without TensorFlow: class folders, image files, and class-name checks.
 #
 # The rules are Keras's own (`image_dataset_from_directory`), so the files fruits_tl checks are
 # the files Keras lists: class folders are the non-hidden sub-folders of a split folder; images

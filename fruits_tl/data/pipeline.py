@@ -108,7 +108,20 @@ def make_split_dataset(
         shuffle_buffer_size=shuffle_buffer_size,
         drop_remainder=drop_remainder,
     )
-    images = train_input.example_spec(examples)[1] == np.uint8
+    return train_input.make_replica_dataset(
+        examples,
+        labels,
+        index_rows,
+        batching=batching,
+        input_context=context,
+        by_path=read_by_path and isinstance(examples, train_input.STORED),
+        output=_finisher(train_input.example_spec(examples)[1] == np.uint8, output),
+    )
+
+
+def _finisher(images: bool, output: str):
+    """What each batch becomes: padding rows dropped; images as `output` asks, other rows
+    (features) float32."""
 
     def finish(rows, row_labels, valid):
         keep = lambda x: tf.cond(  # noqa: E731
@@ -121,15 +134,7 @@ def make_split_dataset(
             rows = tf.cast(rows, tf.float32)
         return rows, row_labels
 
-    return train_input.make_replica_dataset(
-        examples,
-        labels,
-        index_rows,
-        batching=batching,
-        input_context=context,
-        by_path=read_by_path and isinstance(examples, train_input.STORED),
-        output=finish,
-    )
+    return finish
 
 
 def make_feature_batches(
@@ -187,36 +192,22 @@ def make_datasets(
     skip_bad_images: bool = False,
     read_by_path: bool = False,
 ) -> Datasets:
-    """Checks a `Training/<class>/*`, `Test/<class>/*` folder and returns batched datasets.
-
-    The decode check decodes each file once, in parallel, into the pixel store, and the
-    batches are read from it by TensorFlow ops, as `fruits-tl-train` reads it. By default
-    batches are float32 MobileNet-preprocessed pixels in [-1, 1]; pass `output="uint8"` for raw
-    pixels (4x less memory traffic) when your model applies
-    `fruits_tl.data.decode.mobilenet_inputs` itself.
+    """Checks a `Training/<class>/*`, `Test/<class>/*` folder and returns batched datasets
+    (train, validation, test) and the class names; a UserInputError says what is unusable.
+    The decode check decodes each file once into the pixel store, and the batches are read
+    from it by TensorFlow ops, as `fruits-tl-train` reads it (docs/pipeline.md).
 
     Args:
-      data_dir: The data folder.
-      batch_size: Images per batch.
-      image_size: Images are resized to image_size x image_size.
-      train_subdir: The training folder inside data_dir (defines the classes).
-      test_subdir: The test folder inside data_dir.
+      data_dir, train_subdir, test_subdir: The folder; its training folder (whose class
+        folders are the classes) and test folder.
+      batch_size, image_size, seed, shuffle_buffer_size: Images per batch; their height and
+        width; the seed of the split and the shuffle; 0 for a full shuffle.
       validation_split: Fraction of training held out for validation; 0 validates on test.
-      cache: Where the decoded pixels are stored (`get_store_directory`): "memory" (or
-        "none") for a temporary folder removed when the process exits, or a folder that keeps
-        them for later runs.
-      shuffle_buffer_size: 0 for a full shuffle.
-      seed: Seed for the split and the shuffle.
-      output: "float32" (preprocessed) or "uint8" (raw pixels).
-      skip_bad_images: Leave out undecodable files instead of raising.
-      read_by_path: Read the rows by the store file's path, for datasets you send to a
-        tf.data service or save (see the module's docstring).
-
-    Returns:
-      Datasets with train, validation and test batches and the class names.
-
-    Raises:
-      UserInputError: The folder or its files are not usable; the message says why.
+      cache: Where the decoded pixels are stored: "memory" (or "none") for a temporary
+        folder (`get_store_directory`), or a folder kept for later runs.
+      output: "float32" (MobileNet-preprocessed, in [-1, 1]) or "uint8" (raw pixels).
+      skip_bad_images, read_by_path: Leave out undecodable files instead of raising; read
+        rows by the store file's path, for datasets sent to a tf.data service.
     """
     # The decode check's one pass decodes every file into the store (a warm call decodes none).
     stores = store.SourceStores(directory=get_store_directory(cache), image_size=image_size)
@@ -231,25 +222,26 @@ def make_datasets(
         check=stores.check,
     )
     _FILLED[(stores.directory, image_size)] = stores
-
-    def batches(folder, training):
-        return make_split_dataset(
-            stores.rows(folder),
-            folder.labels,
-            batch_size=batch_size,
-            training=training,
-            seed=seed,
-            output=output,
-            shuffle_buffer_size=shuffle_buffer_size,
-            read_by_path=read_by_path,
-        )
-
-    train = batches(splits.train, True)
-    test = batches(splits.test, False)
-    validation = test if splits.validation_is_test else batches(splits.validation, False)
-    return Datasets(
-        train=train, validation=validation, test=test, class_names=splits.class_names, splits=splits
+    train, validation, test = _batched(
+        stores,
+        splits,
+        batch_size=batch_size,
+        seed=seed,
+        output=output,
+        shuffle_buffer_size=shuffle_buffer_size,
+        read_by_path=read_by_path,
     )
+    return Datasets(train, validation, test, class_names=splits.class_names, splits=splits)
+
+
+def _batched(stores: store.SourceStores, splits: loading.Splits, **options) -> tuple:
+    """(train, validation, test) datasets of the splits' stored rows; validation is the test
+    dataset where they are one split."""
+    train, test, validation = (
+        make_split_dataset(stores.rows(f), f.labels, training=f is splits.train, **options)
+        for f in (splits.train, splits.test, splits.validation)
+    )
+    return train, test if splits.validation_is_test else validation, test
 
 
 def make_input_fn(

@@ -1,7 +1,8 @@
 """The store: rows of examples written once into one file, read natively by TensorFlow.
 
-It holds decoded pixels (`pixels.py`), backbone features and their labels
-(`backbone_features.py`): any [N, ...] array of rows. An array `name` in a folder is:
+It holds decoded pixels (filled by the decode pass: `SourceStores`, `store_pixels`, below),
+backbone features and their labels (`backbone_features.py`): any [N, ...] array of rows. An
+array `name` in a folder is:
 - `<name>.<digest>.rows`: the rows, raw (C order, no header), [count, *row_shape] of dtype;
   the digest names what the rows are (fingerprint, count, shape, dtype, chunk size), so a
   file of other data is never taken for this one;
@@ -226,12 +227,11 @@ def fill(
     CRC checked when `verify`), otherwise written, chunk by chunk, straight into its file.
 
     Args:
-      directory: The store's folder.
-      name: The array's name (e.g. "train.pixels").
+      directory, name, label: The store's folder, the array's name (e.g. "train.pixels") and
+        its name in messages.
       fingerprint: What the rows are a function of: a manifest with another one is stale.
-      count, row_shape, dtype: The array's shape and type.
+      count, row_shape, dtype, chunk_rows: The array's shape and type; rows per chunk.
       produce: Makes a chunk's rows (`Produce`).
-      chunk_rows: Rows per chunk.
       worker_index, worker_count: This process among the workers that share the pass
         (`owns_chunk`); worker 0 publishes the manifest.
       barrier: Called twice by every worker, whichever way the call goes (a barrier among
@@ -239,13 +239,8 @@ def fill(
       stop: Checked after every chunk written: a stop request raises StopRequested there.
       verify: Check every chunk's CRC when the store is reused (a damaged chunk is written
         again and named in the log).
-      label: The array's name in messages.
 
-    Returns:
-      The Stored array.
-
-    Raises:
-      UserInputError: The folder's disk has no room for the array.
+    Returns the Stored array; raises UserInputError when the folder's disk has no room for it.
     """
     row_shape, dtype = tuple(int(d) for d in row_shape), np.dtype(dtype)
     label = label or name
@@ -255,17 +250,10 @@ def fill(
     published = _read_manifest(layout, label)
     complete = _matches(published, layout)
     if not complete:
-        os.makedirs(directory, exist_ok=True)
-        if worker_index == 0:
-            # From here until the new manifest is written, nothing under this name counts.
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(layout.manifest_path)
+        _start_over(layout, first_worker=worker_index == 0)
     writer = _ChunkWriter(layout, produce, stop=stop, label=label)
-    try:
-        mine = [k for k in range(len(layout.bounds)) if owns_chunk(k, worker_index, worker_count)]
-        rewritten = writer.write_chunks(mine, published if complete else None, verify=verify)
-    finally:
-        writer.close()
+    mine = [k for k in range(len(layout.bounds)) if owns_chunk(k, worker_index, worker_count)]
+    rewritten = writer.write_all(mine, published if complete else None, verify=verify)
     barrier()
     if worker_index == 0 and (not complete or writer.wrote_any or _has_markers(layout)):
         _publish(layout, published if complete else None, label)
@@ -273,16 +261,20 @@ def fill(
     manifest = _read_json(layout.manifest_path)
     if not _matches(manifest, layout):
         raise RuntimeError(f"the stored {label} is missing or incomplete in {directory}")
-    if complete and not writer.wrote_any:
+    reused = complete and not writer.wrote_any
+    if reused:
         logging.warning("Reusing the stored %s in %s: its fingerprint matches.", label, directory)
     missing = tuple(i for chunk in manifest["chunks"] for i in chunk["missing"])
-    return Stored(
-        examples=layout.array(),
-        reused=complete and not writer.wrote_any,
-        written_rows=writer.written_rows,
-        missing=missing,
-        rewritten_chunks=tuple(rewritten),
-    )
+    return Stored(layout.array(), reused, writer.written_rows, missing, tuple(rewritten))
+
+
+def _start_over(layout: _Layout, *, first_worker: bool) -> None:
+    """Before a store is written again: its folder made, and (by the first worker) its manifest
+    removed, so that nothing under this name counts until the new one is written."""
+    os.makedirs(layout.directory, exist_ok=True)
+    if first_worker:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(layout.manifest_path)
 
 
 def _read_manifest(layout: _Layout, label: str) -> dict | None:
@@ -350,6 +342,13 @@ class _ChunkWriter:
 
     def intact(self, k: int, entry: dict) -> bool:
         return self.crc(k) == entry.get("crc32")
+
+    def write_all(self, chunks, published, *, verify: bool) -> list[int]:
+        """`write_chunks`, then the file closed whichever way it went."""
+        try:
+            return self.write_chunks(chunks, published, verify=verify)
+        finally:
+            self.close()
 
     def write_chunks(self, chunks: list[int], published: dict | None, *, verify: bool):
         """Writes `chunks` where they are not vouched for: by the published manifest (their
@@ -753,13 +752,12 @@ def store_pixels(
     """The split's decoded uint8 images, memory-mapped from the store (decoded first if needed).
 
     Args:
-      folder: The split.
-      directory: The store's folder.
+      folder, directory: The split; the store's folder.
       name: The stored array is `<name>.pixels` (default: `split-<the split's name>`, apart
         from the source folders' stores, which the decode check names "train" and "test").
       chunk_images: Images per chunk.
-      data_service_address: Decode on the tf.data service there ("" decodes here).
-      data_service_timeout: Seconds without an element before the service counts as lost.
+      data_service_address, data_service_timeout: Decode on the tf.data service there (""
+        decodes here); seconds without an element before the service counts as lost.
       worker_index, worker_count: This worker among several; chunk k is decoded by worker
         k mod worker_count, and worker 0 writes the manifest.
       wait_for_workers: A barrier among the workers (called once by every worker).
@@ -767,8 +765,7 @@ def store_pixels(
       missing_ok: Undecodable files are the store's missing rows (the decode check); else
         they are an error (the check passed them before).
 
-    Returns:
-      The Stored images, element for element with `folder.labels`.
+    Returns the Stored images, element for element with `folder.labels`.
     """
     size = folder.image_size
     stored = fill(
@@ -779,11 +776,7 @@ def store_pixels(
         row_shape=(size, size, 3),
         dtype=np.uint8,
         produce=lambda first, last: decode_rows(
-            folder,
-            first,
-            last,
-            service=data_service_address,
-            service_timeout=data_service_timeout,
+            folder, first, last, service=data_service_address, service_timeout=data_service_timeout
         ),
         chunk_rows=chunk_images,
         worker_index=worker_index,

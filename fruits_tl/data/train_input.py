@@ -241,6 +241,36 @@ def read_options() -> tf.data.Options:
     return options
 
 
+def _slice_reader(examples, labels, *, augmentation, seed, by_path, output):
+    """The map that reads one replica's slice: (indices, count, epoch) -> its rows gathered by
+    TensorFlow ops, padding rows zeros (label -1), augmented where asked."""
+    row_shape, dtype = example_spec(examples)
+    if augmentation and (dtype != np.uint8 or len(row_shape) != 3):
+        raise ValueError(f"augmentation needs uint8 images, not {dtype} rows of {row_shape}")
+    if augmentation:
+        from fruits_tl.data import augment  # Only with --augment: off the default path.
+    gather = _gather_rows(examples, by_path=by_path)
+    label_table = tf.constant(np.asarray(labels, np.int32))
+
+    @tf.autograph.experimental.do_not_convert
+    def read_slice(indices, count, epoch):
+        valid = indices >= 0
+        safe = tf.maximum(indices, 0)
+        rows = gather(safe)
+        mask = tf.reshape(valid, [-1] + [1] * len(row_shape))
+        rows = tf.cond(
+            tf.reduce_all(valid), lambda: rows, lambda: tf.where(mask, rows, tf.zeros_like(rows))
+        )
+        row_labels = tf.where(valid, tf.gather(label_table, safe), PADDING_LABEL)
+        if augmentation:
+            rows = augment.apply(rows, augment.draws(seed, epoch, indices), augmentation)
+        if output is not None:
+            return output(rows, row_labels, valid)
+        return rows, row_labels, count
+
+    return read_slice
+
+
 def make_replica_dataset(
     examples: Examples,
     labels: np.ndarray,
@@ -271,13 +301,6 @@ def make_replica_dataset(
         raise ValueError(f"{replicas} replicas do not divide among {pipelines} input pipelines")
     local = replicas // pipelines
     first = input_context.input_pipeline_id * local
-    row_shape, dtype = example_spec(examples)
-    if augmentation and (dtype != np.uint8 or len(row_shape) != 3):
-        raise ValueError(f"augmentation needs uint8 images, not {dtype} rows of {row_shape}")
-    if augmentation:
-        from fruits_tl.data import augment  # Only with --augment: off the default path.
-    gather = _gather_rows(examples, by_path=by_path)
-    label_table = tf.constant(np.asarray(labels, np.int32))
 
     @tf.autograph.experimental.do_not_convert
     def own_slices(epoch, row):
@@ -289,25 +312,12 @@ def make_replica_dataset(
     def first_slice(mine, count, epoch):
         return mine[0], count[0], epoch[0]
 
-    @tf.autograph.experimental.do_not_convert
-    def read_slice(indices, count, epoch):
-        valid = indices >= 0
-        safe = tf.maximum(indices, 0)
-        rows = gather(safe)
-        mask = tf.reshape(valid, [-1] + [1] * len(row_shape))
-        rows = tf.cond(
-            tf.reduce_all(valid), lambda: rows, lambda: tf.where(mask, rows, tf.zeros_like(rows))
-        )
-        row_labels = tf.where(valid, tf.gather(label_table, safe), PADDING_LABEL)
-        if augmentation:
-            rows = augment.apply(rows, augment.draws(seed, epoch, indices), augmentation)
-        if output is not None:
-            return output(rows, row_labels, valid)
-        return rows, row_labels, count
-
     dataset = index_rows().map(own_slices)
     # One replica per pipeline: its slice is the element (and the dataset keeps its length).
     dataset = dataset.map(first_slice) if local == 1 else dataset.unbatch()
+    read_slice = _slice_reader(
+        examples, labels, augmentation=augmentation, seed=seed, by_path=by_path, output=output
+    )
     dataset = dataset.map(
         read_slice, num_parallel_calls=decode.available_cores(), deterministic=True
     )

@@ -15,17 +15,11 @@ import os
 
 from fruits_tl.core.config import UserInputError
 from fruits_tl.data import loading
-from fruits_tl.data.decode import EXTENSION_FORMATS, inspect_files
+from fruits_tl.data.inspection import EXTENSION_FORMATS, inspect_files
 
 
-def audit_folder(
-    data_dir: str,
-    *,
-    train_subdir: str = "Training",
-    test_subdir: str = "Test",
-    min_images_per_class: int = 10,
-) -> dict:
-    """Audits a data folder and returns the full report as a JSON-ready dict."""
+def _listed_splits(data_dir: str, train_subdir: str, test_subdir: str) -> dict:
+    """Split name -> (its folder, its classes, class -> image files), for the splits present."""
     if not os.path.isdir(data_dir):
         raise UserInputError(f"The data directory '{data_dir}' does not exist (--data_dir).")
     splits = {}
@@ -39,6 +33,18 @@ def audit_folder(
             f"There is no training folder '{os.path.join(data_dir, train_subdir)}' "
             "(--train_subdir)."
         )
+    return splits
+
+
+def audit_folder(
+    data_dir: str,
+    *,
+    train_subdir: str = "Training",
+    test_subdir: str = "Test",
+    min_images_per_class: int = 10,
+) -> dict:
+    """Audits a data folder and returns the full report as a JSON-ready dict."""
+    splits = _listed_splits(data_dir, train_subdir, test_subdir)
     entries = [
         (p, split, c)
         for split, (_, _, files_of) in splits.items()
@@ -60,15 +66,7 @@ def audit_folder(
         for c in classes
         if decodable_counts[(split, c)] < min_images_per_class
     ]
-    mismatch = {"test_only": [], "train_only": []}
-    if test_subdir in splits:
-        train_classes, test_classes = splits[train_subdir][1], splits[test_subdir][1]
-        for c in test_classes:
-            if c not in train_classes:
-                mismatch["test_only"].append(
-                    {"class": c, "closest_training_class": loading.closest_name(c, train_classes)}
-                )
-        mismatch["train_only"] = [c for c in train_classes if c not in test_classes]
+    mismatch = _class_mismatch(splits, train_subdir, test_subdir)
     return {
         "data_dir": data_dir,
         "splits": {
@@ -87,6 +85,21 @@ def audit_folder(
         "class_mismatch": mismatch,
         "decode_images_per_second": images_per_second,
     }
+
+
+def _class_mismatch(splits: dict, train_subdir: str, test_subdir: str) -> dict:
+    """Test classes with no training folder (and the closest training class), and training
+    classes with no test folder."""
+    mismatch = {"test_only": [], "train_only": []}
+    if test_subdir in splits:
+        train_classes, test_classes = splits[train_subdir][1], splits[test_subdir][1]
+        for c in test_classes:
+            if c not in train_classes:
+                mismatch["test_only"].append(
+                    {"class": c, "closest_training_class": loading.closest_name(c, train_classes)}
+                )
+        mismatch["train_only"] = [c for c in train_classes if c not in test_classes]
+    return mismatch
 
 
 def _file_findings(facts) -> dict:

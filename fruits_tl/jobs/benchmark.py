@@ -62,7 +62,7 @@ from fruits_tl.core.timing import (
     summarize,
     time_epochs,
 )
-from fruits_tl.data import data_service, decode, loading, store, train_input
+from fruits_tl.data import data_service, decode, inspection, loading, store, train_input
 from fruits_tl.models import backbone_features, model
 from fruits_tl.training import loop
 
@@ -205,7 +205,7 @@ def _audit_epochs(folder: loading.ImageFolder):
     ]
 
     def epoch():
-        facts, _ = decode.inspect_files(entries)
+        facts, _ = inspection.inspect_files(entries)
         return [(np.zeros(len(facts)), None)]
 
     return epoch
@@ -273,6 +273,24 @@ def _reference_variant(context: Context, repeat: int, *, source: str, output: st
 TRAIN_INPUT_STEPS = 16
 
 
+def _real_counter(strategy: tf.distribute.Strategy):
+    """A compiled call that takes `steps` batches from a distributed iterator as training does
+    (next(iterator) inside a compiled call, under the strategy) and counts their real rows."""
+
+    @tf.function
+    def count_real(iterator, steps):
+        total = tf.constant(0)
+        for _ in tf.range(steps):
+            _, labels, _ = next(iterator)
+            per_replica = strategy.run(
+                lambda y: tf.reduce_sum(tf.cast(y >= 0, tf.int32)), args=(labels,)
+            )
+            total += strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
+        return total
+
+    return count_real
+
+
 def _train_input_variant(context: Context, repeat: int) -> Measurement:
     """The training input pipeline, exactly as `loop.fit` iterates it (`train_input.distribute`
     of `train_input.training_rows`, under the run's strategy), over the split's pixel store;
@@ -282,19 +300,7 @@ def _train_input_variant(context: Context, repeat: int) -> Measurement:
     batching = train_input.Batching(
         count=len(folder), batch_size=config.batch_size, replicas=strategy.num_replicas_in_sync
     )
-    holder = {}
-
-    @tf.function
-    def count_real(iterator, steps):
-        # As training consumes it: next(iterator) inside a compiled call, under the strategy.
-        total = tf.constant(0)
-        for _ in tf.range(steps):
-            _, labels, _ = next(iterator)
-            per_replica = strategy.run(
-                lambda y: tf.reduce_sum(tf.cast(y >= 0, tf.int32)), args=(labels,)
-            )
-            total += strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
-        return total
+    holder, count_real = {}, _real_counter(strategy)
 
     def epoch():
         if "iterator" not in holder:
@@ -567,7 +573,7 @@ def _context(
     train_dir = os.path.join(data_config.data_dir, data_config.train_subdir)
     # One check-and-list pass (one decode of every file, as training does): undecodable files
     # not on the exclude list stop the benchmark. Only the training folder is measured, so a
-    # data folder needs no Test folder here (sources.load_splits would ask for one).
+    # data folder needs no Test folder here (loading.load_splits would ask for one).
     folder, _ = loading.load_labeled_folder(
         train_dir,
         class_names=loading.list_classes(train_dir, role="training"),

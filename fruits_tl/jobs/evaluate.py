@@ -142,6 +142,24 @@ class Report:
     class_names: tuple[str, ...]
 
 
+def _per_class_figures(confusion: np.ndarray):
+    """Precision, recall, F1 and support of each class from the confusion matrix (0 where a
+    class was never predicted or has no images)."""
+    num_classes = len(confusion)
+    true_positive = np.diag(confusion).astype(np.float64)
+    predicted_count = confusion.sum(axis=0)
+    support = confusion.sum(axis=1)
+    precision = np.divide(
+        true_positive, predicted_count, out=np.zeros(num_classes), where=predicted_count > 0
+    )
+    recall = np.divide(true_positive, support, out=np.zeros(num_classes), where=support > 0)
+    denominator = precision + recall
+    f1 = np.divide(
+        2 * precision * recall, denominator, out=np.zeros(num_classes), where=denominator > 0
+    )
+    return precision, recall, f1, support
+
+
 def compute_report(
     labels: np.ndarray,
     probabilities: np.ndarray,
@@ -163,24 +181,12 @@ def compute_report(
     top_k = np.argsort(-probabilities, axis=1, kind="stable")[:, :k]
     confusion = np.zeros((num_classes, num_classes), dtype=np.int64)
     np.add.at(confusion, (labels, predicted), 1)
-    true_positive = np.diag(confusion).astype(np.float64)
-    predicted_count = confusion.sum(axis=0)
-    support = confusion.sum(axis=1)
-    precision = np.divide(
-        true_positive, predicted_count, out=np.zeros(num_classes), where=predicted_count > 0
-    )
-    recall = np.divide(true_positive, support, out=np.zeros(num_classes), where=support > 0)
-    denominator = precision + recall
-    f1 = np.divide(
-        2 * precision * recall, denominator, out=np.zeros(num_classes), where=denominator > 0
-    )
+    precision, recall, f1, support = _per_class_figures(confusion)
     true_probability = probabilities[np.arange(len(labels)), labels]
-    loss = (
-        float(-np.mean(np.log(np.clip(true_probability, EPSILON, 1 - EPSILON))))
-        if len(labels)
-        else 0.0
-    )
     count = len(labels)
+    loss = (
+        float(-np.mean(np.log(np.clip(true_probability, EPSILON, 1 - EPSILON)))) if count else 0.0
+    )
     metrics = ReportMetrics(
         accuracy=float(np.mean(predicted == labels)) if count else 0.0,
         top5_accuracy=float(np.mean((top_k == labels[:, None]).any(axis=1))) if count else 0.0,

@@ -67,17 +67,9 @@ class ExtractConfig:
 # fruits-tl-evaluate --split names of the TFDS source's splits (case-insensitive).
 
 
-def extract(
-    config: ExtractConfig, *, strategy: tf.distribute.Strategy
-) -> backbone_features.Extraction:
-    """Extracts (or reuses) the features of every split of `config.data`.
-
-    Raises:
-      UserInputError: Bad data, weights or model; the training classes differ from a trained
-        model's labels.txt.
-    """
-    if config.batch_size:
-        distribute.per_replica_batch_size(strategy, config.batch_size)
+def _backbone(config: ExtractConfig, strategy: tf.distribute.Strategy):
+    """(backbone, alpha, the trained model's class names or None, the data config): a trained
+    model's backbone (its image size wins), or a new one from the model flags."""
     data_config = config.data
     if config.trained_model:
         with strategy.scope():
@@ -98,6 +90,21 @@ def extract(
             backbone = model.build_backbone(
                 image_size=data_config.image_size, alpha=alpha, weights=config.model.weights
             )
+    return backbone, alpha, class_names, data_config
+
+
+def extract(
+    config: ExtractConfig, *, strategy: tf.distribute.Strategy
+) -> backbone_features.Extraction:
+    """Extracts (or reuses) the features of every split of `config.data`.
+
+    Raises:
+      UserInputError: Bad data, weights or model; the training classes differ from a trained
+        model's labels.txt.
+    """
+    if config.batch_size:
+        distribute.per_replica_batch_size(strategy, config.batch_size)
+    backbone, alpha, class_names, data_config = _backbone(config, strategy)
     hint = "Start every worker again: chunks already written are reused."
     with stopping.GracefulStop() as stop, distribute.clear_worker_errors(strategy, hint=hint):
         stores = None

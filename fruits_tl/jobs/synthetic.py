@@ -113,6 +113,25 @@ def _render_classes(
                     stream.write(encoded)
 
 
+def _written_before(directory: str, marker: str, settings: str) -> bool:
+    """Whether `directory` holds a complete dataset with these settings; refuses one with other
+    settings, and a folder that holds anything else."""
+    if os.path.exists(marker):
+        with open(marker, encoding="utf-8") as stream:
+            written = stream.read().strip()
+        if written != settings:
+            raise UserInputError(
+                f"'{directory}' holds a synthetic dataset written with other settings ({written}), "
+                f"not {settings}; choose another folder or remove it."
+            )
+        return True
+    if os.path.exists(directory) and os.listdir(directory):
+        raise UserInputError(
+            f"'{directory}' exists and is not a synthetic dataset; choose an empty or new folder."
+        )
+    return False
+
+
 def write_synthetic_dataset(
     directory: str,
     *,
@@ -131,14 +150,11 @@ def write_synthetic_dataset(
     Args:
       directory: Where to write (created; must not hold anything else).
       num_classes: Number of classes (at most len(FRUIT_NAMES) * 5).
-      train_per_class: Training images per class.
-      test_per_class: Test images per class.
-      image_size: Images are image_size x image_size.
-      seed: Generation seed.
-      file_format: "jpg" or "png".
+      train_per_class, test_per_class: Training and test images per class.
+      image_size, seed, file_format: Images are image_size x image_size; the generation seed;
+        "jpg" or "png".
 
-    Returns:
-      `directory`.
+    Returns `directory`.
     """
     if not 2 <= num_classes <= len(FRUIT_NAMES) * 5:
         raise UserInputError(
@@ -154,19 +170,8 @@ def write_synthetic_dataset(
         f"test_per_class={test_per_class} image_size={image_size} seed={seed}"
         + ("" if file_format == "jpg" else f" file_format={file_format}")
     )
-    if os.path.exists(marker):
-        with open(marker, encoding="utf-8") as stream:
-            written = stream.read().strip()
-        if written != settings:
-            raise UserInputError(
-                f"'{directory}' holds a synthetic dataset written with other settings ({written}), "
-                f"not {settings}; choose another folder or remove it."
-            )
+    if _written_before(directory, marker, settings):
         return directory
-    if os.path.exists(directory) and os.listdir(directory):
-        raise UserInputError(
-            f"'{directory}' exists and is not a synthetic dataset; choose an empty or new folder."
-        )
     parent = os.path.dirname(os.path.abspath(directory))
     os.makedirs(parent, exist_ok=True)
     staging = tempfile.mkdtemp(prefix=".synthetic-", dir=parent)

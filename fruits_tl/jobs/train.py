@@ -57,11 +57,8 @@ def train(
       extra_text_files: More files for model_dir (name -> text), e.g. the binary's flags.txt.
       weights_cache_dir: Keras cache folder for `weights="imagenet"` (default: Keras's own).
 
-    Returns:
-      The TrainResult.
-
-    Raises:
-      UserInputError: Bad data, weights or settings, before training starts.
+    Returns the TrainResult; raises UserInputError, before training starts, for bad data,
+    weights or settings.
     """
     job_start = time.perf_counter()
     # Inputs that need no decoding are refused before the decode check decodes.

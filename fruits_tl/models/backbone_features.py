@@ -253,11 +253,9 @@ def extract_or_reuse(
       splits: Split name -> ImageFolder (one label map).
       images: Split name -> its stored pixels (`store.SourceStores.rows`, filled by the
         decode check); a split without them is decoded into the pixel store first.
-      backbone: The frozen backbone (built in the strategy's scope).
-      alpha: Its width multiplier (recorded in the fingerprint).
-      image_size: Input size.
-      strategy: Distribution strategy for the backbone pass.
-      settings: Where and how to extract.
+      backbone, alpha, image_size: The frozen backbone (built in the strategy's scope), its
+        width multiplier (recorded in the fingerprint) and input size.
+      strategy, settings: The backbone pass's strategy; where and how to extract.
       stop: Checked after every chunk: a stop request raises StopRequested there.
 
     Raises:

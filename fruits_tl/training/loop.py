@@ -1,4 +1,5 @@
-"""Training on stored examples: compiled steps over the training input pipeline, resumable.
+"""Training on stored examples: compiled steps over the training input pipeline, resumable;
+and the callback that measures images/s per epoch (with TensorBoard scalars, below).
 
 Both training modes run here. Features mode trains the head on the stored backbone features;
 images mode trains the whole classifier (frozen backbone, new head) on the stored uint8
@@ -18,7 +19,7 @@ What `Model.fit` cannot give:
   have fed;
 - the state between steps (epoch, step, the epoch's running sums, the history, the per-epoch
   digests) is a plain dict that `checkpoint` receives with the model's and optimizer's values
-  saved beside it (`checkpoints.Checkpoints`), and `resume` takes back;
+  saved beside it (`phase.Checkpoints`), and `resume` takes back;
 - every epoch leaves a digest of its batches' example indices in feed order and of the
   trainable weights at its end (`batch_digests.csv`), so two runs compare by a diff.
 """
@@ -286,35 +287,28 @@ def fit(
     Args:
       model: Compiled (`model.compile_classifier`) in `strategy.scope()`: its optimizer is
         used; the loss is sparse categorical cross-entropy.
-      examples: [N, ...] training examples (uint8 images or float features): a
-        `store.StoredArray` (read through a view of its file) or an array in memory.
-      labels: [N] int labels.
-      epochs: Passes over the examples.
-      batch_size: Global batch size.
-      strategy: The distribution strategy the model was built under.
-      validation: (examples, labels) evaluated after every epoch, or None.
-      test: (examples, labels) evaluated once at the end, or None. When it is `validation`
-        itself, the last epoch's validation figures are the test figures (the same weights,
-        the same examples): they are not computed twice.
+      examples, labels: [N, ...] training examples (uint8 images or float features: a
+        `store.StoredArray`, read through a view of its file, or an array in memory) and
+        their [N] int labels.
+      epochs, batch_size, strategy: Passes over the examples; the global batch size; the
+        strategy the model was built under.
+      validation, test: (examples, labels) evaluated after every epoch, and once at the end
+        (the last validation figures when `test` is `validation`); or None.
       shuffle_buffer_size, seed: Each epoch's order (`train_input.epoch_order`; 0: uniform).
       callbacks: Keras callbacks: `on_train_begin/end`, `on_epoch_begin/end`, `on_test_*`.
-      verbose: Log every epoch's metrics.
-      steps_per_call: Steps per compiled call; 0 for a whole epoch per call.
+      verbose, steps_per_call: Log each epoch's metrics; steps per compiled call (0: epoch).
       evaluation_batch_size: Global batch size of the validation passes.
       checkpointing: Resume, save, stop and heartbeat (`Checkpointing`).
-      augmentation: Random transforms of the training images (uint8 examples only), keyed by
-        (seed, epoch, example index); validation and test are never transformed.
-      fault_name: The first part of the fault points (`faults`): "train", or "fine_tune".
+      augmentation: Random transforms of the training images (uint8 only), keyed by (seed,
+        epoch, example index).
+      fault_name: The first part of the fault points (`stopping.point`): "train", "fine_tune".
     """
     examples, labels = _checked_inputs(model, examples, labels, batch_size=batch_size)
-    with strategy.scope():
-        model.optimizer.build(model.trainable_variables)
+    replicas = strategy.num_replicas_in_sync
     run = _Fitting(
         model,
         strategy=strategy,
-        batching=train_input.Batching(
-            count=len(labels), batch_size=batch_size, replicas=strategy.num_replicas_in_sync
-        ),
+        batching=train_input.Batching(count=len(labels), batch_size=batch_size, replicas=replicas),
         epochs=epochs,
         seed=seed,
         shuffle_buffer_size=shuffle_buffer_size,
@@ -323,24 +317,21 @@ def fit(
         fault_name=fault_name,
     )
     iterator = run.iterator(examples, labels, augmentation)
-    evaluation = (
-        run.steps.evaluation(*validation, batch_size=evaluation_batch_size)
-        if validation is not None
-        else None
-    )
-    run.call("on_train_begin")
-    while run.state["epoch"] < epochs:
-        run.call("on_epoch_begin", run.state["epoch"])
-        run.train_epoch(iterator, steps_per_call or run.batching.num_batches)
-        run.end_epoch(evaluation, verbose=verbose)
-    run.call("on_train_end")
+    evaluation = validation and run.steps.evaluation(*validation, batch_size=evaluation_batch_size)
+    run.epochs_left(iterator, evaluation, steps_per_call=steps_per_call, verbose=verbose)
     history = run.state["history"]
-    test_logs = None
-    if test is not None and test is validation and history.get("val_loss"):
-        test_logs = {k: history[f"val_{k}"][-1] for k in _METRICS}
-    elif test is not None:
-        test_logs = run.steps.evaluation(*test, batch_size=evaluation_batch_size)()
-    return Training(history=history, digests=tuple(run.state["digests"]), test=test_logs)
+    test_logs = _test_figures(run, test, validation, history, evaluation_batch_size)
+    return Training(history, tuple(run.state["digests"]), test_logs)
+
+
+def _test_figures(run, test, validation, history: dict, batch_size: int) -> dict | None:
+    """The test figures after training: the last validation figures when the test examples
+    are the validation ones (the same weights, the same examples), else computed now."""
+    if test is None:
+        return None
+    if test is validation and history.get("val_loss"):
+        return {k: history[f"val_{k}"][-1] for k in _METRICS}
+    return run.steps.evaluation(*test, batch_size=batch_size)()
 
 
 def _checked_inputs(model, examples, labels, *, batch_size: int):
@@ -376,6 +367,8 @@ class _Fitting:
         self.model, self.batching, self.epochs = model, batching, epochs
         self.seed, self.shuffle_buffer_size = seed, shuffle_buffer_size
         self.checkpointing, self.fault_name = checkpointing, fault_name
+        with strategy.scope():
+            model.optimizer.build(model.trainable_variables)
         self.steps = CompiledSteps(model, strategy=strategy)
         resume = checkpointing.resume
         self.state = (
@@ -396,6 +389,15 @@ class _Fitting:
         self.callbacks = tuple(callbacks)
         for callback in self.callbacks:
             callback.set_model(model)
+
+    def epochs_left(self, iterator, evaluation, *, steps_per_call: int, verbose: bool) -> None:
+        """The epochs from the state's (0, or a checkpoint's) to the last, with callbacks."""
+        self.call("on_train_begin")
+        while self.state["epoch"] < self.epochs:
+            self.call("on_epoch_begin", self.state["epoch"])
+            self.train_epoch(iterator, steps_per_call or self.batching.num_batches)
+            self.end_epoch(evaluation, verbose=verbose)
+        self.call("on_train_end")
 
     def call(self, hook: str, *args) -> None:
         for callback in self.callbacks:
@@ -514,7 +516,7 @@ def evaluate(
     )()
 
 
-# callbacks: Keras callbacks: per-epoch training throughput in images per second.
+# Keras callbacks: per-epoch training throughput in images per second.
 #
 # The clock is a parameter so tests can check the arithmetic with a fake clock.
 

@@ -17,7 +17,6 @@ import os
 import re
 import shutil
 import time
-from typing import TYPE_CHECKING
 
 import keras
 import numpy as np
@@ -29,9 +28,6 @@ from fruits_tl.core.config import NO_AUGMENTATION, Augmentation, TrainConfig, Us
 from fruits_tl.data import loading, train_input
 from fruits_tl.models import model
 from fruits_tl.training import loop
-
-if TYPE_CHECKING:
-    pass
 
 # What a worker that lost the others says to do next.
 RESTART_HINT = "Start every worker again: the job resumes from the chief's last checkpoint."
@@ -139,7 +135,7 @@ def find_rate(config, trainable, *, arrays, strategy) -> Finding:
     """The range test on the training examples, from `trainable`'s current weights."""
 
     start = time.perf_counter()
-    finding = find(
+    finding = range_test(
         trainable,
         examples=arrays["train"][0],
         labels=arrays["train"][1],
@@ -415,7 +411,7 @@ def underfit_warning(
     )
 
 
-# lr_finder: A learning-rate range test (fastai's `lr_find`) and the underfit guard of the head.
+# A learning-rate range test (fastai's `lr_find`) and the underfit guard of the head.
 #
 # The range test trains the model from its current weights for up to STEPS steps through the
 # training input pipeline, the learning rate rising geometrically from START to END, and
@@ -487,7 +483,29 @@ def valley(losses: list[float]) -> int:
     return skip_start + min(n - 1, max(0, best_start + int(sections) + int(sections / 2)))
 
 
-def find(
+def _sweep(compiled, iterator, optimizer, schedule: list[float], batching) -> tuple[list, list]:
+    """One training step at each rate of `schedule`: the rates reached and the smoothed,
+    bias-corrected loss at each; stops where the loss is not finite or diverges."""
+    rates, smoothed = [], []
+    average, best = 0.0, math.inf
+    for step, rate in enumerate(schedule):
+        optimizer.learning_rate.assign(rate)
+        position = step % batching.num_batches
+        real = min(batching.batch_size, batching.count - position * batching.batch_size)
+        loss = float(compiled.train(iterator, 1)[0]) / real
+        average = SMOOTHING * average + (1 - SMOOTHING) * loss
+        value = average / (1 - SMOOTHING ** (step + 1))
+        if not math.isfinite(value):
+            break
+        rates.append(rate)
+        smoothed.append(value)
+        best = min(best, value)
+        if value > DIVERGED * best:
+            break
+    return rates, smoothed
+
+
+def range_test(
     model: keras.Model,
     *,
     examples,
@@ -531,24 +549,9 @@ def find(
     with strategy.scope():
         model.optimizer.build(model.trainable_variables)
     compiled = loop.CompiledSteps(model, strategy=strategy)
-    rates, smoothed = [], []
-    average, best = 0.0, math.inf
+    schedule = [start * (end / start) ** (step / max(steps - 1, 1)) for step in range(steps)]
     try:
-        for step in range(steps):
-            rate = start * (end / start) ** (step / max(steps - 1, 1))
-            model.optimizer.learning_rate.assign(rate)
-            position = step % batching.num_batches
-            real = min(batch_size, batching.count - position * batch_size)
-            loss = float(compiled.train(iterator, 1)[0]) / real
-            average = SMOOTHING * average + (1 - SMOOTHING) * loss
-            value = average / (1 - SMOOTHING ** (step + 1))
-            if not math.isfinite(value):
-                break
-            rates.append(rate)
-            smoothed.append(value)
-            best = min(best, value)
-            if value > DIVERGED * best:
-                break
+        rates, smoothed = _sweep(compiled, iterator, model.optimizer, schedule, batching)
     finally:
         model.set_weights(saved)
         model.optimizer.learning_rate.assign(initial_rate)
@@ -556,7 +559,7 @@ def find(
     return Finding(tuple(rates), tuple(smoothed), suggested=rates[index], suggested_step=index)
 
 
-# checkpoints: Checkpoints of long jobs: written atomically, the last K kept, refused when stale.
+# Checkpoints of long jobs: written atomically, the last K kept, refused when stale.
 #
 # A checkpoint is a folder `<directory>/ckpt-<n>` holding `variables.*` (a
 # `tf.train.Checkpoint` of the model and its optimizer) and `state.json` (where the job is,

@@ -273,7 +273,7 @@ def write_outputs(config, role, classifier, splits, trained, metrics, history, e
 
 def write_pictures(output_dir: str, history: dict, finding) -> None:
     """training_curves.png, and lr_find.png where the finder ran (`finding`: an
-    `lr_finder.Finding` or None); one line instead without matplotlib."""
+    `phase.Finding` or None); one line instead without matplotlib."""
     if not available():
         logging.info("%s", MISSING)
         return
