@@ -34,7 +34,9 @@ def test_the_mistakes_grid_has_one_tile_per_mistake(tmp_path, count):
         [red] * count, ["Apple"] * count, ["Pear"] * count, [0.9] * count, str(path)
     )
     picture = _png(path).astype(int)
-    assert (picture.shape[1], picture.shape[0]) == evaluate.mistakes_grid_size(count)
+    # Tiles of 2 x 2 inches at 80 dpi, at most 5 to a row.
+    columns, rows = min(count, 5), -(-count // 5)
+    assert (picture.shape[1], picture.shape[0]) == (160 * columns, 160 * rows)
     is_red = (picture[..., 0] > 200) & (picture[..., 1] < 60) & (picture[..., 2] < 60)
     tiles = 0
     rows = is_red.any(axis=1)

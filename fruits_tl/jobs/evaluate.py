@@ -697,13 +697,6 @@ def _grid(tiles: int) -> tuple[int, int]:
     return columns, max(1, math.ceil(tiles / columns))
 
 
-def mistakes_grid_size(mistakes: int) -> tuple[int, int]:
-    """(width, height) in pixels of mistakes.png for this many tiles."""
-    columns, rows = _grid(mistakes)
-    size = int(TILE_INCHES * reporting.DPI)
-    return columns * size, rows * size
-
-
 def mistakes(images, true_names, predicted_names, probabilities, path: str) -> bool:
     """A grid of the most confident mistakes (fastai's plot_top_losses): each tile the image,
     its true class, the predicted class and the predicted probability. One tile per mistake
