@@ -9,7 +9,11 @@
 # Extra arguments are passed to fruits-tl-train (e.g. --epochs=5).
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+user_log_level="${TF_CPP_MIN_LOG_LEVEL-}"
 source "$repo/tools/setup_venv.sh"
+# The binaries' own default log level (3: TensorFlow's start-up lines, such as the failed
+# cuInit on a machine without a GPU, are dropped), unless the caller set one.
+[ -n "$user_log_level" ] || unset TF_CPP_MIN_LOG_LEVEL
 cd "$repo"
 
 data_dir="${DATA_DIR:-}"
@@ -25,7 +29,7 @@ weights="${WEIGHTS:-}"
 alpha="${ALPHA:-}"
 shared_weights="$repo/../shared/weights/mobilenet_2_5_128_tf_no_top.h5"
 if [ -z "$weights" ]; then
-  if python - <<'PY' 2>/dev/null
+  if python - <<'PY' >/dev/null 2>&1
 import socket
 socket.setdefaulttimeout(20)
 from fruits_tl.models import model
