@@ -165,6 +165,12 @@ flags.DEFINE_integer(
     "Extraction, and the pixel store of images mode, store their work in chunks of about this "
     "many images: a killed run's rerun reuses the complete chunks.",
 )
+flags.DEFINE_integer(
+    "decode_parallelism",
+    0,
+    "Parallel calls of the decode pass that fills the pixel store (0: twice the cores this "
+    "process may run on). fruits-tl-bench --recommend says what this machine wants.",
+)
 flags.DEFINE_bool(
     "skip_bad_images",
     False,
@@ -287,6 +293,7 @@ def data_config(**overrides):
         manual_dir=FLAGS.manual_dir,
         data_service_address=FLAGS.data_service_address,
         data_service_timeout=FLAGS.data_service_timeout,
+        decode_parallelism=FLAGS.decode_parallelism,
     )
     values.update(overrides)
     return DataConfig(**values)

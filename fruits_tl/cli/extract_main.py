@@ -57,6 +57,7 @@ def _main(argv):
 USES = (
     *common.DATA_FLAGS,
     "extract_chunk_images",
+    "decode_parallelism",
     "alpha",
     "batch_size",
     "feature_dtype",

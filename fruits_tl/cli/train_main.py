@@ -74,6 +74,12 @@ flags.DEFINE_integer(
 )
 
 flags.DEFINE_integer(
+    "extract_batch_size",
+    0,
+    "Global batch of the backbone pass over the stored images (features mode; 0: 64 per "
+    "replica). fruits-tl-bench --recommend measures the fastest on this machine.",
+)
+flags.DEFINE_integer(
     "checkpoint_every_steps",
     0,
     "Also checkpoint after every this many training steps (0: once per epoch). A rerun of the same "
@@ -149,6 +155,7 @@ USES = (
     "data_service_timeout",
     "weights",
     "extract_chunk_images",
+    "decode_parallelism",
 )
 main = common.guarded(PROGRAM, _main, module_name=__name__, uses=USES)
 run = common.main_runner(main)

@@ -74,6 +74,8 @@ class DataConfig:
         the images ("" decodes here).
       data_service_timeout: Seconds without an element from the service before a worker or
         the dispatcher counts as lost (the job then stops with a message).
+      decode_parallelism: Parallel calls of the decode pass that fills the pixel store (0:
+        twice the cores this process may run on, `decode.decode_parallelism`).
     """
 
     data_dir: str
@@ -90,8 +92,14 @@ class DataConfig:
     manual_dir: str = ""
     data_service_address: str = ""
     data_service_timeout: float = DATA_SERVICE_TIMEOUT
+    decode_parallelism: int = 0
 
     def __post_init__(self) -> None:
+        require(
+            0 <= self.decode_parallelism <= 1024,
+            f"decode_parallelism must be in [0, 1024] (0: twice the cores), got "
+            f"{self.decode_parallelism}.",
+        )
         require(
             not self.data_service_address or self.data_service_address.startswith("grpc://"),
             "data_service_address must look like grpc://host:port, got "
@@ -239,6 +247,8 @@ class TrainConfig:
       deterministic: Seeded, op-deterministic training (keras.utils.set_random_seed and
         tf.config.experimental.enable_op_determinism): the same weights on every run.
       extract_chunk_images: Images per stored chunk of the extraction (features mode).
+      extract_batch_size: Global batch of the backbone pass over the store (features mode; 0:
+        64 per replica). fruits-tl-bench --recommend measures the fastest on this machine.
       collective_timeout: Under several workers, seconds without progress of the cluster
         (a training step, a barrier) before this worker stops with an error.
       augment: Random transforms of the training images (images mode and fine-tuning).
@@ -270,6 +280,7 @@ class TrainConfig:
     restart: bool = False
     deterministic: bool = False
     extract_chunk_images: int = 2048
+    extract_batch_size: int = 0
     collective_timeout: float = 300.0
     augment: Augmentation = NO_AUGMENTATION
     fine_tune_layers: int = 0
@@ -296,6 +307,11 @@ class TrainConfig:
         require(
             self.keep_checkpoints >= 1,
             f"keep_checkpoints must be >= 1, got {self.keep_checkpoints}.",
+        )
+        require(
+            0 <= self.extract_batch_size <= 65536,
+            f"extract_batch_size must be in [0, 65536] (0: 64 per replica), got "
+            f"{self.extract_batch_size}.",
         )
         require(
             self.extract_chunk_images >= 1,

@@ -67,14 +67,15 @@ def available_cores() -> int:
     return os.cpu_count() or 1
 
 
-def decode_parallelism() -> int:
+def decode_parallelism(requested: int = 0) -> int:
     """Parallel calls for a tf.data map that reads and decodes files: twice the cores.
 
     Used by the input pipeline's decode step and the decode-only passes (audit, decode check).
-    Reading a file blocks in system calls, so with one call per core a core sits idle while its call
+    `requested` (a `--decode_parallelism`) wins where it is not 0. Reading a file blocks in
+    system calls, so with one call per core a core sits idle while its call
     waits; and AUTOTUNE sometimes settles on too few (BENCHMARKS.md sections 5 and 7).
     """
-    return 2 * available_cores()
+    return requested or 2 * available_cores()
 
 
 def with_pass_options(dataset: tf.data.Dataset) -> tf.data.Dataset:

@@ -69,10 +69,11 @@ class ImageFolder:
     def num_classes(self) -> int:
         return len(self.class_names)
 
-    def make_elements(self) -> tf.data.Dataset:
+    def make_elements(self, parallelism: int = 0) -> tf.data.Dataset:
         """The decoded elements, in file order: uint8 [S, S, 3] images and int32 labels.
         Decoding is `decode.decode_image`, in parallel, keeping element order; this is the
-        decode pass that fills the pixel store (`store.fill_pass`)."""
+        decode pass that fills the pixel store (`store.fill_pass`). `parallelism`: its calls
+        (0: `decode.decode_parallelism()`)."""
         if self.records is None:
             sources = tf.data.Dataset.from_tensor_slices(
                 (tf.constant(list(self.file_paths), tf.string), tf.constant(self.labels, tf.int32))
@@ -90,7 +91,9 @@ class ImageFolder:
             return decode.decode_image(read(source), image_size), label
 
         elements = sources.map(
-            decode_element, num_parallel_calls=decode.decode_parallelism(), deterministic=True
+            decode_element,
+            num_parallel_calls=decode.decode_parallelism(parallelism),
+            deterministic=True,
         )
         return elements.apply(tf.data.experimental.assert_cardinality(len(self)))
 

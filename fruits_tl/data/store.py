@@ -699,9 +699,11 @@ def decode_rows(
     *,
     service: str = "",
     service_timeout: float = DATA_SERVICE_TIMEOUT,
+    parallelism: int = 0,
 ):
     """Images [first, last) of a split, decoded: blocks of (positions, uint8 images) for the
-    store to write in place. A file the decoder rejects is in no block (a missing row)."""
+    store to write in place (`parallelism` calls here; 0: twice the cores). A file the decoder
+    rejects is in no block (a missing row)."""
     if service:
         subset = _rows(folder, first, last)
         from fruits_tl.data import data_service  # Only with a service: not on the default path.
@@ -711,7 +713,7 @@ def decode_rows(
         )
         yield np.arange(first, last)[delivered], images[delivered]
         return
-    for positions, images in fill_pass(folder, first, last).as_numpy_iterator():
+    for positions, images in fill_pass(folder, first, last, parallelism).as_numpy_iterator():
         yield positions, images
 
 
@@ -722,12 +724,14 @@ def _rows(folder: loading.ImageFolder, first: int, last: int) -> loading.ImageFo
     return loading.select(folder, (positions >= first) & (positions < last), name=folder.name)
 
 
-def fill_pass(folder: loading.ImageFolder, first: int, last: int) -> tf.data.Dataset:
+def fill_pass(
+    folder: loading.ImageFolder, first: int, last: int, parallelism: int = 0
+) -> tf.data.Dataset:
     """The decode pass over images [first, last): batches of (positions, uint8 images), the
     split's own decoded elements (`ImageFolder.make_elements`: the one decode function, in
     parallel, in file order, so the store writes and checksums them as they come). A file the
     decoder rejects is left out (`ignore_errors`): its position never comes out."""
-    elements = _rows(folder, first, last).make_elements()
+    elements = _rows(folder, first, last).make_elements(parallelism)
     positions = tf.data.Dataset.range(first, last)
     dataset = tf.data.Dataset.zip(positions, elements).map(
         tf.autograph.experimental.do_not_convert(lambda position, element: (position, element[0]))
@@ -748,6 +752,7 @@ def store_pixels(
     stop: GracefulStop | None = None,
     name: str = "",
     missing_ok: bool = False,
+    decode_parallelism: int = 0,
 ) -> Stored:
     """The split's decoded uint8 images, memory-mapped from the store (decoded first if needed).
 
@@ -764,6 +769,7 @@ def store_pixels(
       stop: A stop request is answered after the current chunk.
       missing_ok: Undecodable files are the store's missing rows (the decode check); else
         they are an error (the check passed them before).
+      decode_parallelism: Parallel decode calls (0: twice the cores).
 
     Returns the Stored images, element for element with `folder.labels`.
     """
@@ -776,7 +782,12 @@ def store_pixels(
         row_shape=(size, size, 3),
         dtype=np.uint8,
         produce=lambda first, last: decode_rows(
-            folder, first, last, service=data_service_address, service_timeout=data_service_timeout
+            folder,
+            first,
+            last,
+            service=data_service_address,
+            service_timeout=data_service_timeout,
+            parallelism=decode_parallelism,
         ),
         chunk_rows=chunk_images,
         worker_index=worker_index,
@@ -814,6 +825,7 @@ class SourceStores:
       data_service_address, data_service_timeout: Decode on the tf.data service there.
       worker_index, worker_count, wait_for_workers: This worker among several (`fill`).
       stop: A stop request is answered after the current chunk.
+      decode_parallelism: Parallel decode calls (0: twice the cores).
     """
 
     directory: str
@@ -825,6 +837,7 @@ class SourceStores:
     worker_count: int = 1
     wait_for_workers: Callable[[], None] = lambda: None
     stop: GracefulStop | None = None
+    decode_parallelism: int = 0
     _sources: dict = dataclasses.field(default_factory=dict)
 
     @classmethod
@@ -843,6 +856,7 @@ class SourceStores:
             worker_count=role.count,
             wait_for_workers=wait_for_workers,
             stop=stop,
+            decode_parallelism=data_config.decode_parallelism,
         )
 
     def check(self, source: str, paths: list[str]) -> tuple[decode.BadImage, ...]:
@@ -894,6 +908,7 @@ class SourceStores:
             worker_count=self.worker_count,
             wait_for_workers=self.wait_for_workers,
             stop=self.stop,
+            decode_parallelism=self.decode_parallelism,
         )
 
     def rows_or_stored(self, folder: loading.ImageFolder) -> StoredRows:

@@ -68,7 +68,7 @@ def train(
         stopping.GracefulStop() as stop,
         distribute.clear_worker_errors(strategy, hint=phase.RESTART_HINT),
     ):
-        splits, stores = _load_splits(config, strategy, stop=stop)
+        splits, stores, decode_seconds = _load_splits(config, strategy, stop=stop)
         classifier, parameters = _build_classifier(config, splits, strategy, weights_cache_dir)
         mode, reason = config.resolved_mode()
         logging.info("Mode %s (%s).", mode, reason)
@@ -83,6 +83,7 @@ def train(
         strategy,
         mode=(mode, reason),
         parameters=parameters,
+        decode_seconds=decode_seconds,
         total_seconds=time.perf_counter() - job_start,
     )
     role = distribute.worker_role(strategy)
@@ -104,9 +105,10 @@ def train(
 
 def _load_splits(
     config: TrainConfig, strategy: tf.distribute.Strategy, *, stop=None
-) -> tuple[loading.Splits, store.SourceStores]:
-    """The checked splits (and, for an image folder, the pixel store its decode check filled),
-    with their warnings and the data and strategy lines logged."""
+) -> tuple[loading.Splits, store.SourceStores, float]:
+    """The checked splits (and, for an image folder, the pixel store its decode check filled)
+    and the check's seconds, with their warnings and the data and strategy lines logged."""
+    start = time.perf_counter()
     # The decode check's one pass decodes into the pixel store, shared among the workers by
     # the store's rule: a cold run decodes each file once, a warm one none.
     stores = store.SourceStores.for_job(
@@ -127,7 +129,7 @@ def _load_splits(
         config.batch_size,
         distribute.per_replica_batch_size(strategy, config.batch_size),
     )
-    return splits, stores
+    return splits, stores, time.perf_counter() - start
 
 
 def _build_classifier(config, splits, strategy, weights_cache_dir):
@@ -229,6 +231,7 @@ def _train_on_features(
         strategy=strategy,
         settings=backbone_features.ExtractionSettings(
             features_dir=config.resolved_features_dir(),
+            batch_size=config.extract_batch_size,
             feature_dtype=config.feature_dtype,
             verbose=config.verbose == 1,
             chunk_images=config.extract_chunk_images,

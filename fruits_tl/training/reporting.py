@@ -45,6 +45,8 @@ class TrainMetrics:
 
     Attributes:
       mode, mode_reason: "images" or "features", and why.
+      decode_seconds: The decode check, which fills the pixel store (cold: every file decoded
+        once; warm: the store's checksums read).
       extract_seconds: Backbone pass over every split (features mode; 0 when reused or images).
       head_train_seconds: Training of the head (features mode) or the whole fit (images mode).
       features_reused: Features came from an earlier run's files.
@@ -73,6 +75,7 @@ class TrainMetrics:
 
     mode: str
     mode_reason: str
+    decode_seconds: float
     extract_seconds: float
     head_train_seconds: float
     features_reused: bool
@@ -149,7 +152,15 @@ def digests_to_csv(digests) -> str:
 
 
 def train_metrics(
-    config, splits, trained, strategy, *, mode: tuple[str, str], parameters, total_seconds
+    config,
+    splits,
+    trained,
+    strategy,
+    *,
+    mode: tuple[str, str],
+    parameters,
+    decode_seconds: float,
+    total_seconds: float,
 ) -> TrainMetrics:
     """The run's TrainMetrics: `trained` is what the phases returned (`phase.Trained`), `mode`
     is (mode, the reason it was chosen)."""
@@ -157,6 +168,7 @@ def train_metrics(
     return TrainMetrics(
         mode=mode[0],
         mode_reason=mode[1],
+        decode_seconds=decode_seconds,
         extract_seconds=trained.extract_seconds,
         head_train_seconds=trained.head_train_seconds,
         features_reused=trained.features_reused,
