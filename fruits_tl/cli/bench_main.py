@@ -5,6 +5,8 @@ Examples:
   fruits-tl-bench --data_dir=... --variants=legacy,pipeline-memory-uint8 --assert_min_speedup=20
   fruits-tl-bench --data_dir=... --compare_modes --alpha=0.25 --weights=no_top.h5 \
       --output_dir=/tmp/modes
+  fruits-tl-bench --data_dir=... --recommend --verify --alpha=0.25 --weights=no_top.h5 \
+      --output_dir=/tmp/rec --target_images_per_second=20000
 """
 
 from __future__ import annotations
@@ -43,8 +45,63 @@ flags.DEFINE_bool(
     "report the speed ratio and the accuracy difference (--repeats times, alternating).",
 )
 
+flags.DEFINE_bool(
+    "recommend",
+    False,
+    "Instead of the variants: measure each stage of fruits-tl-train on this machine (the decode "
+    "pass into the store by --decode_parallelism, the store read, the backbone pass by "
+    "--extract_batch_size, the head's and the classifier's epochs, checkpoints, start-up) on a "
+    "sample of the training folder, and recommend the flags whose predicted run on the whole "
+    "folder is shortest, for the model flags given (--alpha, --weights, --image_size, "
+    "--batch_size, --epochs). Console and <output_dir>/recommendation.json.",
+)
+flags.DEFINE_bool(
+    "verify",
+    False,
+    "With --recommend: run fruits-tl-train with the recommended flags (cold, in a temporary "
+    "folder) and print predicted against measured, stage by stage.",
+)
+flags.DEFINE_float(
+    "target_images_per_second",
+    None,
+    "With --recommend: the rate your accelerators will consume; say how many cores, or tf.data "
+    "service workers and input hosts like this machine, feed it (cold pass and store reads).",
+)
+flags.DEFINE_integer(
+    "recommend_images", 1024, "With --recommend: training images each stage is measured on."
+)
+
 FLAGS = flags.FLAGS
 PROGRAM = "fruits-tl-bench"
+
+
+def _recommend():
+    from fruits_tl.core.config import ModelConfig
+    from fruits_tl.jobs import recommend
+
+    common.require(["output_dir"])
+    if FLAGS.target_images_per_second is not None and FLAGS.target_images_per_second <= 0:
+        raise common.UserInputError(
+            f"--target_images_per_second must be > 0, got {FLAGS.target_images_per_second}."
+        )
+    if FLAGS.recommend_images < 2 * FLAGS.batch_size:
+        raise common.UserInputError(
+            f"--recommend_images must be at least twice --batch_size ({2 * FLAGS.batch_size}), "
+            f"got {FLAGS.recommend_images}."
+        )
+    recommend.run(
+        common.data_config(),
+        ModelConfig(alpha=FLAGS.alpha, weights=FLAGS.weights),
+        strategy=common.strategy(multi_worker=False),
+        batch_size=FLAGS.batch_size,
+        epochs=FLAGS.epochs,
+        sample=FLAGS.recommend_images,
+        output_dir=FLAGS.output_dir,
+        target=FLAGS.target_images_per_second,
+        verify=FLAGS.verify,
+        train_flags=(f"--batch_size={FLAGS.batch_size}", f"--learning_rate={FLAGS.learning_rate}"),
+    )
+    return 0
 
 
 def _compare_modes():
@@ -87,6 +144,10 @@ def _main(argv):
     common.require(["data_dir"])
     if FLAGS.compare_modes:
         return _compare_modes()
+    if FLAGS.recommend:
+        return _recommend()
+    if FLAGS.verify or FLAGS.target_images_per_second is not None:
+        raise common.UserInputError("--verify and --target_images_per_second go with --recommend.")
     from fruits_tl.core import files
     from fruits_tl.core.config import ModelConfig
     from fruits_tl.jobs import benchmark

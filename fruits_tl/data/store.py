@@ -774,6 +774,11 @@ def store_pixels(
     Returns the Stored images, element for element with `folder.labels`.
     """
     size = folder.image_size
+    decoding = dict(
+        service=data_service_address,
+        service_timeout=data_service_timeout,
+        parallelism=decode_parallelism,
+    )
     stored = fill(
         directory,
         f"{name or 'split-' + folder.name}.pixels",
@@ -781,14 +786,7 @@ def store_pixels(
         count=len(folder),
         row_shape=(size, size, 3),
         dtype=np.uint8,
-        produce=lambda first, last: decode_rows(
-            folder,
-            first,
-            last,
-            service=data_service_address,
-            service_timeout=data_service_timeout,
-            parallelism=decode_parallelism,
-        ),
+        produce=lambda first, last: decode_rows(folder, first, last, **decoding),
         chunk_rows=chunk_images,
         worker_index=worker_index,
         worker_count=worker_count,

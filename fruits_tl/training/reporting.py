@@ -206,15 +206,22 @@ def train_metrics(
         lr_find_suggested=trained.finding.suggested if trained.finding else None,
         underfit_warning=trained.underfit_warning,
         augment=config.augment.spec(),
+        **_fine_tune_figures(config, tune),
+        trainable_parameters=parameters["trainable"],
+        frozen_parameters=parameters["frozen"],
+        total_seconds=total_seconds,
+    )
+
+
+def _fine_tune_figures(config, tune) -> dict:
+    """The fine-tuning fields of TrainMetrics (0 and "" without a fine-tuning phase)."""
+    return dict(
         fine_tune_layers=config.fine_tune_layers,
         fine_tuned_layers=list(tune.layers) if tune else [],
         fine_tune_epochs=config.fine_tune_epochs if tune else 0,
         fine_tune_learning_rate=config.fine_tune_learning_rate if tune else 0.0,
         fine_tune_optimizer=config.fine_tune_optimizer if tune else "",
         fine_tune_seconds=tune.seconds if tune else 0.0,
-        trainable_parameters=parameters["trainable"],
-        frozen_parameters=parameters["frozen"],
-        total_seconds=total_seconds,
     )
 
 
