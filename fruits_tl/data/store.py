@@ -754,24 +754,21 @@ def store_pixels(
     missing_ok: bool = False,
     decode_parallelism: int = 0,
 ) -> Stored:
-    """The split's decoded uint8 images, memory-mapped from the store (decoded first if needed).
+    """The split's decoded uint8 images, memory-mapped from the store (decoded first if
+    needed), element for element with `folder.labels`.
 
     Args:
       folder, directory: The split; the store's folder.
       name: The stored array is `<name>.pixels` (default: `split-<the split's name>`, apart
         from the source folders' stores, which the decode check names "train" and "test").
-      chunk_images: Images per chunk.
+      chunk_images, decode_parallelism: Images per chunk; decode calls (0: twice the cores).
       data_service_address, data_service_timeout: Decode on the tf.data service there (""
         decodes here); seconds without an element before the service counts as lost.
-      worker_index, worker_count: This worker among several; chunk k is decoded by worker
-        k mod worker_count, and worker 0 writes the manifest.
-      wait_for_workers: A barrier among the workers (called once by every worker).
+      worker_index, worker_count, wait_for_workers: This worker among several (chunk k is
+        decoded by worker k mod worker_count, worker 0 writes the manifest); a barrier.
       stop: A stop request is answered after the current chunk.
       missing_ok: Undecodable files are the store's missing rows (the decode check); else
         they are an error (the check passed them before).
-      decode_parallelism: Parallel decode calls (0: twice the cores).
-
-    Returns the Stored images, element for element with `folder.labels`.
     """
     size = folder.image_size
     decoding = dict(
