@@ -771,11 +771,8 @@ def store_pixels(
         they are an error (the check passed them before).
     """
     size = folder.image_size
-    decoding = dict(
-        service=data_service_address,
-        service_timeout=data_service_timeout,
-        parallelism=decode_parallelism,
-    )
+    service = dict(service=data_service_address, service_timeout=data_service_timeout)
+    decoding = dict(service, parallelism=decode_parallelism)
     stored = fill(
         directory,
         f"{name or 'split-' + folder.name}.pixels",
