@@ -371,3 +371,23 @@ def distribute(
     return strategy.distribute_datasets_from_function(
         input_fn, options=tf.distribute.InputOptions(experimental_fetch_to_device=accelerated)
     )
+
+
+def real_row_counter(strategy: tf.distribute.Strategy):
+    """A compiled call that takes `steps` batches from a distributed iterator of this pipeline
+    as training does (next(iterator) inside a compiled call, under the strategy) and counts
+    their real rows: the pipeline consumed without the model, for measuring it (the bench's
+    `train-input`, `--recommend`'s store read)."""
+
+    @tf.function
+    def count_real(iterator, steps):
+        total = tf.constant(0)
+        for _ in tf.range(steps):
+            _, labels, _ = next(iterator)
+            per_replica = strategy.run(
+                lambda y: tf.reduce_sum(tf.cast(y >= 0, tf.int32)), args=(labels,)
+            )
+            total += strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
+        return total
+
+    return count_real

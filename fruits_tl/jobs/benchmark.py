@@ -273,24 +273,6 @@ def _reference_variant(context: Context, repeat: int, *, source: str, output: st
 TRAIN_INPUT_STEPS = 16
 
 
-def _real_counter(strategy: tf.distribute.Strategy):
-    """A compiled call that takes `steps` batches from a distributed iterator as training does
-    (next(iterator) inside a compiled call, under the strategy) and counts their real rows."""
-
-    @tf.function
-    def count_real(iterator, steps):
-        total = tf.constant(0)
-        for _ in tf.range(steps):
-            _, labels, _ = next(iterator)
-            per_replica = strategy.run(
-                lambda y: tf.reduce_sum(tf.cast(y >= 0, tf.int32)), args=(labels,)
-            )
-            total += strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
-        return total
-
-    return count_real
-
-
 def _train_input_variant(context: Context, repeat: int) -> Measurement:
     """The training input pipeline, exactly as `loop.fit` iterates it (`train_input.distribute`
     of `train_input.training_rows`, under the run's strategy), over the split's pixel store;
@@ -300,7 +282,7 @@ def _train_input_variant(context: Context, repeat: int) -> Measurement:
     batching = train_input.Batching(
         count=len(folder), batch_size=config.batch_size, replicas=strategy.num_replicas_in_sync
     )
-    holder, count_real = {}, _real_counter(strategy)
+    holder, count_real = {}, train_input.real_row_counter(strategy)
 
     def epoch():
         if "iterator" not in holder:

@@ -35,7 +35,7 @@ from fruits_tl.data import decode, loading
 
 EXTRACT_BATCHES = (8, 16, 32, 64, 128, 256)
 # Epochs timed after the first (traced) one, per sample size; timed calls of a backbone pass.
-STEADY_EPOCHS = 3
+STEADY_EPOCHS = 5
 REPEATS = 3
 MODES = ("features", "images")
 # A prediction is checked stage by stage: within this fraction of the measured rate.
@@ -493,7 +493,7 @@ def measure(
     read = _read_rate(images, folder.labels, strategy, batch_size, clock)
     built = _build(model_config, data, len(folder.class_names), strategy, work_dir, clock)
     classifier, extractor, start_seconds = built
-    timings = {b: _extract_rate(images, extractor, strategy, b, clock) for b in batches}
+    timings = _extract_rates(images, extractor, strategy, batches, clock)
     extract = {b: rate for b, (rate, _) in timings.items()}
     # The trace does not depend on the batch: one figure, the median, for all of them.
     trace = float(np.median([fixed for _, fixed in timings.values()]))
@@ -566,17 +566,7 @@ def _read_rate(images, labels, strategy, batch_size: int, clock) -> tuple[float,
     rows = train_input.training_rows(batching, seed=0, first_epoch=0, epochs=epochs)
     iterator = iter(train_input.distribute(strategy, images, labels, rows, batching=batching))
 
-    @tf.function
-    def take(iterator, steps):
-        total = tf.constant(0)
-        for _ in tf.range(steps):
-            _, batch_labels, _ = next(iterator)
-            real = strategy.run(
-                lambda y: tf.reduce_sum(tf.cast(y >= 0, tf.int32)), args=(batch_labels,)
-            )
-            total += strategy.reduce(tf.distribute.ReduceOp.SUM, real, axis=None)
-        return total
-
+    take = train_input.real_row_counter(strategy)
     take(iterator, tf.constant(batching.num_batches))  # The first epoch: build and trace.
     steps = tf.constant(batching.num_batches * (epochs - 1))
     seconds, cpu = timed(lambda: take(iterator, steps), clock)
@@ -613,17 +603,26 @@ def _build(model_config: ModelConfig, data: DataConfig, classes: int, strategy, 
     return classifier, extractor, start + clock() - built
 
 
-def _extract_rate(images, extractor, strategy, batch: int, clock) -> tuple[float, float]:
-    """(images/s, fixed seconds) of the backbone pass over the store at `batch`: the median
-    rate of REPEATS calls after the first, and what the first (traced) call took beyond it."""
+def _extract_rates(images, extractor, strategy, batches, clock) -> dict:
+    """Batch -> (images/s, fixed seconds) of the backbone pass over the store: the median of
+    REPEATS calls, taken in turn over the batches (a slow minute slows every batch alike), and
+    what the first (traced) call took beyond it."""
     from fruits_tl.models import backbone_features
 
-    run = lambda: backbone_features.extract_stored(  # noqa: E731
-        images, extractor, strategy=strategy, batch_size=batch
-    )
-    first, _ = timed(run, clock)
-    seconds = float(np.median([timed(run, clock)[0] for _ in range(REPEATS)]))
-    return len(images) / max(seconds, 1e-9), max(first - seconds, 0.0)
+    def run(batch):
+        return lambda: backbone_features.extract_stored(
+            images, extractor, strategy=strategy, batch_size=batch
+        )
+
+    first = {b: timed(run(b), clock)[0] for b in batches}
+    calls = {b: [] for b in batches}
+    for _ in range(REPEATS):
+        for b in batches:
+            calls[b].append(timed(run(b), clock)[0])
+    seconds = {b: float(np.median(calls[b])) for b in batches}
+    return {
+        b: (len(images) / max(seconds[b], 1e-9), max(first[b] - seconds[b], 0.0)) for b in batches
+    }
 
 
 def _training_costs(
