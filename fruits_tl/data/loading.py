@@ -155,6 +155,17 @@ def listing_fingerprint(file_paths, *, image_size: int, extra: str = "") -> str:
     return files.stat_digest(file_paths, header=f"{DECODE_VERSION}|{image_size}|{extra}")
 
 
+def _refuse_bad_images(bad: tuple[BadImage, ...], *, skip: bool, then: str = "") -> None:
+    """Refuses undecodable files in one paragraph naming them, unless `skip`
+    (--skip_bad_images); `then`: what skipping them leaves behind."""
+    _refuse_unreadable(bad)
+    if bad and not skip:
+        raise UserInputError(
+            f"{len(bad)} file(s) cannot be decoded by TensorFlow: {describe_bad_images(bad)}. "
+            f"Fix or remove them, or pass --skip_bad_images to leave them out{then}."
+        )
+
+
 def _refuse_unreadable(bad: tuple[BadImage, ...]) -> None:
     """Read errors are not bad images: one paragraph, whatever --skip_bad_images says.
 
@@ -343,12 +354,7 @@ def load_labeled_folder(
     kept = [p for p in all_files if p not in user_excluded]
     all_bad = check(name, kept) if check is not None else find_bad_images(kept)
     bad = tuple(b for b in all_bad if b.path not in user_excluded)
-    _refuse_unreadable(bad)
-    if bad and not skip_bad_images:
-        raise UserInputError(
-            f"{len(bad)} file(s) cannot be decoded by TensorFlow: {describe_bad_images(bad)}. "
-            "Fix or remove them, or pass --skip_bad_images to leave them out."
-        )
+    _refuse_bad_images(bad, skip=skip_bad_images)
     folder = load_split(
         directory,
         class_names=class_names,
@@ -567,13 +573,11 @@ def _check_listed_files(
         found = find_bad_images([p for p in all_files if p not in user_excluded])
     undecodable = {item.path for item in found}
     bad = tuple(item for item in found if item.path not in user_excluded)
-    _refuse_unreadable(bad)
-    if bad and not skip_bad_images:
-        raise UserInputError(
-            f"{len(bad)} file(s) cannot be decoded by TensorFlow: {describe_bad_images(bad)}. "
-            "Fix or remove them, or pass --skip_bad_images to leave them out (the list is "
-            "then written to skipped_images.txt in --model_dir)."
-        )
+    _refuse_bad_images(
+        bad,
+        skip=skip_bad_images,
+        then=" (the list is then written to skipped_images.txt in --model_dir)",
+    )
     excluded = undecodable | user_excluded
     emptied = [
         os.path.join(directory, c)
