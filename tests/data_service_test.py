@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -341,7 +342,10 @@ def test_a_dispatcher_restarted_with_its_work_dir_lets_the_job_finish_as_if_undi
             with contextlib.suppress(subprocess.TimeoutExpired):
                 process.communicate(timeout=60)
     print(f"the job finished {waited:.1f} s after the dispatcher was started again")
-    assert "Decoded 180 train images through the tf.data service" in error
+    # Every image came: through the service, or (an element in flight when the dispatcher died
+    # is not handed out again) decoded here, and said so.
+    served = int(re.search(r"Decoded (\d+) train images through the tf.data service", error)[1])
+    assert served == 180 or f"did not deliver {180 - served} image(s) of train" in error, error
     here = json.loads((tmp_path / "undisturbed" / "metrics.json").read_text())
     there = json.loads((tmp_path / "disturbed" / "metrics.json").read_text())
     assert (there["test_loss"], there["test_accuracy"]) == (

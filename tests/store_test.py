@@ -215,3 +215,28 @@ def test_reading_the_store_never_copies_it_into_the_process(tmp_path):
     assert growth("plain") < stored.examples.nbytes // 4
     # The check fails on a pipeline that copies the store: tf.data's default rewrites do.
     assert growth("rewrites") > stored.examples.nbytes // 2
+
+
+def test_images_the_service_did_not_deliver_are_decoded_here(data_dir, caplog):
+    from fruits_tl.data import loading
+
+    train_dir = os.path.join(data_dir, "Training")
+    classes = loading.list_classes(train_dir)
+    folder = loading.load_split(train_dir, class_names=classes, image_size=16, name="train")
+    with open(folder.file_paths[4], "wb") as f:
+        f.write(b"not an image")  # A bad file stays undelivered.
+    expected = {}
+    for positions, images in store.fill_pass(folder, 0, len(folder)).as_numpy_iterator():
+        expected.update(zip(positions.tolist(), images, strict=True))
+    images = np.zeros((len(folder), 16, 16, 3), np.uint8)
+    delivered = np.ones(len(folder), bool)
+    delivered[[1, 4, 7]] = False  # What a lost element leaves: no row, not delivered.
+    for i in np.flatnonzero(delivered):
+        images[i] = expected[i]
+    store._decode_lost_here(folder, "grpc://lost:1", images, delivered, parallelism=2)
+    assert delivered.tolist() == [i != 4 for i in range(len(folder))]
+    for i in (1, 7):
+        np.testing.assert_array_equal(images[i], expected[i])
+    assert not images[4].any()
+    assert "did not deliver 3 image(s) of train" in caplog.text
+    assert "2 of them decoded here" in caplog.text

@@ -711,10 +711,34 @@ def decode_rows(
         images, delivered = data_service.decode_rows_through_service(
             subset, service, timeout=service_timeout
         )
+        _decode_lost_here(subset, service, images, delivered, parallelism)
         yield np.arange(first, last)[delivered], images[delivered]
         return
     for positions, images in fill_pass(folder, first, last, parallelism).as_numpy_iterator():
         yield positions, images
+
+
+def _decode_lost_here(subset, service: str, images, delivered, parallelism: int) -> None:
+    """Decodes here the images the tf.data service did not deliver, in place. An element in
+    flight when a service worker or the dispatcher went away is not handed out again
+    (`distributed_epoch`); a file that fails here too stays undelivered: a bad file."""
+    lost = np.flatnonzero(~delivered)
+    if not len(lost):
+        return
+    missing = np.zeros(len(subset), bool)
+    missing[lost] = True
+    folder = loading.select(subset, missing, name=subset.name)
+    for positions, decoded in fill_pass(folder, 0, len(folder), parallelism).as_numpy_iterator():
+        images[lost[positions]] = decoded
+        delivered[lost[positions]] = True
+    logging.warning(
+        "The tf.data service at %s did not deliver %d image(s) of %s (in flight when a service "
+        "worker or the dispatcher went away); %d of them decoded here.",
+        service,
+        len(lost),
+        subset.name,
+        int(delivered[lost].sum()),
+    )
 
 
 def _rows(folder: loading.ImageFolder, first: int, last: int) -> loading.ImageFolder:
