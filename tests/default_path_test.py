@@ -21,7 +21,7 @@ _spec.loader.exec_module(default_path)
 # figure this layout reached, 2026-12-06: BUILD_NOTES.md, "The default path"). A change that
 # adds to the path must raise the figure here, on purpose.
 MAX_MODULES = 18
-MAX_CODE_LINES = 4800
+MAX_CODE_LINES = 4850
 
 
 def test_code_lines_leave_out_docstrings_comments_and_blank_lines():
