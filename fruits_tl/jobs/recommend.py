@@ -483,17 +483,15 @@ def measure(
 
     listed = []  # The sample's own listing is the one timed: the folder is listed once.
     listing_seconds, _ = timed(lambda: listed.append(sample_folder(data, sample)), clock)
-    folder = listed[0]
-    fills = {
-        p: _fill(folder, os.path.join(work_dir, f"fill-{p}"), p, clock)
-        for p in parallelisms or default_parallelisms()
-    }
-    best = max(fills, key=lambda p: fills[p][0])
-    fill_fixed, fill_rates = _fill_parts(folder, fills, best, work_dir, clock)
+    (folder,) = listed
+    fills, best, fill_fixed, fill_rates = _fills(
+        folder, parallelisms or default_parallelisms(), work_dir, clock
+    )
     images = store.store_pixels(folder, directory=os.path.join(work_dir, f"fill-{best}")).examples
     read = _read_rate(images, folder.labels, strategy, batch_size, clock)
-    built = _build(model_config, data, len(folder.class_names), strategy, work_dir, clock)
-    classifier, extractor, start_seconds = built
+    classifier, extractor, start_seconds = _build(
+        model_config, data, len(folder.class_names), strategy, work_dir, clock
+    )
     timings = _extract_rates(images, extractor, strategy, batches, clock)
     extract = {b: rate for b, (rate, _) in timings.items()}
     # The trace does not depend on the batch: one figure, the median, for all of them.
@@ -526,6 +524,14 @@ def measure(
         available_memory_bytes=os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"),
         sample_images=len(folder),
     )
+
+
+def _fills(folder, parallelisms, work_dir: str, clock):
+    """The decode pass into a new store at each parallelism: (parallelism -> (images/s, CPU us
+    per image, cores busy), the fastest, its fixed seconds, images/s without them)."""
+    fills = {p: _fill(folder, os.path.join(work_dir, f"fill-{p}"), p, clock) for p in parallelisms}
+    best = max(fills, key=lambda p: fills[p][0])
+    return (fills, best, *_fill_parts(folder, fills, best, work_dir, clock))
 
 
 def _fill_parts(folder, fills: dict, best: int, work_dir: str, clock) -> tuple[float, dict]:
