@@ -450,18 +450,24 @@ class _OpenChunk:
     def __init__(self, k: int, bound: tuple[int, int], array: StoredArray):
         self.k, (self.first, self.last) = k, bound
         self.next, self.value, self.missing = self.first, 0, []
-        self.zero_row = bytes(array.row_bytes)
+        self.row_bytes = array.row_bytes
+        self.zero_row = bytes(self.row_bytes)
 
     def add(self, fd, positions, rows, writer: _ChunkWriter, *, end: bool = False) -> None:
         """Writes rows at `positions` (ascending, in this chunk); the positions skipped before
         them (or before the chunk's end, with `end`) are missing rows, written as zeros. The
         CRC follows the bytes in file order."""
-        row_bytes = writer.array.row_bytes
+        row_bytes = self.row_bytes
         data = memoryview(np.ascontiguousarray(rows)).cast("B") if len(positions) else None
-        for i, position in enumerate(positions):
-            self._zeros_until(int(position), fd, writer)
-            self.value = zlib.crc32(data[i * row_bytes : (i + 1) * row_bytes], self.value)
-            self.next = int(position) + 1
+        # One CRC call per run of consecutive positions (a whole block, unless a file failed
+        # to decode): a call per row cost the fill a tenth of its time (BENCHMARKS 18b).
+        breaks = np.flatnonzero(np.diff(positions) != 1) + 1
+        for start, stop in zip([0, *breaks], [*breaks, len(positions)], strict=True):
+            if start == stop:
+                continue
+            self._zeros_until(int(positions[start]), fd, writer)
+            self.value = zlib.crc32(data[start * row_bytes : stop * row_bytes], self.value)
+            self.next = int(positions[stop - 1]) + 1
         if end:
             self._zeros_until(self.last, fd, writer)
         if data is not None:
@@ -470,7 +476,7 @@ class _OpenChunk:
 
     def _zeros_until(self, position: int, fd, writer: _ChunkWriter) -> None:
         """Missing rows up to `position`: zeros, whatever an earlier run left there."""
-        row_bytes = writer.array.row_bytes
+        row_bytes = self.row_bytes
         while self.next < position:
             _pwrite(fd, self.zero_row, self.next * row_bytes, writer.layout.directory, writer.label)
             self.value = zlib.crc32(self.zero_row, self.value)

@@ -243,7 +243,11 @@ def read_options() -> tf.data.Options:
 
 def _slice_reader(examples, labels, *, augmentation, seed, by_path, output):
     """The map that reads one replica's slice: (indices, count, epoch) -> its rows gathered by
-    TensorFlow ops, padding rows zeros (label -1), augmented where asked."""
+    TensorFlow ops, augmented where asked; a padding row (index -1) is the first row again,
+    labelled -1. It is not zeroed: every consumer masks or drops padding rows by their label,
+    no op here mixes rows (BatchNorm runs in inference mode), and zeroing them (a `tf.cond` on
+    every slice, for the one padded batch of a pass) cost the read a fifth of its rate
+    (BENCHMARKS 18a)."""
     row_shape, dtype = example_spec(examples)
     if augmentation and (dtype != np.uint8 or len(row_shape) != 3):
         raise ValueError(f"augmentation needs uint8 images, not {dtype} rows of {row_shape}")
@@ -257,10 +261,6 @@ def _slice_reader(examples, labels, *, augmentation, seed, by_path, output):
         valid = indices >= 0
         safe = tf.maximum(indices, 0)
         rows = gather(safe)
-        mask = tf.reshape(valid, [-1] + [1] * len(row_shape))
-        rows = tf.cond(
-            tf.reduce_all(valid), lambda: rows, lambda: tf.where(mask, rows, tf.zeros_like(rows))
-        )
         row_labels = tf.where(valid, tf.gather(label_table, safe), PADDING_LABEL)
         if augmentation:
             rows = augment.apply(rows, augment.draws(seed, epoch, indices), augmentation)
@@ -289,7 +289,7 @@ def make_replica_dataset(
     `(examples [per_replica, ...], labels [per_replica] with -1 for padding, real examples in
     the global batch)`, gathered on the host by TensorFlow ops, and transformed by
     `augmentation` (uint8 images only) with draws keyed by (`seed`, epoch, example index).
-    Padding rows are zeros.
+    A padding row repeats the first row, labelled -1.
 
     `by_path` reads the rows by the store file's path (a graph that is serialised carries the
     path, not a view); `output`, given, maps a slice to the element instead, as
@@ -312,15 +312,22 @@ def make_replica_dataset(
     def first_slice(mine, count, epoch):
         return mine[0], count[0], epoch[0]
 
-    dataset = index_rows().map(own_slices)
-    # One replica per pipeline: its slice is the element (and the dataset keeps its length).
-    dataset = dataset.map(first_slice) if local == 1 else dataset.unbatch()
     read_slice = _slice_reader(
         examples, labels, augmentation=augmentation, seed=seed, by_path=by_path, output=output
     )
-    dataset = dataset.map(
-        read_slice, num_parallel_calls=decode.available_cores(), deterministic=True
-    )
+    if local == 1:
+        # One replica per pipeline: its slice is the element (and the dataset keeps its
+        # length), cut and read in the one parallel map (a sequential map before it runs in
+        # one thread and held a second core back, BENCHMARKS 18a).
+        dataset = index_rows()
+
+        @tf.autograph.experimental.do_not_convert
+        def read(epoch, row):
+            return read_slice(*first_slice(*own_slices(epoch, row)))
+
+    else:
+        dataset, read = index_rows().map(own_slices).unbatch(), read_slice
+    dataset = dataset.map(read, num_parallel_calls=decode.available_cores(), deterministic=True)
     return dataset.prefetch(HOST_PREFETCH).with_options(read_options())
 
 

@@ -269,14 +269,12 @@ def _reference_variant(context: Context, repeat: int, *, source: str, output: st
     return Measurement(times=times, peak_rss_bytes=memory.peak, cache_bytes=max(grown, 0))
 
 
-# Steps per compiled call when the train-input variant consumes the pipeline.
-TRAIN_INPUT_STEPS = 16
-
-
 def _train_input_variant(context: Context, repeat: int) -> Measurement:
     """The training input pipeline, exactly as `loop.fit` iterates it (`train_input.distribute`
     of `train_input.training_rows`, under the run's strategy), over the split's pixel store;
-    the cold epoch fills the store."""
+    the cold epoch fills the store. An epoch's batches after its first are taken in one
+    compiled call (as features mode trains its head and `--recommend` reads the store): the
+    pipeline's own rate, without a Python round trip every few steps (BENCHMARKS 18a)."""
     config, folder, strategy = context.config, context.folder, context.strategy
     directory = os.path.join(context.cache_root, f"pixels-r{repeat}")
     batching = train_input.Batching(
@@ -299,10 +297,9 @@ def _train_input_variant(context: Context, repeat: int) -> Measurement:
                 batching=batching,
             )
             holder["iterator"] = iter(distributed)
-        iterator = holder["iterator"]
-        for first in range(0, batching.num_batches, TRAIN_INPUT_STEPS):
-            steps = min(TRAIN_INPUT_STEPS, batching.num_batches - first)
-            real = int(count_real(iterator, tf.constant(steps)))
+        # The first batch alone (the bench reports when it arrives), then the rest at once.
+        for steps in (1, batching.num_batches - 1):
+            real = int(count_real(holder["iterator"], tf.constant(steps)))
             yield np.empty((real, 0)), None
 
     # The consuming function is traced before the timing, on stand-in rows of the same shapes
