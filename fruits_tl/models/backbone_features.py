@@ -84,7 +84,8 @@ class Extraction:
     Attributes:
       feature_sets: Split name -> FeatureSet.
       reused: True when every split's features came from an earlier run.
-      seconds: Wall time of the extraction, the pixel store's fill included (0 when reused).
+      seconds: Wall time of the extraction (0 when reused): the backbone pass, and the pixel
+        store's fill only for a split whose pixels the job's decode check did not store.
       images_per_second: Images through the backbone per second (0 when reused).
       features_dir: Where the files are.
     """
