@@ -161,3 +161,15 @@ def test_fingerprint_changes_with_content(data_dir):
     with open(path, "ab") as stream:
         stream.write(b"\0")
     assert loading.load_dataset(data_dir, image_size=32).train.fingerprint != first
+
+
+def test_a_listed_path_relative_to_its_folder_is_what_relpath_gives():
+    for path, directory in [
+        ("d/c/x.jpg", "d"),
+        ("d/c/x.jpg", "d/"),
+        ("d//c/x.jpg", "d"),
+        ("/tmp/d/c/x.jpg", "/tmp/d"),
+        ("d/../d/c/x.jpg", "d/../d"),
+        ("e/c/x.jpg", "d"),
+    ]:
+        assert loading.relative(path, directory) == os.path.relpath(path, directory)

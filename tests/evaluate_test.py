@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -178,7 +179,19 @@ def test_extract_binary_from_weights_and_from_a_model(trained, tiny_dataset, tmp
     ]
     assert run_main(extract_main, args) == 0
     assert store_listing(out) == feature_files("test", "train")
-    assert "train: 18 x 256 float32" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "train: 18 x 256 float32" in printed
+    # The decode check and the extraction are timed apart, and the rate from files to
+    # features counts every image over both.
+    rows = sum(int(n) for n in re.findall(r"^\w+: (\d+) x 256", printed, re.M))
+    timed = re.search(
+        r"decode check ([\d.]+) s, extracted in ([\d.]+) s, ([\d.]+) images/s; "
+        r"files to features ([\d.]+) images/s",
+        printed,
+    )
+    decode, extracted, rate, both = (float(x) for x in timed.groups())
+    assert rows > 18 and both < rate
+    assert both == pytest.approx(rows / (decode + extracted), rel=0.2, abs=5)
     assert (
         run_main(
             extract_main,

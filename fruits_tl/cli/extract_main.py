@@ -46,9 +46,11 @@ def _main(argv):
     if result.reused:
         print(f"reused the features in {result.features_dir} (fingerprint match)")
     else:
+        both = result.decode_seconds + result.seconds
         print(
-            f"extracted in {result.seconds:.1f} s, {result.images_per_second:.1f} "
-            f"images/s -> {result.features_dir}"
+            f"decode check {result.decode_seconds:.2f} s, extracted in {result.seconds:.2f} s, "
+            f"{result.images_per_second:.1f} images/s; files to features "
+            f"{result.images / max(both, 1e-9):.1f} images/s -> {result.features_dir}"
         )
     return 0
 

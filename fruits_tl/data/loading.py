@@ -216,7 +216,17 @@ def _keras_listing(directory: str, present: list[str], image_size: int) -> list[
         verbose=False,
     )
     # Keras lists AppleDouble `._*` files and __MACOSX/ contents too; they are not data.
-    return [p for p in keras_listing.file_paths if not is_metadata(os.path.relpath(p, directory))]
+    return [p for p in keras_listing.file_paths if not is_metadata(relative(p, directory))]
+
+
+def relative(path: str, directory: str) -> str:
+    """`path` relative to `directory`: its prefix cut when it is `directory` joined with the
+    rest, as every listed path is (`os.path.relpath` on every file was a third of the
+    listing's time), else `os.path.relpath`."""
+    prefix = os.path.join(directory, "")
+    if path.startswith(prefix):
+        return path[len(prefix) :].lstrip(os.sep)
+    return os.path.relpath(path, directory)
 
 
 def load_split(
@@ -260,7 +270,7 @@ def load_split(
     left_out = set(exclude) | set(undecodable)
     file_paths = [p for p in file_paths if p not in left_out]
     labels = np.asarray(
-        [label_of[os.path.relpath(p, directory).split(os.sep)[0]] for p in file_paths],
+        [label_of[relative(p, directory).split(os.sep)[0]] for p in file_paths],
         dtype=np.int32,
     )
     return ImageFolder(
@@ -350,7 +360,7 @@ def load_labeled_folder(
         raise UserInputError(f"{len(empty)} class folder(s) hold no images: {', '.join(empty)}.")
     all_files = [p for paths in listed_files.values() for p in paths]
     listed = {os.path.abspath(p) for p in exclude_files}
-    user_excluded = {p for p in all_files if os.path.abspath(p) in listed}
+    user_excluded = {p for p in all_files if os.path.abspath(p) in listed} if listed else set()
     kept = [p for p in all_files if p not in user_excluded]
     all_bad = check(name, kept) if check is not None else find_bad_images(kept)
     bad = tuple(b for b in all_bad if b.path not in user_excluded)
@@ -559,7 +569,9 @@ def _check_listed_files(
     excluded). User-excluded files are not decoded."""
     all_files = listed.all_files("train") + listed.all_files("test")
     excluded_paths = {os.path.abspath(p) for p in exclude_files}
-    user_excluded = {p for p in all_files if os.path.abspath(p) in excluded_paths}
+    user_excluded = (
+        {p for p in all_files if os.path.abspath(p) in excluded_paths} if excluded_paths else set()
+    )
     if check is not None:
         found = tuple(
             item
@@ -677,7 +689,7 @@ def walk_images(directory: str, *, left_out: list[str] | None = None) -> list[st
             if not name.lower().endswith(IMAGE_EXTENSIONS):
                 continue
             path = os.path.join(root, name)
-            if is_metadata(os.path.relpath(path, directory)):
+            if is_metadata(relative(path, directory)):
                 if left_out is not None:
                     left_out.append(path)
                 continue

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import time
 
 import keras
 import tensorflow as tf
@@ -120,10 +121,12 @@ def extract(
                 ),
                 stop=stop,
             )
+        started = time.perf_counter()
         splits = loading.load_splits(data_config, check=stores.check if stores else None)
+        decode_seconds = time.perf_counter() - started
         if class_names is not None:
             _check_classes(splits.class_names, class_names, config)
-        return backbone_features.extract_or_reuse(
+        extraction = backbone_features.extract_or_reuse(
             splits.named(),
             images={n: stores.rows(f) for n, f in splits.named().items()} if stores else {},
             backbone=backbone,
@@ -142,6 +145,7 @@ def extract(
             ),
             stop=stop,
         )
+        return dataclasses.replace(extraction, decode_seconds=decode_seconds)
 
 
 def _check_classes(found, class_names, config: ExtractConfig) -> None:

@@ -88,6 +88,9 @@ class Extraction:
         store's fill only for a split whose pixels the job's decode check did not store.
       images_per_second: Images through the backbone per second (0 when reused).
       features_dir: Where the files are.
+      images: Images through the backbone (0 when reused).
+      decode_seconds: The job's decode check before it (Keras's listing, every file decoded
+        into the pixel store; 0 when the caller did not time one).
     """
 
     feature_sets: dict
@@ -95,6 +98,8 @@ class Extraction:
     seconds: float
     images_per_second: float
     features_dir: str
+    images: int = 0
+    decode_seconds: float = 0.0
 
 
 def weights_digest(backbone: keras.Model) -> str:
@@ -295,7 +300,7 @@ def extract_or_reuse(
         return Extraction(feature_sets, True, 0.0, 0.0, settings.features_dir)
     rate = run.extracted / max(seconds, 1e-9)
     logging.info("Extracted the features in %.1f s: %.1f images/s", seconds, rate)
-    return Extraction(feature_sets, False, seconds, rate, settings.features_dir)
+    return Extraction(feature_sets, False, seconds, rate, settings.features_dir, run.extracted)
 
 
 class _Run:
