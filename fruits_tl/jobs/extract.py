@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import time
 
 import keras
 import tensorflow as tf
@@ -108,27 +107,25 @@ def extract(
     backbone, alpha, class_names, data_config = _backbone(config, strategy)
     hint = "Start every worker again: chunks already written are reused."
     with stopping.GracefulStop() as stop, distribute.clear_worker_errors(strategy, hint=hint):
-        stores = None
-        if data_config.data_source == "folder":
-            # The decode check's one pass fills the pixel store the extraction reads.
-            stores = store.SourceStores.for_job(
-                data_config,
-                directory=os.path.join(config.features_dir, backbone_features.PIXELS_DIR),
-                chunk_images=config.chunk_images,
-                role=distribute.worker_role(strategy),
-                wait_for_workers=lambda: distribute.barrier(
-                    strategy, timeout=config.collective_timeout
-                ),
-                stop=stop,
-            )
-        started = time.perf_counter()
-        splits = loading.load_splits(data_config, check=stores.check if stores else None)
-        decode_seconds = time.perf_counter() - started
+        # The decode check's one pass fills the pixel store the extraction reads.
+        stores = store.SourceStores.for_job(
+            data_config,
+            directory=os.path.join(config.features_dir, backbone_features.PIXELS_DIR),
+            chunk_images=config.chunk_images,
+            role=distribute.worker_role(strategy),
+            wait_for_workers=lambda: distribute.barrier(
+                strategy, timeout=config.collective_timeout
+            ),
+            stop=stop,
+        )
+        splits, decode_seconds = stores.load_splits(data_config)
         if class_names is not None:
             _check_classes(splits.class_names, class_names, config)
+        named = splits.named()
         extraction = backbone_features.extract_or_reuse(
-            splits.named(),
-            images={n: stores.rows(f) for n, f in splits.named().items()} if stores else {},
+            named,
+            # TFDS splits, which the check did not store, are decoded by the extraction.
+            images={n: stores.rows(f) for n, f in named.items() if stores.holds(f)},
             backbone=backbone,
             alpha=alpha,
             image_size=data_config.image_size,

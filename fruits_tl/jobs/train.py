@@ -108,9 +108,8 @@ def _load_splits(
 ) -> tuple[loading.Splits, store.SourceStores, float]:
     """The checked splits (and, for an image folder, the pixel store its decode check filled)
     and the check's seconds, with their warnings and the data and strategy lines logged."""
-    start = time.perf_counter()
     # The decode check's one pass decodes into the pixel store, shared among the workers by
-    # the store's rule: a cold run decodes each file once, a warm one none.
+    # the store's rule.
     stores = store.SourceStores.for_job(
         config.data,
         directory=os.path.join(config.resolved_features_dir(), backbone_features.PIXELS_DIR),
@@ -119,8 +118,7 @@ def _load_splits(
         wait_for_workers=lambda: distribute.barrier(strategy, timeout=config.collective_timeout),
         stop=stop,
     )
-    folder = config.data.data_source == "folder"
-    splits = loading.load_splits(config.data, check=stores.check if folder else None)
+    splits, seconds = stores.load_splits(config.data)
     splits.log()
     logging.info(
         "Strategy %s: %d replica(s), global batch %d = %d per replica",
@@ -129,7 +127,7 @@ def _load_splits(
         config.batch_size,
         distribute.per_replica_batch_size(strategy, config.batch_size),
     )
-    return splits, stores, time.perf_counter() - start
+    return splits, stores, seconds
 
 
 def _build_classifier(config, splits, strategy, weights_cache_dir):
