@@ -461,8 +461,8 @@ class _OpenChunk:
         row_bytes = self.row_bytes
         data = memoryview(np.ascontiguousarray(rows)).cast("B") if len(positions) else None
         # One CRC call per run of consecutive positions (a whole block, unless a file failed
-        # to decode): a call per row, with the row size computed per row, took a quarter of
-        # the writing thread's time (BENCHMARKS 18b).
+        # to decode): a call per row, with the row size computed per row, took 0.25 s of a
+        # 0.94 s fill of 5,700 images (cProfile, BENCHMARKS 18b).
         breaks = np.flatnonzero(np.diff(positions) != 1) + 1
         for start, stop in zip([0, *breaks], [*breaks, len(positions)], strict=True):
             if start == stop:
